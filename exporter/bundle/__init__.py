@@ -1,0 +1,1 @@
+"""Generators of the alerting bundle (rules, promtool tests, Alertmanager config, dashboards) from the thresholds file."""
