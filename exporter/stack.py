@@ -1,0 +1,270 @@
+"""Real Prometheus and Alertmanager processes on loopback, for tests and `pgvigil demo`.
+
+Each launcher picks a free port, writes its config into a temporary directory, starts the Debian
+binary (`apt-get install prometheus prometheus-alertmanager`), waits until it answers `/-/ready`
+and returns a `Service` handle:
+
+    with start_alertmanager(config_path) as am, WebhookReceiver() as hook:
+        with start_prometheus(["127.0.0.1:9187"], [rules], alertmanager_url=am.url) as prom:
+            prom.query("pg_up")            # instant query -> list of {"metric", "value"}
+            prom.alerts()                  # active alerts from /api/v1/alerts
+            hook.wait_for(lambda n: ...)   # Alertmanager notifications received so far
+
+Everything listens on 127.0.0.1 only, and `stop()` (or leaving the `with` block) terminates the
+process and removes its temporary directory.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+PROMETHEUS_BINARIES = ("prometheus",)
+ALERTMANAGER_BINARIES = ("alertmanager", "prometheus-alertmanager")  # Debian renames it
+READY_TIMEOUT = 60.0
+
+
+class StackError(RuntimeError):
+    """A service binary is missing, or it did not become ready; the message says which and why."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def find_binary(names: Sequence[str]) -> str:
+    """The first of `names` found on PATH, or a StackError saying what to install."""
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise StackError(
+        f"{names[0]} is not installed (looked for {', '.join(names)} on PATH); "
+        "on Debian: apt-get install prometheus prometheus-alertmanager"
+    )
+
+
+class Service:
+    """A running Prometheus or Alertmanager: `.url`, `.port`, `.workdir`, `.log()`, `.stop()`."""
+
+    def __init__(self, name: str, argv: list[str], port: int, workdir: Path, owns_workdir: bool) -> None:
+        self.name, self.port, self.workdir = name, port, workdir
+        self.url = f"http://127.0.0.1:{port}"
+        self._owns_workdir = owns_workdir
+        self._log_path = workdir / f"{name}.log"
+        self._log_file = open(self._log_path, "wb")
+        self.process = subprocess.Popen(
+            argv, stdout=self._log_file, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True
+        )
+
+    def log(self) -> str:
+        """Everything the process printed so far (its own log lines)."""
+        self._log_file.flush()
+        return self._log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise StackError(f"{self.name} exited with code {self.process.returncode}:\n{self.log()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/-/ready", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise StackError(f"{self.name} did not become ready within {timeout:.0f}s:\n{self.log()[-3000:]}")
+
+    def get_json(self, path: str, **params: str) -> Any:
+        """GET an API path and return its `data` (Prometheus) or the whole JSON body."""
+        query = ("?" + urllib.parse.urlencode(params)) if params else ""
+        with urllib.request.urlopen(self.url + path + query, timeout=10) as answer:
+            body = json.loads(answer.read())
+        return body.get("data", body) if isinstance(body, dict) else body
+
+    def query(self, expr: str) -> list[dict]:
+        """Prometheus instant query: the result vector (each item has `metric` and `value`)."""
+        return self.get_json("/api/v1/query", query=expr)["result"]
+
+    def alerts(self) -> list[dict]:
+        """Prometheus: active alerts (pending and firing) with labels, annotations and state."""
+        return self.get_json("/api/v1/alerts")["alerts"]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if not self._log_file.closed:
+            self._log_file.close()
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> "Service":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def prometheus_config(
+    scrape_targets: Sequence[str],
+    rule_files: Sequence[Path] = (),
+    alertmanager_url: str | None = None,
+    scrape_interval: str = "1s",
+    evaluation_interval: str = "1s",
+    job: str = "pgvigil",
+) -> dict:
+    """The prometheus.yml content for scraping `scrape_targets` (host:port or URLs) as `job`."""
+    hosts = [_host_port(target) for target in scrape_targets]
+    config: dict = {
+        "global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval},
+        "rule_files": [str(Path(path).resolve()) for path in rule_files],
+        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": hosts}]}],
+    }
+    if alertmanager_url:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [_host_port(alertmanager_url)]}]}]}
+    return config
+
+
+def start_prometheus(
+    scrape_targets: Sequence[str],
+    rule_files: Sequence[Path] = (),
+    alertmanager_url: str | None = None,
+    scrape_interval: str = "1s",
+    evaluation_interval: str = "1s",
+    job: str = "pgvigil",
+    workdir: Path | None = None,
+) -> Service:
+    """Start Prometheus scraping `scrape_targets` with `rule_files`, sending alerts to Alertmanager."""
+    binary = find_binary(PROMETHEUS_BINARIES)
+    workdir, owns = _workdir(workdir, "prometheus")
+    config = prometheus_config(scrape_targets, rule_files, alertmanager_url, scrape_interval, evaluation_interval, job)
+    config_path = workdir / "prometheus.yml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    port = free_port()
+    argv = [
+        binary,
+        f"--config.file={config_path}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--web.enable-lifecycle",
+    ]
+    service = Service("prometheus", argv, port, workdir, owns)
+    service.wait_ready()
+    return service
+
+
+def start_alertmanager(config_path: Path, workdir: Path | None = None) -> Service:
+    """Start Alertmanager with `config_path`; clustering is off, storage is in the temp dir."""
+    binary = find_binary(ALERTMANAGER_BINARIES)
+    workdir, owns = _workdir(workdir, "alertmanager")
+    port = free_port()
+    argv = [
+        binary,
+        f"--config.file={Path(config_path).resolve()}",
+        f"--storage.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",  # a single instance: no gossip port to collide on
+    ]
+    service = Service("alertmanager", argv, port, workdir, owns)
+    service.wait_ready()
+    return service
+
+
+class WebhookReceiver:
+    """An HTTP endpoint on 127.0.0.1 that records Alertmanager webhook notifications.
+
+    `.url` is the address to put in a `webhook_configs` receiver; `.notifications` is the list of
+    decoded JSON bodies received (each has `status`, `alerts`, `groupLabels`, `receiver`, ...).
+    """
+
+    def __init__(self) -> None:
+        self.notifications: list[dict] = []
+        self._lock = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    body = json.loads(self.rfile.read(length) or b"{}")
+                except json.JSONDecodeError:
+                    body = {"invalid_json": True}
+                body["_path"] = self.path
+                with receiver._lock:
+                    receiver.notifications.append(body)
+                    receiver._lock.notify_all()
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass  # keep test output clean
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def alerts(self) -> list[dict]:
+        """Every alert of every notification received so far, in arrival order."""
+        with self._lock:
+            return [alert for note in self.notifications for alert in note.get("alerts", [])]
+
+    def wait_for(self, predicate: Callable[[dict], bool], timeout: float = 60.0) -> dict | None:
+        """The first notification matching `predicate`, waiting up to `timeout` seconds; else None."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                for note in self.notifications:
+                    if predicate(note):
+                        return note
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._lock.wait(remaining)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> "WebhookReceiver":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _host_port(target: str) -> str:
+    if "://" in target:
+        parsed = urllib.parse.urlsplit(target)
+        return parsed.netloc
+    return target
+
+
+def _workdir(workdir: Path | None, name: str) -> tuple[Path, bool]:
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        return Path(workdir), False
+    return Path(tempfile.mkdtemp(prefix=f"pgvigil-{name}-")), True
