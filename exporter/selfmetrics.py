@@ -1,0 +1,81 @@
+"""pgvigil's own metrics: target reachability and the health of every query.
+
+Rendered per scrape from the scrape's outcomes, so a query that timed out in
+this scrape reads as failed in this scrape. Process metrics and build info come
+from prometheus_client's registry.
+"""
+from __future__ import annotations
+
+import platform
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from exporter import __version__
+from exporter.exposition import escape_label_value, render_samples
+from exporter.running import ERROR_REASONS, Runner, Scrape
+
+# Reasons initialised at zero on every (target, query), so increase() sees the first error;
+# the rarer ones appear when they first happen, to keep the series count down.
+ALWAYS_PRESENT_REASONS = ("error", "timeout")
+
+
+class BuildInfoCollector:
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily("pgvigil_build_info", "pgvigil version and Python runtime; always 1",
+                                   labels=["version", "python_version"])
+        family.add_metric([__version__, platform.python_version()], 1)
+        yield family
+
+
+def process_registry(extra_collectors: Iterable[object] = ()) -> CollectorRegistry:
+    """Registry of process/platform metrics, build info and any extra collectors (backups)."""
+    registry = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    registry.register(BuildInfoCollector())
+    for collector in extra_collectors:
+        registry.register(collector)
+    return registry
+
+
+def render_self_metrics(runner: Runner, scrape: Scrape, registry: CollectorRegistry | None = None) -> str:
+    families: dict[str, tuple[str, str, list]] = {
+        "pg_up": ("gauge", "Whether the target's database could be reached (1) or not (0)", []),
+        "pgvigil_query_success": ("gauge", "Whether the query's latest run succeeded in this scrape", []),
+        "pgvigil_query_duration_seconds": ("gauge", "Duration of the query's latest run", []),
+        "pgvigil_query_rows": ("gauge", "Rows returned by the query's latest successful run", []),
+        "pgvigil_query_series": ("gauge", "Series produced by the query's latest successful run", []),
+        "pgvigil_query_last_success_timestamp_seconds": ("gauge", "Unix time of the query's latest successful run", []),
+        "pgvigil_query_errors_total": ("counter", "Query failures and dropped rows by reason "
+                                       "(error, timeout, invalid_value, duplicate, cardinality)", []),
+    }
+    for state in scrape.targets:
+        families["pg_up"][2].append((state.label_text, 1 if state.up else 0))
+    failed = any(not state.up for state in scrape.targets)
+    for outcome in scrape.outcomes:
+        labels = f'{outcome.target.label_text},query="{escape_label_value(outcome.query.name)}"'
+        status = outcome.status
+        ok = outcome.included and bool(status.success)
+        failed = failed or not ok
+        families["pgvigil_query_success"][2].append((labels, 1 if ok else 0))
+        families["pgvigil_query_duration_seconds"][2].append((labels, status.duration))
+        families["pgvigil_query_rows"][2].append((labels, status.rows))
+        families["pgvigil_query_series"][2].append((labels, status.series))
+        if status.last_success is not None:
+            families["pgvigil_query_last_success_timestamp_seconds"][2].append((labels, status.last_success))
+        for reason in ERROR_REASONS:
+            if reason in ALWAYS_PRESENT_REASONS or status.errors[reason]:
+                families["pgvigil_query_errors_total"][2].append((f'{labels},reason="{reason}"', status.errors[reason]))
+    families["pgvigil_scrape_duration_seconds"] = ("gauge", "Seconds this scrape took", [("", scrape.duration)])
+    families["pg_exporter_last_scrape_error"] = (
+        "gauge", "Whether the last scrape had any failed query or unreachable target (postgres_exporter compatible)",
+        [("", 1 if failed else 0)])
+    text = "".join(render_samples(name, help_text, mtype, samples) for name, (mtype, help_text, samples) in families.items())
+    if registry is not None:
+        text += generate_latest(registry).decode("utf-8")
+    return text

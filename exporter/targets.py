@@ -1,0 +1,221 @@
+"""Connections to one target: read-only sessions bounded by timeouts, reconnects, server facts.
+
+Every query runs in its own READ ONLY transaction that is always rolled back,
+so a session is never left idle in transaction and user SQL cannot write.
+The SQL is wrapped as a subquery, which rejects multi-statement text such as
+"SELECT 1; COMMIT; DELETE ..." at parse time.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import psycopg2
+import psycopg2.extensions
+
+from exporter.config import Defaults, TargetSpec
+
+log = logging.getLogger(__name__)
+
+# Seconds a blocked socket read may outlast statement_timeout before we cut the socket:
+# covers a network stall, where the server's own timeout can never reach us.
+STALL_GRACE_SECONDS = 2.0
+
+_PASSWORD_IN_TEXT = re.compile(r"(password\s*=\s*)\S+|(://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
+
+
+class QueryFailed(Exception):
+    """A query failed; `reason` is 'error' or 'timeout'; `connection_lost` asks for a reconnect."""
+
+    def __init__(self, message: str, reason: str = "error", connection_lost: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.connection_lost = connection_lost
+
+
+class ConnectFailed(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    version: int
+    identity: str
+    extensions: frozenset[str]
+    database: str
+
+
+def redact(text: str, secrets: Sequence[str] = ()) -> str:
+    """Remove passwords from a message: DSN forms and any known secret strings."""
+    text = _PASSWORD_IN_TEXT.sub(lambda m: (m.group(1) or m.group(2)) + "***" + ("" if m.group(1) else "@"), text)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def dsn_password(dsn: str) -> str | None:
+    try:
+        return psycopg2.extensions.parse_dsn(dsn).get("password") if dsn else None
+    except psycopg2.ProgrammingError:
+        return None
+
+
+class TargetSession:
+    """One persistent read-only connection to a target, reconnected on demand."""
+
+    def __init__(self, spec: TargetSpec, defaults: Defaults) -> None:
+        self.spec = spec
+        self.defaults = defaults
+        self._conn: psycopg2.extensions.connection | None = None
+        self._facts: ServerFacts | None = None
+        self._secrets = [s for s in (dsn_password(spec.dsn), spec.dsn if "password" in spec.dsn.lower() else None) if s]
+
+    # -- connection ------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    @property
+    def facts(self) -> ServerFacts | None:
+        return self._facts
+
+    def ensure_connected(self) -> ServerFacts:
+        if self.connected and self._facts is not None:
+            return self._facts
+        self.close()
+        try:
+            conn = psycopg2.connect(
+                self.spec.dsn,
+                connect_timeout=max(1, int(round(self.defaults.connect_timeout))),
+                application_name="pgvigil",
+                keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+                options="-c default_transaction_read_only=on -c idle_in_transaction_session_timeout=60000",
+            )
+        except psycopg2.Error as exc:
+            raise ConnectFailed(self.clean_message(exc)) from None
+        conn.set_session(readonly=True, autocommit=False)
+        self._conn = conn
+        try:
+            self._facts = self._read_facts()
+        except QueryFailed as exc:
+            self.close()
+            raise ConnectFailed(str(exc)) from None
+        return self._facts
+
+    def _read_facts(self) -> ServerFacts:
+        _, rows = self.fetch(
+            "SELECT current_setting('server_version_num')::int, current_database(),"
+            " coalesce(inet_server_addr()::text, current_setting('unix_socket_directories')) || ':'"
+            " || current_setting('port'),"
+            " ARRAY(SELECT extname::text FROM pg_extension)",
+            timeout=self.defaults.timeout, lock_timeout=self.defaults.lock_timeout, wrap=False,
+        )
+        version, database, address, extensions = rows[0]
+        identity = self._system_identifier() or address
+        return ServerFacts(version=version, identity=identity, extensions=frozenset(extensions), database=database)
+
+    def _system_identifier(self) -> str | None:
+        try:
+            _, rows = self.fetch("SELECT system_identifier::text FROM pg_control_system()",
+                                 timeout=self.defaults.timeout, lock_timeout=self.defaults.lock_timeout, wrap=False)
+            return rows[0][0]
+        except QueryFailed as exc:
+            if exc.connection_lost:
+                raise
+            return None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg2.Error:
+                pass
+        self._conn = None
+        self._facts = None
+
+    def refresh_extensions(self) -> None:
+        """Re-read pg_extension (an extension may be created while pgvigil runs)."""
+        if self._facts is None:
+            return
+        _, rows = self.fetch("SELECT ARRAY(SELECT extname::text FROM pg_extension)",
+                             timeout=self.defaults.timeout, lock_timeout=self.defaults.lock_timeout, wrap=False)
+        self._facts = ServerFacts(self._facts.version, self._facts.identity, frozenset(rows[0][0]), self._facts.database)
+
+    # -- queries ---------------------------------------------------------
+    def fetch(self, sql: str, timeout: float, lock_timeout: float, wrap: bool = True,
+              prelude: str | None = None) -> tuple[list[str], list[tuple]]:
+        """Run one query in a read-only transaction; returns (column names, rows).
+
+        `prelude` is an extra read-only SELECT run first in the same transaction, whose
+        single value is returned as the first row of a separate result via `last_prelude`.
+        """
+        if not self.connected:
+            raise QueryFailed("not connected", connection_lost=True)
+        conn = self._conn
+        assert conn is not None
+        text = f"SELECT * FROM (\n{sql.strip().rstrip(';')}\n) AS pgvigil_query" if wrap else sql
+        watchdog = threading.Timer(timeout + STALL_GRACE_SECONDS, self._cut_socket, args=(conn,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            with conn.cursor() as cur:
+                # A SELECT (not SET) first, so the snapshot is taken and the transaction
+                # can no longer be switched to READ WRITE by the user's SQL.
+                cur.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
+                            (f"{int(timeout * 1000)}ms", f"{int(lock_timeout * 1000)}ms"))
+                self.last_prelude = None
+                if prelude:
+                    cur.execute(prelude)
+                    self.last_prelude = cur.fetchone()[0]
+                cur.execute(text)
+                columns = [d.name for d in cur.description] if cur.description else []
+                rows = cur.fetchall() if cur.description else []
+            conn.rollback()
+            return columns, rows
+        except psycopg2.Error as exc:
+            raise self._failure(conn, exc) from None
+        finally:
+            watchdog.cancel()
+
+    def _failure(self, conn: Any, exc: psycopg2.Error) -> QueryFailed:
+        lost = conn.closed != 0 or isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)) and (
+            exc.pgcode is None or exc.pgcode.startswith("57P") or exc.pgcode.startswith("08"))
+        timeout = exc.pgcode in ("57014", "55P03") or (lost and exc.pgcode is None and "timeout" in str(exc).lower())
+        if not lost:
+            try:
+                conn.rollback()
+            except psycopg2.Error:
+                lost = True
+        if lost:
+            self.close()
+        return QueryFailed(self.clean_message(exc), reason="timeout" if timeout else "error", connection_lost=lost)
+
+    @staticmethod
+    def _cut_socket(conn: Any) -> None:
+        """Unblock a read stuck on a stalled network by shutting the socket down."""
+        try:
+            sock = socket.socket(fileno=conn.fileno())
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            finally:
+                sock.detach()
+        except (OSError, psycopg2.Error, ValueError):
+            pass
+
+    def ping(self) -> float:
+        """Round-trip time of SELECT 1 in seconds (connecting first if needed)."""
+        self.ensure_connected()
+        start = time.perf_counter()
+        self.fetch("SELECT 1", timeout=self.defaults.timeout, lock_timeout=self.defaults.lock_timeout, wrap=False)
+        return time.perf_counter() - start
+
+    def clean_message(self, exc: BaseException) -> str:
+        message = getattr(exc, "pgerror", None) or str(exc)
+        first = " ".join(line.strip() for line in message.strip().splitlines()[:2])
+        return redact(first, self._secrets)
