@@ -1,0 +1,176 @@
+"""``pgvigil backup run|verify|prune|status``: parse flags, read the config, call, print, exit codes.
+
+Flags override the config's ``backup:`` section; the DSN comes from ``--dsn`` or from the
+config's target of that name. Failures print one line (never a traceback, never a password)
+and exit 1.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from exporter.backup.pgclient import BackupError, Conninfo
+
+
+@dataclass(frozen=True)
+class Settings:
+    dir: Path
+    target: str | None
+    dsn: str | None
+    backup: Any  # exporter.config.BackupConfig or None
+
+
+def _load_config(path: str | None) -> Any:
+    if not path:
+        return None
+    from exporter.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise click.ClickException("invalid config:\n  " + "\n  ".join(exc.errors)) from None
+
+
+def resolve(config_path: str | None, directory: str | None, target: str | None, dsn: str | None) -> Settings:
+    """Merge flags over the config; flags win."""
+    config = _load_config(config_path)
+    backup = getattr(config, "backup", None)
+    chosen_dir = Path(directory) if directory else (backup.dir if backup else None)
+    if chosen_dir is None:
+        raise click.UsageError("give --dir, or --config with a backup: section that sets dir")
+    names = [spec.name for spec in config.targets] if config else []
+    target = target or (backup.target if backup else None) or (names[0] if len(names) == 1 else None)
+    if dsn is None and config is not None and target is not None:
+        if target not in names:
+            raise click.UsageError(f"target '{target}' is not in the config (targets: {', '.join(names) or 'none'})")
+        dsn = config.target(target).dsn
+    return Settings(chosen_dir, target, dsn, backup)
+
+
+def _fail(exc: BackupError) -> click.ClickException:
+    return click.ClickException(str(exc))
+
+
+common = [
+    click.option("--config", "config_path", type=click.Path(dir_okay=False), help="pgvigil config file"),
+    click.option("--dir", "directory", type=click.Path(file_okay=False), help="backup directory (overrides config)"),
+    click.option("--target", help="target name (a config target, or a label with --dsn)"),
+]
+
+
+def with_common(func: Any) -> Any:
+    for option in reversed(common):
+        func = option(func)
+    return func
+
+
+@click.group()
+def backup() -> None:
+    """Backups that prove they can be restored (see docs/backups.md)."""
+
+
+@backup.command()
+@with_common
+@click.option("--dsn", help="connection string of the database to dump (default: the config target's)")
+@click.option("--offsite-dir", type=click.Path(file_okay=False), help="also copy the backup here (off-site mount)")
+@click.option("--progress/--no-progress", default=None, help="progress line (default: when stderr is a terminal)")
+def run(config_path: str | None, directory: str | None, target: str | None, dsn: str | None,
+        offsite_dir: str | None, progress: bool | None) -> None:
+    """Dump one database with pg_dump (custom format), checksum it and write its manifest."""
+    from exporter.backup.dump import run_backup
+    from exporter.backup.offsite import offsite_places
+
+    settings = resolve(config_path, directory, target, dsn)
+    if settings.dsn is None:
+        raise click.UsageError("give --dsn, or --config and --target naming one of its targets")
+    target = settings.target or Conninfo.parse(settings.dsn).dbname or "default"
+    backup_cfg = settings.backup
+    try:
+        places = offsite_places(Path(offsite_dir) if offsite_dir else getattr(backup_cfg, "offsite_dir", None),
+                                getattr(backup_cfg, "s3", None))
+        entry = run_backup(settings.dsn, target, settings.dir, progress=progress, offsite=places)
+    except BackupError as exc:
+        raise _fail(exc) from None
+    seconds = entry["finished"] - entry["started"]
+    click.echo(f"backup {entry['name']}: {entry['size_bytes']} bytes in {seconds:.1f}s, "
+               f"sha256 {entry['sha256']} ({settings.dir / entry['files']['dump']})")
+    for copy in entry["offsite"]:
+        click.echo(f"  copied to {copy['location']}")
+
+
+@backup.command()
+@with_common
+@click.argument("name", required=False)
+@click.option("--dsn", help="server to restore into with --restore (default: the config target's)")
+@click.option("--restore", is_flag=True, help="restore into a scratch database and compare row counts")
+@click.option("--sanity-query", help="SQL run in the restored database; its first value must be true")
+def verify(config_path: str | None, directory: str | None, target: str | None, name: str | None,
+           dsn: str | None, restore: bool, sanity_query: str | None) -> None:
+    """Check a backup (default: the newest complete one): checksum, archive, optionally a real restore."""
+    from exporter.backup.verify import verify_backup
+
+    settings = resolve(config_path, directory, target, dsn)
+    sanity_query = sanity_query or getattr(settings.backup, "sanity_query", None)
+    try:
+        result = verify_backup(settings.dir, name=name, target=settings.target if not name else None,
+                               restore=restore, dsn=settings.dsn, sanity_query=sanity_query)
+    except BackupError as exc:
+        raise _fail(exc) from None
+    click.echo(f"backup {result.backup}:")
+    for check in result.checks:
+        click.echo(f"  ok      {check}")
+    if not result.success:
+        click.echo(f"  FAILED  {result.failure}")
+        raise SystemExit(1)
+
+
+@backup.command()
+@with_common
+@click.option("--keep-days", type=click.FloatRange(min=0), help="keep backups younger than this many days")
+@click.option("--keep-last", type=click.IntRange(min=1), help="keep this many newest backups per target")
+@click.option("--dry-run", is_flag=True, help="print what would be deleted, delete nothing")
+def prune(config_path: str | None, directory: str | None, target: str | None, keep_days: float | None,
+          keep_last: int | None, dry_run: bool) -> None:
+    """Delete old backups; never the newest or newest verified one, never files pgvigil did not make."""
+    from exporter.backup.prune import prune as apply_prune
+
+    settings = resolve(config_path, directory, None, None)
+    keep_days = keep_days if keep_days is not None else getattr(settings.backup, "keep_days", None)
+    keep_last = keep_last if keep_last is not None else getattr(settings.backup, "keep_last", None)
+    try:
+        decisions = apply_prune(settings.dir, keep_days, keep_last, target=target, dry_run=dry_run)
+    except BackupError as exc:
+        raise _fail(exc) from None
+    deleted = "would delete" if dry_run else "deleted"
+    for d in decisions:
+        click.echo(f"{'kept' if d.keep else deleted:<12}  {d.backup}  ({d.reason})")
+    if not decisions:
+        click.echo("no backups recorded")
+
+
+@backup.command()
+@with_common
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def status(config_path: str | None, directory: str | None, target: str | None, as_json: bool) -> None:
+    """A table of recorded backups and what each is worth (verified, restored, failed ...)."""
+    from exporter.backup.status import backup_statuses, render_table
+
+    settings = resolve(config_path, directory, None, None)
+    try:
+        rows = backup_statuses(settings.dir, target=target)
+    except BackupError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        click.echo(json.dumps([row.as_dict() for row in rows], indent=2))
+    elif rows:
+        click.echo(render_table(rows))
+    else:
+        click.echo(f"no backups recorded in {settings.dir}")
+
+
+if __name__ == "__main__":
+    backup()

@@ -1,0 +1,93 @@
+"""The backup state as Prometheus metrics, read from the state file at every scrape.
+
+Names are a contract with the shipped alert rules:
+
+=================================================  ==========================================
+pgvigil_backup_last_success_timestamp_seconds      end of the last fully successful run
+pgvigil_backup_last_size_bytes                     size of that backup
+pgvigil_backup_previous_size_bytes                 size of the successful backup before it
+pgvigil_backup_last_duration_seconds               how long that run took
+pgvigil_backup_last_run_success                    1 if the most recent finished run succeeded
+pgvigil_backup_last_verify_success                 1 if the most recent verification passed
+pgvigil_backup_last_verify_timestamp_seconds       when that verification ran
+pgvigil_backup_failures_total                      failed or interrupted runs (counter)
+=================================================  ==========================================
+
+A value that does not exist yet (no successful run) is absent rather than 0, so that
+``time() - pgvigil_backup_last_success_timestamp_seconds`` never claims a 50-year-old backup;
+alert on absence with ``absent()``. An unreadable state file yields nothing and is logged.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from exporter.backup.pgclient import BackupError
+from exporter.backup.state import StateFile
+
+log = logging.getLogger(__name__)
+
+GAUGES = (
+    ("pgvigil_backup_last_success_timestamp_seconds",
+     "Unix time the last successful backup run finished.", ("last_success", "finished")),
+    ("pgvigil_backup_last_size_bytes", "Size of the last successful backup.", ("last_success", "size_bytes")),
+    ("pgvigil_backup_previous_size_bytes", "Size of the successful backup before the last one.",
+     ("previous_size_bytes",)),
+    ("pgvigil_backup_last_duration_seconds", "Duration of the last successful backup run.",
+     ("last_success", "duration_seconds")),
+    ("pgvigil_backup_last_run_success", "1 if the most recent backup run succeeded, 0 if it failed.",
+     ("last_run", "success")),
+    ("pgvigil_backup_last_verify_success", "1 if the most recent backup verification passed, 0 if it failed.",
+     ("last_verify", "success")),
+    ("pgvigil_backup_last_verify_timestamp_seconds", "Unix time of the most recent backup verification.",
+     ("last_verify", "at")),
+)
+
+
+def _lookup(record: dict, path: tuple[str, ...]) -> float | None:
+    value = record
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    if value is None or isinstance(value, (dict, list, str)):
+        return None
+    return float(value)
+
+
+class BackupStateCollector:
+    """A custom collector for one target's backups in one directory."""
+
+    def __init__(self, dir: Path, target: str) -> None:
+        self.dir = Path(dir)
+        self.target = target
+        self._complained = False
+
+    def describe(self) -> list[Metric]:
+        # Nothing: registering must not read the state file.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            state = StateFile(self.dir).read()
+            self._complained = False
+        except BackupError as exc:
+            if not self._complained:
+                log.warning("backup metrics unavailable for target %s: %s", self.target, exc)
+                self._complained = True
+            return
+        # With no record yet the failure counter still starts at 0, so that increase() sees the first one.
+        record = state["targets"].get(self.target) or {}
+        for name, help_text, path in GAUGES:
+            value = _lookup(record, path)
+            if value is not None:
+                family = GaugeMetricFamily(name, help_text, labels=["target"])
+                family.add_metric([self.target], value)
+                yield family
+        failures = CounterMetricFamily("pgvigil_backup_failures", "Backup runs that failed or were interrupted.",
+                                       labels=["target"])
+        failures.add_metric([self.target], float(record.get("failures_total", 0)))
+        yield failures

@@ -1,0 +1,210 @@
+"""``pgvigil backup verify``: prove a backup is intact and, with ``restore``, that it restores.
+
+Checks, in order, stopping at the first failure:
+1. the state lists the backup as complete and its files are there;
+2. the dump's sha256 matches the state, the ``.sha256`` file and the manifest;
+3. ``pg_restore --list`` reads the archive and it holds data for every table of the manifest;
+4. (restore) it restores into a scratch database, every table has exactly the row count the
+   manifest recorded, and the sanity query returns a true first value. The scratch database
+   is dropped whatever happens.
+The outcome is recorded in the state file (the exporter turns it into metrics).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+from psycopg2 import sql
+
+from exporter.backup.pgclient import BackupError, Conninfo, client_program, tail
+from exporter.backup.state import StateFile, backups_of, find_backup, target_record
+
+SCRATCH_PREFIX = "pgvigil_verify_"
+
+
+@dataclass
+class Verification:
+    backup: str
+    target: str
+    restore: bool
+    checks: list[str] = field(default_factory=list)  # what passed, in order, for the user
+    failure: str | None = None
+
+    @property
+    def success(self) -> bool:
+        return self.failure is None
+
+
+def choose_backup(directory: Path, name: str | None, target: str | None) -> dict[str, Any]:
+    """The named backup, or the newest complete one (of the target, when given)."""
+    state = StateFile(directory).read()
+    if name:
+        entry = find_backup(state, name)
+        if entry is None:
+            raise BackupError(f"no backup named {name} in {directory}")
+        return entry
+    complete = backups_of(state, target=target, status="complete")
+    if not complete:
+        whose = f" of target {target}" if target else ""
+        raise BackupError(f"no complete backup{whose} in {directory}")
+    return complete[0]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_files(directory: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """Steps 1 and 2; returns the manifest."""
+    if entry["status"] != "complete":
+        raise BackupError(f"backup {entry['name']} is {entry['status']}, not complete")
+    files = {key: directory / value for key, value in entry["files"].items()}
+    for key, path in files.items():
+        if not path.exists():
+            raise BackupError(f"{key} file {path.name} is missing")
+    actual = sha256_of(files["dump"])
+    if actual != entry["sha256"]:
+        raise BackupError(f"checksum mismatch: {files['dump'].name} has sha256 {actual}, "
+                          f"the backup recorded {entry['sha256']}")
+    recorded = files["checksum"].read_text().split()
+    if not recorded or recorded[0] != actual:
+        raise BackupError(f"checksum file {files['checksum'].name} does not match the dump")
+    try:
+        manifest = json.loads(files["manifest"].read_text())
+    except ValueError as exc:
+        raise BackupError(f"manifest {files['manifest'].name} is not valid JSON: {exc}") from None
+    if manifest.get("sha256") != actual:
+        raise BackupError(f"manifest {files['manifest'].name} describes another dump (sha256 differs)")
+    return manifest
+
+
+def check_archive(dump: Path, manifest: dict[str, Any]) -> int:
+    """Step 3: pg_restore can read the table of contents and it has data for every table."""
+    proc = subprocess.run([client_program("pg_restore"), "--list", str(dump)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BackupError(f"pg_restore --list cannot read {dump.name}: {tail(proc.stderr)}")
+    listed = {line for line in proc.stdout.splitlines() if " TABLE DATA " in line}
+    for table in manifest["tables"]:
+        needle = f" TABLE DATA {table['schema']} {table['name']} "
+        if not any(needle in line for line in listed):
+            raise BackupError(f"the archive has no data entry for table {table['schema']}.{table['name']}")
+    return len(listed)
+
+
+def _drop_database(conninfo: Conninfo, name: str) -> None:
+    conn = conninfo.connect(application_name="pgvigil verify")
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            # Anything still connected (a hung pg_restore) would block the drop.
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+    finally:
+        conn.close()
+
+
+def restore_and_compare(conninfo: Conninfo, dump: Path, manifest: dict[str, Any],
+                        sanity_query: str | None) -> list[str]:
+    """Step 4: restore into a scratch database on conninfo's server, compare, always drop it."""
+    scratch = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
+    conn = conninfo.connect(application_name="pgvigil verify")
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(scratch)))
+    except psycopg2.Error as exc:
+        raise BackupError(f"cannot create the scratch database {scratch}: {str(exc).strip()}") from None
+    finally:
+        conn.close()
+    try:
+        return _restore_into(conninfo, scratch, dump, manifest, sanity_query)
+    finally:
+        _drop_database(conninfo, scratch)
+
+
+def _restore_into(conninfo: Conninfo, scratch: str, dump: Path, manifest: dict[str, Any],
+                  sanity_query: str | None) -> list[str]:
+    passed = []
+    argv = [client_program("pg_restore"), "--no-owner", "--no-acl", "--exit-on-error",
+            f"--dbname={conninfo.without_password(dbname=scratch)}", str(dump)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=conninfo.child_env())
+    if proc.returncode != 0:
+        raise BackupError(conninfo.redact(f"pg_restore into {scratch} failed: {tail(proc.stderr)}"))
+    passed.append(f"restored into scratch database {scratch}")
+    conn = conninfo.connect(dbname=scratch, application_name="pgvigil verify")
+    try:
+        with conn.cursor() as cur:
+            for table in manifest["tables"]:
+                cur.execute(sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(
+                    sql.Identifier(table["schema"]), sql.Identifier(table["name"])))
+                restored = cur.fetchone()[0]
+                if restored != table["rows"]:
+                    raise BackupError(f"row count mismatch in {table['schema']}.{table['name']}: "
+                                      f"restored {restored}, the manifest recorded {table['rows']}")
+            passed.append(f"row counts match the manifest for {len(manifest['tables'])} tables")
+            if sanity_query:
+                passed.append(_run_sanity_query(cur, sanity_query))
+    except psycopg2.Error as exc:
+        raise BackupError(f"querying the restored database failed: {str(exc).strip()}") from None
+    finally:
+        conn.close()
+    return passed
+
+
+def _run_sanity_query(cur: Any, query: str) -> str:
+    """The user's own assertion about the data, e.g. 'SELECT count(*) > 0 FROM users'."""
+    try:
+        cur.execute(query)
+        row = cur.fetchone() if cur.description else None
+    except psycopg2.Error as exc:
+        raise BackupError(f"sanity query failed: {str(exc).strip()}") from None
+    if row is None or row[0] in (None, False, 0):
+        raise BackupError(f"sanity query returned {row[0] if row else 'no row'!r}, expected a true value")
+    return f"sanity query returned {row[0]!r}"
+
+
+def verify_backup(directory: Path, name: str | None = None, target: str | None = None,
+                  restore: bool = False, dsn: str | None = None,
+                  sanity_query: str | None = None) -> Verification:
+    """Run the checks on one backup and record the outcome in the state file."""
+    directory = Path(directory)
+    entry = choose_backup(directory, name, target)
+    if restore and not dsn:
+        raise BackupError("--restore needs a server to restore into: give --dsn or a --config with the target")
+    conninfo = Conninfo.parse(dsn) if dsn else None
+    result = Verification(backup=entry["name"], target=entry["target"], restore=restore)
+    try:
+        manifest = check_files(directory, entry)
+        result.checks.append(f"sha256 {entry['sha256'][:16]}... matches")
+        count = check_archive(directory / entry["files"]["dump"], manifest)
+        result.checks.append(f"pg_restore --list reads the archive ({count} table data entries)")
+        if restore and conninfo is not None:
+            result.checks.extend(restore_and_compare(conninfo, directory / entry["files"]["dump"], manifest,
+                                                     sanity_query))
+    except BackupError as exc:
+        result.failure = conninfo.redact(str(exc)) if conninfo else str(exc)
+    record_verification(directory, result)
+    return result
+
+
+def record_verification(directory: Path, result: Verification) -> None:
+    outcome = {"at": time.time(), "success": result.success, "restore": result.restore,
+               "backup": result.backup, "message": result.failure or "; ".join(result.checks)}
+    with StateFile(directory).update() as state:
+        entry = find_backup(state, result.backup)
+        if entry is not None:
+            entry["verify"] = outcome
+        target_record(state, result.target)["last_verify"] = outcome
+
