@@ -148,7 +148,7 @@ def parse_config(text: str, source: str = "<string>", dsn: str | None = None) ->
     checker = _Checker(doc)
     config = checker.config(dsn)
     if checker.errors:
-        raise ConfigError(checker.errors)
+        raise ConfigError(sorted(checker.errors, key=_error_position))
     return config
 
 
@@ -563,6 +563,12 @@ class _Checker:
 
 
 _LABEL_VALUE_SAFE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def _error_position(message: str) -> tuple[str, int]:
+    source, _, rest = message.partition(":")
+    line = rest.split(":", 1)[0]
+    return (source, int(line) if line.isdigit() else 0)
 
 
 def _valid_listen(listen: str) -> bool:

@@ -1,0 +1,138 @@
+"""Command line: parse, call, print, exit codes. Nothing else lives here."""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+import click
+
+from exporter import __version__
+from exporter.config import Config, ConfigError, load_config
+from exporter.logs import LEVELS, setup_logging
+from exporter.targets import dsn_password
+
+log = logging.getLogger("pgvigil")
+
+config_option = click.option("--config", "config_path", envvar="PGVIGIL_CONFIG", type=click.Path(dir_okay=False),
+                             help="YAML config file (env PGVIGIL_CONFIG). Without it: one target from --dsn or PG* env.")
+dsn_option = click.option("--dsn", envvar="PGVIGIL_DSN",
+                          help="DSN of the single default target when the config has no targets (env PGVIGIL_DSN).")
+
+
+@click.group()
+@click.version_option(__version__, prog_name="pgvigil")
+def main() -> None:
+    """pgvigil: PostgreSQL monitoring you can trust at 3 a.m."""
+
+
+def read_config(config_path: str | None, dsn: str | None) -> Config:
+    """Load the config or exit 1 listing every error."""
+    try:
+        return load_config(config_path, dsn=dsn)
+    except ConfigError as exc:
+        click.echo(f"invalid configuration ({len(exc.errors)} error{'s' if len(exc.errors) != 1 else ''}):", err=True)
+        for line in exc.errors:
+            click.echo(f"  {line}", err=True)
+        sys.exit(1)
+
+
+def extra_collectors(config: Config) -> list[object]:
+    """Collectors beyond SQL: the backup state when the config has a backup section."""
+    if config.backup is None:
+        return []
+    from exporter.backup.metrics import BackupStateCollector
+
+    target = config.backup.target or config.targets[0].name
+    return [BackupStateCollector(config.backup.dir, target)]
+
+
+def secrets_of(config: Config) -> list[str]:
+    return [p for p in (dsn_password(t.dsn) for t in config.targets) if p]
+
+
+@main.command()
+@config_option
+@dsn_option
+@click.option("--listen", envvar="PGVIGIL_LISTEN", help="host:port to listen on (env PGVIGIL_LISTEN; default 127.0.0.1:9187).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True)
+def serve(config_path: str | None, dsn: str | None, listen: str | None, log_format: str, log_level: str) -> None:
+    """Serve /metrics, /probe, /health and a landing page until SIGTERM; SIGHUP reloads the config."""
+    from exporter.server import Exporter, make_server
+
+    setup_logging(log_level, log_format)
+    config = read_config(config_path, dsn)
+    setup_logging(log_level, log_format, secrets_of(config))
+    exporter = Exporter(config, extra_collectors(config))
+    address = listen or config.listen
+    try:
+        server = make_server(exporter, address)
+    except OSError as exc:
+        click.echo(f"cannot listen on {address}: {exc.strerror}", err=True)
+        sys.exit(1)
+
+    def reload_config() -> None:
+        try:
+            new = load_config(config_path, dsn=dsn)
+        except ConfigError as exc:
+            log.error("config reload rejected, still serving the previous config:\n  %s", "\n  ".join(exc.errors))
+            return
+        exporter.reload(new, extra_collectors(new))
+        log.info("config reloaded: %d targets, %d queries", len(new.targets), len(new.queries))
+
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload_config, daemon=True).start())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    log.info("pgvigil %s listening on %s with %d targets and %d queries",
+             __version__, address, len(config.targets), len(config.queries))
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        exporter.close()
+        log.info("pgvigil stopped; database sessions closed")
+
+
+@main.command()
+@config_option
+@dsn_option
+@click.option("--connect", is_flag=True, help="Also run every query once and print a table of the results.")
+def check(config_path: str | None, dsn: str | None, connect: bool) -> None:
+    """Validate the config (exit 1 listing every error); with --connect, run each query once."""
+    config = read_config(config_path, dsn)
+    packs = ", ".join(config.collectors) or "none"
+    click.echo(f"config OK: {len(config.targets)} target(s), {len(config.queries)} queries (packs: {packs})")
+    if connect:
+        sys.exit(0 if print_connect_table(config) else 1)
+
+
+def print_connect_table(config: Config) -> bool:
+    from exporter.running import Runner
+
+    setup_logging("error", "text", secrets_of(config))
+    runner = Runner(config)
+    try:
+        scrape = runner.scrape(config.defaults.scrape_timeout)
+    finally:
+        runner.close()
+    rows = [("target", "query", "rows", "series", "duration", "error")]
+    ok = True
+    for state in scrape.targets:
+        if not state.up:
+            ok = False
+            rows.append((state.spec.name, "-", "-", "-", "-", f"unreachable: {state.error}"))
+    for outcome in scrape.outcomes:
+        status = outcome.status
+        error = "timed out" if outcome.timed_out else (status.error or "")
+        ok = ok and outcome.included
+        rows.append((outcome.target.spec.name, outcome.query.name, str(status.rows), str(status.series),
+                     f"{status.duration * 1000:.1f}ms", error))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5])
+    return ok
+
+
+# subcommands owned by other modules

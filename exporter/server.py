@@ -1,0 +1,190 @@
+"""HTTP endpoints: /metrics, /probe, /health and a landing page.
+
+The database's misbehaviour never turns into a 5xx on /metrics: failures are
+self-metrics. Only /health answers 503, by design, when a target is down.
+"""
+from __future__ import annotations
+
+import html
+import json
+import logging
+import threading
+import urllib.parse
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Iterable
+
+from exporter import __version__
+from exporter.config import Config
+from exporter.exposition import CONTENT_TYPE
+from exporter.running import Runner, render_scrape
+from exporter.selfmetrics import process_registry, render_self_metrics
+
+log = logging.getLogger(__name__)
+
+# Leave Prometheus this much of its scrape timeout to receive the answer.
+SCRAPE_TIMEOUT_MARGIN = 0.5
+
+
+class Exporter:
+    """The running state behind the HTTP server; `reload()` swaps in a new config atomically."""
+
+    def __init__(self, config: Config, extra_collectors: Iterable[object] = ()) -> None:
+        self.config = config
+        self.runner = Runner(config)
+        self.registry = process_registry(extra_collectors)
+
+    def metrics(self, scrape_timeout: float | None, only: list[str] | None = None) -> str:
+        runner = self.runner
+        scrape = runner.scrape(scrape_timeout, only=only)
+        return render_scrape(runner, scrape) + render_self_metrics(runner, scrape, self.registry)
+
+    def reload(self, config: Config, extra_collectors: Iterable[object] = ()) -> None:
+        old = self.runner
+        self.config, self.runner = config, Runner(config)
+        self.registry = process_registry(extra_collectors)
+        old.close()
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def scrape_budget(header: str | None, configured: float) -> float:
+    """Seconds a scrape may take: Prometheus' announced timeout minus a margin, capped by config."""
+    try:
+        announced = float(header) if header else None
+    except ValueError:
+        announced = None
+    if announced is None or announced <= 0:
+        return configured
+    return max(0.1, min(configured, announced - SCRAPE_TIMEOUT_MARGIN))
+
+
+def _handler_class(exporter: Exporter) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = f"pgvigil/{__version__}"
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt: str, *args: object) -> None:  # route to logging, at debug
+            log.debug("%s %s", self.address_string(), fmt % args)
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+            url = urllib.parse.urlsplit(self.path)
+            params = urllib.parse.parse_qs(url.query)
+            routes: dict[str, Callable[[dict], tuple[int, str, bytes]]] = {
+                "/metrics": self.metrics, "/probe": self.probe, "/health": self.health, "/": self.landing,
+            }
+            route = routes.get(url.path)
+            if route is None:
+                self.reply(404, "text/plain; charset=utf-8", b"not found\n")
+                return
+            try:
+                self.reply(*route(params))
+            except Exception:  # a bug, not the database: log it, answer 500
+                log.exception("error serving %s", url.path)
+                self.reply(500, "text/plain; charset=utf-8", b"internal error\n")
+
+        def reply(self, code: int, content_type: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_HEAD = do_GET
+
+        def budget(self) -> float:
+            return scrape_budget(self.headers.get("X-Prometheus-Scrape-Timeout-Seconds"),
+                                 exporter.config.defaults.scrape_timeout)
+
+        def metrics(self, params: dict) -> tuple[int, str, bytes]:
+            return 200, CONTENT_TYPE, exporter.metrics(self.budget()).encode("utf-8")
+
+        def probe(self, params: dict) -> tuple[int, str, bytes]:
+            # Only configured target names are accepted: never an address from the request.
+            name = (params.get("target") or [""])[0]
+            if name not in exporter.runner.targets:
+                known = ", ".join(sorted(exporter.runner.targets))
+                return 400, "text/plain; charset=utf-8", f"unknown target; configured targets: {known}\n".encode()
+            return 200, CONTENT_TYPE, exporter.metrics(self.budget(), only=[name]).encode("utf-8")
+
+        def health(self, params: dict) -> tuple[int, str, bytes]:
+            targets = exporter.runner.health()
+            healthy = all(t["up"] for t in targets.values())
+            body = {"status": "ok" if healthy else "degraded", "version": __version__, "targets": targets}
+            return (200 if healthy else 503), "application/json", json.dumps(body, indent=2).encode() + b"\n"
+
+        def landing(self, params: dict) -> tuple[int, str, bytes]:
+            return 200, "text/html; charset=utf-8", render_landing(exporter).encode("utf-8")
+
+    return Handler
+
+
+def render_landing(exporter: Exporter) -> str:
+    rows = []
+    for name, state in exporter.runner.targets.items():
+        for query in exporter.config.queries:
+            status = state.statuses[query.name]
+            if status.success is None:
+                continue
+            outcome = "ok" if status.success else f"failed: {status.error or ''}"
+            rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(query.name)}</td>"
+                        f"<td>{status.rows}</td><td>{status.duration * 1000:.1f} ms</td><td>{html.escape(outcome)}</td></tr>")
+    targets = "".join(
+        f"<li>{html.escape(name)}: {'up' if state.up else ('down: ' + html.escape(state.error or '') if state.up is False else 'not yet scraped')}</li>"
+        for name, state in exporter.runner.targets.items())
+    return (f"<!doctype html><html><head><title>pgvigil</title></head><body><h1>pgvigil {__version__}</h1>"
+            f"<p><a href='/metrics'>/metrics</a> · <a href='/health'>/health</a></p><h2>Targets</h2><ul>{targets}</ul>"
+            f"<h2>Queries ({len(exporter.config.queries)})</h2><table border='1' cellpadding='3'>"
+            f"<tr><th>target</th><th>query</th><th>rows</th><th>duration</th><th>last status</th></tr>{''.join(rows)}</table>"
+            "</body></html>\n")
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+@dataclass
+class ServerHandle:
+    server: ThreadingHTTPServer
+    exporter: Exporter
+    thread: threading.Thread
+    url: str
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.exporter.close()
+
+
+def make_server(exporter: Exporter, listen: str, wrap_socket: Callable | None = None) -> ThreadingHTTPServer:
+    host, port = split_listen(listen)
+    server_class = _Server
+    if ":" in host:
+        import socket
+
+        server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
+    server = server_class((host, port), _handler_class(exporter))
+    if wrap_socket is not None:
+        server.socket = wrap_socket(server.socket)
+    return server
+
+
+def start_server(config: Config, listen: str = "127.0.0.1:0", extra_collectors: Iterable[object] = (),
+                 wrap_socket: Callable | None = None) -> ServerHandle:
+    """Serve in a background thread (for tests, the demo and embedding); returns a handle with .url and .stop()."""
+    exporter = Exporter(config, extra_collectors)
+    server = make_server(exporter, listen, wrap_socket)
+    thread = threading.Thread(target=server.serve_forever, name="pgvigil-http", daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    scheme = "https" if wrap_socket is not None else "http"
+    shown = f"[{host}]" if ":" in host else host
+    return ServerHandle(server=server, exporter=exporter, thread=thread, url=f"{scheme}://{shown}:{port}")
