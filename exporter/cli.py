@@ -136,3 +136,7 @@ def print_connect_table(config: Config) -> bool:
 
 
 # subcommands owned by other modules
+
+from exporter.backup.cli import backup  # noqa: E402  (the backup commands live with the backup package)
+
+main.add_command(backup)

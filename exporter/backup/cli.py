@@ -56,7 +56,8 @@ def _fail(exc: BackupError) -> click.ClickException:
 
 
 common = [
-    click.option("--config", "config_path", type=click.Path(dir_okay=False), help="pgvigil config file"),
+    click.option("--config", "config_path", envvar="PGVIGIL_CONFIG", type=click.Path(dir_okay=False),
+                 help="pgvigil config file (env PGVIGIL_CONFIG)"),
     click.option("--dir", "directory", type=click.Path(file_okay=False), help="backup directory (overrides config)"),
     click.option("--target", help="target name (a config target, or a label with --dsn)"),
 ]
@@ -80,7 +81,7 @@ def backup() -> None:
 @click.option("--progress/--no-progress", default=None, help="progress line (default: when stderr is a terminal)")
 def run(config_path: str | None, directory: str | None, target: str | None, dsn: str | None,
         offsite_dir: str | None, progress: bool | None) -> None:
-    """Dump one database with pg_dump (custom format), checksum it and write its manifest."""
+    """Dump a database (pg_dump -Fc) with a checksum and a manifest."""
     from exporter.backup.dump import run_backup
     from exporter.backup.offsite import offsite_places
 
@@ -110,7 +111,7 @@ def run(config_path: str | None, directory: str | None, target: str | None, dsn:
 @click.option("--sanity-query", help="SQL run in the restored database; its first value must be true")
 def verify(config_path: str | None, directory: str | None, target: str | None, name: str | None,
            dsn: str | None, restore: bool, sanity_query: str | None) -> None:
-    """Check a backup (default: the newest complete one): checksum, archive, optionally a real restore."""
+    """Verify a backup (default: the newest): checksum, archive, optionally a real restore."""
     from exporter.backup.verify import verify_backup
 
     settings = resolve(config_path, directory, target, dsn)
@@ -135,7 +136,7 @@ def verify(config_path: str | None, directory: str | None, target: str | None, n
 @click.option("--dry-run", is_flag=True, help="print what would be deleted, delete nothing")
 def prune(config_path: str | None, directory: str | None, target: str | None, keep_days: float | None,
           keep_last: int | None, dry_run: bool) -> None:
-    """Delete old backups; never the newest or newest verified one, never files pgvigil did not make."""
+    """Delete backups beyond retention; keeps the newest and newest verified, ignores foreign files."""
     from exporter.backup.prune import prune as apply_prune
 
     settings = resolve(config_path, directory, None, None)
@@ -156,7 +157,7 @@ def prune(config_path: str | None, directory: str | None, target: str | None, ke
 @with_common
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def status(config_path: str | None, directory: str | None, target: str | None, as_json: bool) -> None:
-    """A table of recorded backups and what each is worth (verified, restored, failed ...)."""
+    """Show recorded backups and their verification state."""
     from exporter.backup.status import backup_statuses, render_table
 
     settings = resolve(config_path, directory, None, None)

@@ -26,7 +26,7 @@ from typing import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from exporter.backup.pgclient import BackupError
-from exporter.backup.state import StateFile
+from exporter.backup.state import StateFile, reap_interrupted
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ class BackupStateCollector:
                 log.warning("backup metrics unavailable for target %s: %s", self.target, exc)
                 self._complained = True
             return
+        # A run killed since the last write counts as failed now, as the next writer will record it.
+        reap_interrupted(state)
         # With no record yet the failure counter still starts at 0, so that increase() sees the first one.
         record = state["targets"].get(self.target) or {}
         for name, help_text, path in GAUGES:
