@@ -1,0 +1,164 @@
+"""Config model: shape, types, cross-references, located error messages."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from exporter.config import ConfigError, expand_env, load_config, parse_config, parse_duration
+
+
+def errors_of(text: str, source: str = "c.yaml") -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(textwrap.dedent(text), source=source)
+    return info.value.errors
+
+
+def test_issue_example_parses_into_frozen_dataclasses(monkeypatch):
+    monkeypatch.setenv("DB_HOST", "db.internal")
+    config = parse_config(textwrap.dedent("""
+        listen: 127.0.0.1:9187
+        targets:
+          primary:
+            dsn: postgresql://monitor@${DB_HOST}:${DB_PORT:-5432}/app
+            labels: {cluster: main}
+        defaults: {timeout: 5s, ttl: 0s}
+        collectors: []
+        queries:
+          - name: app_jobs
+            help: Background jobs by state
+            sql: SELECT state, count(*) AS count, max(age_s) AS oldest_seconds FROM jobs GROUP BY state
+            labels: [state]
+            metrics:
+              count: {type: gauge, help: Jobs in this state}
+              oldest_seconds: {type: gauge}
+            ttl: 30s
+            timeout: 2s
+            targets: [primary]
+            min_server_version: 130000
+          - name: request
+            sql: SELECT route, ms / 1000.0 AS duration_seconds FROM request_log WHERE at > {{previous_run}}
+            labels: [route]
+            metrics:
+              duration_seconds: {type: histogram, buckets: [0.05, 0.1, 0.2, 0.5, 1, 2, 5]}
+    """))
+    assert config.target("primary").dsn == "postgresql://monitor@db.internal:5432/app"
+    assert config.target("primary").labels == (("cluster", "main"),)
+    jobs, request = config.queries
+    assert (jobs.ttl, jobs.timeout, jobs.targets, jobs.min_server_version) == (30.0, 2.0, ("primary",), 130000)
+    assert [m.name for m in jobs.metrics] == ["app_jobs_count", "app_jobs_oldest_seconds"]
+    assert jobs.metrics[0].help == "Jobs in this state" and jobs.metrics[1].help == "Background jobs by state"
+    assert request.uses_previous_run and request.metrics[0].buckets[-1] == 5.0
+    assert request.ttl == 0.0 and request.timeout == 5.0
+    with pytest.raises(AttributeError):
+        jobs.ttl = 1  # frozen
+
+
+def test_without_targets_one_default_target_comes_from_dsn():
+    config = parse_config("collectors: []", dsn="postgresql://x@h/db")
+    assert [(t.name, t.dsn) for t in config.targets] == [("default", "postgresql://x@h/db")]
+    assert parse_config("collectors: []").targets[0].dsn == ""  # libpq PG* environment
+
+
+def test_dsn_file_is_read(tmp_path):
+    secret = tmp_path / "dsn"
+    secret.write_text("postgresql://u:s3cret@h/db\n")
+    config = parse_config(f"targets: {{a: {{dsn_file: {secret}}}}}\ncollectors: []")
+    assert config.target("a").dsn == "postgresql://u:s3cret@h/db"
+    assert "s3cret" not in repr(config)
+
+
+def test_every_error_is_reported_with_file_line_and_key():
+    errors = errors_of("""\
+        listen: 9187
+        colectors: [default]
+        defaults:
+          timeout: fast
+        queries:
+          - name: q1
+            sql: select 1 as a
+            labels: [a]
+            metrics:
+              a: {type: gauge}
+              b: {type: gauge2}
+    """)
+    assert errors == [
+        "c.yaml:1: listen: expected a string, got the number 9187",
+        "c.yaml:2: colectors: unknown key 'colectors'; did you mean 'collectors'?",
+        "c.yaml:4: defaults.timeout: expected a duration such as 500ms, 5s, 2m or 1h, got the string 'fast'",
+        "c.yaml:10: queries[0].metrics.a: column 'a' is both a label and a metric; use it as one or the other",
+        "c.yaml:11: queries[0].metrics.b.type: expected one of gauge, counter, histogram, gauge_histogram, "
+        "got the string 'gauge2'; did you mean 'gauge'?",
+    ]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("queries:\n  - name: q\n    sql: select 1 x\n", "c.yaml:2: queries[0]: missing required key 'metrics'"),
+    ("queries:\n  - {name: q, sql: s, metrics: {x: {type: histogram}}}\n",
+     "c.yaml:2: queries[0].metrics.x.buckets: expected a non-empty list of upper bounds, e.g. [0.1, 0.5, 1]"),
+    ("queries:\n  - {name: q, sql: s, metrics: {x: {type: histogram, buckets: [2, 1]}}}\n",
+     "c.yaml:2: queries[0].metrics.x.buckets: expected bucket bounds in strictly increasing order"),
+    ("queries:\n  - {name: q, sql: s, targets: [nope], metrics: {x: {}}}\n",
+     "c.yaml:2: queries[0].targets: unknown target 'nope'; configured: default"),
+    ("queries:\n  - {name: q, sql: s, labels: [target], metrics: {x: {}}}\n",
+     "c.yaml:2: queries[0].labels[0]: label 'target' is set by pgvigil; rename the column"),
+    ("queries:\n  - {name: q, sql: s, metrics: {x: {}}}\n  - {name: q, sql: s, metrics: {y: {}}}\n",
+     "c.yaml:3: queries[1]: query name 'q' is used twice"),
+    ("queries:\n  - {name: a, sql: s, metrics: {x: {name: m}}}\n  - {name: b, sql: s, metrics: {y: {name: m}}}\n",
+     "c.yaml:3: queries[1].metrics.y: metric 'm' is also produced by query 'a'"),
+    ("queries:\n  - {name: 1bad, sql: s, metrics: {x: {}}}\n",
+     "c.yaml:2: queries[0].name: expected a name matching [a-zA-Z_:][a-zA-Z0-9_:]*"),
+    ("queries:\n  - {name: q, sql: 'select {{previous_run}}', metrics: {x: {}}}\n",
+     "c.yaml:2: queries[0].sql: {{previous_run}} only makes sense for histogram metrics"),
+    ("defaults: {max_series: -1}\n", "c.yaml:1: defaults.max_series: expected a non-negative integer, got the number -1"),
+    ("targets: {a: {dsn: x, dsn_file: y}}\n", "c.yaml:1: targets.a: set either 'dsn' or 'dsn_file', not both"),
+    ("queries: {}\n", "c.yaml:1: queries: expected a list of queries, got a mapping"),
+    ("collectors: [nosuchpack]\n", "c.yaml:1: collectors[0]: unknown query pack 'nosuchpack'"),
+    ("a: [\n", "c.yaml:2: invalid YAML"),
+])
+def test_error_messages(text, expected):
+    errors = errors_of("collectors: []\n" + text if not text.startswith("collectors") else text)
+    shifted = expected if text.startswith("collectors") else _shift(expected)
+    assert any(e.startswith(shifted) for e in errors), errors
+
+
+def _shift(message: str) -> str:
+    """The test prepends one line, so expected line numbers move by one."""
+    source, line, rest = message.split(":", 2)
+    return f"{source}:{int(line) + 1}:{rest}"
+
+
+def test_versioned_variants_may_share_metric_names():
+    config = parse_config(textwrap.dedent("""
+        collectors: []
+        queries:
+          - {name: old, sql: s, max_server_version: 129999, metrics: {x: {name: m}}}
+          - {name: new, sql: s, min_server_version: 130000, metrics: {y: {name: m}}}
+    """))
+    old, new = config.queries
+    assert old.runs_on_version(120000) and not old.runs_on_version(130000)
+    assert new.runs_on_version(170000) and not new.runs_on_version(120000)
+
+
+def test_unreadable_file_and_missing_env(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "absent.yaml")
+    assert "cannot read config" in info.value.errors[0]
+    monkeypatch.delenv("NOPE", raising=False)
+    errors = errors_of("collectors: []\ntargets:\n  a:\n    dsn: postgresql://u:${NOPE}@h/db\n")
+    assert errors == ["c.yaml:4: targets.a.dsn: environment variable NOPE is not set (use ${NOPE:-default} for a fallback)"]
+
+
+@pytest.mark.parametrize("value, seconds", [("5s", 5), ("250ms", 0.25), ("2m", 120), ("1h", 3600), (3, 3), ("1.5s", 1.5)])
+def test_durations(value, seconds):
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["fast", -1, True, "5 parsecs", float("inf")])
+def test_invalid_durations(value):
+    assert parse_duration(value) is None
+
+
+def test_env_expansion_defaults():
+    assert expand_env("${A:-x}-${B}", {"B": "b"}) == ("x-b", [])
+    assert expand_env("${A}", {}) == ("", ["A"])
