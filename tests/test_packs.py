@@ -1,0 +1,409 @@
+"""The shipped query packs against a real PostgreSQL 15, with every metric provoked first.
+
+One database is set up with known state (12,000 dead tuples, a held lock with a blocked
+session, an idle transaction, an invalid and an unused index, a table without RLS, a vector
+index, slow statements ...), then scraped once as the superuser and once as a role that only
+has pg_monitor. Each test reads one provoked value back from both scrapes.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import psycopg2
+import pytest
+
+from exporter.config import parse_config
+from exporter.running import scrape_once
+from packs.exposition import Sample, find, parse_samples, value
+
+MONITOR_ROLE = "pgvigil_monitor"
+ROLES = ("superuser", "monitor")
+DEAD_TUPLES = 12_000
+SLEEP_SECONDS = 0.2
+SLEEP_CALLS = 5
+SERVER_VERSION = 150000
+
+
+def ensure_monitor_role(cluster) -> None:
+    """The README's "Monitoring role": a login role with nothing but pg_monitor."""
+    cluster.execute(
+        f"""DO $$ BEGIN
+              IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{MONITOR_ROLE}') THEN
+                CREATE ROLE {MONITOR_ROLE} LOGIN PASSWORD 'monitor-secret';
+              END IF;
+            END $$;
+            GRANT pg_monitor TO {MONITOR_ROLE};"""
+    )
+
+
+def scrape(cluster, dbname: str, role: str, collectors: str = "[default]") -> list[Sample]:
+    user = MONITOR_ROLE if role == "monitor" else "postgres"
+    dsn = cluster.dsn(dbname, user=user)
+    config = parse_config(f"targets:\n  app:\n    dsn: {dsn}\ncollectors: {collectors}\n")
+    return parse_samples(scrape_once(config))
+
+
+def wait_until(check, what: str, attempts: int = 200) -> None:
+    """Statistics reach the views asynchronously: poll instead of sleeping a fixed time."""
+    for _ in range(attempts):
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+SETUP_SQL = f"""
+CREATE EXTENSION pg_stat_statements;
+CREATE TABLE bloat (id int PRIMARY KEY, v text) WITH (autovacuum_enabled = false);
+INSERT INTO bloat SELECT g, 'x' FROM generate_series(1, {DEAD_TUPLES}) g;
+DELETE FROM bloat;
+CREATE TABLE vacuumed (id int) WITH (autovacuum_enabled = false);
+INSERT INTO vacuumed VALUES (1);
+CREATE TABLE indexed (id int, used int, unused int) WITH (autovacuum_enabled = false);
+INSERT INTO indexed SELECT g, g, g FROM generate_series(1, 1000) g;
+CREATE INDEX indexed_used ON indexed (used);
+CREATE INDEX indexed_unused ON indexed (unused);
+ANALYZE indexed;
+CREATE TABLE dup (v int);
+INSERT INTO dup VALUES (1), (1);
+CREATE TABLE secured (id int);
+ALTER TABLE secured ENABLE ROW LEVEL SECURITY;
+CREATE TABLE locked (id int);
+CREATE TABLE deadlock_a (id int); INSERT INTO deadlock_a VALUES (1);
+CREATE TABLE deadlock_b (id int); INSERT INTO deadlock_b VALUES (1);
+-- pgvector is not packaged here. A stand-in access method named hnsw is enough for the pack,
+-- which matches on the method name; hash's handler is used because btree's index build
+-- rejects any access method that is not btree itself.
+CREATE ACCESS METHOD hnsw TYPE INDEX HANDLER hashhandler;
+CREATE OPERATOR CLASS int4_hnsw_ops DEFAULT FOR TYPE int4 USING hnsw AS
+  OPERATOR 1 =, FUNCTION 1 hashint4(int4);
+CREATE TABLE items (id int, embedding int);
+INSERT INTO items SELECT g, g FROM generate_series(1, 1000) g;
+CREATE INDEX items_embedding_hnsw ON items USING hnsw (embedding);
+ANALYZE items;
+"""
+
+TABLES_WITHOUT_RLS = {"bloat", "vacuumed", "indexed", "dup", "locked", "deadlock_a", "deadlock_b", "items"}
+
+WORKLOAD_SQL = f"""
+SET enable_seqscan = off; SET enable_bitmapscan = off;
+SELECT * FROM indexed WHERE used = 5;
+SELECT * FROM items WHERE embedding = 1;
+SELECT * FROM items WHERE embedding = 2;
+SELECT * FROM items WHERE embedding = 3;
+RESET enable_seqscan; RESET enable_bitmapscan;
+SET work_mem = '64kB';
+SELECT count(*) FROM (SELECT g FROM generate_series(1, 200000) g ORDER BY g DESC) s;
+RESET work_mem;
+""" + "SELECT pg_sleep(%s);\n" % SLEEP_SECONDS * SLEEP_CALLS
+
+
+def provoke_deadlock(dsn: str) -> None:
+    """Two sessions lock two tables in opposite order; PostgreSQL aborts one of them."""
+    first, second = psycopg2.connect(dsn), psycopg2.connect(dsn)
+    errors: list[Exception] = []
+    try:
+        first.cursor().execute("LOCK TABLE deadlock_a")
+        second.cursor().execute("LOCK TABLE deadlock_b")
+
+        def cross(conn, table):
+            try:
+                conn.cursor().execute(f"LOCK TABLE {table}")
+            except psycopg2.errors.DeadlockDetected as exc:
+                errors.append(exc)
+            finally:
+                conn.rollback()
+
+        worker = threading.Thread(target=cross, args=(first, "deadlock_b"))
+        worker.start()
+        cross(second, "deadlock_a")
+        worker.join()
+    finally:
+        first.close()
+        second.close()
+    assert len(errors) == 1, "expected exactly one deadlock victim"
+
+
+class HeldSessions:
+    """An idle transaction holding ACCESS EXCLUSIVE on `locked`, and a session blocked by it."""
+
+    def __init__(self, dsn: str) -> None:
+        self.holder = psycopg2.connect(dsn)
+        self.holder.cursor().execute("LOCK TABLE locked IN ACCESS EXCLUSIVE MODE")
+        self.holder_pid = self.holder.get_backend_pid()
+        self.waiter = psycopg2.connect(dsn)
+        self.waiter.autocommit = True
+        self.waiter_pid = self.waiter.get_backend_pid()
+        self.thread = threading.Thread(target=self._wait, daemon=True)
+        self.thread.start()
+
+    def _wait(self) -> None:
+        self.waiter.cursor().execute("SELECT count(*) FROM locked")
+
+    def release(self) -> None:
+        self.holder.rollback()
+        self.thread.join(timeout=30)
+        self.holder.close()
+        self.waiter.close()
+
+
+@pytest.fixture(scope="module")
+def provoked(cluster):
+    """A database with every provoked condition, scraped by both roles while it holds."""
+    ensure_monitor_role(cluster)
+    db = "t_packs_" + uuid.uuid4().hex[:8]
+    dsn = cluster.create_database(db)
+    cluster.execute(SETUP_SQL, db)
+    cluster.execute("VACUUM vacuumed", db)
+    try:
+        cluster.execute("CREATE UNIQUE INDEX CONCURRENTLY dup_v_key ON dup (v)", db)
+    except psycopg2.errors.UniqueViolation:
+        pass  # expected: the failed build leaves the index behind, marked invalid
+    cluster.execute(WORKLOAD_SQL, db)
+    provoke_deadlock(dsn)
+    cluster.execute("CHECKPOINT")
+    cluster.execute("SELECT pg_create_physical_replication_slot('pgvigil_test_slot', true)")
+
+    def stats_arrived() -> bool:
+        rows = cluster.execute(
+            "SELECT (SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'bloat'),"
+            " (SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'items_embedding_hnsw'),"
+            " (SELECT deadlocks FROM pg_stat_database WHERE datname = current_database())", db)
+        return rows[0] == (DEAD_TUPLES, 3, 1)
+
+    wait_until(stats_arrived, "table, index and database statistics to be flushed")
+    held = HeldSessions(dsn)
+    try:
+        wait_until(lambda: cluster.execute(
+            f"SELECT wait_event_type FROM pg_stat_activity WHERE pid = {held.waiter_pid}")[0][0] == "Lock",
+            "the blocked session to wait on its lock")
+        time.sleep(1.1)  # so the idle transaction and the lock wait are at least a second old
+        scrapes = {role: scrape(cluster, db, role) for role in ROLES}
+    finally:
+        held.release()
+        cluster.execute("SELECT pg_drop_replication_slot('pgvigil_test_slot')")
+    yield db, scrapes
+    cluster.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
+
+
+@pytest.fixture(params=ROLES)
+def result(request, provoked):
+    """(database name, samples) for one role's scrape."""
+    db, scrapes = provoked
+    return db, scrapes[request.param]
+
+
+def expected_queries(with_statements: bool) -> set[str]:
+    config = parse_config("collectors: [default]\n")
+    return {q.name for q in config.queries if q.runs_on_version(SERVER_VERSION)
+            and (with_statements or q.requires_extension != "pg_stat_statements")}
+
+
+# -- every pack runs ---------------------------------------------------------
+
+def test_every_query_succeeds_with_pg_stat_statements(result):
+    _, samples = result
+    succeeded = {s.labels["query"] for s in find(samples, "pgvigil_query_success") if s.value == 1}
+    failed = {s.labels["query"] for s in find(samples, "pgvigil_query_success") if s.value != 1}
+    assert failed == set()
+    assert succeeded == expected_queries(with_statements=True)
+    errors = [s for s in find(samples, "pgvigil_query_errors_total") if s.value]
+    assert errors == []
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_query_succeeds_without_pg_stat_statements(cluster, fresh_db, role):
+    ensure_monitor_role(cluster)
+    samples = scrape(cluster, fresh_db.rsplit("/", 1)[1], role)
+    succeeded = {s.labels["query"] for s in find(samples, "pgvigil_query_success") if s.value == 1}
+    assert succeeded == expected_queries(with_statements=False)
+    assert [s for s in find(samples, "pgvigil_query_errors_total") if s.value] == []
+    assert not [s for s in samples if s.name.startswith("pg_stat_statements_")]
+    assert value(samples, "pg_up") == 1
+
+
+# -- tables ------------------------------------------------------------------
+
+def test_dead_tuples(result):
+    db, samples = result
+    bloat = {"datname": db, "schemaname": "public", "relname": "bloat"}
+    assert value(samples, "pg_stat_user_tables_n_dead_tup", **bloat) == DEAD_TUPLES
+    assert value(samples, "pg_stat_user_tables_n_tup_ins", **bloat) == DEAD_TUPLES
+    assert value(samples, "pg_stat_user_tables_n_tup_del", **bloat) == DEAD_TUPLES
+    assert value(samples, "pg_stat_user_tables_n_live_tup", **bloat) == 0
+    assert value(samples, "pg_stat_user_tables_size_bytes", **bloat) > 0
+    assert value(samples, "pg_statio_user_tables_heap_blocks_hit", **bloat) > 0
+
+
+def test_vacuum_times_are_epoch_seconds_and_zero_when_never(cluster, result):
+    db, samples = result
+    vacuumed = value(samples, "pg_stat_user_tables_last_vacuum", datname=db, relname="vacuumed")
+    expected = cluster.execute(
+        "SELECT extract(epoch FROM last_vacuum) FROM pg_stat_user_tables WHERE relname = 'vacuumed'", db)[0][0]
+    assert vacuumed == pytest.approx(float(expected))
+    assert value(samples, "pg_stat_user_tables_vacuum_count", datname=db, relname="vacuumed") == 1
+    assert value(samples, "pg_stat_user_tables_last_vacuum", datname=db, relname="bloat") == 0
+    assert value(samples, "pg_stat_user_tables_last_autovacuum", datname=db, relname="bloat") == 0
+
+
+def test_exclusively_locked_table_is_listed_without_a_size(result):
+    db, samples = result
+    assert value(samples, "pg_stat_user_tables_n_live_tup", datname=db, relname="locked") == 0
+    assert find(samples, "pg_stat_user_tables_size_bytes", datname=db, relname="locked") == []
+
+
+# -- indexes -----------------------------------------------------------------
+
+def test_unused_and_used_indexes(result):
+    db, samples = result
+    assert value(samples, "pg_index_unused", datname=db, relname="indexed", indexrelname="indexed_unused") == 1
+    assert find(samples, "pg_index_unused", indexrelname="indexed_used") == []
+    assert find(samples, "pg_index_unused", indexrelname="bloat_pkey") == []  # unique: enforces a constraint
+    assert value(samples, "pg_stat_user_indexes_idx_scan", datname=db, indexrelname="indexed_used") == 1
+    assert value(samples, "pg_stat_user_indexes_idx_scan", datname=db, indexrelname="indexed_unused") == 0
+    assert value(samples, "pg_stat_user_indexes_size_bytes", datname=db, indexrelname="indexed_used") > 0
+
+
+def test_failed_concurrent_index_build_is_invalid(result):
+    db, samples = result
+    assert value(samples, "pg_index_invalid", datname=db, schemaname="public", relname="dup",
+                 indexrelname="dup_v_key") == 1
+    assert [s.labels["indexrelname"] for s in find(samples, "pg_index_invalid", datname=db)] == ["dup_v_key"]
+
+
+def test_vector_index(result):
+    db, samples = result
+    labels = {"datname": db, "relname": "items", "indexrelname": "items_embedding_hnsw", "method": "hnsw"}
+    assert value(samples, "pg_vector_index_size_bytes", **labels) > 0
+    assert value(samples, "pg_vector_index_scans_total", **labels) == 3
+    assert value(samples, "pg_vector_index_tuples_read_total", **labels) == 3
+    assert len(find(samples, "pg_vector_index_size_bytes")) == 1  # plain indexes are not vector indexes
+
+
+# -- sessions, locks, long-running work --------------------------------------
+
+def test_idle_in_transaction_session_and_its_age(result):
+    db, samples = result
+    assert value(samples, "pg_stat_activity_count", datname=db, state="idle in transaction") == 1
+    assert value(samples, "pg_stat_activity_max_idle_in_transaction_seconds", datname=db) >= 1.0
+    assert value(samples, "pg_stat_activity_max_tx_duration", datname=db, state="idle in transaction") >= 1.0
+    assert value(samples, "pg_stat_activity_count", datname=db, state="fastpath function call") == 0
+
+
+def test_held_lock_and_blocked_session(result):
+    db, samples = result
+    assert value(samples, "pg_locks_blocked_sessions", datname=db) == 1
+    assert value(samples, "pg_stat_activity_waiting_count", datname=db) == 1
+    assert value(samples, "pg_locks_max_wait_seconds", datname=db) >= 1.0
+    assert value(samples, "pg_locks_count", datname=db, mode="accessexclusivelock") >= 1
+    assert value(samples, "pg_locks_count", datname=db, mode="sharerowexclusivelock") == 0
+
+
+def test_blocked_query_is_the_longest_running_and_in_the_age_histogram(result):
+    db, samples = result
+    assert value(samples, "pg_stat_activity_max_query_duration_seconds", datname=db) >= 1.0
+    assert value(samples, "pg_stat_activity_count", datname=db, state="active") >= 1
+    older_than_a_second = (value(samples, "pg_stat_activity_query_age_seconds_bucket", le="+Inf")
+                           - value(samples, "pg_stat_activity_query_age_seconds_bucket", le="1.0"))
+    assert older_than_a_second >= 1
+    assert value(samples, "pg_stat_activity_query_age_seconds_gcount") >= 1
+
+
+def test_connections_per_user_and_client(result):
+    _, samples = result
+    assert value(samples, "pg_stat_activity_by_user_count", usename="postgres") >= 2
+    assert value(samples, "pg_stat_activity_by_client_count", client_addr="127.0.0.1") >= 2
+
+
+# -- statements --------------------------------------------------------------
+
+def test_slow_statement_in_top_n_mean_max_and_histogram(cluster, result):
+    db, samples = result
+    queryid = cluster.execute(
+        "SELECT queryid::text FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
+        f" WHERE d.datname = '{db}' AND s.query LIKE 'SELECT pg_sleep%'")[0][0]
+    statement = {"user": "postgres", "datname": db, "queryid": queryid}
+    assert value(samples, "pg_stat_statements_calls_total", **statement) == SLEEP_CALLS
+    assert value(samples, "pg_stat_statements_rows_total", **statement) == SLEEP_CALLS
+    assert value(samples, "pg_stat_statements_seconds_total", **statement) >= SLEEP_SECONDS * SLEEP_CALLS
+    assert value(samples, "pg_stat_statements_mean_seconds_max", datname=db) >= SLEEP_SECONDS
+    between = (value(samples, "pg_stat_statements_mean_time_seconds_bucket", le="0.25")
+               - value(samples, "pg_stat_statements_mean_time_seconds_bucket", le="0.1"))
+    assert between >= 1
+
+
+# -- database ----------------------------------------------------------------
+
+def test_database_counters(cluster, result):
+    db, samples = result
+    datid = str(cluster.execute(f"SELECT oid FROM pg_database WHERE datname = '{db}'")[0][0])
+    stat = {"datid": datid, "datname": db}
+    assert value(samples, "pg_stat_database_deadlocks", **stat) == 1
+    assert value(samples, "pg_stat_database_xact_rollback", **stat) >= 2  # the deadlock victim and the holder's peer
+    assert value(samples, "pg_stat_database_temp_files", **stat) >= 1
+    assert value(samples, "pg_stat_database_temp_bytes", **stat) > 0
+    assert value(samples, "pg_stat_database_tup_deleted", **stat) >= DEAD_TUPLES
+    assert value(samples, "pg_stat_database_xact_commit", **stat) > 0
+    assert value(samples, "pg_stat_database_blks_hit", **stat) > 0
+    assert value(samples, "pg_stat_database_numbackends", **stat) >= 2
+    assert value(samples, "pg_database_size_bytes", datname=db) > 0
+    assert value(samples, "pg_database_frozen_xid_age", datname=db) >= 0
+    assert find(samples, "pg_database_size_bytes", datname="template0") == []
+
+
+# -- security ----------------------------------------------------------------
+
+def test_tables_without_row_level_security(result):
+    db, samples = result
+    assert value(samples, "pg_security_tables_without_rls", datname=db, schemaname="public") == len(TABLES_WITHOUT_RLS)
+    flagged = {s.labels["relname"] for s in find(samples, "pg_security_table_rls_disabled", datname=db)}
+    assert flagged == TABLES_WITHOUT_RLS  # `secured` has RLS enabled
+
+
+def test_role_counts(cluster, result):
+    _, samples = result
+    supers, logins = cluster.execute(
+        "SELECT count(*) FILTER (WHERE rolsuper), count(*) FILTER (WHERE rolcanlogin) FROM pg_roles")[0]
+    assert value(samples, "pg_roles_superuser_count") == supers
+    assert value(samples, "pg_roles_login_count") == logins >= 2
+
+
+# -- server, settings, replication, archiving --------------------------------
+
+def test_settings_in_base_units(cluster, result):
+    _, samples = result
+    assert value(samples, "pg_settings_max_connections") == 200  # set by the test cluster
+    assert value(samples, "pg_settings_superuser_reserved_connections") == 3
+    assert value(samples, "pg_settings_max_locks_per_transaction") == 64
+    assert value(samples, "pg_settings_autovacuum") == 1
+    assert value(samples, "pg_settings_autovacuum_naptime_seconds") == 60
+    assert value(samples, "pg_settings_autovacuum_vacuum_cost_delay_seconds") == pytest.approx(0.002)
+    shared = cluster.execute("SELECT pg_size_bytes(current_setting('shared_buffers'))")[0][0]
+    assert value(samples, "pg_settings_shared_buffers_bytes") == shared
+    assert find(samples, "pg_settings_reserved_connections") == []  # PG 16+ only
+
+
+def test_postmaster_start_time(cluster, result):
+    _, samples = result
+    started = cluster.execute("SELECT extract(epoch FROM pg_postmaster_start_time())")[0][0]
+    assert value(samples, "pg_postmaster_start_time_seconds") == pytest.approx(float(started))
+
+
+def test_primary_replication_and_slot(result):
+    _, samples = result
+    assert value(samples, "pg_replication_is_replica") == 0
+    assert value(samples, "pg_replication_lag_seconds") == 0
+    slot = {"slot_name": "pgvigil_test_slot", "database": ""}
+    assert value(samples, "pg_replication_slots_active", **slot) == 0
+    assert value(samples, "pg_replication_slots_retained_bytes", **slot) > 0
+    assert find(samples, "pg_stat_replication_pg_wal_lsn_diff") == []
+
+
+def test_archiver_and_checkpoints(result):
+    _, samples = result
+    assert value(samples, "pg_stat_archiver_archived_count") == 0  # archive_mode is off here
+    assert find(samples, "pg_stat_archiver_last_archive_age") == []
+    assert value(samples, "pg_stat_bgwriter_checkpoints_req_total") >= 1
+    assert value(samples, "pg_stat_bgwriter_buffers_alloc_total") > 0
