@@ -123,7 +123,7 @@ class _StderrReader(threading.Thread):
     def reason(self) -> str:
         """pg_dump's own error lines; its verbose chatter otherwise drowns them."""
         errors = [line for line in self.lines if any(k in line for k in ("error:", "DETAIL:", "detail:", "FATAL"))]
-        return tail("\n".join(errors or self.lines))
+        return tail("\n".join(errors))
 
 
 class _RowCounter(threading.Thread):
@@ -246,19 +246,22 @@ def _make_backup(conninfo: Conninfo, target: str, directory: Path, entry: dict[s
                  progress: bool | None, offsite: Sequence[Any], stream: Any) -> dict[str, Any]:
     files = entry["files"]
     conn, facts = _snapshot_session(conninfo)
+    counter = _RowCounter(conn, facts["tables"])
     try:
         show = stream.isatty() if progress is None else progress
         meter = Progress(stream, len(facts["tables"]), show)
-        counter = _RowCounter(conn, facts["tables"])
         size, sha256, error = _stream_dump(conninfo, facts["snapshot"], directory / entry["partial"], meter,
                                            on_start=counter.start)
-        if counter.is_alive() or counter.ident is not None:
-            counter.join()
         if error:
             raise BackupError(error)
+        counter.join()
         if counter.error:
             raise BackupError(conninfo.redact(counter.error))
     finally:
+        if counter.is_alive():  # pg_dump failed or we were stopped: do not wait for the counts
+            with contextlib.suppress(psycopg2.Error):
+                conn.cancel()
+            counter.join()
         with contextlib.suppress(psycopg2.Error):
             conn.close()
     finished = time.time()

@@ -1,0 +1,202 @@
+"""pgvigil backup run + verify against a real PostgreSQL, and the metrics that report them."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from backup_support import EXPECTED_ROWS, SEED_SQL, backup_metrics, dbname_of, hold_lock, wait_for_blocked_pg_dump
+from exporter.backup.dump import run_backup
+from exporter.backup.pgclient import BackupError, client_program
+from exporter.backup.state import StateFile
+from exporter.backup.status import backup_statuses
+from exporter.backup.verify import SCRATCH_PREFIX, verify_backup
+
+
+@pytest.fixture
+def app_db(cluster, fresh_db):
+    cluster.execute(SEED_SQL, dbname_of(fresh_db))
+    return fresh_db
+
+
+def scratch_databases(cluster) -> list[str]:
+    return [r[0] for r in cluster.execute(f"SELECT datname FROM pg_database WHERE datname LIKE '{SCRATCH_PREFIX}%'")]
+
+
+def test_run_writes_dump_checksum_and_exact_manifest(app_db, tmp_path):
+    entry = run_backup(app_db, "primary", tmp_path, progress=False)
+
+    dump = tmp_path / entry["files"]["dump"]
+    assert entry["status"] == "complete"
+    assert dump.read_bytes()[:5] == b"PGDMP"  # custom format archive
+    assert entry["size_bytes"] == dump.stat().st_size > 0
+    digest = hashlib.sha256(dump.read_bytes()).hexdigest()
+    assert (tmp_path / entry["files"]["checksum"]).read_text() == f"{digest}  {dump.name}\n"
+    assert subprocess.run(["sha256sum", "-c", entry["files"]["checksum"]], cwd=tmp_path,
+                          capture_output=True).returncode == 0
+
+    manifest = json.loads((tmp_path / entry["files"]["manifest"]).read_text())
+    assert manifest["target"] == "primary"
+    assert manifest["database"] == dbname_of(app_db)
+    assert manifest["server_version_num"] >= 150000
+    assert manifest["sha256"] == digest and manifest["size_bytes"] == dump.stat().st_size
+    rows = {(t["schema"], t["name"]): t["rows"] for t in manifest["tables"]}
+    assert rows == EXPECTED_ROWS
+    estimates = {(t["schema"], t["name"]): t["estimated_rows"] for t in manifest["tables"]}
+    assert estimates[("public", "customers")] == 1200  # ANALYZEd: reltuples is exact here
+    # Nothing else: no partial file, no temporary state file.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*entry["files"].values(), "pgvigil-backup-state.json", ".pgvigil-backup-state.lock"])
+
+
+def test_manifest_counts_and_dump_share_one_snapshot(cluster, app_db, tmp_path):
+    """Rows committed while pg_dump runs are in neither the dump nor the manifest's counts."""
+    db = dbname_of(app_db)
+    lock = hold_lock(cluster, db, "empty_table")  # pg_dump takes its snapshot, then waits here
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(run_backup, app_db, "primary", tmp_path, False)
+        wait_for_blocked_pg_dump(cluster, db)
+        cluster.execute("INSERT INTO events SELECT date '2024-03-01', 'late' FROM generate_series(1, 50)", db)
+        lock.close()
+        entry = running.result(timeout=60)
+
+    manifest = json.loads((tmp_path / entry["files"]["manifest"]).read_text())
+    assert {(t["schema"], t["name"]): t["rows"] for t in manifest["tables"]} == EXPECTED_ROWS
+    result = verify_backup(tmp_path, restore=True, dsn=app_db)
+    assert result.success, result.failure
+
+
+def test_verify_with_real_restore_matches_row_counts(cluster, app_db, tmp_path):
+    run_backup(app_db, "primary", tmp_path, progress=False)
+
+    result = verify_backup(tmp_path, restore=True, dsn=app_db,
+                           sanity_query="SELECT count(*) = 1200 FROM customers")
+
+    assert result.success, result.failure
+    assert "row counts match the manifest for 6 tables" in result.checks
+    assert "sanity query returned True" in result.checks
+    assert scratch_databases(cluster) == []
+    [status] = backup_statuses(tmp_path)
+    assert (status.condition, status.good) == ("restored", True)
+    metrics = backup_metrics(tmp_path, "primary")
+    assert metrics["pgvigil_backup_last_verify_success"] == 1.0
+    assert metrics["pgvigil_backup_last_verify_timestamp_seconds"] >= status.finished
+
+
+def test_metrics_after_successful_runs(app_db, tmp_path):
+    first = run_backup(app_db, "primary", tmp_path, progress=False)
+    assert "pgvigil_backup_previous_size_bytes" not in backup_metrics(tmp_path, "primary")
+    second = run_backup(app_db, "primary", tmp_path, progress=False)
+
+    metrics = backup_metrics(tmp_path, "primary")
+    assert metrics["pgvigil_backup_last_success_timestamp_seconds"] == second["finished"]
+    assert metrics["pgvigil_backup_last_size_bytes"] == second["size_bytes"]
+    assert metrics["pgvigil_backup_previous_size_bytes"] == first["size_bytes"]
+    assert metrics["pgvigil_backup_last_duration_seconds"] == pytest.approx(second["finished"] - second["started"])
+    assert metrics["pgvigil_backup_last_run_success"] == 1.0
+    assert metrics["pgvigil_backup_failures_total"] == 0.0
+    assert "pgvigil_backup_last_verify_success" not in metrics  # never verified: absent, not 0
+    assert backup_metrics(tmp_path, "other") == {"pgvigil_backup_failures_total": 0.0}
+
+
+def test_flipped_byte_fails_verification(app_db, tmp_path):
+    entry = run_backup(app_db, "primary", tmp_path, progress=False)
+    dump = tmp_path / entry["files"]["dump"]
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    dump.write_bytes(bytes(data))
+
+    result = verify_backup(tmp_path)
+
+    assert not result.success
+    assert result.failure.startswith(f"checksum mismatch: {dump.name} has sha256 ")
+    [status] = backup_statuses(tmp_path)
+    assert (status.condition, status.good) == ("verify-failed", False)
+    assert backup_metrics(tmp_path, "primary")["pgvigil_backup_last_verify_success"] == 0.0
+
+
+def test_truncated_archive_fails_even_with_matching_checksum(app_db, tmp_path):
+    """pg_restore --list catches a damaged archive whose checksum was recomputed."""
+    entry = run_backup(app_db, "primary", tmp_path, progress=False)
+    dump = tmp_path / entry["files"]["dump"]
+    dump.write_bytes(dump.read_bytes()[:200])
+    digest = hashlib.sha256(dump.read_bytes()).hexdigest()
+    with StateFile(tmp_path).update() as state:
+        state["backups"][0].update(sha256=digest, size_bytes=200)
+    (tmp_path / entry["files"]["checksum"]).write_text(f"{digest}  {dump.name}\n")
+    manifest_path = tmp_path / entry["files"]["manifest"]
+    manifest_path.write_text(json.dumps({**json.loads(manifest_path.read_text()), "sha256": digest}))
+
+    result = verify_backup(tmp_path)
+
+    assert not result.success
+    assert result.failure.startswith(f"pg_restore --list cannot read {dump.name}")
+
+
+def test_restore_reports_row_count_mismatch_and_drops_scratch(cluster, app_db, tmp_path):
+    entry = run_backup(app_db, "primary", tmp_path, progress=False)
+    manifest_path = tmp_path / entry["files"]["manifest"]
+    manifest = json.loads(manifest_path.read_text())
+    for table in manifest["tables"]:
+        if table["name"] == "orders":
+            table["rows"] = 3001
+    manifest_path.write_text(json.dumps(manifest))
+
+    result = verify_backup(tmp_path, restore=True, dsn=app_db)
+
+    assert result.failure == "row count mismatch in public.orders: restored 3000, the manifest recorded 3001"
+    assert scratch_databases(cluster) == []
+    assert backup_metrics(tmp_path, "primary")["pgvigil_backup_last_verify_success"] == 0.0
+
+
+@pytest.mark.parametrize("query, message", [
+    ("SELECT count(*) > 5000 FROM customers", "sanity query returned False, expected a true value"),
+    ("SELECT 1 FROM customers WHERE false", "sanity query returned 'no row', expected a true value"),
+    ("SELECT * FROM no_such_table", 'sanity query failed: relation "no_such_table" does not exist'),
+])
+def test_failing_sanity_query_fails_verification(cluster, app_db, tmp_path, query, message):
+    run_backup(app_db, "primary", tmp_path, progress=False)
+    result = verify_backup(tmp_path, restore=True, dsn=app_db, sanity_query=query)
+    assert result.failure.splitlines()[0] == message
+    assert scratch_databases(cluster) == []
+
+
+def test_failed_run_leaves_no_backup_and_counts_as_failure(cluster, tmp_path):
+    cluster.execute("DO $$ BEGIN CREATE ROLE backup_pw LOGIN SUPERUSER PASSWORD 's3cr3t-pw'; "
+                    "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    dsn = cluster.dsn("no_such_db", "backup_pw", "s3cr3t-pw")
+
+    with pytest.raises(BackupError) as info:
+        run_backup(dsn, "primary", tmp_path, progress=False)
+
+    assert 'database "no_such_db" does not exist' in str(info.value)
+    assert "s3cr3t-pw" not in str(info.value)
+    assert "s3cr3t-pw" not in (tmp_path / "pgvigil-backup-state.json").read_text()
+    assert not list(tmp_path.glob("*.dump*"))
+    [status] = backup_statuses(tmp_path)
+    assert (status.condition, status.good) == ("failed", False)
+    metrics = backup_metrics(tmp_path, "primary")
+    assert metrics["pgvigil_backup_last_run_success"] == 0.0
+    assert metrics["pgvigil_backup_failures_total"] == 1.0
+    assert "pgvigil_backup_last_success_timestamp_seconds" not in metrics
+
+
+def test_password_goes_to_pg_dump_by_environment_not_argv(cluster, app_db, tmp_path):
+    cluster.execute("DO $$ BEGIN CREATE ROLE backup_pw LOGIN SUPERUSER PASSWORD 's3cr3t-pw'; "
+                    "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    dsn = cluster.dsn(dbname_of(app_db), "backup_pw", "s3cr3t-pw")
+    entry = run_backup(dsn, "primary", tmp_path, progress=False)
+    assert entry["status"] == "complete"
+    assert "s3cr3t-pw" not in (tmp_path / "pgvigil-backup-state.json").read_text()
+
+
+def test_verify_without_a_backup_is_a_clear_error(tmp_path):
+    with pytest.raises(BackupError, match=f"^no complete backup of target primary in {tmp_path}$"):
+        verify_backup(tmp_path, target="primary")
+
+
+def test_pg_dump_found():
+    assert client_program("pg_dump").endswith("pg_dump")
