@@ -58,17 +58,28 @@ def secrets_of(config: Config) -> list[str]:
 @click.option("--listen", envvar="PGVIGIL_LISTEN", help="host:port to listen on (env PGVIGIL_LISTEN; default 127.0.0.1:9187).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True)
-def serve(config_path: str | None, dsn: str | None, listen: str | None, log_format: str, log_level: str) -> None:
+@click.option("--web-config", "web_config_path", envvar="PGVIGIL_WEB_CONFIG", type=click.Path(dir_okay=False),
+              help="TLS and basic auth in the exporter-toolkit web config format (env PGVIGIL_WEB_CONFIG).")
+def serve(config_path: str | None, dsn: str | None, listen: str | None, log_format: str, log_level: str,
+          web_config_path: str | None) -> None:
     """Serve /metrics, /probe, /health and a landing page until SIGTERM; SIGHUP reloads the config."""
     from exporter.server import Exporter, make_server
+    from exporter.webconfig import load_web_config
 
     setup_logging(log_level, log_format)
     config = read_config(config_path, dsn)
+    try:
+        web = load_web_config(web_config_path) if web_config_path else None
+    except ConfigError as exc:
+        click.echo(f"invalid web config ({len(exc.errors)} error{'s' if len(exc.errors) != 1 else ''}):", err=True)
+        for line in exc.errors:
+            click.echo(f"  {line}", err=True)
+        sys.exit(1)
     setup_logging(log_level, log_format, secrets_of(config))
     exporter = Exporter(config, extra_collectors(config))
     address = listen or config.listen
     try:
-        server = make_server(exporter, address)
+        server = make_server(exporter, address, web.wrap_socket() if web else None, web.authorizer() if web else None)
     except OSError as exc:
         click.echo(f"cannot listen on {address}: {exc.strerror}", err=True)
         sys.exit(1)

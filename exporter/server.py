@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import sys
 import threading
 import urllib.parse
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 # Leave Prometheus this much of its scrape timeout to receive the answer.
 SCRAPE_TIMEOUT_MARGIN = 0.5
+CLIENT_IO_TIMEOUT = 30.0
 
 
 class Exporter:
@@ -60,15 +62,28 @@ def scrape_budget(header: str | None, configured: float) -> float:
     return max(0.1, min(configured, announced - SCRAPE_TIMEOUT_MARGIN))
 
 
-def _handler_class(exporter: Exporter) -> type[BaseHTTPRequestHandler]:
+def _handler_class(exporter: Exporter, authorize: Callable[[str | None], bool] | None = None
+                   ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = f"pgvigil/{__version__}"
         protocol_version = "HTTP/1.1"
+        # A client silent this long (mid-handshake or between requests) is dropped, so it
+        # cannot hold a thread forever; Prometheus simply reconnects.
+        timeout = CLIENT_IO_TIMEOUT
 
         def log_message(self, fmt: str, *args: object) -> None:  # route to logging, at debug
             log.debug("%s %s", self.address_string(), fmt % args)
 
         def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+            if authorize is not None and not authorize(self.headers.get("Authorization")):
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="pgvigil", charset="UTF-8"')
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", "13")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(b"unauthorized\n")
+                return
             url = urllib.parse.urlsplit(self.path)
             params = urllib.parse.parse_qs(url.query)
             routes: dict[str, Callable[[dict], tuple[int, str, bytes]]] = {
@@ -150,6 +165,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def handle_error(self, request: object, client_address: tuple) -> None:
+        # A client that fails the TLS handshake or hangs up mid-request is not our bug:
+        # one debug line instead of socketserver's traceback on stderr.
+        log.debug("connection from %s ended: %s", client_address[0], sys.exc_info()[1])
+
 
 @dataclass
 class ServerHandle:
@@ -164,24 +184,27 @@ class ServerHandle:
         self.exporter.close()
 
 
-def make_server(exporter: Exporter, listen: str, wrap_socket: Callable | None = None) -> ThreadingHTTPServer:
+def make_server(exporter: Exporter, listen: str, wrap_socket: Callable | None = None,
+                authorize: Callable[[str | None], bool] | None = None) -> ThreadingHTTPServer:
+    """`wrap_socket` wraps the listening socket (TLS); `authorize(Authorization header) -> bool` gates every request."""
     host, port = split_listen(listen)
     server_class = _Server
     if ":" in host:
         import socket
 
         server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
-    server = server_class((host, port), _handler_class(exporter))
+    server = server_class((host, port), _handler_class(exporter, authorize))
     if wrap_socket is not None:
         server.socket = wrap_socket(server.socket)
     return server
 
 
 def start_server(config: Config, listen: str = "127.0.0.1:0", extra_collectors: Iterable[object] = (),
-                 wrap_socket: Callable | None = None) -> ServerHandle:
+                 wrap_socket: Callable | None = None,
+                 authorize: Callable[[str | None], bool] | None = None) -> ServerHandle:
     """Serve in a background thread (for tests, the demo and embedding); returns a handle with .url and .stop()."""
     exporter = Exporter(config, extra_collectors)
-    server = make_server(exporter, listen, wrap_socket)
+    server = make_server(exporter, listen, wrap_socket, authorize)
     thread = threading.Thread(target=server.serve_forever, name="pgvigil-http", daemon=True)
     thread.start()
     host, port = server.server_address[:2]
