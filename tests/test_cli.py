@@ -1,0 +1,80 @@
+"""The pgvigil command line, run as a real process."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from conftest import parse_exposition, sample
+
+from exporter.throwaway import free_port
+
+
+def pgvigil(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def write_config(tmp_path, dsn: str, queries: str = "") -> str:
+    path = tmp_path / "pgvigil.yaml"
+    path.write_text(f"collectors: []\ntargets:\n  db:\n    dsn: {dsn}\nqueries:\n"
+                    + (queries or "  - {name: q, sql: 'SELECT 1 AS x', metrics: {x: {}}}\n"))
+    return str(path)
+
+
+def test_check_lists_every_error_and_exits_1(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("listen: 9187\nqueries:\n  - {name: q, sql: s, metrics: {x: {type: gauge2}}}\n")
+    result = pgvigil("check", "--config", str(path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "invalid configuration (2 errors):",
+        f"  {path}:1: listen: expected a string, got the number 9187",
+        f"  {path}:3: queries[0].metrics.x.type: expected one of gauge, counter, histogram, gauge_histogram, "
+        "got the string 'gauge2'; did you mean 'gauge'?",
+    ]
+
+
+def test_check_connect_prints_a_table(tmp_path, fresh_db):
+    path = write_config(tmp_path, fresh_db, "  - {name: good, sql: 'SELECT 1 AS x', metrics: {x: {}}}\n"
+                                            "  - {name: bad, sql: 'SELECT 1/0 AS x', metrics: {x: {}}}\n")
+    assert pgvigil("check", "--config", path).returncode == 0
+    result = pgvigil("check", "--config", path, "--connect")
+    assert result.returncode == 1
+    header, good, bad = result.stdout.splitlines()[1:4]
+    assert header.split() == ["target", "query", "rows", "series", "duration", "error"]
+    assert good.split()[:4] == ["db", "good", "1", "1"]
+    assert bad.split()[:2] == ["db", "bad"] and bad.endswith("division by zero")
+
+
+def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path, fresh_db, cluster):
+    port = free_port()
+    path = write_config(tmp_path, fresh_db)
+    proc = subprocess.Popen([sys.executable, "-m", "exporter", "serve", "--config", path, "--log-format", "json"],
+                            env={**os.environ, "PGVIGIL_LISTEN": f"127.0.0.1:{port}"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        body = _wait_for(f"http://127.0.0.1:{port}/metrics")
+        assert sample(parse_exposition(body), "q_x", target="db") == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert '"msg": "pgvigil stopped; database sessions closed"' in stderr
+    dbname = fresh_db.rsplit("/", 1)[1]
+    assert cluster.execute(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{dbname}' AND application_name = 'pgvigil'") == [(0,)]
+
+
+def _wait_for(url: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return response.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

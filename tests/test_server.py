@@ -1,0 +1,85 @@
+"""HTTP endpoints over a real socket, against a real PostgreSQL."""
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import config_for, parse_exposition, sample
+
+from exporter.server import scrape_budget, start_server
+from exporter.throwaway import free_port
+
+QUERIES = """
+  - {name: q, sql: "SELECT 1 AS x", metrics: {x: {}}}
+  - {name: nap, sql: "SELECT pg_sleep(3) IS NULL AS x", targets: [up], metrics: {x: {}}}
+"""
+
+
+def get(url: str, headers: dict | None = None) -> tuple[int, str, str]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers["Content-Type"], err.read().decode()
+
+
+@pytest.fixture
+def server(fresh_db):
+    config = config_for({"up": fresh_db, "down": f"postgresql://nobody@127.0.0.1:{free_port()}/x"}, QUERIES)
+    handle = start_server(config)
+    yield handle
+    handle.stop()
+
+
+def test_metrics_parse_back_and_honour_the_scrape_timeout_header(server):
+    status, content_type, body = get(server.url + "/metrics", {"X-Prometheus-Scrape-Timeout-Seconds": "1.5"})
+    assert status == 200 and content_type.startswith("text/plain; version=0.0.4")
+    samples = parse_exposition(body)
+    assert sample(samples, "q_x", target="up") == 1
+    assert sample(samples, "pg_up", target="down") == 0
+    assert sample(samples, "pgvigil_query_errors_total", query="nap", reason="timeout") == 1
+    assert sample(samples, "pgvigil_build_info") == 1
+    assert sample(samples, "process_resident_memory_bytes") > 0
+
+
+def test_health_is_503_when_a_target_is_down(server):
+    status, content_type, body = get(server.url + "/health")
+    report = json.loads(body)
+    assert status == 503 and content_type == "application/json"
+    assert report["status"] == "degraded"
+    assert report["targets"]["up"]["up"] is True and report["targets"]["up"]["rtt_seconds"] > 0
+    assert report["targets"]["down"]["up"] is False and "127.0.0.1" in report["targets"]["down"]["error"]
+
+
+def test_health_is_200_when_all_targets_are_up(fresh_db):
+    handle = start_server(config_for(fresh_db))
+    try:
+        status, _, body = get(handle.url + "/health")
+    finally:
+        handle.stop()
+    assert status == 200 and json.loads(body)["status"] == "ok"
+
+
+def test_probe_only_accepts_configured_targets(server):
+    status, _, body = get(server.url + "/probe?target=up", {"X-Prometheus-Scrape-Timeout-Seconds": "1"})
+    samples = parse_exposition(body)
+    assert status == 200 and sample(samples, "q_x", target="up") == 1
+    assert sample(samples, "pg_up", target="down") is None
+    status, _, body = get(server.url + "/probe?target=postgresql://evil@10.0.0.1/x")
+    assert status == 400 and "configured targets: down, up" in body
+
+
+def test_landing_page_lists_targets_and_queries(server):
+    get(server.url + "/metrics", {"X-Prometheus-Scrape-Timeout-Seconds": "1"})
+    status, content_type, body = get(server.url + "/")
+    assert status == 200 and content_type.startswith("text/html")
+    assert "<td>up</td><td>q</td><td>1</td>" in body and "down: " in body
+    assert get(server.url + "/nope")[0] == 404
+
+
+@pytest.mark.parametrize("header, expected", [(None, 10.0), ("", 10.0), ("abc", 10.0), ("5", 4.5), ("60", 10.0), ("0.2", 0.1)])
+def test_scrape_budget(header, expected):
+    assert scrape_budget(header, 10.0) == expected
