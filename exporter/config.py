@@ -440,9 +440,9 @@ class _Checker:
         if scope not in SCOPES:
             self.error(path + ("scope",), f"expected one of {', '.join(SCOPES)}, got {_describe(scope)}", doc)
         targets = self.string_list(raw["targets"], path + ("targets",), doc) if "targets" in raw else None
+        self._check_query_shape(labels, metrics, sql or "", path, doc)
         if len(self.errors) > before:
             return None
-        self._check_query_shape(labels, metrics, sql, path, doc)
         return QuerySpec(
             name=name, help=help_text, sql=sql, labels=labels, metrics=metrics,
             ttl=opt.get("ttl", defaults.ttl), timeout=opt.get("timeout") or defaults.timeout,
