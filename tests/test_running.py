@@ -303,3 +303,20 @@ def test_server_restart_between_scrapes_reconnects():
             assert sample(again, "pgvigil_query_errors_total", query="q", reason="error") == 0
         finally:
             runner.close()
+
+
+def test_pool_size_spreads_queries_over_several_sessions(fresh_db, cluster):
+    from exporter.config import parse_config
+
+    dbname = fresh_db.rsplit("/", 1)[1]
+    queries = "".join(f"  - {{name: q{i}, sql: 'SELECT pg_backend_pid() AS pid', metrics: {{pid: {{}}}}}}\n" for i in range(4))
+    config = parse_config(f"collectors: []\ntargets:\n  db: {{dsn: '{fresh_db}', pool_size: 2}}\nqueries:\n{queries}")
+    runner = Runner(config)
+    try:
+        samples = scrape(runner)
+        pids = {sample(samples, f"q{i}_pid") for i in range(4)}
+        sessions = cluster.execute(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{dbname}' AND application_name = 'pgvigil'")
+    finally:
+        runner.close()
+    assert len(pids) == 2 and None not in pids
+    assert sessions == [(2,)]
