@@ -1,0 +1,102 @@
+"""pgvigil backup run/verify/prune/status through the real CLI, driven by a config file."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from backup_support import SEED_SQL, backup_metrics, dbname_of
+from exporter.cli import main
+
+
+@pytest.fixture
+def app_db(cluster, fresh_db):
+    cluster.execute(SEED_SQL, dbname_of(fresh_db))
+    return fresh_db
+
+
+@pytest.fixture
+def config_file(app_db, tmp_path) -> Path:
+    path = tmp_path / "pgvigil.yaml"
+    path.write_text(f"""
+targets:
+  primary:
+    dsn: {app_db}
+collectors: []
+backup:
+  dir: {tmp_path / 'backups'}
+  target: primary
+  keep_last: 1
+  sanity_query: SELECT count(*) > 0 FROM customers
+""")
+    return path
+
+
+def pgvigil(*args: str):
+    result = CliRunner().invoke(main, ["backup", *args], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_commands_read_the_config(config_file, tmp_path):
+    backups = tmp_path / "backups"
+    code, out = pgvigil("run", "--config", str(config_file))
+    assert code == 0, out
+    assert out.startswith("backup primary-") and f"({backups}/primary-" in out
+
+    code, out = pgvigil("verify", "--config", str(config_file), "--restore")
+    assert code == 0, out
+    assert out.splitlines()[-1] == "  ok      sanity query returned True"
+
+    assert pgvigil("run", "--config", str(config_file))[0] == 0
+    code, out = pgvigil("status", "--config", str(config_file), "--json")
+    rows = json.loads(out)
+    assert [(r["condition"], r["good"]) for r in rows] == [("unverified", True), ("restored", True)]
+
+    code, out = pgvigil("prune", "--config", str(config_file))  # keep_last: 1 from the config
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()] == ["kept", "kept"]  # newest + newest verified
+
+    code, out = pgvigil("status", "--config", str(config_file))
+    assert out.splitlines()[0].split() == ["BACKUP", "TARGET", "FINISHED", "(UTC)", "SIZE", "CONDITION",
+                                           "VERIFIED", "(UTC)", "NOTE"]
+    assert [line.split()[6] for line in out.splitlines()[1:]] == ["unverified", "restored"]
+    assert backup_metrics(backups, "primary")["pgvigil_backup_last_verify_success"] == 1.0
+
+
+def test_flags_override_the_config(config_file, tmp_path):
+    other = tmp_path / "elsewhere"
+    code, out = pgvigil("run", "--config", str(config_file), "--dir", str(other), "--target", "primary")
+    assert code == 0, out
+    assert list(other.glob("primary-*.dump"))
+    assert not (tmp_path / "backups").exists()
+
+
+def test_failed_verification_exits_1(config_file, tmp_path):
+    assert pgvigil("run", "--config", str(config_file))[0] == 0
+    [dump] = (tmp_path / "backups").glob("*.dump")
+    data = dump.read_bytes()
+    dump.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    code, out = pgvigil("verify", "--config", str(config_file))
+    assert code == 1
+    assert out.splitlines()[-1].startswith("  FAILED  checksum mismatch: ")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--dir", "/tmp/x"], "Error: give --dsn, or --config and --target naming one of its targets"),
+    (["status"], "Error: give --dir, or --config with a backup: section that sets dir"),
+    (["prune", "--dir", "/tmp/x", "--keep-last", "0"], "Error: Invalid value for '--keep-last': 0 is not in the range x>=1."),
+    (["verify", "--dir", "/tmp/pgvigil-no-backups-here"], "Error: no complete backup in /tmp/pgvigil-no-backups-here"),
+])
+def test_usage_errors_are_one_clear_line(args, message):
+    result = CliRunner().invoke(main, ["backup", *args])
+    assert result.exit_code in (1, 2)
+    assert result.output.strip().splitlines()[-1] == message
+    assert "Traceback" not in result.output
+
+
+def test_unknown_target_in_config(config_file):
+    code, out = pgvigil("run", "--config", str(config_file), "--target", "nope")
+    assert code == 2
+    assert out.strip().splitlines()[-1] == "Error: target 'nope' is not in the config (targets: primary)"
