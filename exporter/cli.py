@@ -151,3 +151,7 @@ def print_connect_table(config: Config) -> bool:
 from exporter.backup.cli import backup  # noqa: E402  (the backup commands live with the backup package)
 
 main.add_command(backup)
+
+from exporter.bundle.command import bundle  # noqa: E402  (the generators live in exporter/bundle/)
+
+main.add_command(bundle)

@@ -1,1 +1,67 @@
-"""Generators of the alerting bundle (rules, promtool tests, Alertmanager config, dashboards) from the thresholds file."""
+"""Generators of the alerting bundle from the thresholds file.
+
+`write_bundle()` writes, under an output directory (the repository root by default):
+  alerts/pgvigil-rules.yml              recording rules (ratios the alerts and dashboards share)
+  alerts/pgvigil-alerts.yml             alerting rules, one per alert and severity
+  alerts/alertmanager.yml               routing by severity, grouping, inhibition (secrets from files)
+  alerts/tests/pgvigil-alerts.test.yml  promtool unit tests placed around every threshold
+and the Grafana dashboards when `exporter.bundle.dashboards` is installed.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from exporter.bundle import alertmanager, promtests, rules
+from exporter.bundle.thresholds import DEFAULT_THRESHOLDS, load_thresholds
+
+ALERT_FILES = {
+    "rules": Path("alerts/pgvigil-rules.yml"),
+    "alerts": Path("alerts/pgvigil-alerts.yml"),
+    "alertmanager": Path("alerts/alertmanager.yml"),
+    "tests": Path("alerts/tests/pgvigil-alerts.test.yml"),
+}
+
+
+def render_alert_files(thresholds: dict, source: str) -> dict[Path, str]:
+    """Relative path -> text of every alerting file of the bundle."""
+    return {
+        ALERT_FILES["rules"]: rules.render_yaml(rules.recording_groups(), source),
+        ALERT_FILES["alerts"]: rules.render_yaml(rules.alert_groups(thresholds), source),
+        ALERT_FILES["alertmanager"]: alertmanager.render(alertmanager.production_config(thresholds)),
+        ALERT_FILES["tests"]: rules.render_yaml(promtests.test_file(thresholds), source),
+    }
+
+
+def write_bundle(thresholds_path: str | Path | None, out_dir: str | Path) -> list[Path]:
+    """Generate the bundle for a thresholds file into `out_dir`; returns the files written."""
+    path = Path(thresholds_path) if thresholds_path is not None else DEFAULT_THRESHOLDS
+    thresholds = load_thresholds(path)
+    out_dir = Path(out_dir)
+    written = []
+    for relative, text in render_alert_files(thresholds, source_name(path)).items():
+        target = out_dir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        written.append(target)
+    dashboards = _dashboards_module()
+    if dashboards is not None:
+        written.extend(Path(p) for p in dashboards.write_dashboards(thresholds, out_dir) or [])
+    return written
+
+
+def source_name(path: Path) -> str:
+    """How generated files name their thresholds file: the shipped defaults read as the repo file."""
+    if Path(path).read_bytes() == DEFAULT_THRESHOLDS.read_bytes():
+        return "alerts/thresholds.yaml"
+    return Path(path).name
+
+
+def _dashboards_module():
+    # The dashboards generator is another module of the bundle; until it exists, alerts only.
+    try:
+        return importlib.import_module("exporter.bundle.dashboards")
+    except ModuleNotFoundError as exc:
+        if exc.name != "exporter.bundle.dashboards":
+            raise
+        return None
