@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 # covers a network stall, where the server's own timeout can never reach us.
 STALL_GRACE_SECONDS = 2.0
 
+# A double-quoted fragment of an error message; group 1 marks a libpq option name (kept).
+_QUOTED = re.compile(r'(option )?"([^"]*)"')
+_DSN_PARSE_ERROR = re.compile(r"invalid dsn|connection info string|connection option|\bURI\b", re.IGNORECASE)
 _PASSWORD_IN_TEXT = re.compile(r"(password\s*=\s*)\S+|(://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
 
 
@@ -98,7 +101,7 @@ class TargetSession:
                 options="-c default_transaction_read_only=on -c idle_in_transaction_session_timeout=60000",
             )
         except psycopg2.Error as exc:
-            raise ConnectFailed(self.clean_message(exc)) from None
+            raise ConnectFailed(self.connect_message(exc)) from None
         conn.set_session(readonly=True, autocommit=False)
         self._conn = conn
         try:
@@ -214,6 +217,15 @@ class TargetSession:
         start = time.perf_counter()
         self.fetch("SELECT 1", timeout=self.defaults.timeout, lock_timeout=self.defaults.lock_timeout, wrap=False)
         return time.perf_counter() - start
+
+    def connect_message(self, exc: BaseException) -> str:
+        """A connect error without DSN fragments: libpq's parse errors quote pieces of the DSN,
+        e.g. `missing "=" after "word"` for an unquoted password containing a space."""
+        message = self.clean_message(exc)
+        if not _DSN_PARSE_ERROR.search(message):
+            return message  # a server's answer ('database "x" does not exist'): keep the names, they help
+        return _QUOTED.sub(lambda m: m.group(0) if m.group(1) or len(m.group(2)) < 2 or m.group(2) not in self.spec.dsn
+                           else '"***"', message)
 
     def clean_message(self, exc: BaseException) -> str:
         message = getattr(exc, "pgerror", None) or str(exc)
