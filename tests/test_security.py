@@ -208,6 +208,36 @@ targets:
     assert secret not in result.stdout + result.stderr
 
 
+MALFORMED_DSNS = {
+    # libpq's parse errors quote pieces of the DSN: a password must not be one of them.
+    "unquoted_space": "host=127.0.0.1 port=1 password=first SECRET dbname=x",
+    "bad_port_keyword": "host=127.0.0.1 port=SECRET password=SECRET",
+    "bad_port_uri": "postgresql://u:SECRET@127.0.0.1:SECRET/db",
+    "bad_percent_encoding": "postgresql://u:SECRET%zz@127.0.0.1:1/db",
+    "unterminated_quote": "host=127.0.0.1 port=1 password='first SECRET",
+    "space_in_uri": "postgresql://u:first SECRET@127.0.0.1:1/db",
+    "bad_query_parameter": "postgresql://u:SECRET@127.0.0.1:1/db?SECRET",
+}
+
+
+@pytest.mark.parametrize("dsn", MALFORMED_DSNS.values(), ids=MALFORMED_DSNS.keys())
+def test_malformed_dsns_do_not_leak_their_password(dsn, caplog):
+    from exporter.config import parse_config
+    from exporter.server import Exporter, render_landing
+
+    secret = _secret()
+    config = parse_config(f'collectors: []\ntargets:\n  a: {{dsn: "{dsn.replace("SECRET", secret)}"}}\n')
+    exporter = Exporter(config)
+    try:
+        with caplog.at_level("DEBUG"):  # raw records, before the log handler's own scrubbing
+            outputs = [exporter.metrics(5.0), str(exporter.runner.health()), render_landing(exporter)]
+    finally:
+        exporter.close()
+    assert sample(parse_exposition(outputs[0]), "pg_up", target="a") == 0
+    outputs += [record.getMessage() for record in caplog.records]
+    assert all(secret not in text for text in outputs)
+
+
 def _get(url: str, headers: dict, context: ssl.SSLContext | None = None) -> tuple[int, str]:
     request = urllib.request.Request(url, headers=headers)
     try:
