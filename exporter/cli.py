@@ -155,3 +155,7 @@ main.add_command(backup)
 from exporter.bundle.command import bundle  # noqa: E402  (the generators live in exporter/bundle/)
 
 main.add_command(bundle)
+
+from exporter.metrics_doc import metrics_doc  # noqa: E402  (docs/metrics.md generation lives with the packs' docs)
+
+main.add_command(metrics_doc)
