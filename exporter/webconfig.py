@@ -126,7 +126,7 @@ def parse_web_config(text: str, source: str = "<string>", base_dir: Path | None 
     checker = _Checker(doc, base_dir or Path.cwd())
     config = checker.web_config()
     if checker.errors:
-        raise WebConfigError(checker.errors)
+        raise WebConfigError(sorted(checker.errors, key=_line_of_error))
     return config
 
 
@@ -270,6 +270,11 @@ def build_ssl_context(tls: TLSSettings) -> ssl.SSLContext:
 def _ssl_reason(exc: BaseException) -> str:
     reason = getattr(exc, "reason", None)
     return (reason or getattr(exc, "strerror", None) or str(exc)).replace("_", " ").lower()
+
+
+def _line_of_error(message: str) -> int:
+    line = message.split(":", 2)[1] if message.count(":") >= 2 else ""
+    return int(line) if line.isdigit() else 0
 
 
 def _describe(value: Any) -> str:
