@@ -152,6 +152,10 @@ from exporter.backup.cli import backup  # noqa: E402  (the backup commands live 
 
 main.add_command(backup)
 
+from exporter.demo import demo  # noqa: E402  (the demo topology lives in exporter/demo.py)
+
+main.add_command(demo)
+
 from exporter.bundle.command import bundle  # noqa: E402  (the generators live in exporter/bundle/)
 
 main.add_command(bundle)

@@ -25,12 +25,6 @@ NEEDS_ENVIRONMENT: dict[str, str] = {
     "pgvigil-overview/Alerts firing now": "lists rows only while an alert fires; the live test is shorter than "
                                           "every rule's `for:`",
     "pgvigil-replication/Replica WAL lag": "needs a streaming replica connected to the target",
-    "pgvigil-replication/Last backup age": "needs backups taken by `pgvigil backup` on the exporter's host",
-    "pgvigil-replication/Backup age": "needs backups taken by `pgvigil backup` on the exporter's host",
-    "pgvigil-replication/Backup size": "needs backups taken by `pgvigil backup` on the exporter's host",
-    "pgvigil-replication/Backup duration": "needs backups taken by `pgvigil backup` on the exporter's host",
-    "pgvigil-replication/Backup and verification result": "needs backups taken by `pgvigil backup`",
-    "pgvigil-replication/Backup failures": "needs backups taken by `pgvigil backup` on the exporter's host",
     "pgvigil-vector/Vector indexes": "needs the pgvector extension with HNSW or IVFFlat indexes",
     "pgvigil-vector/Vector index sizes": "needs the pgvector extension with HNSW or IVFFlat indexes",
     "pgvigil-vector/Vector index size over time": "needs the pgvector extension with HNSW or IVFFlat indexes",
@@ -81,8 +75,8 @@ class Catalogue:
                        f" - max by (target) (pg_settings_superuser_reserved_connections{{{T}}}))")
         commits = f"rate(pg_stat_database_xact_commit{{{TD}}}[$__rate_interval])"
         rollbacks = f"rate(pg_stat_database_xact_rollback{{{TD}}}[$__rate_interval])"
-        hits = f"rate(pg_stat_database_blks_hit{{{TD}}}[$__rate_interval])"
-        reads = f"rate(pg_stat_database_blks_read{{{TD}}}[$__rate_interval])"
+        hits = f"rate(pg_stat_database_blks_hit{{{T}}}[$__rate_interval])"
+        reads = f"rate(pg_stat_database_blks_read{{{T}}}[$__rate_interval])"
         panels = (
             p("PostgreSQL up", "stat", [Query(f"pg_up{{{T}}}", "{{target}}")], "none",
               "Whether pgvigil could connect to the target at the last scrape.", width=4, height=4,
@@ -92,7 +86,7 @@ class Catalogue:
             p("Connection utilization", "stat", [Query(utilization, "{{target}}")], "percentunit",
               "Client connections as a share of the usable max_connections.", "connection_utilization", width=4, height=4),
             p("Active connections", "stat",
-              [Query(f"sum by (target) (pg_stat_activity_count{{{T}}, state=\"active\"}})", "{{target}}")],
+              [Query(f"sum by (target) (pg_stat_activity_count{{{T}, state=\"active\"}})", "{{target}}")],
               "short", "Sessions running a statement right now.", "active_connections", width=4, height=4),
             p("Longest running query", "stat",
               [Query(f"max by (target) (pg_stat_activity_max_query_duration_seconds{{{T}}})", "{{target}}")],
@@ -115,9 +109,9 @@ class Catalogue:
               "Share of transactions rolled back; a jump usually means application errors.", "rollback_ratio",
               minimum=0),
             p("Cache hit ratio", "timeseries", [Query(
-                f"sum by (target, datname) ({hits}) / sum by (target, datname) ({hits} + {reads})",
-                "{{target}} {{datname}}")], "percentunit",
-              "Share of block reads served from shared buffers; lower is worse.", "cache_hit_ratio"),
+                f"sum by (target) ({hits}) / sum by (target) ({hits} + {reads})", "{{target}}")], "percentunit",
+              "Share of block requests served from shared buffers, whole server as the alert judges it; "
+              "lower is worse.", "cache_hit_ratio"),
             p("Database size", "timeseries", [Query(f"pg_database_size_bytes{{{TD}}}", "{{target}} {{datname}}")],
               "bytes", "Size of each database on disk.", "database_size", minimum=0),
             p("Database growth per day", "timeseries",
@@ -221,6 +215,10 @@ class Catalogue:
         p = self.panel
         size = f"pg_database_size_bytes{{{TD}}}"
         last = "pg_stat_user_tables_last_"
+
+        def runs(kind: str) -> str:
+            return " + ".join(f"increase(pg_stat_user_tables_{prefix}{kind}_count{{{TD}}}[$__rate_interval])"
+                              for prefix in ("", "auto"))
         panels = (
             p("Database size", "timeseries", [Query(size, "{{target}} {{datname}}")], "bytes",
               "Size of each database on disk.", "database_size", minimum=0),
@@ -231,11 +229,12 @@ class Catalogue:
               [Query(f"predict_linear({size}[6h], 7 * 86400)", "{{target}} {{datname}}")], "bytes",
               "Linear extrapolation of the last 6 hours; bands are the size alert levels.", "database_size",
               minimum=0),
+            # Not growing means "far away": the estimate is capped at ten years instead of vanishing.
             p("Days until critical size", "stat", [Query(
-                f"clamp_min(({self.critical('database_size'):g} - {size}) / (deriv({size}[6h]) > 0) / 86400, 0)",
-                "{{datname}}")], "d",
-              "At the growth rate of the last 6 hours, days until the database reaches the critical size.",
-              width=24, height=4),
+                f"clamp_max(clamp_min(({self.critical('database_size'):g} - {size})"
+                f" / clamp_min(deriv({size}[6h]), 1e-9) / 86400, 0), 3650)", "{{datname}}")], "d",
+              "At the growth rate of the last 6 hours, days until the database reaches the critical size "
+              "(capped at 3650 days).", width=24, height=4),
             p("Largest tables", "table", [Query(f"topk(20, pg_stat_user_tables_size_bytes{{{TD}}})", TABLE_LEGEND)],
               "bytes", "Total size of each table including indexes and TOAST.", height=9),
             p("Largest indexes", "table",
@@ -260,10 +259,8 @@ class Catalogue:
                 f"({{__name__=~\"{last}(auto)?analyze\", {TD}}} > 0))", TABLE_LEGEND)], "s",
               "Tables analyzed longest ago; stale statistics lead to bad plans."),
             p("Vacuum and analyze runs", "timeseries", [
-                Query(f"sum by (target, datname) (increase({{__name__=~\"pg_stat_user_tables_(auto)?vacuum_count\","
-                      f" {TD}}}[$__rate_interval]))", "{{target}} {{datname}} vacuum"),
-                Query(f"sum by (target, datname) (increase({{__name__=~\"pg_stat_user_tables_(auto)?analyze_count\","
-                      f" {TD}}}[$__rate_interval]))", "{{target}} {{datname}} analyze"),
+                Query(f"sum by (target, datname) ({runs('vacuum')})", "{{target}} {{datname}} vacuum"),
+                Query(f"sum by (target, datname) ({runs('analyze')})", "{{target}} {{datname}} analyze"),
             ], "short", "Manual and automatic vacuum and analyze runs per interval.", minimum=0),
             p("Rows modified since last analyze", "timeseries",
               [Query(f"topk(10, pg_stat_user_tables_n_mod_since_analyze{{{TD}}})", TABLE_LEGEND)], "short",

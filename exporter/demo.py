@@ -1,0 +1,390 @@
+"""`pgvigil demo`: the docker-compose topology without Docker, on a throwaway PostgreSQL cluster.
+
+The cluster gets a small shop schema and a workload that keeps every dashboard busy: inserts,
+updates and index lookups, rolled back transactions, a table whose autovacuum is off (dead
+tuples), a slow statement, a long-running report, a session idle in transaction holding a row
+lock and a session waiting for it, an unused and an invalid index, an abandoned replication
+slot, WAL archiving to a local directory and two verified backups. pgvigil serves it, and
+Prometheus and Alertmanager run with the shipped rules when their binaries are on PATH.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import random
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import click
+import psycopg2
+import yaml
+
+from exporter import stack
+from exporter.config import Config, parse_config
+from exporter.server import ServerHandle, start_server
+from exporter.throwaway import ThrowawayCluster
+
+DATABASE = "shop"
+MONITOR_ROLE = "pgvigil_monitor"
+TARGET = "demo"
+
+SCHEMA = """
+CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
+CREATE TABLE customers (id serial PRIMARY KEY, email text NOT NULL UNIQUE, created_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id int NOT NULL REFERENCES customers,
+                     amount numeric(10, 2) NOT NULL, status text NOT NULL DEFAULT 'new',
+                     created_at timestamptz NOT NULL DEFAULT now());
+CREATE INDEX orders_customer_idx ON orders (customer_id);
+-- Never used by the workload: shows up as an unused index.
+CREATE INDEX customers_created_idx ON customers (created_at);
+-- Autovacuum off, the way a forgotten bulk-load setting leaves a table: dead tuples pile up.
+CREATE TABLE events (id bigserial PRIMARY KEY, kind text NOT NULL, seen int NOT NULL DEFAULT 0)
+  WITH (autovacuum_enabled = false);
+CREATE TABLE coupons (code int NOT NULL);
+INSERT INTO customers (email) SELECT 'customer' || i || '@example.com' FROM generate_series(1, 2000) i;
+INSERT INTO orders (customer_id, amount) SELECT 1 + i % 2000, (i % 500) / 3.0 FROM generate_series(1, 20000) i;
+INSERT INTO events (kind) SELECT 'page_view' FROM generate_series(1, 5000);
+INSERT INTO coupons VALUES (1), (1);
+"""
+
+
+def log_nothing(message: str) -> None:
+    pass
+
+
+class Workload:
+    """Background sessions that give every panel something to show; stop() ends them all."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.connections: list = []
+        self._lock = threading.Lock()
+
+    def connect(self):
+        conn = psycopg2.connect(self.dsn, application_name="pgvigil-demo-workload")
+        conn.autocommit = True
+        with self._lock:
+            self.connections.append(conn)
+        return conn
+
+    def start(self) -> "Workload":
+        for body in (self.traffic, self.long_report, self.idle_in_transaction_with_waiter):
+            thread = threading.Thread(target=self.guard(body), name=f"demo-{body.__name__}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        return self
+
+    def guard(self, body: Callable[[], None]) -> Callable[[], None]:
+        """Sessions end with an error when the demo stops the server under them; that is expected."""
+        def run() -> None:
+            try:
+                body()
+            except psycopg2.Error:
+                if not self.stopping.is_set():
+                    raise
+        return run
+
+    def traffic(self) -> None:
+        conn = self.connect()
+        cur = conn.cursor()
+        rng = random.Random(4)
+        step = 0
+        while not self.stopping.wait(0.1):
+            step += 1
+            customer = rng.randint(1, 2000)
+            cur.execute("INSERT INTO orders (customer_id, amount) VALUES (%s, %s)", (customer, rng.randint(1, 900)))
+            cur.execute("UPDATE orders SET status = 'paid' WHERE id = (SELECT max(id) FROM orders WHERE customer_id = %s)",
+                        (customer,))
+            cur.execute("SELECT count(*), sum(amount) FROM orders WHERE customer_id = %s", (customer,))
+            cur.execute("UPDATE events SET seen = seen + 1 WHERE id %% 50 = %s", (step % 50,))
+            cur.execute("INSERT INTO events (kind) VALUES ('checkout')")
+            cur.execute("SELECT kind, count(*) FROM events GROUP BY kind")
+            if step % 7 == 0:  # an application error: the transaction is rolled back
+                cur.execute("BEGIN")
+                cur.execute("INSERT INTO events (kind) VALUES ('abandoned')")
+                cur.execute("ROLLBACK")
+            if step % 10 == 0:  # the slow statement of the day
+                cur.execute("SELECT pg_sleep(0.3), count(*) FROM orders WHERE status = 'new'")
+
+    def long_report(self) -> None:
+        conn = self.connect()
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_sleep(86400) /* monthly report that never finishes */")
+
+    def idle_in_transaction_with_waiter(self) -> None:
+        holder = self.connect()
+        holder.autocommit = False
+        with holder.cursor() as cur:
+            cur.execute("SELECT * FROM customers WHERE id = 1 FOR UPDATE")  # then the session goes idle
+        waiter = self.connect()
+        with waiter.cursor() as cur:
+            cur.execute("UPDATE customers SET email = email WHERE id = 1")  # blocks behind the holder
+
+    def stop(self) -> None:
+        self.stopping.set()
+        with self._lock:
+            connections = list(self.connections)
+        for conn in connections:
+            try:
+                conn.cancel()  # wakes the sleeping and the waiting sessions
+            except psycopg2.Error:
+                pass
+        for thread in self.threads:
+            thread.join(timeout=10)
+        for conn in connections:
+            conn.close()
+
+
+def postgres_owned_dir(path: Path) -> Path:
+    """A directory the server process can write (it runs as `postgres` when we are root)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+    return path
+
+
+def prepare_cluster(cluster: ThrowawayCluster) -> None:
+    """Schema, seed data and the maintenance history the dashboards show."""
+    cluster.execute(f"CREATE ROLE {MONITOR_ROLE} LOGIN; GRANT pg_monitor TO {MONITOR_ROLE}")
+    cluster.create_database(DATABASE)
+    cluster.execute(SCHEMA, DATABASE)
+    try:  # pgvector, where it is installed: a small HNSW index for the Vector Search dashboard
+        cluster.execute("CREATE EXTENSION vector; CREATE TABLE items (id serial PRIMARY KEY, embedding vector(3));"
+                        "INSERT INTO items (embedding) SELECT ARRAY[random(), random(), random()]::vector "
+                        "FROM generate_series(1, 1000);"
+                        "CREATE INDEX items_embedding_idx ON items USING hnsw (embedding vector_l2_ops)", DATABASE)
+    except psycopg2.Error:
+        pass
+    # A failed CREATE UNIQUE INDEX CONCURRENTLY leaves an invalid index behind: the real-life way.
+    try:
+        cluster.execute("CREATE UNIQUE INDEX CONCURRENTLY coupons_code_key ON coupons (code)", DATABASE)
+    except psycopg2.errors.UniqueViolation:
+        pass
+    cluster.execute("VACUUM ANALYZE", DATABASE)
+    # A standby that was decommissioned without dropping its slot: the slot retains WAL.
+    cluster.execute("SELECT pg_create_physical_replication_slot('decommissioned_standby', true)")
+    cluster.execute("SELECT pg_switch_wal()")  # archive the first segment right away
+
+
+def exporter_config(cluster: ThrowawayCluster, backup_dir: Optional[Path], listen: str) -> Config:
+    document: dict = {
+        "listen": listen,
+        "targets": {TARGET: {"dsn": cluster.dsn(DATABASE, MONITOR_ROLE), "labels": {"env": "demo"}}},
+        "collectors": ["default"],
+    }
+    if backup_dir is not None:
+        document["backup"] = {"dir": str(backup_dir), "target": TARGET}
+    return parse_config(yaml.safe_dump(document), source="<pgvigil demo>")
+
+
+def take_backups(cluster: ThrowawayCluster, backup_dir: Path, say: Callable[[str], None]) -> bool:
+    """Two verified backups, so the backup panels have a size to compare; False when pg_dump is missing."""
+    from exporter.backup.dump import run_backup
+    from exporter.backup.pgclient import BackupError
+    from exporter.backup.verify import verify_backup
+
+    try:
+        for _ in range(2):
+            run_backup(cluster.dsn(DATABASE), TARGET, backup_dir, progress=False)
+        verify_backup(backup_dir, target=TARGET)
+    except BackupError as exc:
+        say(f"backups skipped: {exc}")
+        return False
+    return True
+
+
+class Demo:
+    """The whole topology; use as a context manager or call start()/stop()."""
+
+    def __init__(self, listen: str = "127.0.0.1:0", scrape_interval: str = "5s",
+                 with_prometheus: bool = True, say: Callable[[str], None] = log_nothing) -> None:
+        self.listen = listen
+        self.scrape_interval = scrape_interval
+        self.with_prometheus = with_prometheus
+        self.say = say
+        self.workdir = Path(tempfile.mkdtemp(prefix="pgvigil-demo-"))
+        self.cluster: Optional[ThrowawayCluster] = None
+        self.workload: Optional[Workload] = None
+        self.exporter: Optional[ServerHandle] = None
+        self.prometheus: Optional[stack.Service] = None
+        self.alertmanager: Optional[stack.Service] = None
+        self.webhook: Optional[stack.WebhookReceiver] = None
+        self.config: Optional[Config] = None
+
+    def start(self) -> "Demo":
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        self.cluster = ThrowawayCluster(settings={
+            "max_connections": "50",
+            "archive_mode": "on",
+            "track_io_timing": "on",
+        })
+        # Inside the cluster's own directory: the server (user postgres when we are root) can reach it.
+        archive = postgres_owned_dir(self.cluster.base / "wal_archive")
+        self.cluster.settings["archive_command"] = f"'test ! -f {archive}/%f && cp %p {archive}/%f'"
+        self.cluster.init()
+        self.say("starting PostgreSQL and loading the demo schema ...")
+        self.cluster.start()
+        prepare_cluster(self.cluster)
+        backup_dir = self.workdir / "backups"
+        if not take_backups(self.cluster, backup_dir, self.say):
+            backup_dir = None
+        self.workload = Workload(self.cluster.dsn(DATABASE)).start()
+        self.config = exporter_config(self.cluster, backup_dir, self.listen)
+        self.exporter = start_server(self.config, self.listen, extra_collectors(self.config))
+        if self.with_prometheus:
+            self._start_monitoring()
+
+    def _start_monitoring(self) -> None:
+        try:
+            stack.find_binary(stack.PROMETHEUS_BINARIES)
+        except stack.StackError as exc:
+            self.say(f"Prometheus not started: {exc}")
+            return
+        rules = shipped_rule_files(self.workdir / "bundle")
+        if not rules:
+            self.say("no alert rules found in this installation: Prometheus runs without them")
+        alertmanager_url = None
+        try:
+            stack.find_binary(stack.ALERTMANAGER_BINARIES)
+            self.webhook = stack.WebhookReceiver()
+            config = self.workdir / "alertmanager.yml"
+            config.write_text(yaml.safe_dump(alertmanager_config(self.webhook.url), sort_keys=False))
+            self.alertmanager = stack.start_alertmanager(config, workdir=self.workdir / "alertmanager")
+            alertmanager_url = self.alertmanager.url
+        except stack.StackError as exc:
+            self.say(f"Alertmanager not started: {exc}")
+        self.prometheus = stack.start_prometheus(
+            [self.exporter.url], rules, alertmanager_url, scrape_interval=self.scrape_interval,
+            evaluation_interval=self.scrape_interval, workdir=self.workdir / "prometheus")
+
+    def urls(self) -> dict[str, str]:
+        found = {"pgvigil": self.exporter.url + "/metrics" if self.exporter else None,
+                 "PostgreSQL": self.cluster.dsn(DATABASE) if self.cluster else None,
+                 "Prometheus": self.prometheus.url if self.prometheus else None,
+                 "Alertmanager": self.alertmanager.url if self.alertmanager else None}
+        return {name: url for name, url in found.items() if url}
+
+    def stop(self) -> None:
+        """Stop everything that was started, in reverse order, and remove the working directory."""
+        try:
+            self._stop_services()
+        finally:
+            try:
+                self._stop_database()
+            finally:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _stop_services(self) -> None:
+        for service in (self.prometheus, self.alertmanager, self.webhook, self.exporter):
+            if service is not None:
+                service.stop()
+        self.prometheus = self.alertmanager = self.webhook = self.exporter = None
+
+    def _stop_database(self) -> None:
+        if self.workload is not None:
+            self.workload.stop()
+            self.workload = None
+        if self.cluster is not None:
+            self.cluster.cleanup()
+            self.cluster = None
+
+    def __enter__(self) -> "Demo":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def extra_collectors(config: Config) -> list[object]:
+    from exporter.cli import extra_collectors as collectors_of
+
+    return collectors_of(config)
+
+
+def alertmanager_config(webhook_url: str) -> dict:
+    """Route every alert to the demo's own webhook, which prints it; short waits for a demo."""
+    return {
+        "route": {"receiver": "demo", "group_by": ["alertname", "target"], "group_wait": "5s",
+                  "group_interval": "10s", "repeat_interval": "1h"},
+        "receivers": [{"name": "demo", "webhook_configs": [{"url": webhook_url, "send_resolved": True}]}],
+    }
+
+
+def shipped_rule_files(out_dir: Path) -> list[Path]:
+    """The alert rules `pgvigil bundle` ships, generated from the packaged thresholds file."""
+    try:
+        from exporter.bundle import write_bundle
+    except ImportError:  # an installation without the bundle generator
+        return []
+    written = write_bundle(None, out_dir)
+    return [path for path in written if path.parent.name == "alerts" and path.name.startswith("pgvigil-")]
+
+
+# -- command line --------------------------------------------------------------------------------
+
+def describe_notification(alert: dict) -> str:
+    labels = alert.get("labels", {})
+    summary = alert.get("annotations", {}).get("summary", "")
+    return f"[{alert.get('status', '?')}] {labels.get('alertname', '?')} ({labels.get('severity', '?')}) " \
+           f"target={labels.get('target', '-')}: {summary}"
+
+
+def run_until_stopped(running: Demo, duration: Optional[float]) -> None:
+    """Print Alertmanager notifications as they arrive until Ctrl-C, SIGTERM or `duration` seconds."""
+    deadline = None if duration is None else time.monotonic() + duration
+    shown = 0
+    while deadline is None or time.monotonic() < deadline:
+        time.sleep(0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic())))
+        if running.webhook is not None:
+            alerts = running.webhook.alerts()
+            for alert in alerts[shown:]:
+                click.echo(describe_notification(alert))
+            shown = len(alerts)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@click.command()
+@click.option("--listen", default="127.0.0.1:0", show_default=True,
+              help="host:port for pgvigil's HTTP server (port 0 picks a free one).")
+@click.option("--duration", type=click.FloatRange(min=0), default=None,
+              help="Stop after this many seconds instead of waiting for Ctrl-C.")
+@click.option("--scrape-interval", default="5s", show_default=True, help="Prometheus scrape and rule interval.")
+@click.option("--no-prometheus", is_flag=True, help="Do not start Prometheus and Alertmanager even if installed.")
+def demo(listen: str, duration: Optional[float], scrape_interval: str, no_prometheus: bool) -> None:
+    """Run PostgreSQL with a demo workload, pgvigil, Prometheus and Alertmanager locally, without Docker."""
+    say = lambda message: click.echo(message, err=True)  # noqa: E731
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with Demo(listen, scrape_interval, not no_prometheus, say) as running:
+            for name, url in running.urls().items():
+                click.echo(f"{name:<13} {url}")
+            if running.prometheus is not None:
+                click.echo(f"{'Alerts':<13} {running.prometheus.url}/alerts")
+            click.echo("Dashboards: dashboards/*.json (Grafana; `docker compose up` provisions them)")
+            click.echo("Stop with Ctrl-C." if duration is None else f"Stopping after {duration:g} s.")
+            run_until_stopped(running, duration)
+    except KeyboardInterrupt:
+        pass
+    except (RuntimeError, OSError, psycopg2.Error) as exc:  # StackError is a RuntimeError
+        raise click.ClickException(f"demo failed: {exc}") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    click.echo("demo stopped; everything it started is gone.", err=True)
