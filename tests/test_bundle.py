@@ -1,0 +1,237 @@
+"""The alerting bundle: committed files equal the generator's output, and real promtool/amtool accept them.
+
+promtool runs the generated unit tests, which for every alert and severity put the value just past
+and just short of the level, plus a healthy database that must fire nothing. Changing a number in
+a thresholds file moves those tests with it.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from exporter.bundle import ALERT_FILES, render_alert_files, source_name, write_bundle
+from exporter.bundle import alertmanager
+from exporter.bundle.catalog import RUNBOOK_BASE
+from exporter.bundle.humanize import humanize, humanize1024, humanize_duration, humanize_percentage
+from exporter.bundle.rules import alert_specs
+from exporter.bundle.thresholds import DEFAULT_THRESHOLDS, ThresholdError, load_thresholds, parse_thresholds
+from exporter.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+THRESHOLDS = ROOT / "alerts" / "thresholds.yaml"
+TEST_FILE = ROOT / ALERT_FILES["tests"]
+
+needs_promtool = pytest.mark.skipif(not shutil.which("promtool"), reason="promtool not installed (scripts/test.sh installs it)")
+needs_amtool = pytest.mark.skipif(not shutil.which("amtool"), reason="amtool not installed (scripts/test.sh installs it)")
+
+
+def run(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_packaged_thresholds_are_the_repository_file():
+    assert DEFAULT_THRESHOLDS.read_bytes() == THRESHOLDS.read_bytes(), (
+        "exporter/bundle/default_thresholds.yaml must equal alerts/thresholds.yaml: "
+        "cp alerts/thresholds.yaml exporter/bundle/default_thresholds.yaml"
+    )
+
+
+def test_committed_files_are_the_generator_output():
+    rendered = render_alert_files(load_thresholds(), source_name(DEFAULT_THRESHOLDS))
+    stale = [str(path) for path, text in rendered.items() if (ROOT / path).read_text() != text]
+    assert not stale, f"regenerate with `pgvigil bundle`: {', '.join(stale)} differ from the generator"
+
+
+@needs_promtool
+def test_promtool_accepts_the_rules():
+    result = run("promtool", "check", "rules", str(ROOT / ALERT_FILES["rules"]), str(ROOT / ALERT_FILES["alerts"]))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_promtool_unit_tests_pass():
+    for test_file in sorted((ROOT / "alerts" / "tests").glob("*.yml")):
+        result = run("promtool", "test", "rules", test_file.name, cwd=test_file.parent)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_amtool
+@pytest.mark.parametrize("variant", ["shipped", "webhook"])
+def test_amtool_accepts_the_alertmanager_config(variant, tmp_path):
+    if variant == "shipped":
+        path = ROOT / ALERT_FILES["alertmanager"]
+    else:
+        path = tmp_path / "alertmanager.yml"
+        path.write_text(alertmanager.render(alertmanager.webhook_config("http://127.0.0.1:9/")))
+    result = run("amtool", "check-config", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_amtool
+@pytest.mark.parametrize("severity, receiver", [("critical", "database-critical"), ("warning", "database-warning")])
+def test_alertmanager_routes_by_severity(severity, receiver):
+    result = run("amtool", "config", "routes", "test", f"--config.file={ROOT / ALERT_FILES['alertmanager']}",
+                 "alertname=PostgresDown", "target=primary", f"severity={severity}")
+    assert result.stdout.strip() == receiver, result.stdout + result.stderr
+
+
+def test_alertmanager_channels_and_secrets():
+    config = yaml.safe_load((ROOT / ALERT_FILES["alertmanager"]).read_text())
+    receivers = {r["name"]: r for r in config["receivers"]}
+    channels = {name: sorted(k for k in r if k.endswith("_configs")) for name, r in receivers.items()}
+    assert channels == {
+        "database-critical": ["email_configs", "pagerduty_configs", "slack_configs"],
+        "database-warning": ["email_configs", "slack_configs"],
+    }
+    assert config["route"]["group_by"] == ["alertname", "target"]
+    text = (ROOT / ALERT_FILES["alertmanager"]).read_text()
+    # secrets only by reference: no inline webhook URL, password, or routing/service key
+    for key in ("api_url:", "auth_password:", "routing_key:", "service_key:", "hooks.slack.com"):
+        assert key not in text
+    assert "slack_api_url_file" in text and "smtp_auth_password_file" in text and "routing_key_file" in text
+    inhibit = config["inhibit_rules"]
+    assert {"alertname", "target"} <= set(inhibit[0]["equal"])
+    assert inhibit[1]["source_matchers"] == ['alertname="PostgresDown"'] and inhibit[1]["equal"] == ["target"]
+
+
+def test_every_alert_follows_the_conventions():
+    groups = yaml.safe_load((ROOT / ALERT_FILES["alerts"]).read_text())["groups"]
+    runbooks = (ROOT / "docs" / "runbooks.md").read_text()
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
+               for h in re.findall(r"^#{2,3} (.+)$", runbooks, re.M)}
+    for rule in (r for g in groups for r in g["rules"]):
+        name = rule["alert"]
+        assert re.fullmatch(r"Postgres[A-Z][A-Za-z]+", name)
+        assert rule["labels"]["severity"] in ("warning", "critical")
+        annotations = rule["annotations"]
+        assert "{{" not in annotations["summary"], f"{name}: summary must be static"
+        assert "{{ $labels." in annotations["description"], f"{name}: description must be templated"
+        url = annotations["runbook_url"]
+        assert url.startswith(RUNBOOK_BASE + "#") and url.split("#")[1] in anchors, f"{name}: no runbook section {url}"
+
+
+def test_every_alert_and_severity_is_tested_both_sides():
+    tests = yaml.safe_load(TEST_FILE.read_text())["tests"]
+    thresholds = load_thresholds()
+    for spec in alert_specs(thresholds):
+        for severity in thresholds[spec.threshold].levels():
+            fires = [t for t in tests if t["name"].startswith(f"{spec.name} {severity} fires just past")]
+            silent = [t for t in tests if t["name"].startswith(f"{spec.name} {severity} silent just short of")]
+            assert len(fires) == 1 and len(silent) == 1, (spec.name, severity)
+            assert severity in _severities_expected(fires[0], spec.name)
+            assert severity not in _severities_expected(silent[0], spec.name)
+    healthy = [t for t in tests if t["name"].startswith("a healthy")]
+    checked = {c["alertname"] for c in healthy[0]["alert_rule_test"] if c["exp_alerts"] == []}
+    assert checked == {spec.name for spec in alert_specs(thresholds)}
+
+
+def _severities_expected(test: dict, alertname: str) -> set[str]:
+    last = [c for c in test["alert_rule_test"] if c["alertname"] == alertname][-1]
+    return {alert["exp_labels"]["severity"] for alert in last["exp_alerts"]}
+
+
+@needs_promtool
+def test_changed_thresholds_move_rules_and_tests(tmp_path):
+    text = THRESHOLDS.read_text()
+    text = _set_level(text, "connection_utilization", "warning", "0.70")
+    text = _set_level(text, "database_size", "critical", "20000000000")
+    text = _set_level(text, "cache_hit_ratio", "warning", "0.97")
+    mine = tmp_path / "my-thresholds.yaml"
+    mine.write_text(text)
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(main, ["bundle", "--thresholds", str(mine), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+
+    alerts = (out / ALERT_FILES["alerts"]).read_text()
+    assert "pgvigil:connection_utilization:ratio > 0.7\n" in alerts
+    assert "pg_database_size_bytes > 20000000000\n" in alerts
+    assert "pgvigil:cache_hit:ratio_rate5m < 0.97 and" in alerts
+    assert "pgvigil:connection_utilization:ratio > 0.8\n" not in alerts
+    tests = (out / ALERT_FILES["tests"]).read_text()
+    assert "PostgresConnectionUtilizationHigh warning fires just past 70%" in tests
+
+    # the new tests pass against the new rules ...
+    new = run("promtool", "test", "rules", ALERT_FILES["tests"].name, cwd=out / "alerts" / "tests")
+    assert new.returncode == 0, new.stdout + new.stderr
+    # ... and fail against the shipped rules: they really moved with the numbers
+    shutil.copy(ROOT / ALERT_FILES["rules"], out / ALERT_FILES["rules"])
+    shutil.copy(ROOT / ALERT_FILES["alerts"], out / ALERT_FILES["alerts"])
+    old = run("promtool", "test", "rules", ALERT_FILES["tests"].name, cwd=out / "alerts" / "tests")
+    assert old.returncode != 0
+    for moved in ("PostgresConnectionUtilizationHigh warning fires just past 70%",
+                  "PostgresDatabaseSizeLarge critical fires just past 20GB",
+                  "PostgresCacheHitRatioLow warning fires just past 97%"):
+        assert moved in old.stdout + old.stderr
+
+
+def _set_level(text: str, name: str, key: str, value: str) -> str:
+    pattern = re.compile(rf"(^{name}:.*?^  {key}: )\S+", re.M | re.S)
+    changed, count = pattern.subn(rf"\g<1>{value}", text, count=1)
+    assert count == 1
+    return changed
+
+
+def test_bundle_writes_alert_files(tmp_path):
+    written = write_bundle(None, tmp_path)
+    for relative in ALERT_FILES.values():
+        assert tmp_path / relative in written
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a:\n  warning: x\n  critical: 1\n  for: 5m\n  unit: ratio\n  description: d\n",
+     "t.yaml:2: a.warning: expected a number or null, got 'x'"),
+    ("a:\n  warning: 1\n  critical: 2\n  fro: 5m\n  unit: count\n  description: d\n",
+     "t.yaml:4: a.fro: unknown key (did you mean 'for'?); allowed: warning, critical, for, unit, direction, min_rate, description"),
+    ("a:\n  warning: 1\n  critical: 2\n  for: 5 minutes\n  unit: count\n  description: d\n",
+     "t.yaml:4: a.for: expected a Prometheus duration such as 5m or 1h30m, got '5 minutes'"),
+    ("a:\n  warning: 3\n  critical: 2\n  for: 5m\n  unit: count\n  description: d\n",
+     "t.yaml:3: a.critical: must be >= warning (3) when direction is above"),
+    ("a:\n  warning: 0.8\n  critical: 0.9\n  direction: below\n  for: 5m\n  unit: ratio\n  description: d\n",
+     "t.yaml:3: a.critical: must be <= warning (0.8) when direction is below"),
+    ("a:\n  warning: null\n  critical: null\n  for: 5m\n  unit: count\n  description: d\n",
+     "t.yaml:1: a: at least one of warning and critical must be a number"),
+    ("a:\n  warning: 1\n  critical: 2\n  for: 5m\n  unit: parsecs\n  description: d\n",
+     "t.yaml:5: a.unit: expected one of ratio, seconds, bytes, count, boolean, got 'parsecs'"),
+    ("a:\n  warning: 1\n  critical: 2\n  unit: count\n  description: d\n",
+     "t.yaml:1: a: missing key 'for'"),
+    ("a: [1, 2\n", "t.yaml:2: invalid YAML"),
+])
+def test_invalid_thresholds_name_file_line_and_key(text, message):
+    with pytest.raises(ThresholdError) as caught:
+        parse_thresholds(text, "t.yaml")
+    assert any(error.startswith(message) for error in caught.value.errors), caught.value.errors
+
+
+def test_bundle_command_reports_every_threshold_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a:\n  warning: x\n  critical: 1\n  for: soon\n  unit: ratio\n  description: d\n")
+    result = CliRunner().invoke(main, ["bundle", "--thresholds", str(bad), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert f"error: {bad}:2: a.warning: expected a number or null, got 'x'" in result.output
+    assert f"error: {bad}:4: a.for: expected a Prometheus duration" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_thresholds_missing_an_alert_entry_is_a_clear_error(tmp_path):
+    text = re.sub(r"^postgres_down:.*?\n\n", "", THRESHOLDS.read_text(), flags=re.M | re.S)
+    mine = tmp_path / "partial.yaml"
+    mine.write_text(text)
+    result = CliRunner().invoke(main, ["bundle", "--thresholds", str(mine), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "error: the thresholds file lacks entries for: postgres_down" in result.output
+
+
+@pytest.mark.parametrize("function, value, text", [
+    (humanize, 1234567.0, "1.235M"), (humanize, 0.005, "5m"), (humanize, 0, "0"), (humanize, 50, "50"),
+    (humanize1024, 1048576.0, "1Mi"), (humanize_duration, 899.99, "14m 59s"),
+    (humanize_duration, 93600, "1d 2h 0m 0s"), (humanize_duration, 0.5, "500ms"), (humanize_duration, 5.5, "5.5s"),
+    (humanize_percentage, 0.1234567, "12.35%"), (humanize_percentage, 0.8, "80%"),
+])
+def test_humanize_twins_match_prometheus(function, value, text):
+    assert function(value) == text
