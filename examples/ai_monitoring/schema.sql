@@ -1,0 +1,11 @@
+-- Seed 000 ("Cardinal"): one row per AI generation.
+CREATE TABLE IF NOT EXISTS ai_monitoring (
+  id                     bigserial PRIMARY KEY,
+  session_id             text,
+  tokens_used            integer     NOT NULL,
+  generation_duration_ms integer     NOT NULL,
+  success                boolean     NOT NULL,
+  "timestamp"            timestamptz NOT NULL DEFAULT now(),
+  model_version          text        NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ai_monitoring_time_idx ON ai_monitoring ("timestamp");
