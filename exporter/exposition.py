@@ -13,22 +13,28 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 EXPOSED_TYPE = {"gauge": "gauge", "counter": "counter", "histogram": "histogram", "gauge_histogram": "histogram"}
 
 _INF = float("inf")
+_PLAIN_INT_LOW = -(2 ** 53)  # from here up to 1e6, float(n) is exact and repr(float(n)) == f"{n}.0"
 
 
 def format_value(value: float | int) -> str:
     """Go-style float text as prometheus_client writes it: 1.0, 1e+06, +Inf, NaN."""
+    # Fast paths first: this runs once per sample, and most samples are small counts.
+    if type(value) is int and _PLAIN_INT_LOW < value < 1000000:
+        return f"{value}.0"
     d = float(value)
+    if -_INF < d < 1e6:  # also false for NaN
+        return repr(d)
     if d == _INF:
         return "+Inf"
-    if d == -_INF:
-        return "-Inf"
     if d != d:
         return "NaN"
+    if d == -_INF:
+        return "-Inf"
     s = repr(d)
     dot = s.find(".")
-    if d > 0 and dot > 6:  # Go switches to exponent notation sooner than Python
+    if dot > 6:  # Go switches to exponent notation sooner than Python
         mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1:]}".rstrip("0.")
-        return f"{mantissa}e+0{dot - 1}"
+        return f"{mantissa}e+{dot - 1:02d}"
     return s
 
 
