@@ -317,12 +317,11 @@ def extra_collectors(config: Config) -> list[object]:
 
 
 def alertmanager_config(webhook_url: str) -> dict:
-    """Route every alert to the demo's own webhook, which prints it; short waits for a demo."""
-    return {
-        "route": {"receiver": "demo", "group_by": ["alertname", "target"], "group_wait": "5s",
-                  "group_interval": "10s", "repeat_interval": "1h"},
-        "receivers": [{"name": "demo", "webhook_configs": [{"url": webhook_url, "send_resolved": True}]}],
-    }
+    """The shipped routes and inhibit rules with every receiver a webhook to the demo, which prints
+    the alerts; short waits, for a demo."""
+    from exporter.bundle.alertmanager import webhook_config
+
+    return webhook_config(webhook_url, group_wait="5s", group_interval="30s")
 
 
 def shipped_rule_files(out_dir: Path) -> list[Path]:
