@@ -235,3 +235,39 @@ def test_thresholds_missing_an_alert_entry_is_a_clear_error(tmp_path):
 ])
 def test_humanize_twins_match_prometheus(function, value, text):
     assert function(value) == text
+
+
+def _pack_metrics() -> dict[str, tuple[str, ...]]:
+    """Metric name -> label columns, for every query of every shipped pack."""
+    from exporter.config import available_packs, parse_config
+
+    packs = ", ".join(sorted(available_packs()))
+    config = parse_config(f"targets:\n  p: {{dsn: postgresql://x@127.0.0.1:1/app}}\ncollectors: [{packs}]\n")
+    return {metric.name: tuple(query.labels) for query in config.queries for metric in query.metrics}
+
+
+def test_rules_and_tests_use_the_series_pgvigil_really_exposes():
+    """Every input series of the promtool tests is a metric a pack, the backup collector or the
+    exporter itself produces, with exactly that metric's labels (plus target and constant labels)."""
+    from exporter.bundle.catalog import BASE
+
+    packs = _pack_metrics()
+    python_sources = "".join(p.read_text() for p in [ROOT / "exporter" / "selfmetrics.py",
+                                                     *sorted((ROOT / "exporter" / "backup").glob("*.py"))])
+    user_supplied = {"up", "pgvigil_storage_allocation_bytes"}  # Prometheus' own; documented custom query
+    tests = yaml.safe_load(TEST_FILE.read_text())["tests"]
+    seen = set()
+    for series in (s["series"] for t in tests for s in t["input_series"]):
+        name, labels = re.fullmatch(r"(\w+)\{(.*)\}", series).groups()
+        keys = set(re.findall(r'(\w+)="', labels)) - set(BASE) - {"le"}
+        base = re.sub(r"_(bucket|gcount|gsum)$", "", name)
+        if name in user_supplied:
+            continue
+        if base in packs:
+            assert keys == set(packs[base]), f"{series}: the pack's labels are {packs[base]}"
+        else:
+            assert f'"{name}"' in python_sources, f"{name}: no pack or collector exposes it"
+        seen.add(name)
+    rule_text = (ROOT / ALERT_FILES["alerts"]).read_text() + (ROOT / ALERT_FILES["rules"]).read_text()
+    used = set(re.findall(r"\b(pg_[a-z0-9_]+|pgvigil_[a-z0-9_]+)\b", rule_text)) - user_supplied
+    assert used <= seen, f"metrics used by rules but never in a test: {sorted(used - seen)}"
