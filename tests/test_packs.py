@@ -39,6 +39,8 @@ def ensure_monitor_role(cluster) -> None:
 
 
 def scrape(cluster, dbname: str, role: str, collectors: str = "[default]") -> list[Sample]:
+    if role == "monitor":
+        ensure_monitor_role(cluster)
     user = MONITOR_ROLE if role == "monitor" else "postgres"
     dsn = cluster.dsn(dbname, user=user)
     config = parse_config(f"targets:\n  app:\n    dsn: {dsn}\ncollectors: {collectors}\n")
@@ -407,3 +409,43 @@ def test_archiver_and_checkpoints(result):
     assert find(samples, "pg_stat_archiver_last_archive_age") == []
     assert value(samples, "pg_stat_bgwriter_checkpoints_req_total") >= 1
     assert value(samples, "pg_stat_bgwriter_buffers_alloc_total") > 0
+
+
+# -- scope and bounds --------------------------------------------------------
+
+def test_cluster_queries_run_once_per_server_and_database_queries_per_target(cluster, fresh_db):
+    other = "t_other_" + uuid.uuid4().hex[:8]
+    other_dsn = cluster.create_database(other)
+    try:
+        for dsn in (fresh_db, other_dsn):
+            cluster.execute("CREATE TABLE here (id int)", dsn.rsplit("/", 1)[1])
+        config = parse_config(f"targets:\n  a:\n    dsn: {fresh_db}\n  b:\n    dsn: {other_dsn}\n")
+        samples = parse_samples(scrape_once(config))
+        assert {s.labels["target"] for s in find(samples, "pg_settings_max_connections")} == {"a"}
+        assert len(find(samples, "pg_stat_activity_count", datname=other, state="idle")) == 1
+        tables = find(samples, "pg_stat_user_tables_n_live_tup", relname="here")
+        assert sorted((s.labels["target"], s.labels["datname"]) for s in tables) == [
+            ("a", fresh_db.rsplit("/", 1)[1]), ("b", other)]
+    finally:
+        cluster.execute(f'DROP DATABASE "{other}" WITH (FORCE)')
+
+
+def test_per_table_series_are_bounded_yet_keep_dead_tuples(cluster, fresh_db):
+    db = fresh_db.rsplit("/", 1)[1]
+    cluster.execute("DO $$ BEGIN FOR i IN 1..260 LOOP "
+                    "EXECUTE format('CREATE TABLE wide_%s (id int PRIMARY KEY); INSERT INTO wide_%s VALUES (1)', i, i);"
+                    " END LOOP; END $$", db)
+    # the smallest table of all (one heap page, no index), but the only one with dead tuples
+    cluster.execute("CREATE TABLE tiny (id int) WITH (autovacuum_enabled = false)", db)
+    cluster.execute("INSERT INTO tiny VALUES (1); DELETE FROM tiny", db)
+    wait_until(lambda: cluster.execute(
+        "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'tiny'", db)[0][0] == 1, "dead tuples in tiny")
+    samples = scrape(cluster, db, "monitor", collectors="[tables, indexes, security]")
+    assert value(samples, "pg_up") == 1
+    reported = {s.labels["relname"] for s in find(samples, "pg_stat_user_tables_n_live_tup")}
+    assert len(reported) <= 200 and "tiny" in reported
+    assert len(find(samples, "pg_statio_user_tables_heap_blocks_hit")) == len(reported)
+    assert len(find(samples, "pg_stat_user_indexes_idx_scan")) == 200
+    assert len(find(samples, "pg_security_table_rls_disabled")) == 200
+    assert value(samples, "pg_security_tables_without_rls", schemaname="public") == 261
+    assert [s for s in find(samples, "pgvigil_query_errors_total") if s.value] == []
