@@ -29,7 +29,7 @@ def render_alert_files(thresholds: dict, source: str) -> dict[Path, str]:
         ALERT_FILES["rules"]: rules.render_yaml(rules.recording_groups(), source),
         ALERT_FILES["alerts"]: rules.render_yaml(rules.alert_groups(thresholds), source),
         ALERT_FILES["alertmanager"]: alertmanager.render(alertmanager.production_config(thresholds)),
-        ALERT_FILES["tests"]: rules.render_yaml(promtests.test_file(thresholds), source),
+        ALERT_FILES["tests"]: rules.render_yaml(promtests.unit_test_file(thresholds), source),
     }
 
 

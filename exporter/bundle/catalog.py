@@ -111,9 +111,9 @@ def _exporter_down(value: float, minutes: int, eval_at: int = 0, quiet: bool = F
     return Scenario({selector("up", labels): constant(value, minutes)}, None, labels)
 
 
-def _flag(metric: str) -> Callable[..., Scenario]:
-    """A 0/1 gauge whose description carries no value."""
-    gauge = _gauge(metric)
+def _flag(metric: str, extra: dict | None = None) -> Callable[..., Scenario]:
+    """A 0/1 gauge (or a state) whose description carries no value."""
+    gauge = _gauge(metric, extra)
 
     def build(value: float, minutes: int, eval_at: int = 0, quiet: bool = False) -> Scenario:
         scenario = gauge(value, minutes)
@@ -380,7 +380,7 @@ def catalog(min_rates: dict[str, float | None]) -> list[AlertSpec]:
             "pg_replication_slots_active",
             "A PostgreSQL replication slot has no consumer",
             "Replication slot {slot_name} on {target} is inactive and retains WAL until its consumer returns.",
-            _flag_with("pg_replication_slots_active", {"slot_name": "analytics", "database": "app"}),
+            _flag("pg_replication_slots_active", {"slot_name": "analytics", "database": "app"}),
         ),
         AlertSpec(
             "PostgresWalArchiveFailing", "wal_archive_failing", "pgvigil-replication",
@@ -473,16 +473,6 @@ def catalog(min_rates: dict[str, float | None]) -> list[AlertSpec]:
             _backup_shrunk,
         ),
     ]
-
-
-def _flag_with(metric: str, extra: dict) -> Callable[..., Scenario]:
-    gauge = _gauge(metric, extra)
-
-    def build(value: float, minutes: int, eval_at: int = 0, quiet: bool = False) -> Scenario:
-        scenario = gauge(value, minutes)
-        return Scenario(scenario.series, None, scenario.labels)
-
-    return build
 
 
 # Recording rules: ratios and counts the alerts and dashboards share.

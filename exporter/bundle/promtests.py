@@ -48,7 +48,7 @@ def safe_value(spec: AlertSpec, threshold: Threshold, level: float) -> float:
     return max(level - delta, 0.0)
 
 
-def test_groups(thresholds: dict[str, Threshold]) -> list[dict]:
+def unit_test_groups(thresholds: dict[str, Threshold]) -> list[dict]:
     """Every generated test case, one promtool test group each."""
     groups = []
     for spec in alert_specs(thresholds):
@@ -67,9 +67,9 @@ def test_groups(thresholds: dict[str, Threshold]) -> list[dict]:
     return groups
 
 
-def test_file(thresholds: dict[str, Threshold]) -> dict:
+def unit_test_file(thresholds: dict[str, Threshold]) -> dict:
     """The content of alerts/tests/pgvigil-alerts.test.yml."""
-    return {"rule_files": RULE_FILES, "evaluation_interval": "1m", "tests": test_groups(thresholds)}
+    return {"rule_files": RULE_FILES, "evaluation_interval": "1m", "tests": unit_test_groups(thresholds)}
 
 
 def _case(spec: AlertSpec, threshold: Threshold, title: str, value: float,
