@@ -29,6 +29,7 @@ _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+MAX_DURATION_SECONDS = 10 * 365 * 86400.0
 
 
 class ConfigError(Exception):
@@ -161,12 +162,14 @@ def parse_duration(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) and value >= 0 else None
-    if isinstance(value, str):
+        seconds = float(value) if math.isfinite(value) and value >= 0 else None
+    elif isinstance(value, str) and _DURATION.match(value):
         match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    return None
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    else:
+        return None
+    # Beyond this, timers overflow (threading.TIMEOUT_MAX) at run time instead of failing here.
+    return seconds if seconds is not None and seconds <= MAX_DURATION_SECONDS else None
 
 
 def expand_env(value: str, environ: Mapping[str, str] | None = None) -> tuple[str, list[str]]:
@@ -366,6 +369,9 @@ class _Checker:
                 return Path(os.path.expanduser(file_name)).read_text(encoding="utf-8").strip()
             except OSError as exc:
                 self.error(path + ("dsn_file",), f"cannot read DSN file {file_name}: {exc.strerror}")
+                return None
+            except (ValueError, UnicodeDecodeError):  # a NUL in the path, or a binary file
+                self.error(path + ("dsn_file",), f"cannot read DSN file {file_name!r}: not a readable text file path")
                 return None
         dsn = self.typed(raw.get("dsn", ""), path + ("dsn",), "str")
         if dsn is None:

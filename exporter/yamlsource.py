@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 Path_ = tuple  # a key path such as ("queries", 3, "metrics", "count", "type")
+MAX_NODES = 1_000_000  # values in one document after alias expansion
 
 
 class YamlSyntaxError(Exception):
@@ -45,19 +46,33 @@ def load_located(text: str, source: str) -> LocatedData:
         raise YamlSyntaxError(source, line, f"invalid YAML: {exc.problem or exc}") from None
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(source, 1, f"invalid YAML: {exc}") from None
+    except RecursionError:
+        raise YamlSyntaxError(source, 1, "invalid YAML: nested too deeply") from None
     located = LocatedData(data=None, source=source)
     if node is None:
         located.data = {}
         located.lines[()] = 1
         return located
     try:
-        located.data = _convert(node, (), located.lines)
+        located.data = _convert(node, (), located.lines, [MAX_NODES])
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise YamlSyntaxError(source, mark.line + 1 if mark else 1, f"invalid YAML: {exc.problem or exc}") from None
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(source, node.start_mark.line + 1, f"invalid YAML: {exc}") from None
+    except RecursionError:  # a recursive alias (&a [*a]) or absurd nesting
+        raise YamlSyntaxError(source, node.start_mark.line + 1,
+                              "invalid YAML: nested too deeply (or an alias refers to itself)") from None
     return located
 
 
-def _convert(node: yaml.Node, path: Path_, lines: dict) -> Any:
+def _convert(node: yaml.Node, path: Path_, lines: dict, budget: list[int]) -> Any:
+    # Aliases are expanded, so a few lines can stand for billions of values ("billion laughs"):
+    # `budget` counts the values built and stops the expansion long before memory runs out.
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"more than {MAX_NODES} values once aliases are expanded", node.start_mark)
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         result: dict = {}
@@ -66,14 +81,18 @@ def _convert(node: yaml.Node, path: Path_, lines: dict) -> Any:
             key = key if isinstance(key, (str, int, float, bool)) or key is None else str(key)
             child = path + (key,)
             lines[child] = key_node.start_mark.line + 1
-            result[key] = _convert(value_node, child, lines)
+            result[key] = _convert(value_node, child, lines, budget)
         return result
     if isinstance(node, yaml.SequenceNode):
-        return [_convert(item, path + (i,), lines) for i, item in enumerate(node.value)]
+        return [_convert(item, path + (i,), lines, budget) for i, item in enumerate(node.value)]
     return _scalar(node)
 
 
 def _scalar(node: yaml.Node) -> Any:
     if isinstance(node, yaml.ScalarNode):
-        return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+        try:
+            return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+        except ValueError as exc:  # e.g. an integer past Python's 4300-digit conversion limit
+            reason = str(exc).split(";")[0]
+            raise yaml.constructor.ConstructorError(None, None, f"cannot read value: {reason}", node.start_mark) from None
     return f"<{type(node).__name__}>"
