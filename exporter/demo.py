@@ -4,7 +4,7 @@ The cluster gets a small shop schema and a workload that keeps every dashboard b
 updates and index lookups, rolled back transactions, a table whose autovacuum is off (dead
 tuples), a slow statement, a long-running report, a session idle in transaction holding a row
 lock and a session waiting for it, an unused and an invalid index, an abandoned replication
-slot, WAL archiving to a local directory and two verified backups. pgvigil serves it, and
+slot, WAL archiving to a local directory, two verified backups and a streaming replica. pgvigil serves it, and
 Prometheus and Alertmanager run with the shipped rules when their binaries are on PATH.
 """
 from __future__ import annotations
@@ -32,6 +32,8 @@ from exporter.throwaway import ThrowawayCluster
 DATABASE = "shop"
 MONITOR_ROLE = "pgvigil_monitor"
 TARGET = "demo"
+REPLICA_TARGET = "demo-replica"
+REPLICA_SLOT = "demo_replica"
 
 SCHEMA = """
 CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
@@ -174,12 +176,25 @@ def prepare_cluster(cluster: ThrowawayCluster) -> None:
     cluster.execute("SELECT pg_switch_wal()")  # archive the first segment right away
 
 
-def exporter_config(cluster: ThrowawayCluster, backup_dir: Optional[Path], listen: str) -> Config:
-    document: dict = {
-        "listen": listen,
-        "targets": {TARGET: {"dsn": cluster.dsn(DATABASE, MONITOR_ROLE), "labels": {"env": "demo"}}},
-        "collectors": ["default"],
-    }
+def start_replica(primary: ThrowawayCluster) -> ThrowawayCluster:
+    """A hot standby streaming from `primary` through a replication slot, cloned with pg_basebackup."""
+    replica = ThrowawayCluster()
+    postgres_owned_dir(replica.base)
+    replica._run("pg_basebackup", "-D", str(replica.datadir), "-h", "127.0.0.1", "-p", str(primary.port),
+                 "-U", "postgres", "-R", "-X", "stream", "-C", "-S", REPLICA_SLOT, "-c", "fast")
+    # The copied postgresql.conf still names the primary's port and socket directory; later lines win.
+    with open(replica.datadir / "postgresql.conf", "a") as conf:
+        conf.write(f"\n# pgvigil demo replica\nport = {replica.port}\n"
+                   f"unix_socket_directories = '{replica.base}'\narchive_mode = off\n")
+    return replica.start()
+
+
+def exporter_config(cluster: ThrowawayCluster, replica: Optional[ThrowawayCluster], backup_dir: Optional[Path],
+                    listen: str) -> Config:
+    targets = {TARGET: {"dsn": cluster.dsn(DATABASE, MONITOR_ROLE), "labels": {"env": "demo"}}}
+    if replica is not None:
+        targets[REPLICA_TARGET] = {"dsn": replica.dsn(DATABASE, MONITOR_ROLE), "labels": {"env": "demo"}}
+    document: dict = {"listen": listen, "targets": targets, "collectors": ["default"]}
     if backup_dir is not None:
         document["backup"] = {"dir": str(backup_dir), "target": TARGET}
     return parse_config(yaml.safe_dump(document), source="<pgvigil demo>")
@@ -212,6 +227,7 @@ class Demo:
         self.say = say
         self.workdir = Path(tempfile.mkdtemp(prefix="pgvigil-demo-"))
         self.cluster: Optional[ThrowawayCluster] = None
+        self.replica: Optional[ThrowawayCluster] = None
         self.workload: Optional[Workload] = None
         self.exporter: Optional[ServerHandle] = None
         self.prometheus: Optional[stack.Service] = None
@@ -243,8 +259,10 @@ class Demo:
         backup_dir = self.workdir / "backups"
         if not take_backups(self.cluster, backup_dir, self.say):
             backup_dir = None
+        self.say("cloning a streaming replica ...")
+        self.replica = start_replica(self.cluster)
         self.workload = Workload(self.cluster.dsn(DATABASE)).start()
-        self.config = exporter_config(self.cluster, backup_dir, self.listen)
+        self.config = exporter_config(self.cluster, self.replica, backup_dir, self.listen)
         self.exporter = start_server(self.config, self.listen, extra_collectors(self.config))
         if self.with_prometheus:
             self._start_monitoring()
@@ -275,6 +293,7 @@ class Demo:
     def urls(self) -> dict[str, str]:
         found = {"pgvigil": self.exporter.url + "/metrics" if self.exporter else None,
                  "PostgreSQL": self.cluster.dsn(DATABASE) if self.cluster else None,
+                 "Replica": self.replica.dsn(DATABASE) if self.replica else None,
                  "Prometheus": self.prometheus.url if self.prometheus else None,
                  "Alertmanager": self.alertmanager.url if self.alertmanager else None}
         return {name: url for name, url in found.items() if url}
@@ -299,6 +318,9 @@ class Demo:
         if self.workload is not None:
             self.workload.stop()
             self.workload = None
+        if self.replica is not None:
+            self.replica.cleanup()
+            self.replica = None
         if self.cluster is not None:
             self.cluster.cleanup()
             self.cluster = None

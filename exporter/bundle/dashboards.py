@@ -22,9 +22,6 @@ ANY_IS_NOTABLE = Bands((("green", None), ("orange", 1.0)))
 # Panels whose queries can only return data where the environment has something the live test
 # (tests/e2e/test_dashboards_live.py) and `pgvigil demo` cannot have. Key: "<dashboard uid>/<panel title>".
 NEEDS_ENVIRONMENT: dict[str, str] = {
-    "pgvigil-overview/Alerts firing now": "lists rows only while an alert fires; the live test is shorter than "
-                                          "every rule's `for:`",
-    "pgvigil-replication/Replica WAL lag": "needs a streaming replica connected to the target",
     "pgvigil-vector/Vector indexes": "needs the pgvector extension with HNSW or IVFFlat indexes",
     "pgvigil-vector/Vector index sizes": "needs the pgvector extension with HNSW or IVFFlat indexes",
     "pgvigil-vector/Vector index size over time": "needs the pgvector extension with HNSW or IVFFlat indexes",
@@ -124,8 +121,9 @@ class Catalogue:
               "short", "Tables with the most dead tuples (top 10); vacuum reclaims them.", "dead_tuples", minimum=0),
             p("Replication lag", "timeseries", [Query(f"pg_replication_lag_seconds{{{T}}}", "{{target}}")], "s",
               "How far a replica's replay is behind; 0 on a primary.", "replication_lag", minimum=0),
-            p("Alerts firing now", "table", [Query('ALERTS{alertstate="firing"}', "{{alertname}}")], "none",
-              "Alerts Prometheus is firing, with their labels.", width=24, height=6),
+            p("Alerts pending and firing", "table", [Query("ALERTS", "{{alertname}}")], "none",
+              "Alerts Prometheus is firing, and those waiting out their `for:` (alertstate pending).",
+              width=24, height=6),
         )
         return Dashboard("pgvigil-overview", "PostgreSQL Overview",
                          "Health at a glance: availability, connections, throughput, caching, size, alerts.",
