@@ -183,6 +183,15 @@ class TargetSession:
             return columns, rows
         except psycopg2.Error as exc:
             raise self._failure(conn, exc) from None
+        except (ValueError, OverflowError) as exc:
+            # The driver could not convert a value (year 294276, an interval of 10^8 years):
+            # the query fails, the session stays usable.
+            try:
+                conn.rollback()
+            except psycopg2.Error:
+                self.close()
+            raise QueryFailed(f"cannot read the result: {exc}; cast the column in SQL "
+                              "(e.g. extract(epoch FROM ...))", connection_lost=self._conn is None) from None
         finally:
             watchdog.cancel()
 
