@@ -271,3 +271,34 @@ def test_rules_and_tests_use_the_series_pgvigil_really_exposes():
     rule_text = (ROOT / ALERT_FILES["alerts"]).read_text() + (ROOT / ALERT_FILES["rules"]).read_text()
     used = set(re.findall(r"\b(pg_[a-z0-9_]+|pgvigil_[a-z0-9_]+)\b", rule_text)) - user_supplied
     assert used <= seen, f"metrics used by rules but never in a test: {sorted(used - seen)}"
+
+
+def _scaled(threshold, factor: float) -> dict:
+    """New levels for one entry, keeping their order and the healthy test database healthy: ratios
+    move within (0, 1) (1 - (1 - r)**factor above, r**factor below), whole numbers are scaled and
+    rounded (never below 1 when they were at least 1), seconds scaled."""
+    def scale(level):
+        if level is None or threshold.unit == "boolean" or (threshold.unit == "bytes" and level <= 1):
+            return level
+        if threshold.unit == "ratio" and threshold.direction == "below":
+            return round(level ** factor, 4)
+        if threshold.unit == "ratio":
+            return round(1 - (1 - level) ** factor, 4)
+        if threshold.unit in ("count", "bytes"):
+            return max(round(level * factor), 1 if level >= 1 else 0)
+        return round(level * factor, 3)
+    return {"warning": scale(threshold.warning), "critical": scale(threshold.critical)}
+
+
+@needs_promtool
+@pytest.mark.parametrize("factor", [0.37, 1.93])
+def test_generated_tests_hold_for_other_numbers(tmp_path, factor):
+    """Any valid thresholds give rules whose generated tests pass: the scenarios follow the levels."""
+    document = yaml.safe_load(THRESHOLDS.read_text())
+    for name, threshold in load_thresholds().items():
+        document[name].update(_scaled(threshold, factor))
+    mine = tmp_path / "scaled.yaml"
+    mine.write_text(yaml.safe_dump(document, sort_keys=False))
+    write_bundle(mine, tmp_path / "out")
+    result = run("promtool", "test", "rules", ALERT_FILES["tests"].name, cwd=tmp_path / "out" / "alerts" / "tests")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]

@@ -84,15 +84,17 @@ def _gauge(metric: str, extra: dict | None = None) -> Callable[..., Scenario]:
 
 
 def _connection_utilization(value: float, minutes: int, eval_at: int = 0, quiet: bool = False) -> Scenario:
-    connections = round(value * 1000)  # usable connections: 1003 - 3 = 1000
+    # 10000 usable connections (10003 - 3 reserved): fine enough steps for any level above 1 %
+    usable = 10000
+    connections = round(value * usable)
     active = connections // 2
     series = {
         selector("pg_stat_activity_count", {**BASE, "datname": "app", "state": "active"}): constant(active, minutes),
         selector("pg_stat_activity_count", {**BASE, "datname": "app", "state": "idle"}): constant(connections - active, minutes),
-        selector("pg_settings_max_connections", BASE): constant(1003, minutes),
+        selector("pg_settings_max_connections", BASE): constant(usable + 3, minutes),
         selector("pg_settings_superuser_reserved_connections", BASE): constant(3, minutes),
     }
-    return Scenario(series, connections / 1000, dict(BASE))
+    return Scenario(series, connections / usable, dict(BASE))
 
 
 def _active_connections(value: float, minutes: int, eval_at: int = 0, quiet: bool = False) -> Scenario:

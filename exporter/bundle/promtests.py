@@ -12,7 +12,7 @@ import re
 
 from exporter.bundle.catalog import BASE, EXPORTER_JOB, AlertSpec, constant, counter, selector
 from exporter.bundle.humanize import format_level
-from exporter.bundle.rules import BundleError, alert_specs, render_description
+from exporter.bundle.rules import alert_specs, render_description
 from exporter.bundle.thresholds import Threshold
 
 RULE_FILES = ["../pgvigil-rules.yml", "../pgvigil-alerts.yml"]
@@ -33,13 +33,19 @@ def step(threshold: Threshold, level: float) -> float:
     return abs(level) * 0.01 or 0.01
 
 
-def breaching_value(threshold: Threshold, level: float) -> float:
+def breaching_value(spec: AlertSpec, threshold: Threshold, level: float) -> float:
+    """The value just past the level: one step, or for an age growing with time() the level plus
+    the `for:` duration and two minutes (it crossed the level `for:` + 2 minutes before eval)."""
+    if spec.kind == "clock":
+        return level + (duration_minutes(threshold.for_) + 2) * 60
     delta = step(threshold, level)
     return level - delta if threshold.direction == "below" else level + delta
 
 
 def safe_value(spec: AlertSpec, threshold: Threshold, level: float) -> float:
     """The closest value that must not fire: the level itself where values are exact."""
+    if spec.kind == "clock":
+        return level - 60  # an age one minute short of the level at evaluation time
     if spec.kind == "gauge" and threshold.unit in _INTEGRAL_UNITS:
         return level
     delta = step(threshold, level)
@@ -56,13 +62,13 @@ def unit_test_groups(thresholds: dict[str, Threshold]) -> list[dict]:
         levels = threshold.levels()
         for severity, level in levels.items():
             groups.append(_case(spec, threshold, f"{severity} fires just past {_shown(threshold, level)}",
-                                breaching_value(threshold, level), pending_check=True))
+                                breaching_value(spec, threshold, level), pending_check=True))
             groups.append(_case(spec, threshold, f"{severity} silent just short of {_shown(threshold, level)}",
                                 safe_value(spec, threshold, level)))
         if spec.has_quiet_case:
             worst = list(levels.values())[-1]
             groups.append(_case(spec, threshold, "silent on too little traffic",
-                                breaching_value(threshold, worst), quiet=True))
+                                breaching_value(spec, threshold, worst), quiet=True))
     groups.append(healthy_group(thresholds))
     return groups
 
@@ -76,10 +82,7 @@ def _case(spec: AlertSpec, threshold: Threshold, title: str, value: float,
           pending_check: bool = False, quiet: bool = False) -> dict:
     for_minutes = duration_minutes(threshold.for_)
     if spec.kind == "clock":
-        # the value grows with time(): the breach must already hold `for` minutes before eval_at
-        if step(threshold, value) / 60 < for_minutes + 1:
-            raise BundleError(f"{spec.threshold}: levels too small for a clock test; use levels of hours")
-        eval_at = for_minutes + 30
+        eval_at = for_minutes + 30  # any time: the scenario places the backup relative to it
     else:
         # counters' increase only reaches the scenario value once the window is full
         eval_at = max(spec.starts_at, spec.window) + for_minutes + 1
@@ -91,8 +94,14 @@ def _case(spec: AlertSpec, threshold: Threshold, title: str, value: float,
         if threshold.breaches(value, level)
     ]
     checks = []
-    if pending_check and for_minutes >= 1 and spec.kind != "clock":
-        checks.append({"eval_time": f"{spec.starts_at + for_minutes - 1}m", "alertname": spec.name, "exp_alerts": []})
+    if pending_check and for_minutes >= 1:
+        # one minute before `for:` has elapsed since the condition could first be true: still pending
+        if spec.kind == "clock":
+            pending_at = eval_at - 2
+            early = _clock_alerts(spec, threshold, scenario, value, eval_at, pending_at, for_minutes)
+        else:
+            pending_at, early = spec.starts_at + for_minutes - 1, []
+        checks.append({"eval_time": f"{pending_at}m", "alertname": spec.name, "exp_alerts": early})
     checks.append({"eval_time": f"{eval_at}m", "alertname": spec.name, "exp_alerts": expected})
     return {
         "name": f"{spec.name} {title}",
@@ -100,6 +109,19 @@ def _case(spec: AlertSpec, threshold: Threshold, title: str, value: float,
         "input_series": [{"series": name, "values": values} for name, values in scenario.series.items()],
         "alert_rule_test": checks,
     }
+
+
+def _clock_alerts(spec: AlertSpec, threshold: Threshold, scenario, value: float,
+                  eval_at: int, minute: int, for_minutes: int) -> list[dict]:
+    """Alerts firing at `minute` for an age that is `value` at `eval_at` and grows 60 s a minute:
+    a lower level crossed long before may already fire while the tested one is still pending."""
+    age = value - (eval_at - minute) * 60
+    firing = []
+    for severity, level in threshold.levels().items():
+        crossed = next((m for m in range(minute + 1) if value - (eval_at - m) * 60 > level), None)
+        if crossed is not None and minute - crossed >= for_minutes:
+            firing.append(_expected_alert(spec, threshold, severity, level, scenario.labels, age))
+    return firing
 
 
 def _expected_alert(spec: AlertSpec, threshold: Threshold, severity: str, level: float,
