@@ -53,6 +53,12 @@ INSERT INTO orders (customer_id, amount) SELECT 1 + i % 2000, (i % 500) / 3.0 FR
 INSERT INTO events (kind) SELECT 'page_view' FROM generate_series(1, 5000);
 INSERT INTO coupons VALUES (1), (1);
 """
+VECTOR_SCHEMA = """
+CREATE EXTENSION vector;
+CREATE TABLE items (id serial PRIMARY KEY, embedding vector(3));
+INSERT INTO items (embedding) SELECT ARRAY[random(), random(), random()]::vector FROM generate_series(1, 1000);
+CREATE INDEX items_embedding_idx ON items USING hnsw (embedding vector_l2_ops);
+"""
 
 
 def log_nothing(message: str) -> None:
@@ -62,8 +68,9 @@ def log_nothing(message: str) -> None:
 class Workload:
     """Background sessions that give every panel something to show; stop() ends them all."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, vector: bool = False) -> None:
         self.dsn = dsn
+        self.vector = vector
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
         self.connections: list = []
@@ -112,6 +119,9 @@ class Workload:
                 cur.execute("BEGIN")
                 cur.execute("INSERT INTO events (kind) VALUES ('abandoned')")
                 cur.execute("ROLLBACK")
+            if self.vector:  # similarity search through the HNSW index
+                cur.execute("SELECT id FROM items ORDER BY embedding <-> %s::vector LIMIT 5",
+                            (f"[{rng.random()},{rng.random()},{rng.random()}]",))
             if step % 10 == 0:  # the slow statement of the day
                 cur.execute("SELECT pg_sleep(0.3), count(*) FROM orders WHERE status = 'new'")
 
@@ -153,27 +163,54 @@ def postgres_owned_dir(path: Path) -> Path:
     return path
 
 
-def prepare_cluster(cluster: ThrowawayCluster) -> None:
-    """Schema, seed data and the maintenance history the dashboards show."""
+def execute(dsn: str, sql: str) -> None:
+    conn = psycopg2.connect(dsn, application_name="pgvigil-demo-setup")
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+def has_table(dsn: str, name: str) -> bool:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name,))
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def prepare_database(dsn: str) -> bool:
+    """Schema, seed data, an invalid index and the first VACUUM ANALYZE in the database at `dsn`
+    (a superuser DSN); a database that has the schema already is left alone. Returns whether the
+    pgvector part could be created too."""
+    if not has_table(dsn, "customers"):
+        execute(dsn, SCHEMA)
+        # A failed CREATE UNIQUE INDEX CONCURRENTLY leaves an invalid index behind: the real-life way.
+        try:
+            execute(dsn, "CREATE UNIQUE INDEX CONCURRENTLY coupons_code_key ON coupons (code)")
+        except psycopg2.errors.UniqueViolation:
+            pass
+        try:  # pgvector, where it is installed: a small HNSW index for the Vector Search dashboard
+            execute(dsn, VECTOR_SCHEMA)
+        except psycopg2.Error:
+            pass
+        execute(dsn, "VACUUM ANALYZE")
+    return has_table(dsn, "items")
+
+
+def prepare_cluster(cluster: ThrowawayCluster) -> bool:
+    """The demo database plus what only a whole server has: the monitoring role, slots, archiving."""
     cluster.execute(f"CREATE ROLE {MONITOR_ROLE} LOGIN; GRANT pg_monitor TO {MONITOR_ROLE}")
     cluster.create_database(DATABASE)
-    cluster.execute(SCHEMA, DATABASE)
-    try:  # pgvector, where it is installed: a small HNSW index for the Vector Search dashboard
-        cluster.execute("CREATE EXTENSION vector; CREATE TABLE items (id serial PRIMARY KEY, embedding vector(3));"
-                        "INSERT INTO items (embedding) SELECT ARRAY[random(), random(), random()]::vector "
-                        "FROM generate_series(1, 1000);"
-                        "CREATE INDEX items_embedding_idx ON items USING hnsw (embedding vector_l2_ops)", DATABASE)
-    except psycopg2.Error:
-        pass
-    # A failed CREATE UNIQUE INDEX CONCURRENTLY leaves an invalid index behind: the real-life way.
-    try:
-        cluster.execute("CREATE UNIQUE INDEX CONCURRENTLY coupons_code_key ON coupons (code)", DATABASE)
-    except psycopg2.errors.UniqueViolation:
-        pass
-    cluster.execute("VACUUM ANALYZE", DATABASE)
+    vector = prepare_database(cluster.dsn(DATABASE))
     # A standby that was decommissioned without dropping its slot: the slot retains WAL.
     cluster.execute("SELECT pg_create_physical_replication_slot('decommissioned_standby', true)")
     cluster.execute("SELECT pg_switch_wal()")  # archive the first segment right away
+    return vector
 
 
 def start_replica(primary: ThrowawayCluster) -> ThrowawayCluster:
@@ -255,13 +292,13 @@ class Demo:
         self.cluster.init()
         self.say("starting PostgreSQL and loading the demo schema ...")
         self.cluster.start()
-        prepare_cluster(self.cluster)
+        vector = prepare_cluster(self.cluster)
         backup_dir = self.workdir / "backups"
         if not take_backups(self.cluster, backup_dir, self.say):
             backup_dir = None
         self.say("cloning a streaming replica ...")
         self.replica = start_replica(self.cluster)
-        self.workload = Workload(self.cluster.dsn(DATABASE)).start()
+        self.workload = Workload(self.cluster.dsn(DATABASE), vector).start()
         self.config = exporter_config(self.cluster, self.replica, backup_dir, self.listen)
         self.exporter = start_server(self.config, self.listen, extra_collectors(self.config))
         if self.with_prometheus:
@@ -409,3 +446,34 @@ def demo(listen: str, duration: Optional[float], scrape_interval: str, no_promet
     finally:
         signal.signal(signal.SIGTERM, previous)
     click.echo("demo stopped; everything it started is gone.", err=True)
+
+
+@click.command("demo-workload")
+@click.option("--dsn-file", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="File holding a superuser DSN of the database to load the demo schema into.")
+def workload_command(dsn_file: str) -> None:
+    """Load the demo schema into an existing database and run the demo workload until stopped.
+
+    The docker-compose stack runs this (`python -m exporter.demo --dsn-file ...`) so that its
+    dashboards have tables, statements and sessions to show.
+    """
+    dsn = Path(dsn_file).read_text(encoding="utf-8").strip()
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    workload = None
+    try:
+        workload = Workload(dsn, prepare_database(dsn)).start()
+        click.echo("demo workload running; stop it with Ctrl-C or SIGTERM", err=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    except psycopg2.Error as exc:
+        raise click.ClickException(f"demo workload failed: {str(exc).strip()}") from None
+    finally:
+        if workload is not None:
+            workload.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    workload_command()

@@ -11,7 +11,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import jsonschema
@@ -180,6 +183,27 @@ def test_the_dockerfile_installs_the_way_the_readme_says():
         assert (ROOT / source).exists()
 
 
+def start_demo_workload(compose: dict, secrets: Path) -> subprocess.Popen:
+    """The demo-workload service's entrypoint, run here with the secrets directory swapped in."""
+    argv = [sys.executable if word == "python" else word.replace(SECRETS_MOUNT, str(secrets))
+            for word in compose["services"]["demo-workload"]["entrypoint"]]
+    return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except Exception:  # the table appears only once the workload has loaded the schema
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.2)
+
+
 def test_secrets_script_makes_passwords_once(tmp_path):
     script = ROOT / "deploy" / "secrets" / "generate.sh"
     env = dict(os.environ, SECRETS_DIR=str(tmp_path))
@@ -208,12 +232,22 @@ def test_init_script_role_runs_the_stack_config(compose, tmp_path):
             assert ran.returncode == 0, ran.stderr
         assert pg.execute("SELECT pg_has_role('pgvigil', 'pg_monitor', 'MEMBER'), rolsuper FROM pg_roles "
                           "WHERE rolname = 'pgvigil'") == [(True, False)]
-        # The stack's config, with the DSN file pointing at this server instead of the compose network.
-        dsn = (secrets / "pgvigil_dsn").read_text().replace("@postgres:5432/", f"@127.0.0.1:{pg.port}/")
-        (secrets / "pgvigil_dsn").write_text(dsn)
-        config_text = repo_path_for(compose, "pgvigil", "/etc/pgvigil/pgvigil.yaml").read_text()
-        config = parse_config(config_text.replace(SECRETS_MOUNT, str(secrets)), "deploy/pgvigil/pgvigil.yaml")
-        text = scrape_once(config)
+        # The stack's DSN files, pointing at this server instead of the compose network. The trust
+        # authentication of the throwaway cluster ignores the passwords; the usernames still count.
+        for name in ("pgvigil_dsn", "postgres_dsn"):
+            dsn = (secrets / name).read_text().replace("@postgres:5432/", f"@127.0.0.1:{pg.port}/")
+            (secrets / name).write_text(dsn)
+        workload = start_demo_workload(compose, secrets)
+        try:
+            wait_until(lambda: pg.execute("SELECT count(*) FROM orders WHERE id > 20000", compose_db)[0][0] > 0)
+            config_text = repo_path_for(compose, "pgvigil", "/etc/pgvigil/pgvigil.yaml").read_text()
+            config = parse_config(config_text.replace(SECRETS_MOUNT, str(secrets)), "deploy/pgvigil/pgvigil.yaml")
+            text = scrape_once(config)
+        finally:
+            workload.send_signal(signal.SIGTERM)
+            assert workload.wait(timeout=30) == 0, workload.stderr.read()
+    assert 'pg_stat_user_tables_n_live_tup{target="app",env="compose",datname="app",schemaname="public",' \
+           'relname="customers"}' in text
     assert 'pg_up{target="app",env="compose"} 1' in text
     failed = [line for line in text.splitlines() if line.startswith("pgvigil_query_success") and line.endswith(" 0")]
     assert not failed, "queries failing as the monitoring role:\n" + "\n".join(failed)

@@ -15,4 +15,6 @@ new_password monitor_password
 new_password grafana_admin_password
 # The DSN pgvigil reads with `dsn_file:`; alphanumeric passwords need no URL escaping.
 printf 'postgresql://pgvigil:%s@postgres:5432/app\n' "$(cat monitor_password)" >pgvigil_dsn
+# The demo workload's DSN: it creates the demo schema, so it connects as the superuser.
+printf 'postgresql://postgres:%s@postgres:5432/app\n' "$(cat postgres_password)" >postgres_dsn
 echo "secrets ready in the pgvigil-secrets volume (Grafana admin: docker compose exec grafana cat /run/pgvigil-secrets/grafana_admin_password)"
