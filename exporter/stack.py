@@ -78,10 +78,11 @@ class Service:
         return self._log_path.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Return once `/-/ready` answers 200; otherwise stop the process and raise with its log."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise StackError(f"{self.name} exited with code {self.process.returncode}:\n{self.log()[-3000:]}")
+                self._fail(f"{self.name} exited with code {self.process.returncode}")
             try:
                 with urllib.request.urlopen(self.url + "/-/ready", timeout=2) as answer:
                     if answer.status == 200:
@@ -89,8 +90,12 @@ class Service:
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.1)
+        self._fail(f"{self.name} did not become ready within {timeout:.0f}s")
+
+    def _fail(self, message: str) -> None:
+        log = self.log()[-3000:]  # read before stop() removes the working directory
         self.stop()
-        raise StackError(f"{self.name} did not become ready within {timeout:.0f}s:\n{self.log()[-3000:]}")
+        raise StackError(f"{message}:\n{log}")
 
     def get_json(self, path: str, **params: str) -> Any:
         """GET an API path and return its `data` (Prometheus) or the whole JSON body."""
@@ -162,34 +167,44 @@ def start_prometheus(
     config = prometheus_config(scrape_targets, rule_files, alertmanager_url, scrape_interval, evaluation_interval, job)
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    port = free_port()
-    argv = [
+    return _launch("prometheus", workdir, owns, lambda port: [
         binary,
         f"--config.file={config_path}",
         f"--storage.tsdb.path={workdir / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
         "--web.enable-lifecycle",
-    ]
-    service = Service("prometheus", argv, port, workdir, owns)
-    service.wait_ready()
-    return service
+    ])
 
 
 def start_alertmanager(config_path: Path, workdir: Path | None = None) -> Service:
     """Start Alertmanager with `config_path`; clustering is off, storage is in the temp dir."""
     binary = find_binary(ALERTMANAGER_BINARIES)
     workdir, owns = _workdir(workdir, "alertmanager")
-    port = free_port()
-    argv = [
+    return _launch("alertmanager", workdir, owns, lambda port: [
         binary,
         f"--config.file={Path(config_path).resolve()}",
         f"--storage.path={workdir / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
         "--cluster.listen-address=",  # a single instance: no gossip port to collide on
-    ]
-    service = Service("alertmanager", argv, port, workdir, owns)
-    service.wait_ready()
-    return service
+    ])
+
+
+def _launch(name: str, workdir: Path, owns: bool, argv_for_port: Callable[[int], list[str]]) -> Service:
+    # A free port can be taken between free_port() and the bind: try another one a few times.
+    for attempt in range(3):
+        port = free_port()
+        service = Service(name, argv_for_port(port), port, workdir, owns_workdir=False)
+        try:
+            service.wait_ready()
+        except StackError as exc:
+            if "address already in use" in str(exc) and attempt < 2:
+                continue
+            if owns:
+                shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        service._owns_workdir = owns
+        return service
+    raise AssertionError("unreachable")
 
 
 class WebhookReceiver:
