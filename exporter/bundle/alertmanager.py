@@ -12,9 +12,8 @@ replaced by one webhook, for end-to-end tests.
 """
 from __future__ import annotations
 
-import yaml
-
 from exporter.bundle.catalog import IDENTIFYING_LABELS
+from exporter.bundle.rules import dump_yaml
 
 SECRETS_DIR = "/etc/alertmanager/secrets"
 HEADER = (
@@ -113,4 +112,4 @@ def webhook_config(url: str, group_wait: str = "1s", group_interval: str = "1s")
 
 
 def render(config: dict, header: str = HEADER) -> str:
-    return header + yaml.safe_dump(config, sort_keys=False, width=120, allow_unicode=True)
+    return header + dump_yaml(config)

@@ -102,9 +102,13 @@ def recording_groups() -> dict:
 
 
 def render_yaml(document: dict, source: str) -> str:
-    return HEADER.format(source=source) + yaml.dump(
-        document, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True, default_flow_style=False
-    )
+    return HEADER.format(source=source) + dump_yaml(document)
+
+
+def dump_yaml(document: dict) -> str:
+    """Deterministic, readable YAML: key order kept, block style, no anchors, long lines unwrapped."""
+    return yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True,
+                     default_flow_style=False)
 
 
 def _number(value: float) -> str:
@@ -116,6 +120,9 @@ class _Dumper(yaml.SafeDumper):
 
     def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
         super().increase_indent(flow, False)
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True  # the same receiver settings appear under two receivers: write them out twice
 
 
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
