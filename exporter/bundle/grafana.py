@@ -154,7 +154,7 @@ def field_defaults(panel: Panel) -> dict[str, Any]:
             "thresholdsStyle": {"mode": "line+area" if banded else "off"},
         }
     if panel.kind == "table":
-        defaults["custom"] = {"align": "auto", "cellOptions": {"type": "color-text"}, "inspect": False}
+        defaults["custom"] = {"align": "auto", "cellOptions": {"type": "auto"}, "inspect": False}
     return defaults
 
 
@@ -251,7 +251,7 @@ def query_variable(name: str) -> dict[str, Any]:
         "multi": True,
         "name": name,
         "options": [],
-        "query": {"qryType": 1, "query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+        "query": query,  # the classic string form: every Grafana version reads and migrates it
         "refresh": 2,
         "regex": "",
         "skipUrlSync": False,
