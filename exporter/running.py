@@ -63,10 +63,16 @@ class TargetState:
         self.inflight: concurrent.futures.Future | None = None
         self.inflight_run_id = 0
         self.extensions_checked = 0.0
+        self.last_facts: ServerFacts | None = None
 
     @property
     def facts(self) -> ServerFacts | None:
-        return self.sessions[0].facts
+        # While the session reconnects (after a stall or a killed backend) the last known facts
+        # stand in, so the target's queries report as failed in that scrape instead of vanishing.
+        facts = self.sessions[0].facts
+        if facts is not None:
+            self.last_facts = facts
+        return facts or self.last_facts
 
 
 @dataclass
@@ -98,6 +104,7 @@ class Runner:
             max_workers=min(128, max(4, len(self.targets) * 2)), thread_name_prefix="pgvigil-target")
         self.families = _family_order(config.queries)
         self._logged: dict[tuple[str, str], str] = {}
+        self._closed = False
 
     # -- scraping ----------------------------------------------------------
     def scrape(self, timeout: float | None = None, only: Iterable[str] | None = None) -> Scrape:
@@ -176,6 +183,8 @@ class Runner:
             thread.join()
 
     def _connect(self, state: TargetState, index: int) -> bool:
+        if self._closed:  # a run still going after close() (reload, shutdown) must not reconnect
+            return False
         session = state.sessions[index]
         with state.session_locks[index]:
             try:
@@ -291,16 +300,20 @@ class Runner:
         return report
 
     def close(self) -> None:
+        self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
         for state in self.targets.values():
             for lock, session in zip(state.session_locks, state.sessions):
-                if lock.acquire(timeout=5):
-                    try:
+                if not lock.acquire(timeout=0.2):
+                    # A query is running: cancel it now rather than wait for its statement_timeout.
+                    session.cancel()
+                    if not lock.acquire(timeout=5):
                         session.close()
-                    finally:
-                        lock.release()
-                else:
+                        continue
+                try:
                     session.close()
+                finally:
+                    lock.release()
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,15 @@ class TargetSession:
         self._conn = None
         self._facts = None
 
+    def cancel(self) -> None:
+        """Ask the server to cancel the running query; safe from another thread (used at shutdown)."""
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            try:
+                conn.cancel()
+            except psycopg2.Error:
+                pass
+
     def refresh_extensions(self) -> None:
         """Re-read pg_extension (an extension may be created while pgvigil runs)."""
         if self._facts is None:
