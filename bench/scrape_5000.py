@@ -134,6 +134,21 @@ def build_catalog(cluster: ThrowawayCluster, tables: int, batch: int = 250) -> N
     time.sleep(1.5)  # let the statistics of the last transactions reach shared memory
 
 
+def churn(conn: psycopg2.extensions.connection, tables: int, fraction: float, round_no: int) -> None:
+    """Activity between rounds: a rotating share of the tables gets an insert, an index scan and a
+    sequential scan, so their counters change from one scrape to the next as on a live database
+    (a static catalog would let an exporter that caches unchanged output look better than it is)."""
+    step = max(1, round(1 / fraction)) if fraction > 0 else 0
+    if not step:
+        return
+    with conn.cursor() as cur:
+        cur.execute(f"""DO $$ BEGIN FOR i IN {round_no % step}..{tables - 1} BY {step} LOOP
+            EXECUTE format('INSERT INTO t_%s SELECT coalesce(max(id), 0) + 1, md5(random()::text) FROM t_%s', i, i);
+            EXECUTE format('SELECT count(*) FROM t_%s', i);
+        END LOOP; END $$""")
+        cur.execute("SELECT pg_stat_force_next_flush()")  # flushed before this statement returns
+
+
 # ---------------------------------------------------------------------------
 # exporter configs (one definition, three dialects)
 
@@ -209,6 +224,12 @@ class Contender:
     proc: subprocess.Popen | None = None
     times: list[float] = field(default_factory=list)
     body: bytes = b""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -326,23 +347,41 @@ def verify_pgvigil(body: bytes, expected: dict[tuple, float]) -> list[str]:
 # ---------------------------------------------------------------------------
 # report
 
-def report(contenders: list[Contender], rss: dict[str, float], counts: dict[str, int]) -> dict:
+def pgvigil_self_report(body: bytes) -> dict[str, float]:
+    """pgvigil's own timing of its last scrape: whole scrape and each query (fetch + render)."""
+    timings = {}
+    for family in text_string_to_metric_families(body.decode("utf-8")):
+        for sample in family.samples:
+            if sample.name == "pgvigil_scrape_duration_seconds":
+                timings["scrape"] = sample.value
+            elif sample.name == "pgvigil_query_duration_seconds":
+                timings[sample.labels["query"]] = sample.value
+    print("\n  pgvigil's own timing of its last scrape: "
+          + ", ".join(f"{name} {value * 1000:.1f}ms" for name, value in timings.items()))
+    return timings
+
+
+def report(contenders: list[Contender], rss: dict[str, float], cpu: dict[str, float],
+           counts: dict[str, int]) -> dict:
     by_name = {c.name: c for c in contenders}
     medians = {c.name: statistics.median(c.times) for c in contenders}
     pe, raw = medians.get("postgres_exporter"), medians["raw fetch"]
     rows = []
-    header = f"{'':22}{'median':>10}{'p90':>10}{'vs pg_exp':>11}{'vs raw':>9}{'peak RSS':>11}{'samples':>10}"
+    header = (f"{'':22}{'median':>10}{'p90':>10}{'vs pg_exp':>11}{'vs raw':>9}{'CPU/scrape':>12}"
+              f"{'peak RSS':>11}{'samples':>10}")
     print("\n" + header)
     print("-" * len(header))
     for c in contenders:
         med, p90 = medians[c.name], percentile(c.times, 0.9)
         vs_pe = med / pe if pe else float("nan")
         vs_raw = med / raw
-        mem = rss.get(c.name)
+        mem, used = rss.get(c.name), cpu.get(c.name)
         print(f"{c.name:22}{med * 1000:8.1f}ms{p90 * 1000:8.1f}ms{vs_pe:10.2f}x{vs_raw:8.2f}x"
+              f"{(f'{used * 1000:8.1f}ms' if used is not None else '-'):>12}"
               f"{(f'{mem:7.1f} MiB' if mem is not None else '-'):>11}{counts.get(c.name, '-'):>10}")
         rows.append({"name": c.name, "median_s": med, "p90_s": p90, "vs_postgres_exporter": vs_pe,
-                     "vs_raw": vs_raw, "peak_rss_mib": mem, "samples": counts.get(c.name), "times_s": c.times})
+                     "vs_raw": vs_raw, "cpu_per_scrape_s": used, "peak_rss_mib": mem,
+                     "samples": counts.get(c.name), "times_s": c.times})
     verdicts = {}
     if "pgvigil" in by_name:
         verdicts["median <= 0.6x postgres_exporter"] = pe is not None and medians["pgvigil"] <= 0.6 * pe
@@ -363,6 +402,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tables", type=int, default=5000)
     parser.add_argument("--scrapes", type=int, default=20, help="measured scrapes per exporter (after warm-up)")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--churn", type=float, default=0.1,
+                        help="share of the tables written and scanned before each round (default 0.1)")
     parser.add_argument("--only", nargs="*", choices=["pgvigil", "postgres_exporter", "query_exporter"],
                         help="run only these exporters (default: all three)")
     parser.add_argument("--peer-venv", type=Path, default=PEER_VENV)
@@ -387,6 +428,8 @@ def main() -> int:
         print(f"catalog ready in {time.monotonic() - started:.1f}s", flush=True)
         dsn = cluster.dsn(DATABASE)
         fetch, last_raw = raw_fetcher(dsn)
+        churner = psycopg2.connect(dsn)
+        churner.autocommit = True
         contenders = [Contender("raw fetch", fetch)]
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
 
@@ -427,19 +470,25 @@ def main() -> int:
             for c in contenders:
                 c.body = c.scrape()
         print(f"measuring {args.scrapes} interleaved rounds ...", flush=True)
-        for _ in range(args.scrapes):
+        cpu_before = {c.name: cpu_seconds(c.proc.pid) for c in contenders if c.proc}
+        for round_no in range(args.scrapes):
+            churn(churner, args.tables, args.churn, round_no)
             for c in contenders:
                 start = time.perf_counter()
                 c.body = c.scrape()
                 c.times.append(time.perf_counter() - start)
 
         rss = {c.name: peak_rss_mib(c.proc.pid) for c in contenders if c.proc}
+        cpu = {name: (cpu_seconds(c.proc.pid) - cpu_before[name]) / args.scrapes
+               for c in contenders if c.proc for name in [c.name]}
         expected = expected_samples(last_raw())
         counts = {"raw fetch": len(expected)}
         counts.update({c.name: len(table_samples(c.body)) for c in contenders[1:]})
         problems = verify_pgvigil(next(c.body for c in contenders if c.name == "pgvigil"), expected) \
             if "pgvigil" in wanted else []
-        summary = report(contenders, rss, counts)
+        summary = report(contenders, rss, cpu, counts)
+        if "pgvigil" in wanted:
+            summary["pgvigil_self"] = pgvigil_self_report(next(c.body for c in contenders if c.name == "pgvigil"))
         summary.update({"tables": args.tables, "scrapes": args.scrapes, "python": sys.version.split()[0]})
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)

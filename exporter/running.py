@@ -76,6 +76,19 @@ class TargetState:
 
 
 @dataclass
+class _Fetched:
+    """A query's rows, waiting to be rendered."""
+
+    columns: list[str]
+    rows: list[tuple]
+    previous: str | None
+    start: float
+
+
+_RETRY = object()  # _fetch_rows: the connection was lost, reconnect and run the query again
+
+
+@dataclass
 class QueryOutcome:
     """One (target, query) as seen by one scrape."""
 
@@ -102,6 +115,8 @@ class Runner:
         self._lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=min(128, max(4, len(self.targets) * 2)), thread_name_prefix="pgvigil-target")
+        self._render_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=min(8, max(2, len(self.targets))), thread_name_prefix="pgvigil-render")
         self.families = _family_order(config.queries)
         self._logged: dict[tuple[str, str], str] = {}
         self._closed = False
@@ -213,34 +228,54 @@ class Runner:
         return query.ttl <= 0 or time.monotonic() - status.finished_at >= query.ttl
 
     def _run_queries(self, state: TargetState, index: int, queries: list[QuerySpec], run_id: int) -> None:
-        for query in queries:
-            with state.session_locks[index]:
-                retry = self._run_query(state, index, query, run_id)
-            if retry:
-                # The connection was lost (server restart, terminated backend): reconnect once.
-                if not self._connect(state, index):
-                    return
-                with state.session_locks[index]:
-                    self._run_query(state, index, query, run_id, final=True)
+        # Each result is rendered on the render pool while the next query runs on the server:
+        # psycopg2 releases the GIL while it waits for the server, so the two overlap.
+        rendering: concurrent.futures.Future | None = None
+        try:
+            for query in queries:
+                fetched = self._fetch_rows(state, index, query, run_id)
+                if fetched is _RETRY:
+                    # The connection was lost (server restart, terminated backend): reconnect once.
+                    if not self._connect(state, index):
+                        return
+                    fetched = self._fetch_rows(state, index, query, run_id, final=True)
+                if not isinstance(fetched, _Fetched):
+                    continue
+                if rendering is not None:
+                    rendering.result()
+                rendering = self._render_pool.submit(self._record_rows, state, query, run_id, fetched)
+        finally:
+            if rendering is not None:
+                rendering.result()
 
-    def _run_query(self, state: TargetState, index: int, query: QuerySpec, run_id: int, final: bool = False) -> bool:
-        """Run one query and record its status; True asks the caller to reconnect and retry."""
+    def _fetch_rows(self, state: TargetState, index: int, query: QuerySpec, run_id: int,
+                    final: bool = False) -> object:
+        """Run one query: its rows, None after a recorded failure, or _RETRY to reconnect and retry."""
         session = state.sessions[index]
         status = state.statuses[query.name]
         start = time.monotonic()
+        with state.session_locks[index]:
+            try:
+                columns, rows, previous = self._fetch(state, session, query)
+            except QueryFailed as exc:
+                if exc.connection_lost and not final:
+                    return _RETRY
+                self._record_failure(state, query, status, exc.reason, str(exc), start, run_id)
+                return None
+        return _Fetched(columns, rows, previous, start)
+
+    def _record_rows(self, state: TargetState, query: QuerySpec, run_id: int, fetched: "_Fetched") -> None:
+        """Render a query's rows and record its status."""
+        status = state.statuses[query.name]
+        layout = status.result.layout if status.result is not None else None
         try:
-            columns, rows, previous = self._fetch(state, session, query)
-            run = render_rows(query, columns, rows, state.label_text, state.histograms[query.name])
-        except QueryFailed as exc:
-            if exc.connection_lost and not final:
-                return True
-            self._record_failure(state, query, status, exc.reason, str(exc), start, run_id)
-            return False
+            run = render_rows(query, fetched.columns, fetched.rows, state.label_text,
+                              state.histograms[query.name], layout)
         except InvalidValue as exc:
-            self._record_failure(state, query, status, "error", str(exc), start, run_id)
-            return False
-        if previous is not None:
-            state.previous_run[query.name] = previous
+            self._record_failure(state, query, status, "error", str(exc), fetched.start, run_id)
+            return
+        if fetched.previous is not None:
+            state.previous_run[query.name] = fetched.previous
         for reason in ("invalid_value", "duplicate", "cardinality"):
             status.errors[reason] += getattr(run.problems, reason)
         if run.problems.messages:
@@ -248,8 +283,7 @@ class Runner:
         status.success, status.result, status.error = True, run, None
         status.rows, status.series = run.rows, run.series
         status.last_success = time.time()
-        self._finish(state, query, status, start, run_id)
-        return False
+        self._finish(state, query, status, fetched.start, run_id)
 
     def _fetch(self, state: TargetState, session: TargetSession, query: QuerySpec):
         sql, prelude = query.sql, None
@@ -302,6 +336,7 @@ class Runner:
     def close(self) -> None:
         self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._render_pool.shutdown(wait=False, cancel_futures=True)
         for state in self.targets.values():
             for lock, session in zip(state.session_locks, state.sessions):
                 if not lock.acquire(timeout=0.2):
@@ -337,20 +372,25 @@ def _family_order(queries: Iterable[QuerySpec]) -> list[Family]:
     return list(found.values())
 
 
-def render_scrape(runner: Runner, scrape: Scrape) -> str:
-    """Exposition text of the query results of one scrape (self-metrics are rendered separately)."""
+def render_scrape_parts(runner: Runner, scrape: Scrape) -> list[bytes]:
+    """Exposition of the query results of one scrape as UTF-8 chunks, ready to send without a join."""
     by_query: dict[str, list[RenderedRun]] = collections.defaultdict(list)
     for outcome in scrape.outcomes:
         if outcome.included and outcome.status.result is not None:
             by_query[outcome.query.name].append(outcome.status.result)
-    parts: list[str] = []
+    parts: list[bytes] = []
     for family in runner.families:
-        chunks = [run.lines.get(family.name, "") for q in family.queries for run in by_query.get(q, ())]
+        chunks = [run.lines.get(family.name, b"") for q in family.queries for run in by_query.get(q, ())]
         chunks = [c for c in chunks if c]
         if chunks:
-            parts.append(family_header(family.name, family.help, family.type))
+            parts.append(family_header(family.name, family.help, family.type).encode("utf-8"))
             parts.extend(chunks)
-    return "".join(parts)
+    return parts
+
+
+def render_scrape(runner: Runner, scrape: Scrape) -> str:
+    """Exposition text of the query results of one scrape (self-metrics are rendered separately)."""
+    return b"".join(render_scrape_parts(runner, scrape)).decode("utf-8")
 
 
 def scrape_once(config: Config, timeout: float | None = None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -106,12 +107,38 @@ def new_histogram(bounds: tuple[float, ...]) -> Histogram:
 
 @dataclass
 class RenderedRun:
-    """One successful run of a query on a target: exposition lines per metric name."""
+    """One successful run of a query on a target: exposition lines per metric name.
 
-    lines: dict[str, str]
+    The lines are kept as UTF-8 bytes, encoded here (while the next query runs) so
+    that a scrape only joins them and sends them.
+    """
+
+    lines: dict[str, bytes]
     rows: int
     series: int
     problems: RowProblems
+    layout: RowLayout | None = None
+
+
+@dataclass
+class RowLayout:
+    """The text before each value (`name{labels} `), per metric and row, of one result.
+
+    Most queries return the same label sets in the same order run after run, so
+    this text is kept and reused while the label keys are unchanged, instead of
+    being escaped and formatted again on every scrape. Only layouts whose label
+    values are all text are reused: text equal to text is the same text, while
+    1 == 1.0 == True would render differently.
+    """
+
+    target_labels: str
+    keys: list[tuple]
+    heads: dict[str, list[str]]
+    reusable: bool
+    # metric name -> (values, rendered lines, sample count) of the last run, for columns of
+    # ints only: equal ints render to equal text, so an unchanged column is not rendered again
+    # (0 == -0.0 and 1 == True, which render apart, cannot sneak in).
+    columns: dict[str, tuple[list, bytes, int]] = field(default_factory=dict)
 
 
 def render_rows(
@@ -120,12 +147,14 @@ def render_rows(
     rows: Sequence[tuple],
     target_labels: str,
     histograms: dict[str, dict[tuple, Histogram]],
+    previous: RowLayout | None = None,
 ) -> RenderedRun:
     """Turn a query's rows into exposition lines.
 
     `target_labels` is the escaped `target="..."` text (plus constant labels);
     `histograms` holds the cumulative histogram state of this query on this target
-    and is updated in place.
+    and is updated in place; `previous` is the layout of the previous run, reused
+    when the label sets have not changed.
     """
     index = {name: i for i, name in enumerate(columns)}
     missing = [c for c in (*query.labels, *(m.column for m in query.metrics)) if c not in index]
@@ -136,6 +165,125 @@ def render_rows(
         problems.note("cardinality", f"{len(rows)} rows exceed max_series {query.max_series}; the rest are dropped")
         problems.cardinality = len(rows) - query.max_series
         rows = rows[: query.max_series]
+    if all(m.type in ("gauge", "counter") for m in query.metrics):
+        keys = _label_keys(rows, [index[name] for name in query.labels])
+        if keys is not None:
+            return _render_by_column(query, index, rows, keys, target_labels, previous, problems)
+    run = _render_by_row(query, index, rows, target_labels, histograms, problems)
+    run.lines = {name: text.encode("utf-8") for name, text in run.lines.items()}
+    return run
+
+
+def _label_keys(rows: Sequence[tuple], label_idx: list[int]) -> list[tuple] | None:
+    """Each row's label values as a tuple; None when two rows share one (duplicates take the slow path)."""
+    if not label_idx:
+        return [()] * len(rows) if len(rows) <= 1 else None
+    getter = operator.itemgetter(*label_idx)
+    keys = list(map(getter, rows)) if len(label_idx) > 1 else [(v,) for v in map(getter, rows)]
+    try:
+        unique = len(set(keys)) == len(keys)
+    except TypeError:  # an unhashable label value (an array): let the row path report it
+        return None
+    return keys if unique else None
+
+
+def _render_by_column(query: QuerySpec, index: dict[str, int], rows: Sequence[tuple], keys: list[tuple],
+                      target_labels: str, previous: RowLayout | None, problems: RowProblems) -> RenderedRun:
+    """Gauges and counters without duplicate label sets: one metric (column) at a time, with
+    the per-row text from the layout, so each sample costs one value format and a join."""
+    names = [m.name for m in query.metrics]
+    layout = previous
+    if layout is None or not layout.reusable or layout.target_labels != target_labels or layout.keys != keys \
+            or any(name not in layout.heads for name in names):
+        layout = _build_layout(query.labels, names, keys, target_labels)
+    lines, series = {}, 0
+    for metric in query.metrics:
+        values = list(map(operator.itemgetter(index[metric.column]), rows))
+        ints = set(map(type, values)) == _INTS
+        cached = layout.columns.get(metric.name) if ints else None
+        if cached is not None and cached[0] == values:
+            _, lines[metric.name], count = cached
+        else:
+            text, count = _render_column(metric, layout.heads[metric.name], values, problems)
+            lines[metric.name] = text.encode("utf-8")
+            if ints:
+                layout.columns[metric.name] = (values, lines[metric.name], count)
+            else:
+                layout.columns.pop(metric.name, None)
+        series += count
+    return RenderedRun(lines=lines, rows=len(rows), series=series, problems=problems, layout=layout)
+
+
+def _build_layout(label_names: Sequence[str], names: list[str], keys: list[tuple], target_labels: str) -> RowLayout:
+    labels = [target_labels + "".join([f',{n}="{escape_label_value(to_label(v))}"' for n, v in zip(label_names, key)])
+              for key in keys]
+    heads = {name: [f"{name}{{{text}}} " for text in labels] for name in names}
+    reusable = all(type(v) is str or v is None for key in keys for v in key)
+    return RowLayout(target_labels=target_labels, keys=keys, heads=heads, reusable=reusable)
+
+
+def _render_column(metric: MetricSpec, heads: list[str], values: list, problems: RowProblems) -> tuple[str, int]:
+    """`head value` lines of one metric; NULLs become the default or are left out, text is an invalid value."""
+    kinds = set(map(type, values))
+    if _NONE in kinds:
+        if metric.default is None:
+            pairs = [(h, v) for h, v in zip(heads, values) if v is not None]
+            heads, values = [h for h, _ in pairs], [v for _, v in pairs]
+        else:
+            values = [metric.default if v is None else v for v in values]
+        kinds = set(map(type, values))
+    if kinds <= _PLAIN_NUMBERS:
+        texts = _format_numbers(values, kinds)
+    else:
+        texts = list(map(_sample_text, values))
+        if None in texts:  # invalid values: note each and leave those samples out
+            for v, text in zip(values, texts):
+                if text is None:
+                    problems.note("invalid_value", f"column {metric.column}: {_invalid_reason(v)}")
+            pairs = [(h, t) for h, t in zip(heads, texts) if t is not None]
+            heads, texts = [h for h, _ in pairs], [t for _, t in pairs]
+    parts = ["\n"] * (3 * len(texts))
+    parts[0::3] = heads
+    parts[1::3] = texts
+    return "".join(parts), len(texts)
+
+
+_NONE = type(None)
+_PLAIN_NUMBERS = {int, float}
+
+
+def _format_numbers(values: list, kinds: set) -> list[str]:
+    """format_value of each int/float; a column of ints with many repeats (zeros, small counts)
+    formats each distinct value once. Floats are not merged: 0.0 == -0.0 but they render apart."""
+    if kinds == _INTS:
+        distinct = set(values)
+        if 2 * len(distinct) < len(values):
+            text = {v: format_value(v) for v in distinct}
+            return list(map(text.__getitem__, values))
+    return list(map(format_value, values))
+
+
+_INTS = {int}
+
+
+def _sample_text(value: Any) -> str | None:
+    try:
+        return format_value(to_number(value))
+    except InvalidValue:
+        return None
+
+
+def _invalid_reason(value: Any) -> str:
+    try:
+        to_number(value)
+    except InvalidValue as exc:
+        return str(exc)
+    return "not a number"
+
+
+def _render_by_row(query: QuerySpec, index: dict[str, int], rows: Sequence[tuple], target_labels: str,
+                   histograms: dict[str, dict[tuple, Histogram]], problems: RowProblems) -> RenderedRun:
+    """The general path: histograms, duplicate label sets; row by row, in result order."""
     label_idx = [index[name] for name in query.labels]
     label_names = query.labels
     plain = [(m, index[m.column], []) for m in query.metrics if m.type in ("gauge", "counter")]

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 from exporter import __version__
 from exporter.config import Config
 from exporter.exposition import CONTENT_TYPE
-from exporter.running import Runner, render_scrape
+from exporter.running import Runner, render_scrape_parts
 from exporter.selfmetrics import process_registry, render_self_metrics
 
 log = logging.getLogger(__name__)
@@ -37,9 +37,15 @@ class Exporter:
         self.registry = process_registry(extra_collectors)
 
     def metrics(self, scrape_timeout: float | None, only: list[str] | None = None) -> str:
+        return b"".join(self.metrics_parts(scrape_timeout, only)).decode("utf-8")
+
+    def metrics_parts(self, scrape_timeout: float | None, only: list[str] | None = None) -> list[bytes]:
+        """One scrape as UTF-8 chunks: sent as they are, a large scrape is never joined or encoded whole."""
         runner = self.runner
         scrape = runner.scrape(scrape_timeout, only=only)
-        return render_scrape(runner, scrape) + render_self_metrics(runner, scrape, self.registry)
+        parts = render_scrape_parts(runner, scrape)
+        parts.append(render_self_metrics(runner, scrape, self.registry).encode("utf-8"))
+        return parts
 
     def reload(self, config: Config, extra_collectors: Iterable[object] = ()) -> None:
         old = self.runner
@@ -86,7 +92,7 @@ def _handler_class(exporter: Exporter, authorize: Callable[[str | None], bool] |
                 return
             url = urllib.parse.urlsplit(self.path)
             params = urllib.parse.parse_qs(url.query)
-            routes: dict[str, Callable[[dict], tuple[int, str, bytes]]] = {
+            routes: dict[str, Callable[[dict], tuple[int, str, bytes | list[bytes]]]] = {
                 "/metrics": self.metrics, "/probe": self.probe, "/health": self.health, "/": self.landing,
             }
             route = routes.get(url.path)
@@ -99,13 +105,14 @@ def _handler_class(exporter: Exporter, authorize: Callable[[str | None], bool] |
                 log.exception("error serving %s", url.path)
                 self.reply(500, "text/plain; charset=utf-8", b"internal error\n")
 
-        def reply(self, code: int, content_type: str, body: bytes) -> None:
+        def reply(self, code: int, content_type: str, body: bytes | list[bytes]) -> None:
+            chunks = [body] if isinstance(body, bytes) else body
             self.send_response(code)
             self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(sum(map(len, chunks))))
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(body)
+                self.wfile.writelines(chunks)
 
         do_HEAD = do_GET
 
@@ -113,8 +120,8 @@ def _handler_class(exporter: Exporter, authorize: Callable[[str | None], bool] |
             return scrape_budget(self.headers.get("X-Prometheus-Scrape-Timeout-Seconds"),
                                  exporter.config.defaults.scrape_timeout)
 
-        def metrics(self, params: dict) -> tuple[int, str, bytes]:
-            return 200, CONTENT_TYPE, exporter.metrics(self.budget()).encode("utf-8")
+        def metrics(self, params: dict) -> tuple[int, str, list[bytes]]:
+            return 200, CONTENT_TYPE, exporter.metrics_parts(self.budget())
 
         def probe(self, params: dict) -> tuple[int, str, bytes]:
             # Only configured target names are accepted: never an address from the request.
@@ -122,7 +129,7 @@ def _handler_class(exporter: Exporter, authorize: Callable[[str | None], bool] |
             if name not in exporter.runner.targets:
                 known = ", ".join(sorted(exporter.runner.targets))
                 return 400, "text/plain; charset=utf-8", f"unknown target; configured targets: {known}\n".encode()
-            return 200, CONTENT_TYPE, exporter.metrics(self.budget(), only=[name]).encode("utf-8")
+            return 200, CONTENT_TYPE, exporter.metrics_parts(self.budget(), only=[name])
 
         def health(self, params: dict) -> tuple[int, str, bytes]:
             targets = exporter.runner.health()
