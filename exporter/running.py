@@ -88,6 +88,14 @@ class _Fetched:
 _RETRY = object()  # _fetch_rows: the connection was lost, reconnect and run the query again
 
 
+def _wait_rendered(rendering: concurrent.futures.Future | None) -> None:
+    if rendering is not None:
+        try:
+            rendering.result()
+        except concurrent.futures.CancelledError:  # close() dropped it: the runner is going away
+            pass
+
+
 @dataclass
 class QueryOutcome:
     """One (target, query) as seen by one scrape."""
@@ -241,12 +249,14 @@ class Runner:
                     fetched = self._fetch_rows(state, index, query, run_id, final=True)
                 if not isinstance(fetched, _Fetched):
                     continue
-                if rendering is not None:
-                    rendering.result()
-                rendering = self._render_pool.submit(self._record_rows, state, query, run_id, fetched)
+                _wait_rendered(rendering)
+                try:
+                    rendering = self._render_pool.submit(self._record_rows, state, query, run_id, fetched)
+                except RuntimeError:  # closed (reload, shutdown) while this run goes on: render here
+                    rendering = None
+                    self._record_rows(state, query, run_id, fetched)
         finally:
-            if rendering is not None:
-                rendering.result()
+            _wait_rendered(rendering)
 
     def _fetch_rows(self, state: TargetState, index: int, query: QuerySpec, run_id: int,
                     final: bool = False) -> object:
