@@ -260,6 +260,12 @@ class Catalogue:
                 Query(f"sum by (target, datname) ({runs('vacuum')})", "{{target}} {{datname}} vacuum"),
                 Query(f"sum by (target, datname) ({runs('analyze')})", "{{target}} {{datname}} analyze"),
             ], "short", "Manual and automatic vacuum and analyze runs per interval.", minimum=0),
+            p("Transaction ID age", "timeseries", [
+                Query(f"pg_database_frozen_xid_age{{{TD}}}", "{{target}} {{datname}}"),
+                Query(f"max by (target) (pg_settings_autovacuum_freeze_max_age{{{T}}})",
+                      "{{target}} autovacuum_freeze_max_age"),
+            ], "short", "Age of the oldest unfrozen transaction ID per database; autovacuum forces a freeze "
+                        "at autovacuum_freeze_max_age, and writes stop near 2^31 (wraparound).", minimum=0),
             p("Rows modified since last analyze", "timeseries",
               [Query(f"topk(10, pg_stat_user_tables_n_mod_since_analyze{{{TD}}})", TABLE_LEGEND)], "short",
               "Changes not yet reflected in the planner statistics.", minimum=0),
