@@ -135,6 +135,18 @@ def test_reused_layout_and_columns_follow_the_new_values(query, first, changes):
     assert pgvigil_exposition(query, run) == reference_exposition(query, second)
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(first=st.one_of(rows_strategy, int_rows_strategy), second=st.one_of(rows_strategy, int_rows_strategy),
+       reorder=st.booleans())
+def test_a_layout_from_other_label_sets_is_not_reused(query, first, second, reorder):
+    """Rows added, removed, relabelled or in another order: the old layout must not leak through."""
+    previous = render_rows(query, COLUMNS, first, TARGET_LABELS, {})
+    if reorder:
+        second = list(reversed(first))
+    run = render_rows(query, COLUMNS, second, TARGET_LABELS, {}, previous.layout)
+    assert pgvigil_exposition(query, run) == reference_exposition(query, second)
+
+
 def test_a_changed_int_column_is_rendered_again(query):
     first = [(f"t{i}", "a", i, 0, 7) for i in range(10)]
     previous = render_rows(query, COLUMNS, first, TARGET_LABELS, {})
