@@ -13,6 +13,7 @@ import collections
 import concurrent.futures
 import itertools
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 ERROR_REASONS = ("error", "timeout", "invalid_value", "duplicate", "cardinality")
 EXTENSION_REFRESH_SECONDS = 60.0
+GIL_SWITCH_INTERVAL = 0.001
 _run_ids = itertools.count(1)
 
 
@@ -125,6 +127,10 @@ class Runner:
             max_workers=min(128, max(4, len(self.targets) * 2)), thread_name_prefix="pgvigil-target")
         self._render_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=min(8, max(2, len(self.targets))), thread_name_prefix="pgvigil-render")
+        # A session thread whose query result has arrived waits for the GIL while a render runs;
+        # with the default 5 ms switch interval that wait is paid on each of a query's round trips.
+        if sys.getswitchinterval() > GIL_SWITCH_INTERVAL:
+            sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         self.families = _family_order(config.queries)
         self._logged: dict[tuple[str, str], str] = {}
         self._closed = False
