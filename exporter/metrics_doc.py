@@ -124,7 +124,8 @@ def render_packs_table(docs: list[PackDoc]) -> list[str]:
 
 
 def render_pack(doc: PackDoc) -> list[str]:
-    lines = [f"## Pack: {doc.name}", "", doc.description, "",
+    lines = [f"## Pack: {doc.name}", "", f"{doc.description} SQL: [`exporter/packs/{doc.name}.yaml`]"
+             f"(../exporter/packs/{doc.name}.yaml).", "",
              "| Metric | Type | Labels | Meaning | Source | PostgreSQL |",
              "| --- | --- | --- | --- | --- | --- |"]
     for row in doc.rows:

@@ -84,6 +84,10 @@ CREATE OPERATOR CLASS int4_hnsw_ops DEFAULT FOR TYPE int4 USING hnsw AS
 CREATE TABLE items (id int, embedding int);
 INSERT INTO items SELECT g, g FROM generate_series(1, 1000) g;
 CREATE INDEX items_embedding_hnsw ON items USING hnsw (embedding);
+CREATE ACCESS METHOD ivfflat TYPE INDEX HANDLER hashhandler;
+CREATE OPERATOR CLASS int4_ivfflat_ops DEFAULT FOR TYPE int4 USING ivfflat AS
+  OPERATOR 1 =, FUNCTION 1 hashint4(int4);
+CREATE INDEX items_embedding_ivfflat ON items USING ivfflat (id);
 ANALYZE items;
 """
 
@@ -281,7 +285,10 @@ def test_vector_index(result):
     assert value(samples, "pg_vector_index_size_bytes", **labels) > 0
     assert value(samples, "pg_vector_index_scans_total", **labels) == 3
     assert value(samples, "pg_vector_index_tuples_read_total", **labels) == 3
-    assert len(find(samples, "pg_vector_index_size_bytes")) == 1  # plain indexes are not vector indexes
+    ivfflat = {"datname": db, "relname": "items", "indexrelname": "items_embedding_ivfflat", "method": "ivfflat"}
+    assert value(samples, "pg_vector_index_size_bytes", **ivfflat) > 0
+    assert value(samples, "pg_vector_index_scans_total", **ivfflat) == 0
+    assert len(find(samples, "pg_vector_index_size_bytes")) == 2  # plain indexes are not vector indexes
 
 
 # -- sessions, locks, long-running work --------------------------------------
