@@ -169,6 +169,9 @@ def provoked(cluster):
         pass  # expected: the failed build leaves the index behind, marked invalid
     cluster.execute(WORKLOAD_SQL, db)
     provoke_deadlock(dsn)
+    victim = psycopg2.connect(dsn)  # a session an operator terminates: sessions_killed
+    cluster.execute(f"SELECT pg_terminate_backend({victim.get_backend_pid()})")
+    victim.close()
     cluster.execute("CHECKPOINT")
     cluster.execute("SELECT pg_create_physical_replication_slot('pgvigil_test_slot', true)")
 
@@ -177,7 +180,8 @@ def provoked(cluster):
             "SELECT (SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'bloat'),"
             " (SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'items_embedding_hnsw'),"
             " (SELECT deadlocks FROM pg_stat_database WHERE datname = current_database())", db)
-        return rows[0] == (DEAD_TUPLES, 3, 1)
+        killed = cluster.execute(f"SELECT sessions_killed FROM pg_stat_database WHERE datname = '{db}'")[0][0]
+        return rows[0] == (DEAD_TUPLES, 3, 1) and killed == 1
 
     wait_until(stats_arrived, "table, index and database statistics to be flushed")
     held = HeldSessions(dsn)
@@ -360,6 +364,9 @@ def test_database_counters(cluster, result):
     assert value(samples, "pg_database_size_bytes", datname=db) > 0
     assert value(samples, "pg_database_frozen_xid_age", datname=db) >= 0
     assert find(samples, "pg_database_size_bytes", datname="template0") == []
+    assert value(samples, "pg_stat_database_sessions_killed_total", **stat) == 1
+    assert value(samples, "pg_stat_database_sessions_total", **stat) >= 5
+    assert value(samples, "pg_stat_database_active_time_seconds_total", **stat) >= SLEEP_SECONDS * SLEEP_CALLS
 
 
 # -- security ----------------------------------------------------------------

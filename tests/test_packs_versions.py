@@ -74,12 +74,24 @@ def test_buffers_backend_is_gone_in_pg17(queries):
     assert not any(m.name == "pg_stat_bgwriter_buffers_backend_total" for q in running(queries, 170000) for m in q.metrics)
 
 
-def test_every_version_exposes_the_same_metrics_apart_from_buffers_backend(queries):
+SESSION_METRICS = {f"pg_stat_database_{n}" for n in (
+    "sessions_total", "sessions_abandoned_total", "sessions_fatal_total", "sessions_killed_total",
+    "session_time_seconds_total", "active_time_seconds_total", "idle_in_transaction_time_seconds_total")}
+
+
+def test_every_version_exposes_the_same_metrics_apart_from_documented_ones(queries):
     def names(version):
         return {m.name for q in running(queries, version) for m in q.metrics}
     reference = names(150000)
     for version in VERSIONS:
-        assert names(version) ^ reference <= {"pg_stat_bgwriter_buffers_backend_total"}, version
+        allowed = {"pg_stat_bgwriter_buffers_backend_total"} | (SESSION_METRICS if version < 140000 else set())
+        assert names(version) ^ reference <= allowed, version
+
+
+@pytest.mark.parametrize("version, present", [(120000, False), (130000, False), (140000, True), (170000, True)])
+def test_session_statistics_from_pg14(queries, version, present):
+    names = {m.name for q in running(queries, version) for m in q.metrics}
+    assert (SESSION_METRICS <= names) is present and (SESSION_METRICS & names == set()) is not present
 
 
 def test_version_specific_metric_keeps_its_type_across_variants(queries):
