@@ -161,11 +161,13 @@ def render_rows(
     if missing:
         raise InvalidValue(f"the result has no column(s) {', '.join(missing)}; it has {', '.join(columns) or 'none'}")
     problems = RowProblems()
-    if len(rows) > query.max_series:
+    # Rows of a histogram are observations, not series: there max_series bounds label sets (observe_row).
+    plain_only = all(m.type in ("gauge", "counter") for m in query.metrics)
+    if plain_only and len(rows) > query.max_series:
         problems.note("cardinality", f"{len(rows)} rows exceed max_series {query.max_series}; the rest are dropped")
         problems.cardinality = len(rows) - query.max_series
         rows = rows[: query.max_series]
-    if all(m.type in ("gauge", "counter") for m in query.metrics):
+    if plain_only:
         keys = _label_keys(rows, [index[name] for name in query.labels])
         if keys is not None:
             return _render_by_column(query, index, rows, keys, target_labels, previous, problems)

@@ -320,3 +320,21 @@ def test_pool_size_spreads_queries_over_several_sessions(fresh_db, cluster):
         runner.close()
     assert len(pids) == 2 and None not in pids
     assert sessions == [(2,)]
+
+
+def test_max_series_truncates_rows_but_bounds_histogram_label_sets(fresh_db):
+    config = config_for(fresh_db, """
+  - {name: many, max_series: 5, sql: "SELECT g::text AS k, g AS v FROM generate_series(1, 8) g", labels: [k], metrics: {v: {}}}
+  - name: obs
+    max_series: 2
+    sql: "SELECT (g % 3)::text AS k, g AS v FROM generate_series(1, 30) g"
+    labels: [k]
+    metrics: {v: {type: gauge_histogram, buckets: [10, 20]}}
+""")
+    samples = parse_exposition(scrape_once(config))
+    assert len([1 for (name, _) in samples if name == "many_v"]) == 5
+    assert sample(samples, "pgvigil_query_errors_total", query="many", reason="cardinality") == 3
+    # 30 observations in 3 label sets: all rows observed, but only 2 label sets kept
+    counts = [v for (name, _), v in samples.items() if name == "obs_v_gcount"]
+    assert sorted(counts) == [10, 10]
+    assert sample(samples, "pgvigil_query_errors_total", query="obs", reason="cardinality") == 10
