@@ -100,3 +100,31 @@ def test_unknown_target_in_config(config_file):
     code, out = pgvigil("run", "--config", str(config_file), "--target", "nope")
     assert code == 2
     assert out.strip().splitlines()[-1] == "Error: target 'nope' is not in the config (targets: primary)"
+
+
+def test_serve_exports_the_backup_state(config_file, tmp_path):
+    """The exporter as `pgvigil serve` builds it: /metrics carries the pgvigil_backup_* series."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from exporter.cli import extra_collectors
+    from exporter.config import load_config
+    from exporter.server import start_server
+
+    assert pgvigil("run", "--config", str(config_file))[0] == 0
+    assert pgvigil("verify", "--config", str(config_file))[0] == 0
+    config = load_config(config_file)
+    handle = start_server(config, extra_collectors=extra_collectors(config))
+    try:
+        text = urllib.request.urlopen(handle.url + "/metrics", timeout=10).read().decode()
+    finally:
+        handle.stop()
+    samples = {s.name: s for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name.startswith("pgvigil_backup_")}
+    assert sorted(samples) == [
+        "pgvigil_backup_failures_total", "pgvigil_backup_last_duration_seconds", "pgvigil_backup_last_run_success",
+        "pgvigil_backup_last_size_bytes", "pgvigil_backup_last_success_timestamp_seconds",
+        "pgvigil_backup_last_verify_success", "pgvigil_backup_last_verify_timestamp_seconds"]
+    assert all(s.labels == {"target": "primary"} for s in samples.values())
+    assert samples["pgvigil_backup_last_verify_success"].value == 1.0
