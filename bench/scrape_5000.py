@@ -42,6 +42,9 @@ sys.path.insert(0, str(ROOT))
 from exporter.throwaway import ThrowawayCluster, free_port  # noqa: E402
 
 DATABASE = "bench"
+# Each exporter connects as its own role, so pg_stat_statements shows how often each one
+# really ran the per-table query: every scrape must reach the database.
+ROLES = {"pgvigil": "bench_pgvigil", "postgres_exporter": "bench_postgres_exporter", "query-exporter": "bench_query_exporter"}
 LABELS = ("datname", "schemaname", "relname")
 PEER_VENV = ROOT / "bench" / ".venv-peers"
 POSTGRES_EXPORTER = "prometheus-postgres-exporter"
@@ -141,11 +144,13 @@ def churn(conn: psycopg2.extensions.connection, tables: int, fraction: float, ro
     step = max(1, round(1 / fraction)) if fraction > 0 else 0
     if not step:
         return
+    touched = list(range(round_no % step, tables, step))
     with conn.cursor() as cur:
-        cur.execute(f"""DO $$ BEGIN FOR i IN {round_no % step}..{tables - 1} BY {step} LOOP
-            EXECUTE format('INSERT INTO t_%s SELECT coalesce(max(id), 0) + 1, md5(random()::text) FROM t_%s', i, i);
-            EXECUTE format('SELECT count(*) FROM t_%s', i);
-        END LOOP; END $$""")
+        for start in range(0, len(touched), 250):  # one transaction per 250 tables: bounded lock table
+            cur.execute(f"""DO $$ DECLARE i int; BEGIN FOREACH i IN ARRAY %s LOOP
+                EXECUTE format('INSERT INTO t_%%s SELECT coalesce(max(id), 0) + 1, md5(random()::text) FROM t_%%s', i, i);
+                EXECUTE format('SELECT count(*) FROM t_%%s', i);
+            END LOOP; END $$""", (touched[start:start + 250],))
         cur.execute("SELECT pg_stat_force_next_flush()")  # flushed before this statement returns
 
 
@@ -344,6 +349,34 @@ def verify_pgvigil(body: bytes, expected: dict[tuple, float]) -> list[str]:
     return problems
 
 
+def prepare_roles(cluster: ThrowawayCluster) -> None:
+    for role in ROLES.values():
+        cluster.execute(f"CREATE ROLE {role} LOGIN SUPERUSER")
+    cluster.execute("CREATE EXTENSION pg_stat_statements", dbname=DATABASE)
+    cluster.execute("SELECT pg_stat_statements_reset()", dbname=DATABASE)
+
+
+def database_executions(dsn: str) -> dict[str, int]:
+    """Executions of the pg_stat_user_tables query per exporter role, from pg_stat_statements."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT r.rolname, sum(s.calls)::int FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid"
+                        " WHERE position('FROM pg_stat_user_tables' IN s.query) > 0 AND r.rolname = ANY(%s) GROUP BY r.rolname",
+                        (list(ROLES.values()),))
+            by_role = dict(cur.fetchall())
+    finally:
+        conn.close()
+    return {name: by_role.get(role, 0) for name, role in ROLES.items()}
+
+
+def check_executions(executions: dict[str, int], names: list[str], scrapes: int) -> list[str]:
+    print("  executions of the pg_stat_user_tables query (pg_stat_statements): "
+          + ", ".join(f"{name} {executions[name]}" for name in names) + f" for {scrapes} scrapes each")
+    return [f"{name} ran the query {executions[name]} times for {scrapes} scrapes: some scrapes were served from a cache"
+            for name in names if executions[name] < scrapes]
+
+
 # ---------------------------------------------------------------------------
 # report
 
@@ -419,7 +452,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="pgvigil-bench-"))
     procs: dict[str, subprocess.Popen] = {}
     settings = {"autovacuum": "off", "max_connections": "50", "shared_buffers": "256MB"}
-    cluster = ThrowawayCluster(settings=settings, preload=())
+    cluster = ThrowawayCluster(settings=settings, preload=("pg_stat_statements",))
     try:
         cluster.start()
         print(f"building {args.tables} tables ...", flush=True)
@@ -427,6 +460,7 @@ def main() -> int:
         build_catalog(cluster, args.tables)
         print(f"catalog ready in {time.monotonic() - started:.1f}s", flush=True)
         dsn = cluster.dsn(DATABASE)
+        prepare_roles(cluster)
         fetch, last_raw = raw_fetcher(dsn)
         churner = psycopg2.connect(dsn)
         churner.autocommit = True
@@ -435,7 +469,7 @@ def main() -> int:
 
         if "pgvigil" in wanted:
             config = workdir / "pgvigil.yaml"
-            config.write_text(yaml.safe_dump(pgvigil_config(dsn), sort_keys=False))
+            config.write_text(yaml.safe_dump(pgvigil_config(cluster.dsn(DATABASE, ROLES["pgvigil"])), sort_keys=False))
             port = free_port()
             procs["pgvigil"] = start_process("pgvigil", [sys.executable, "-m", "exporter", "serve", "--config",
                                                         str(config), "--listen", f"127.0.0.1:{port}",
@@ -450,11 +484,11 @@ def main() -> int:
                 pe_binary, f"--web.listen-address=127.0.0.1:{port}", f"--extend.query-path={queries}",
                 "--disable-default-metrics", "--disable-settings-metrics",
                 "--no-collector.database", "--no-collector.bgwriter", "--log.level=warn",
-            ], dict(base_env, DATA_SOURCE_NAME=dsn + "?sslmode=disable"), workdir)
+            ], dict(base_env, DATA_SOURCE_NAME=cluster.dsn(DATABASE, ROLES["postgres_exporter"]) + "?sslmode=disable"), workdir)
             contenders.append(served("postgres_exporter", port, procs["postgres_exporter"]))
         if qe_binary:
             config = workdir / "query_exporter.yaml"
-            config.write_text(yaml.safe_dump(query_exporter_config(dsn), sort_keys=False))
+            config.write_text(yaml.safe_dump(query_exporter_config(cluster.dsn(DATABASE, ROLES["query-exporter"])), sort_keys=False))
             port = free_port()
             # Without _created series its sample count matches the other two.
             env = dict(base_env, PROMETHEUS_DISABLE_CREATED_SERIES="True")
@@ -484,20 +518,25 @@ def main() -> int:
         expected = expected_samples(last_raw())
         counts = {"raw fetch": len(expected)}
         counts.update({c.name: len(table_samples(c.body)) for c in contenders[1:]})
-        problems = verify_pgvigil(next(c.body for c in contenders if c.name == "pgvigil"), expected) \
-            if "pgvigil" in wanted else []
         summary = report(contenders, rss, cpu, counts)
         if "pgvigil" in wanted:
             summary["pgvigil_self"] = pgvigil_self_report(next(c.body for c in contenders if c.name == "pgvigil"))
-        summary.update({"tables": args.tables, "scrapes": args.scrapes, "python": sys.version.split()[0]})
+        summary["executions"] = database_executions(dsn)
+        problems = check_executions(summary["executions"], [c.name for c in contenders[1:]],
+                                    args.warmup + args.scrapes)
+        if "pgvigil" in wanted:
+            wrong = verify_pgvigil(next(c.body for c in contenders if c.name == "pgvigil"), expected)
+            problems += wrong
+            if not wrong:
+                print(f"  OK    pgvigil exposed exactly the {len(expected)} samples the SQL returned, same values")
+        summary.update({"tables": args.tables, "scrapes": args.scrapes, "churn": args.churn,
+                        "python": sys.version.split()[0], "problems": problems})
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(summary, indent=2) + "\n")
         if problems:
-            print("\npgvigil output is WRONG:\n  " + "\n  ".join(problems))
+            print("\nFAILED:\n  " + "\n  ".join(problems))
             return 1
-        if "pgvigil" in wanted:
-            print(f"\n  OK    pgvigil exposed exactly the {len(expected)} samples the SQL returned, same values")
         return 0
     finally:
         for proc in procs.values():
