@@ -46,6 +46,7 @@ class QueryStatus:
     result: RenderedRun | None = None
     error: str | None = None
     errors: collections.Counter = field(default_factory=collections.Counter)
+    reused_in: int = 0  # the run that skipped this query because its result was still within ttl
 
 
 class TargetState:
@@ -159,7 +160,8 @@ class Runner:
 
     def _outcome(self, state: TargetState, query: QuerySpec, run_id: int, run_done: bool, now: float) -> QueryOutcome:
         status = state.statuses[query.name]
-        fresh = status.run_id == run_id or (query.ttl > 0 and now - status.finished_at < query.ttl)
+        fresh = (status.run_id == run_id or status.reused_in == run_id
+                 or (query.ttl > 0 and now - status.finished_at < query.ttl))
         if fresh:
             return QueryOutcome(state, query, status, included=bool(status.success), timed_out=False)
         if not run_done:
@@ -196,7 +198,13 @@ class Runner:
     def _run_target(self, state: TargetState, run_id: int) -> None:
         if not self._connect(state, 0):
             return
-        due = [q for q in self.eligible_queries(state) if self._due(state, q)]
+        eligible = self.eligible_queries(state)
+        due = [q for q in eligible if self._due(state, q)]
+        for query in eligible:
+            if not self._due(state, query):
+                # Decided at the start of the run: the cached result serves this run's scrapes even
+                # if its ttl runs out before the run ends (else the series would blink out).
+                state.statuses[query.name].reused_in = run_id
         if len(state.sessions) == 1:
             self._run_queries(state, 0, due, run_id)
             return

@@ -171,6 +171,9 @@ def split_listen(listen: str) -> tuple[str, int]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # listen() backlog: socketserver's default of 5 drops connections when many scrapers
+    # (several Prometheus replicas, /probe fan-out) connect at the same moment.
+    request_queue_size = 512
 
     def handle_error(self, request: object, client_address: tuple) -> None:
         # A client that fails the TLS handshake or hangs up mid-request is not our bug:
