@@ -7,6 +7,7 @@ of that row's metrics.
 """
 from __future__ import annotations
 
+import array
 import datetime as dt
 import decimal
 import math
@@ -135,9 +136,9 @@ class RowLayout:
     keys: list[tuple]
     heads: dict[str, list[str]]
     reusable: bool
-    # metric name -> (values, rendered lines, sample count) of the last run, for columns of
-    # ints only: equal ints render to equal text, so an unchanged column is not rendered again
-    # (0 == -0.0 and 1 == True, which render apart, cannot sneak in).
+    # metric name -> (values, rendered lines, sample count) of the last run, for columns where
+    # equal values render to equal text (see _equal_means_same_text), so an unchanged column is
+    # not rendered again.
     columns: dict[str, tuple[list, bytes, int]] = field(default_factory=dict)
 
 
@@ -199,16 +200,18 @@ def _render_by_column(query: QuerySpec, index: dict[str, int], rows: Sequence[tu
             or any(name not in layout.heads for name in names):
         layout = _build_layout(query.labels, names, keys, target_labels)
     lines, series = {}, 0
+    by_column = list(zip(*rows)) if rows else [()] * len(index)
     for metric in query.metrics:
-        values = list(map(operator.itemgetter(index[metric.column]), rows))
-        ints = set(map(type, values)) == _INTS
-        cached = layout.columns.get(metric.name) if ints else None
+        values = by_column[index[metric.column]]
+        kinds = set(map(type, values))
+        exact = _equal_means_same_text(values, kinds)
+        cached = layout.columns.get(metric.name) if exact else None
         if cached is not None and cached[0] == values:
             _, lines[metric.name], count = cached
         else:
-            text, count = _render_column(metric, layout.heads[metric.name], values, problems)
+            text, count = _render_column(metric, layout.heads[metric.name], values, kinds, problems)
             lines[metric.name] = text.encode("utf-8")
-            if ints:
+            if exact:
                 layout.columns[metric.name] = (values, lines[metric.name], count)
             else:
                 layout.columns.pop(metric.name, None)
@@ -224,9 +227,10 @@ def _build_layout(label_names: Sequence[str], names: list[str], keys: list[tuple
     return RowLayout(target_labels=target_labels, keys=keys, heads=heads, reusable=reusable)
 
 
-def _render_column(metric: MetricSpec, heads: list[str], values: list, problems: RowProblems) -> tuple[str, int]:
-    """`head value` lines of one metric; NULLs become the default or are left out, text is an invalid value."""
-    kinds = set(map(type, values))
+def _render_column(metric: MetricSpec, heads: list[str], values: Sequence, kinds: set,
+                   problems: RowProblems) -> tuple[str, int]:
+    """`head value` lines of one metric (`kinds`: the types among its values); NULLs become the
+    default or are left out, text is an invalid value."""
     if _NONE in kinds:
         if metric.default is None:
             pairs = [(h, v) for h, v in zip(heads, values) if v is not None]
@@ -254,18 +258,40 @@ _NONE = type(None)
 _PLAIN_NUMBERS = {int, float}
 
 
-def _format_numbers(values: list, kinds: set) -> list[str]:
-    """format_value of each int/float; a column of ints with many repeats (zeros, small counts)
-    formats each distinct value once. Floats are not merged: 0.0 == -0.0 but they render apart."""
-    if kinds == _INTS:
+def _format_numbers(values: Sequence, kinds: set) -> list[str]:
+    """format_value of each int/float; a column with many repeats (zeros, small counts, a
+    timestamp default) formats each distinct value once."""
+    if kinds == _INTS or kinds == _FLOATS:
         distinct = set(values)
-        if 2 * len(distinct) < len(values):
+        if 2 * len(distinct) < len(values) and _equal_means_same_text(values, kinds):
             text = {v: format_value(v) for v in distinct}
             return list(map(text.__getitem__, values))
     return list(map(format_value, values))
 
 
+def _equal_means_same_text(values: Sequence, kinds: set) -> bool:
+    """Whether equal values among these render to equal text, so they may share it.
+
+    True for all-int columns. For all-float columns unless a -0.0 is present: it equals 0.0
+    but renders as "-0.0" (NaN equals nothing, so it never shares). Mixed kinds never: 1 == 1.0
+    == True come from different SQL types.
+    """
+    if kinds == _INTS:
+        return True
+    if kinds != _FLOATS:
+        return False
+    raw = array.array("d", values).tobytes()
+    at = raw.find(_NEGATIVE_ZERO)
+    while at != -1:
+        if at % 8 == 0:
+            return False
+        at = raw.find(_NEGATIVE_ZERO, at + 1)
+    return True
+
+
 _INTS = {int}
+_FLOATS = {float}
+_NEGATIVE_ZERO = array.array("d", [-0.0]).tobytes()
 
 
 def _sample_text(value: Any) -> str | None:

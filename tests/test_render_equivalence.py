@@ -110,10 +110,15 @@ rows_strategy = st.lists(
 small_ints = st.integers(min_value=-3, max_value=3)
 int_rows_strategy = st.lists(st.tuples(label_text, st.sampled_from(["a", "b"]), small_ints, small_ints, small_ints),
                              min_size=1, max_size=20, unique_by=lambda r: (r[0], r[1]))
+# Columns of floats with repeats, where a -0.0 (equal to 0.0, rendered apart) must not share text.
+few_floats = st.sampled_from([0.0, -0.0, 1.5, 1718000000.25, 2e6, float("nan"), float("inf")])
+float_rows_strategy = st.lists(st.tuples(label_text, st.sampled_from(["a", "b"]), few_floats, few_floats, few_floats),
+                               min_size=1, max_size=20, unique_by=lambda r: (r[0], r[1]))
+any_rows = st.one_of(rows_strategy, int_rows_strategy, float_rows_strategy)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=rows_strategy)
+@given(rows=any_rows)
 def test_fast_renderer_is_byte_identical_to_generate_latest(query, rows):
     run = render_rows(query, COLUMNS, rows, TARGET_LABELS, {})
     assert pgvigil_exposition(query, run) == reference_exposition(query, rows)
@@ -121,8 +126,9 @@ def test_fast_renderer_is_byte_identical_to_generate_latest(query, rows):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(first=st.one_of(rows_strategy, int_rows_strategy),
-       changes=st.lists(st.tuples(st.integers(0, 39), st.integers(2, 4), st.one_of(small_ints, numbers)), max_size=6))
+@given(first=any_rows,
+       changes=st.lists(st.tuples(st.integers(0, 39), st.integers(2, 4), st.one_of(small_ints, few_floats, numbers)),
+                        max_size=6))
 def test_reused_layout_and_columns_follow_the_new_values(query, first, changes):
     """A second run reuses the label text and unchanged columns; whatever changed must show."""
     previous = render_rows(query, COLUMNS, first, TARGET_LABELS, {})
@@ -136,8 +142,7 @@ def test_reused_layout_and_columns_follow_the_new_values(query, first, changes):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(first=st.one_of(rows_strategy, int_rows_strategy), second=st.one_of(rows_strategy, int_rows_strategy),
-       reorder=st.booleans())
+@given(first=any_rows, second=any_rows, reorder=st.booleans())
 def test_a_layout_from_other_label_sets_is_not_reused(query, first, second, reorder):
     """Rows added, removed, relabelled or in another order: the old layout must not leak through."""
     previous = render_rows(query, COLUMNS, first, TARGET_LABELS, {})
@@ -154,6 +159,18 @@ def test_a_changed_int_column_is_rendered_again(query):
     run = render_rows(query, COLUMNS, second, TARGET_LABELS, {}, previous.layout)
     assert run.lines["eq_g"] is previous.lines["eq_g"]  # unchanged: reused as is
     assert pgvigil_exposition(query, run) == reference_exposition(query, second)
+
+
+@pytest.mark.parametrize("position", [0, 1, 7, 19])
+def test_a_negative_zero_among_repeated_float_zeros_keeps_its_sign(query, position):
+    zeros = [0.0] * 20
+    zeros[position] = -0.0
+    rows = [(f"t{i}", "a", z, z, 1) for i, z in enumerate(zeros)]
+    previous = render_rows(query, COLUMNS, [(f"t{i}", "a", 0.0, 0.0, 1) for i in range(20)], TARGET_LABELS, {})
+    for layout in (None, previous.layout):
+        run = render_rows(query, COLUMNS, rows, TARGET_LABELS, {}, layout)
+        assert pgvigil_exposition(query, run) == reference_exposition(query, rows)
+        assert run.lines["eq_g"].count(b" -0.0\n") == 1
 
 
 def test_zero_signs_and_int_float_twins_are_not_reused_across_runs(query):
