@@ -116,11 +116,13 @@ class TargetSession:
             "SELECT current_setting('server_version_num')::int, current_database(),"
             " coalesce(inet_server_addr()::text, current_setting('unix_socket_directories')) || ':'"
             " || current_setting('port'),"
-            " ARRAY(SELECT extname::text FROM pg_extension)",
+            " ARRAY(SELECT extname::text FROM pg_extension), pg_postmaster_start_time()::text",
             timeout=self.defaults.timeout, lock_timeout=self.defaults.lock_timeout, wrap=False,
         )
-        version, database, address, extensions = rows[0]
-        identity = self._system_identifier() or address
+        version, database, address, extensions, started = rows[0]
+        # A physical replica shares its primary's system identifier; the postmaster's start
+        # time tells the two servers apart while staying equal for every database of one server.
+        identity = f"{self._system_identifier() or address}@{started}"
         return ServerFacts(version=version, identity=identity, extensions=frozenset(extensions), database=database)
 
     def _system_identifier(self) -> str | None:

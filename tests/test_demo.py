@@ -40,6 +40,7 @@ def test_demo_workload_feeds_the_dashboards_and_cleans_up():
     assert sample(text, "pg_replication_slots_active", target="demo", slot_name="demo_replica") == [1.0]
     assert sample(text, "pg_up", target="demo-replica") == [1.0]
     assert sample(text, "pg_replication_is_replica", target="demo") == [0.0]
+    assert sample(text, "pg_replication_is_replica", target="demo-replica") == [1.0]  # not mistaken for its primary
     assert len(sample(text, "pg_stat_replication_pg_wal_lsn_diff", target="demo")) == 1
     assert sample(text, "pg_stat_archiver_archived_count", target="demo")[0] >= 1
     assert sample(text, "pgvigil_backup_last_verify_success", target="demo") == [1.0]
