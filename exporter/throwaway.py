@@ -65,7 +65,9 @@ class ThrowawayCluster:
         cmd = [str(self.bindir / argv[0]), *argv[1:]]
         if self._as_postgres:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        return subprocess.run(cmd, check=check, capture_output=True, text=True)
+        # cwd: the postgres user may not be able to enter the caller's directory (a clone under /root),
+        # and initdb cannot find its own binaries from a directory it cannot read.
+        return subprocess.run(cmd, check=check, capture_output=True, text=True, cwd=self.base)
 
     def init(self) -> "ThrowawayCluster":
         if self._as_postgres:
