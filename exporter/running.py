@@ -46,7 +46,7 @@ class QueryStatus:
     result: RenderedRun | None = None
     error: str | None = None
     errors: collections.Counter = field(default_factory=collections.Counter)
-    reused_in: int = 0  # the run that skipped this query because its result was still within ttl
+    reused_through: int = 0  # the latest run that skipped this query because its result was within ttl
 
 
 class TargetState:
@@ -160,7 +160,10 @@ class Runner:
 
     def _outcome(self, state: TargetState, query: QuerySpec, run_id: int, run_done: bool, now: float) -> QueryOutcome:
         status = state.statuses[query.name]
-        fresh = (status.run_id == run_id or status.reused_in == run_id
+        # Run ids grow, and a target's runs follow one another: a result from this run or a later
+        # one, or one a later run still reused, is current for this scrape. (Under load a newer run
+        # may already have started by the time a waiting scrape looks.)
+        fresh = (status.run_id >= run_id or status.reused_through >= run_id
                  or (query.ttl > 0 and now - status.finished_at < query.ttl))
         if fresh:
             return QueryOutcome(state, query, status, included=bool(status.success), timed_out=False)
@@ -204,7 +207,8 @@ class Runner:
             if not self._due(state, query):
                 # Decided at the start of the run: the cached result serves this run's scrapes even
                 # if its ttl runs out before the run ends (else the series would blink out).
-                state.statuses[query.name].reused_in = run_id
+                status = state.statuses[query.name]
+                status.reused_through = max(status.reused_through, run_id)
         if len(state.sessions) == 1:
             self._run_queries(state, 0, due, run_id)
             return
