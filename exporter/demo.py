@@ -10,8 +10,6 @@ binaries are on PATH.
 """
 from __future__ import annotations
 
-import os
-import pwd
 import random
 import shutil
 import signal
@@ -155,15 +153,6 @@ class Workload:
             conn.close()
 
 
-def postgres_owned_dir(path: Path) -> Path:
-    """A directory the server process can write (it runs as `postgres` when we are root)."""
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        pw = pwd.getpwnam("postgres")
-        os.chown(path, pw.pw_uid, pw.pw_gid)
-    return path
-
-
 def execute(dsn: str, sql: str) -> None:
     conn = psycopg2.connect(dsn, application_name="pgvigil-demo-setup")
     try:
@@ -216,15 +205,7 @@ def prepare_cluster(cluster: ThrowawayCluster) -> bool:
 
 def start_replica(primary: ThrowawayCluster) -> ThrowawayCluster:
     """A hot standby streaming from `primary` through a replication slot, cloned with pg_basebackup."""
-    replica = ThrowawayCluster()
-    postgres_owned_dir(replica.base)
-    replica._run("pg_basebackup", "-D", str(replica.datadir), "-h", "127.0.0.1", "-p", str(primary.port),
-                 "-U", "postgres", "-R", "-X", "stream", "-C", "-S", REPLICA_SLOT, "-c", "fast")
-    # The copied postgresql.conf still names the primary's port and socket directory; later lines win.
-    with open(replica.datadir / "postgresql.conf", "a") as conf:
-        conf.write(f"\n# pgvigil demo replica\nport = {replica.port}\n"
-                   f"unix_socket_directories = '{replica.base}'\narchive_mode = off\n")
-    return replica.start()
+    return ThrowawayCluster.standby_of(primary, REPLICA_SLOT)
 
 
 def exporter_config(cluster: ThrowawayCluster, replica: Optional[ThrowawayCluster], backup_dir: Optional[Path],
@@ -288,7 +269,7 @@ class Demo:
             "track_io_timing": "on",
         })
         # Inside the cluster's own directory: the server (user postgres when we are root) can reach it.
-        archive = postgres_owned_dir(self.cluster.base / "wal_archive")
+        archive = self.cluster.server_owned_dir(self.cluster.base / "wal_archive")
         self.cluster.settings["archive_command"] = f"'test ! -f {archive}/%f && cp %p {archive}/%f'"
         self.cluster.init()
         self.say("starting PostgreSQL and loading the demo schema ...")

@@ -69,10 +69,16 @@ class ThrowawayCluster:
         # and initdb cannot find its own binaries from a directory it cannot read.
         return subprocess.run(cmd, check=check, capture_output=True, text=True, cwd=self.base)
 
-    def init(self) -> "ThrowawayCluster":
+    def server_owned_dir(self, path: Path) -> Path:
+        """A directory the server process can write (it runs as `postgres` when we are root)."""
+        path.mkdir(parents=True, exist_ok=True)
         if self._as_postgres:
             pw = pwd.getpwnam("postgres")
-            os.chown(self.base, pw.pw_uid, pw.pw_gid)
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+        return path
+
+    def init(self) -> "ThrowawayCluster":
+        self.server_owned_dir(self.base)
         self._run("initdb", "-D", str(self.datadir), "-U", SUPERUSER, "-A", "trust", "-E", "UTF8",
                   "--locale=C", "--no-sync")
         conf = {
@@ -99,6 +105,19 @@ class ThrowawayCluster:
         self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile), "-w", "-t", "60", "start")
         self.wait_ready()
         return self
+
+    @classmethod
+    def standby_of(cls, primary: "ThrowawayCluster", slot: str) -> "ThrowawayCluster":
+        """A started hot standby streaming from `primary` through a new physical slot (pg_basebackup -R)."""
+        standby = cls(preload=())
+        standby.server_owned_dir(standby.base)
+        standby._run("pg_basebackup", "-D", str(standby.datadir), "-h", "127.0.0.1", "-p", str(primary.port),
+                     "-U", SUPERUSER, "-R", "-X", "stream", "-C", "-S", slot, "-c", "fast")
+        # The copied postgresql.conf still names the primary's port and socket directory; later lines win.
+        with open(standby.datadir / "postgresql.conf", "a") as conf:
+            conf.write(f"\n# pgvigil standby\nport = {standby.port}\n"
+                       f"unix_socket_directories = '{standby.base}'\narchive_mode = off\n")
+        return standby.start()
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

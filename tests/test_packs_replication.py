@@ -6,9 +6,6 @@ exists to be measured.
 """
 from __future__ import annotations
 
-import os
-import pwd
-import subprocess
 import time
 
 import pytest
@@ -36,27 +33,12 @@ def scrape(pg: ThrowawayCluster):
     return samples
 
 
-def clone_standby(primary: ThrowawayCluster) -> ThrowawayCluster:
-    """pg_basebackup -R into a new throwaway cluster that streams from `primary` through SLOT."""
-    standby = ThrowawayCluster(preload=())
-    argv = [str(standby.bindir / "pg_basebackup"), "-D", str(standby.datadir), "-h", "127.0.0.1",
-            "-p", str(primary.port), "-U", "postgres", "-R", "-X", "stream", "-C", "-S", SLOT]
-    if os.geteuid() == 0:  # the server runs as postgres, so its files must belong to postgres
-        pw = pwd.getpwnam("postgres")
-        os.chown(standby.base, pw.pw_uid, pw.pw_gid)
-        argv = ["runuser", "-u", "postgres", "--", *argv]
-    subprocess.run(argv, check=True, capture_output=True, text=True)
-    with open(standby.datadir / "postgresql.conf", "a") as fh:
-        fh.write(f"\nport = {standby.port}\nunix_socket_directories = '{standby.base}'\narchive_mode = off\n")
-    return standby.start()
-
-
 @pytest.fixture(scope="module")
 def servers():
     primary = ThrowawayCluster(settings={"archive_mode": "on", "archive_command": "'/bin/true'"}).start()
     standby = None
     try:
-        standby = clone_standby(primary)
+        standby = ThrowawayCluster.standby_of(primary, SLOT)
         yield primary, standby
     finally:
         if standby is not None:
