@@ -28,6 +28,9 @@ _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"B": 1, **{f"{p}B": 1000 ** (i + 1) for i, p in enumerate("KMGTP")},
+               **{f"{p}IB": 1024 ** (i + 1) for i, p in enumerate("KMGTP")}}
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 MAX_DURATION_SECONDS = 10 * 365 * 86400.0
 
@@ -46,6 +49,7 @@ class TargetSpec:
     dsn: str = field(repr=False)  # may hold a password: never log or render it
     labels: tuple[tuple[str, str], ...] = ()
     pool_size: int = 1
+    storage_allocation_bytes: float | None = None  # the disk or plan limit, for storage utilization alerts
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,19 @@ def parse_duration(value: Any) -> float | None:
     return seconds if seconds is not None and seconds <= MAX_DURATION_SECONDS else None
 
 
+def parse_size(value: Any) -> float | None:
+    """'8GB', '500MiB', '1.5TB' or a number of bytes; None when invalid or not positive."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) and value > 0 else None
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if not match:
+        return None
+    size = float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "B").upper()]
+    return size if size > 0 else None
+
+
 def expand_env(value: str, environ: Mapping[str, str] | None = None) -> tuple[str, list[str]]:
     """Expand ${VAR} and ${VAR:-default}; returns the text and the names of unset variables."""
     env = os.environ if environ is None else environ
@@ -193,7 +210,7 @@ def expand_env(value: str, environ: Mapping[str, str] | None = None) -> tuple[st
 # validation
 
 _TOP_KEYS = ("listen", "targets", "defaults", "collectors", "queries", "backup")
-_TARGET_KEYS = ("dsn", "dsn_file", "labels", "pool_size")
+_TARGET_KEYS = ("dsn", "dsn_file", "labels", "pool_size", "storage_allocation")
 _DEFAULT_KEYS = ("timeout", "lock_timeout", "connect_timeout", "ttl", "max_series", "scrape_timeout")
 _QUERY_KEYS = ("name", "help", "sql", "labels", "metrics", "ttl", "timeout", "lock_timeout", "targets",
                "min_server_version", "max_server_version", "scope", "requires_extension", "max_series")
@@ -355,7 +372,14 @@ class _Checker:
         if pool is not None and not 1 <= pool <= 64:
             self.error(path + ("pool_size",), "expected a pool size between 1 and 64")
             pool = 1
-        return TargetSpec(name=name, dsn=dsn or "", labels=tuple(labels), pool_size=pool or 1)
+        allocation = None
+        if raw.get("storage_allocation") is not None:
+            allocation = parse_size(raw["storage_allocation"])
+            if allocation is None:
+                self.error(path + ("storage_allocation",),
+                           f"expected a size such as 8GB, 500MiB or a number of bytes, got {_describe(raw['storage_allocation'])}")
+        return TargetSpec(name=name, dsn=dsn or "", labels=tuple(labels), pool_size=pool or 1,
+                          storage_allocation_bytes=allocation)
 
     def target_dsn(self, raw: dict, path: tuple) -> str | None:
         if "dsn" in raw and "dsn_file" in raw:

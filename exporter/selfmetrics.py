@@ -71,6 +71,10 @@ def render_self_metrics(runner: Runner, scrape: Scrape, registry: CollectorRegis
         for reason in ERROR_REASONS:
             if reason in ALWAYS_PRESENT_REASONS or status.errors[reason]:
                 families["pgvigil_query_errors_total"][2].append((f'{labels},reason="{reason}"', status.errors[reason]))
+    families["pgvigil_storage_allocation_bytes"] = (
+        "gauge", "Storage allocated to the target's server (config: storage_allocation)",
+        [(state.label_text, state.spec.storage_allocation_bytes) for state in scrape.targets
+         if state.spec.storage_allocation_bytes is not None])
     families["pgvigil_scrape_duration_seconds"] = ("gauge", "Seconds this scrape took", [("", scrape.duration)])
     families["pg_exporter_last_scrape_error"] = (
         "gauge", "Whether the last scrape had any failed query or unreachable target (postgres_exporter compatible)",

@@ -162,3 +162,11 @@ def test_invalid_durations(value):
 def test_env_expansion_defaults():
     assert expand_env("${A:-x}-${B}", {"B": "b"}) == ("x-b", [])
     assert expand_env("${A}", {}) == ("", ["A"])
+
+
+def test_storage_allocation_sizes():
+    config = parse_config("collectors: []\ntargets:\n  a: {dsn: x, storage_allocation: 8GiB}\n  b: {dsn: y}\n")
+    assert config.target("a").storage_allocation_bytes == 8 * 1024 ** 3
+    assert config.target("b").storage_allocation_bytes is None
+    assert errors_of("collectors: []\ntargets:\n  a: {dsn: x, storage_allocation: lots}\n") == [
+        "c.yaml:3: targets.a.storage_allocation: expected a size such as 8GB, 500MiB or a number of bytes, got the string 'lots'"]

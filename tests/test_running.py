@@ -338,3 +338,11 @@ def test_max_series_truncates_rows_but_bounds_histogram_label_sets(fresh_db):
     counts = [v for (name, _), v in samples.items() if name == "obs_v_gcount"]
     assert sorted(counts) == [10, 10]
     assert sample(samples, "pgvigil_query_errors_total", query="obs", reason="cardinality") == 10
+
+
+def test_storage_allocation_is_exported_for_the_utilization_alert(fresh_db):
+    from exporter.config import parse_config
+
+    config = parse_config(f"collectors: []\ntargets:\n  db: {{dsn: '{fresh_db}', storage_allocation: 10GB}}\n")
+    samples = parse_exposition(scrape_once(config))
+    assert sample(samples, "pgvigil_storage_allocation_bytes", target="db") == 10e9
