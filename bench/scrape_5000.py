@@ -503,7 +503,8 @@ def main() -> int:
         for _ in range(args.warmup):
             for c in contenders:
                 c.body = c.scrape()
-        print(f"measuring {args.scrapes} interleaved rounds ...", flush=True)
+        load_before = os.getloadavg()[0]
+        print(f"measuring {args.scrapes} interleaved rounds (load average {load_before:.1f}) ...", flush=True)
         cpu_before = {c.name: cpu_seconds(c.proc.pid) for c in contenders if c.proc}
         for round_no in range(args.scrapes):
             churn(churner, args.tables, args.churn, round_no)
@@ -512,6 +513,7 @@ def main() -> int:
                 c.body = c.scrape()
                 c.times.append(time.perf_counter() - start)
 
+        load_after = os.getloadavg()[0]
         rss = {c.name: peak_rss_mib(c.proc.pid) for c in contenders if c.proc}
         cpu = {name: (cpu_seconds(c.proc.pid) - cpu_before[name]) / args.scrapes
                for c in contenders if c.proc for name in [c.name]}
@@ -529,7 +531,10 @@ def main() -> int:
             problems += wrong
             if not wrong:
                 print(f"  OK    pgvigil exposed exactly the {len(expected)} samples the SQL returned, same values")
+        print(f"  load average {load_before:.1f} before and {load_after:.1f} after the measured rounds"
+              f" on {os.cpu_count()} CPUs (other load on the machine inflates every figure)")
         summary.update({"tables": args.tables, "scrapes": args.scrapes, "churn": args.churn,
+                        "load_average": [load_before, load_after], "cpus": os.cpu_count(),
                         "python": sys.version.split()[0], "problems": problems})
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
