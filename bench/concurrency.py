@@ -128,6 +128,8 @@ def soak(pg: ThrowawayCluster, workdir: Path, clients: int, scrapes: int, ttl: f
         start = time.monotonic()
         statuses: dict[int, int] = {}
         remaining = iter(range(scrapes))
+        checkpoint = max(1, scrapes // 5)
+        samples: list[tuple[int, int]] = []
         lock = threading.Lock()
 
         def client() -> None:
@@ -138,6 +140,9 @@ def soak(pg: ThrowawayCluster, workdir: Path, clients: int, scrapes: int, ttl: f
                 status = scrape(exporter.url)
                 with lock:
                     statuses[status] = statuses.get(status, 0) + 1
+                    done = sum(statuses.values())
+                    if done % checkpoint == 0:
+                        samples.append((done, rss_kib(exporter.proc.pid)))
 
         threads = [threading.Thread(target=client) for _ in range(clients)]
         for thread in threads:
@@ -158,6 +163,7 @@ def soak(pg: ThrowawayCluster, workdir: Path, clients: int, scrapes: int, ttl: f
           f"{'yes' if calls <= windows + 1 else 'NO'})")
     print(f"  exporter RSS: {rss_start / 1024:.1f} MiB at start, {rss_end / 1024:.1f} MiB at end "
           f"({(rss_end - rss_start) / 1024:+.1f} MiB)")
+    print("  RSS along the way: " + ", ".join(f"{done}: {kib / 1024:.1f} MiB" for done, kib in samples))
 
 
 def main() -> None:
