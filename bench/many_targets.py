@@ -69,21 +69,22 @@ def config_text(dsns: dict[str, str], every_query: bool) -> str:
 
 
 def timed_scrapes(dsns: dict[str, str], rounds: int, every_query: bool,
-                  warmup: int = 2) -> tuple[list[float], int, float]:
+                  warmup: int = 2) -> tuple[list[float], int, float, float]:
     """Seconds per scrape (Exporter.metrics: scrape + render, as /metrics does), the output size,
-    and pgvigil's own CPU seconds per scrape (this process; the server's CPU is not counted)."""
+    pgvigil's own CPU seconds per scrape (this process), and how busy the machine's CPUs were."""
     exporter = Exporter(parse_config(config_text(dsns, every_query), source="bench"))
     try:
         for _ in range(warmup):
             exporter.metrics(120.0)
         times, size = [], 0
-        cpu = time.process_time()
+        cpu, machine = time.process_time(), machine_ticks()
         for _ in range(rounds):
             start = time.perf_counter()
             text = exporter.metrics(120.0)
             times.append(time.perf_counter() - start)
             size = len(text)
-        return times, size, (time.process_time() - cpu) / rounds
+        busy, total = (after - before for after, before in zip(machine_ticks(), machine))
+        return times, size, (time.process_time() - cpu) / rounds, busy / max(total, 1)
     finally:
         exporter.close()
 
@@ -118,20 +119,27 @@ def main() -> None:
 
 def report(dsns: dict[str, str], args: argparse.Namespace, every_query: bool, title: str) -> None:
     first = next(iter(dsns))
-    single, single_size, single_cpu = timed_scrapes({first: dsns[first]}, args.rounds, every_query)
-    together, all_size, all_cpu = timed_scrapes(dsns, args.rounds, every_query)
+    single, single_size, single_cpu, single_busy = timed_scrapes({first: dsns[first]}, args.rounds, every_query)
+    together, all_size, all_cpu, all_busy = timed_scrapes(dsns, args.rounds, every_query)
     serial = sum(statistics.median(timed_scrapes({name: dsn}, 3, every_query, warmup=1)[0]) for name, dsn in dsns.items())
     med_single, med_all = statistics.median(single), statistics.median(together)
     ratio = med_all / med_single
     print(f"\n{title}")
-    print(f"{'scrape':<34}{'median':>10}{'min':>10}{'max':>10}{'bytes':>11}{'pgvigil CPU':>13}")
+    print(f"{'scrape':<34}{'median':>10}{'min':>10}{'max':>10}{'bytes':>11}{'pgvigil CPU':>13}{'CPUs busy':>11}")
     print(f"{'single target':<34}{med_single * 1000:>8.1f}ms{min(single) * 1000:>8.1f}ms"
-          f"{max(single) * 1000:>8.1f}ms{single_size:>11}{single_cpu * 1000:>11.1f}ms")
+          f"{max(single) * 1000:>8.1f}ms{single_size:>11}{single_cpu * 1000:>11.1f}ms{single_busy:>11.0%}")
     print(f"{f'{args.targets} targets, one scrape':<34}{med_all * 1000:>8.1f}ms{min(together) * 1000:>8.1f}ms"
-          f"{max(together) * 1000:>8.1f}ms{all_size:>11}{all_cpu * 1000:>11.1f}ms")
+          f"{max(together) * 1000:>8.1f}ms{all_size:>11}{all_cpu * 1000:>11.1f}ms{all_busy:>11.0%}")
     print(f"{f'{args.targets} targets, one after another':<34}{serial * 1000:>8.1f}ms")
     print(f"ratio all/single: {ratio:.2f} (target <= {TARGET_RATIO:.1f}: {'met' if ratio <= TARGET_RATIO else 'NOT met'})")
     print(f"concurrency speed-up over one after another: {serial / med_all:.1f}x")
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine from /proc/stat: pgvigil, PostgreSQL and all."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def _clone(pg: ThrowawayCluster, name: str) -> str:
