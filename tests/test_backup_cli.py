@@ -123,8 +123,9 @@ def test_serve_exports_the_backup_state(config_file, tmp_path):
     samples = {s.name: s for f in text_string_to_metric_families(text) for s in f.samples
                if s.name.startswith("pgvigil_backup_")}
     assert sorted(samples) == [
-        "pgvigil_backup_failures_total", "pgvigil_backup_last_duration_seconds", "pgvigil_backup_last_run_success",
-        "pgvigil_backup_last_size_bytes", "pgvigil_backup_last_success_timestamp_seconds",
-        "pgvigil_backup_last_verify_success", "pgvigil_backup_last_verify_timestamp_seconds"]
+        "pgvigil_backup_configured", "pgvigil_backup_failures_total", "pgvigil_backup_last_duration_seconds",
+        "pgvigil_backup_last_run_success", "pgvigil_backup_last_size_bytes",
+        "pgvigil_backup_last_success_timestamp_seconds", "pgvigil_backup_last_verify_success",
+        "pgvigil_backup_last_verify_timestamp_seconds"]
     assert all(s.labels == {"target": "primary"} for s in samples.values())
     assert samples["pgvigil_backup_last_verify_success"].value == 1.0

@@ -3,6 +3,7 @@
 Names are a contract with the shipped alert rules:
 
 =================================================  ==========================================
+pgvigil_backup_configured                          always 1: this target's backups are watched
 pgvigil_backup_last_success_timestamp_seconds      end of the last fully successful run
 pgvigil_backup_last_size_bytes                     size of that backup
 pgvigil_backup_previous_size_bytes                 size of the successful backup before it
@@ -15,7 +16,9 @@ pgvigil_backup_failures_total                      failed or interrupted runs (c
 
 A value that does not exist yet (no successful run) is absent rather than 0, so that
 ``time() - pgvigil_backup_last_success_timestamp_seconds`` never claims a 50-year-old backup;
-alert on absence with ``absent()``. An unreadable state file yields nothing and is logged.
+``pgvigil_backup_configured`` is there from the first scrape, whatever the state file says (even
+when it is unreadable, which is logged), so that a target whose backups have never succeeded can
+alert: configured, and no last success.
 """
 from __future__ import annotations
 
@@ -71,6 +74,11 @@ class BackupStateCollector:
         return []
 
     def collect(self) -> Iterator[Metric]:
+        configured = GaugeMetricFamily("pgvigil_backup_configured",
+                                       "1: the exporter watches this target's backups (its config has a backup section).",
+                                       labels=["target"])
+        configured.add_metric([self.target], 1.0)
+        yield configured
         try:
             state = StateFile(self.dir).read()
             self._complained = False

@@ -244,6 +244,16 @@ def _backup_age(value: float, minutes: int, eval_at: int = 0, quiet: bool = Fals
     )
 
 
+def _backup_never_succeeded(value: float, minutes: int, eval_at: int = 0, quiet: bool = False) -> Scenario:
+    # value 1: backups configured and none succeeded; value 0: the same target with a backup
+    # that succeeded an hour before the evaluation
+    series = {selector("pgvigil_backup_configured", BASE): constant(1, minutes)}
+    if value < 1:
+        stamp = max(eval_at * 60 - 3600, 0)
+        series[selector("pgvigil_backup_last_success_timestamp_seconds", BASE)] = constant(stamp, minutes)
+    return Scenario(series, None, dict(BASE))
+
+
 def _backup_shrunk(value: float, minutes: int, eval_at: int = 0, quiet: bool = False) -> Scenario:
     previous = 1e9
     last = value * previous
@@ -445,6 +455,13 @@ def catalog(min_rates: dict[str, float | None]) -> list[AlertSpec]:
             "The last successful PostgreSQL backup is too old",
             "The last successful backup of {target} finished {value} ago (alert above {level}).",
             _backup_age, kind="clock",
+        ),
+        AlertSpec(
+            "PostgresBackupNeverSucceeded", "backup_never_succeeded", "pgvigil-backups",
+            "pgvigil_backup_configured",
+            "A PostgreSQL target with backups configured has never had a successful backup",
+            "pgvigil watches the backups of {target}, but none has succeeded yet: there is nothing to restore.",
+            _backup_never_succeeded, guard="unless pgvigil_backup_last_success_timestamp_seconds",
         ),
         AlertSpec(
             "PostgresBackupFailed", "backup_failed", "pgvigil-backups",

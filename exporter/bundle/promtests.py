@@ -187,6 +187,7 @@ def healthy_series() -> dict[str, str]:
         selector("pg_roles_superuser_count", BASE): constant(1, n),
         selector("pgvigil_query_errors_total", {**BASE, "query": "app_jobs", "reason": "timeout"}): constant(1, n),
         # a nightly backup that finished 20 minutes into the test window
+        selector("pgvigil_backup_configured", BASE): constant(1, n),
         selector("pgvigil_backup_last_success_timestamp_seconds", BASE): constant(1200, n),
         selector("pgvigil_backup_last_run_success", BASE): constant(1, n),
         selector("pgvigil_backup_last_verify_success", BASE): constant(1, n),
