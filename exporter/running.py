@@ -320,7 +320,10 @@ class Runner:
             literal = f"'{previous}'::timestamptz" if previous else "now()"
             sql = sql.replace("{{previous_run}}", literal)
             prelude = "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
-        columns, rows = session.fetch(sql, timeout=query.timeout, lock_timeout=query.lock_timeout, prelude=prelude)
+        # One row past max_series tells that the result was cut; histogram rows are observations, not series.
+        plain = all(m.type in ("gauge", "counter") for m in query.metrics)
+        columns, rows = session.fetch(sql, timeout=query.timeout, lock_timeout=query.lock_timeout, prelude=prelude,
+                                      limit=query.max_series + 1 if plain else None)
         return columns, rows, session.last_prelude if prelude else None
 
     def _record_failure(self, state: TargetState, query: QuerySpec, status: QueryStatus, reason: str,

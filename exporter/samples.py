@@ -165,8 +165,8 @@ def render_rows(
     # Rows of a histogram are observations, not series: there max_series bounds label sets (observe_row).
     plain_only = all(m.type in ("gauge", "counter") for m in query.metrics)
     if plain_only and len(rows) > query.max_series:
-        problems.note("cardinality", f"{len(rows)} rows exceed max_series {query.max_series}; the rest are dropped")
-        problems.cardinality = len(rows) - query.max_series
+        # The fetch asks for one row more than max_series, so this is one truncated run, counted once.
+        problems.note("cardinality", f"more than max_series {query.max_series} rows; the rest are not fetched")
         rows = rows[: query.max_series]
     if plain_only:
         keys = _label_keys(rows, [index[name] for name in query.labels])

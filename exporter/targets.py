@@ -163,8 +163,11 @@ class TargetSession:
 
     # -- queries ---------------------------------------------------------
     def fetch(self, sql: str, timeout: float, lock_timeout: float, wrap: bool = True,
-              prelude: str | None = None) -> tuple[list[str], list[tuple]]:
+              prelude: str | None = None, limit: int | None = None) -> tuple[list[str], list[tuple]]:
         """Run one query in a read-only transaction; returns (column names, rows).
+
+        `limit` caps the rows the server sends (a wrapped query only), so a runaway
+        result never reaches pgvigil's memory.
 
         `prelude` is an extra read-only SELECT run first in the same transaction, whose
         single value is returned as the first row of a separate result via `last_prelude`.
@@ -174,6 +177,8 @@ class TargetSession:
         conn = self._conn
         assert conn is not None
         text = f"SELECT * FROM (\n{sql.strip().rstrip(';')}\n) AS pgvigil_query" if wrap else sql
+        if wrap and limit is not None:
+            text += f" LIMIT {int(limit)}"
         watchdog = threading.Timer(timeout + STALL_GRACE_SECONDS, self._cut_socket, args=(conn,))
         watchdog.daemon = True
         watchdog.start()
