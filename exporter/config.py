@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from exporter.yamlsource import LocatedData, YamlSyntaxError, load_located
+from exporter.yamlsource import LocatedData, LocatedErrors, YamlSyntaxError, describe_value, load_located
 
 PACKS_DIR = Path(__file__).parent / "packs"
 DEFAULT_LISTEN = "127.0.0.1:9187"
@@ -153,7 +153,7 @@ def parse_config(text: str, source: str = "<string>", dsn: str | None = None) ->
     checker = _Checker(doc)
     config = checker.config(dsn)
     if checker.errors:
-        raise ConfigError(sorted(checker.errors, key=_error_position))
+        raise ConfigError(checker.located.in_file_order())
     return config
 
 
@@ -219,49 +219,20 @@ _BACKUP_KEYS = ("dir", "target", "keep_days", "keep_last", "interval", "offsite_
 _PACK_KEYS = ("description", "default", "queries")
 
 
-def _describe(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return f"the number {value!r}" if abs(value) < 1e15 else "a huge number"
-    if isinstance(value, str):
-        shown = value if len(value) <= 40 else value[:37] + "..."
-        return f"the string {shown!r}"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
-
-
-def _format_path(path: tuple) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
 class _Checker:
     """Walks one YAML document, converting it and collecting located errors."""
 
     def __init__(self, doc: LocatedData) -> None:
         self.doc = doc
-        self.errors: list[str] = []
-
-    # -- error helpers ---------------------------------------------------
-    def error(self, path: tuple, message: str, doc: LocatedData | None = None) -> None:
-        doc = doc or self.doc
-        line = doc.line_of(path)
-        where = f"{doc.source}:{line}" if line else doc.source
-        self.errors.append(f"{where}: {_format_path(path)}: {message}")
+        self.located = LocatedErrors(doc)
+        self.errors = self.located.messages
+        self.error = self.located.add
 
     def mapping(self, value: Any, path: tuple, allowed: tuple[str, ...], doc: LocatedData | None = None) -> dict:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.error(path, f"expected a mapping, got {_describe(value)}", doc)
+            self.error(path, f"expected a mapping, got {describe_value(value)}", doc)
             return {}
         for key in value:
             if key not in allowed:
@@ -288,19 +259,19 @@ class _Checker:
             "bool": "true or false",
             "duration": "a duration such as 500ms, 5s, 2m or 1h",
         }[kind]
-        self.error(path, f"expected {expected}, got {_describe(value)}", doc)
+        self.error(path, f"expected {expected}, got {describe_value(value)}", doc)
         return None
 
     def string_list(self, value: Any, path: tuple, doc: LocatedData | None = None) -> tuple[str, ...]:
         if not isinstance(value, list):
-            self.error(path, f"expected a list of strings, got {_describe(value)}", doc)
+            self.error(path, f"expected a list of strings, got {describe_value(value)}", doc)
             return ()
         items = []
         for i, item in enumerate(value):
             if isinstance(item, str):
                 items.append(item)
             else:
-                self.error(path + (i,), f"expected a string, got {_describe(item)}", doc)
+                self.error(path + (i,), f"expected a string, got {describe_value(item)}", doc)
         return tuple(items)
 
     # -- sections ---------------------------------------------------------
@@ -308,7 +279,7 @@ class _Checker:
         top = self.mapping(self.doc.data, (), _TOP_KEYS)
         listen = top.get("listen", DEFAULT_LISTEN)
         if self.typed(listen, ("listen",), "str") is not None and not _valid_listen(listen):
-            self.error(("listen",), f"expected host:port such as 127.0.0.1:9187, got {_describe(listen)}")
+            self.error(("listen",), f"expected host:port such as 127.0.0.1:9187, got {describe_value(listen)}")
         defaults = self.defaults(top.get("defaults"))
         targets = self.targets(top.get("targets"), dsn)
         collectors = self.collectors(top.get("collectors", ["default"]))
@@ -367,7 +338,7 @@ class _Checker:
             elif isinstance(val, (str, int, float)) and not isinstance(val, bool):
                 labels.append((key, str(val)))
             else:
-                self.error(lpath, f"expected a string label value, got {_describe(val)}")
+                self.error(lpath, f"expected a string label value, got {describe_value(val)}")
         pool = self.typed(raw.get("pool_size", 1), path + ("pool_size",), "int")
         if pool is not None and not 1 <= pool <= 64:
             self.error(path + ("pool_size",), "expected a pool size between 1 and 64")
@@ -377,7 +348,7 @@ class _Checker:
             allocation = parse_size(raw["storage_allocation"])
             if allocation is None:
                 self.error(path + ("storage_allocation",),
-                           f"expected a size such as 8GB, 500MiB or a number of bytes, got {_describe(raw['storage_allocation'])}")
+                           f"expected a size such as 8GB, 500MiB or a number of bytes, got {describe_value(raw['storage_allocation'])}")
         return TargetSpec(name=name, dsn=dsn or "", labels=tuple(labels), pool_size=pool or 1,
                           storage_allocation_bytes=allocation)
 
@@ -435,7 +406,7 @@ class _Checker:
         if value is None:
             return []
         if not isinstance(value, list):
-            self.error(("queries",), f"expected a list of queries, got {_describe(value)}", doc)
+            self.error(("queries",), f"expected a list of queries, got {describe_value(value)}", doc)
             return []
         specs = [self.query(item, ("queries", i), defaults, doc, pack) for i, item in enumerate(value)]
         return [s for s in specs if s is not None]
@@ -468,7 +439,7 @@ class _Checker:
                 opt[key] = self.typed(raw[key], path + (key,), kind, doc)
         scope = raw.get("scope", "database")
         if scope not in SCOPES:
-            self.error(path + ("scope",), f"expected one of {', '.join(SCOPES)}, got {_describe(scope)}", doc)
+            self.error(path + ("scope",), f"expected one of {', '.join(SCOPES)}, got {describe_value(scope)}", doc)
         targets = self.string_list(raw["targets"], path + ("targets",), doc) if "targets" in raw else None
         self._check_query_shape(labels, metrics, sql or "", path, doc)
         if len(self.errors) > before:
@@ -484,7 +455,7 @@ class _Checker:
 
     def metrics(self, value: Any, path: tuple, query: str, query_help: str, doc: LocatedData) -> tuple[MetricSpec, ...]:
         if not isinstance(value, dict) or not value:
-            self.error(path, f"expected a mapping of column name to metric, got {_describe(value)}", doc)
+            self.error(path, f"expected a mapping of column name to metric, got {describe_value(value)}", doc)
             return ()
         specs = []
         for column, body in value.items():
@@ -493,16 +464,16 @@ class _Checker:
             mtype = raw.get("type", "gauge")
             if mtype not in METRIC_TYPES:
                 hint = difflib.get_close_matches(str(mtype), METRIC_TYPES, n=1)
-                self.error(mpath + ("type",), f"expected one of {', '.join(METRIC_TYPES)}, got {_describe(mtype)}"
+                self.error(mpath + ("type",), f"expected one of {', '.join(METRIC_TYPES)}, got {describe_value(mtype)}"
                            + (f"; did you mean '{hint[0]}'?" if hint else ""), doc)
                 continue
             name = raw.get("name", f"{query}_{column}")
             if not isinstance(name, str) or not _METRIC_NAME.match(name):
-                self.error(mpath + ("name",), f"expected a metric name matching [a-zA-Z_:][a-zA-Z0-9_:]*, got {_describe(name)}", doc)
+                self.error(mpath + ("name",), f"expected a metric name matching [a-zA-Z_:][a-zA-Z0-9_:]*, got {describe_value(name)}", doc)
                 continue
             help_text = raw.get("help", query_help)
             if not isinstance(help_text, str):
-                self.error(mpath + ("help",), f"expected a string, got {_describe(help_text)}", doc)
+                self.error(mpath + ("help",), f"expected a string, got {describe_value(help_text)}", doc)
                 continue
             default = self.typed(raw["default"], mpath + ("default",), "number", doc) if "default" in raw else None
             buckets = self.buckets(raw, mtype, mpath, doc)
@@ -551,7 +522,7 @@ class _Checker:
                 fields[key] = self.typed(raw[key], ("backup", key), kind)
         s3 = raw.get("s3")
         if s3 is not None and not isinstance(s3, dict):
-            self.error(("backup", "s3"), f"expected a mapping (bucket, prefix, endpoint_url, ...), got {_describe(s3)}")
+            self.error(("backup", "s3"), f"expected a mapping (bucket, prefix, endpoint_url, ...), got {describe_value(s3)}")
             s3 = None
         if fields.get("dir") is None:
             return None
@@ -593,12 +564,6 @@ class _Checker:
 
 
 _LABEL_VALUE_SAFE = re.compile(r"^[A-Za-z0-9_.\-]+$")
-
-
-def _error_position(message: str) -> tuple[str, int]:
-    source, _, rest = message.partition(":")
-    line = rest.split(":", 1)[0]
-    return (source, int(line) if line.isdigit() else 0)
 
 
 def _valid_listen(listen: str) -> bool:

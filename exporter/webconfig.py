@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping
 import bcrypt
 
 from exporter.config import ConfigError
-from exporter.yamlsource import LocatedData, YamlSyntaxError, load_located
+from exporter.yamlsource import LocatedData, LocatedErrors, YamlSyntaxError, describe_value, load_located
 
 # Go's tls.ClientAuthType names -> Python's verify modes. The two "accept any
 # certificate without verifying it" modes have no Python equivalent, and they are
@@ -126,7 +126,7 @@ def parse_web_config(text: str, source: str = "<string>", base_dir: Path | None 
     checker = _Checker(doc, base_dir or Path.cwd())
     config = checker.web_config()
     if checker.errors:
-        raise WebConfigError(sorted(checker.errors, key=_line_of_error))
+        raise WebConfigError(checker.located.in_file_order())
     return config
 
 
@@ -134,18 +134,15 @@ class _Checker:
     def __init__(self, doc: LocatedData, base_dir: Path) -> None:
         self.doc = doc
         self.base_dir = base_dir
-        self.errors: list[str] = []
-
-    def error(self, path: tuple, message: str) -> None:
-        line = self.doc.line_of(path)
-        where = f"{self.doc.source}:{line}" if line else self.doc.source
-        self.errors.append(f"{where}: {'.'.join(str(p) for p in path) or '(top level)'}: {message}")
+        self.located = LocatedErrors(doc)
+        self.errors = self.located.messages
+        self.error = self.located.add
 
     def mapping(self, value: Any, path: tuple, allowed: tuple[str, ...] | None) -> dict:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.error(path, f"expected a mapping, got {_describe(value)}")
+            self.error(path, f"expected a mapping, got {describe_value(value)}")
             return {}
         for key in value:
             if allowed is None:
@@ -159,13 +156,13 @@ class _Checker:
     def string(self, value: Any, path: tuple) -> str | None:
         if isinstance(value, str) and value:
             return value
-        self.error(path, f"expected a non-empty string, got {_describe(value)}")
+        self.error(path, f"expected a non-empty string, got {describe_value(value)}")
         return None
 
     def choice(self, value: Any, path: tuple, choices: Mapping[str, Any]) -> str | None:
         if isinstance(value, str) and value in choices:
             return value
-        self.error(path, f"expected one of {', '.join(choices)}, got {_describe(value)}")
+        self.error(path, f"expected one of {', '.join(choices)}, got {describe_value(value)}")
         return None
 
     def web_config(self) -> WebConfig:
@@ -173,7 +170,7 @@ class _Checker:
         http = self.mapping(top.get("http_server_config"), ("http_server_config",), _HTTP_KEYS)
         if "http2" in http and not isinstance(http["http2"], bool):
             # Accepted for compatibility; pgvigil serves HTTP/1.1, which every Prometheus speaks.
-            self.error(("http_server_config", "http2"), f"expected true or false, got {_describe(http['http2'])}")
+            self.error(("http_server_config", "http2"), f"expected true or false, got {describe_value(http['http2'])}")
         tls = self.tls(top.get("tls_server_config"))
         users = self.users(top.get("basic_auth_users"))
         return WebConfig(source=self.doc.source, tls=tls, users=users)
@@ -221,7 +218,7 @@ class _Checker:
                 settings["prefer_server_cipher_suites"] = raw["prefer_server_cipher_suites"]
             else:
                 self.error(("tls_server_config", "prefer_server_cipher_suites"),
-                           f"expected true or false, got {_describe(raw['prefer_server_cipher_suites'])}")
+                           f"expected true or false, got {describe_value(raw['prefer_server_cipher_suites'])}")
         low, high = settings.get("min_version", "TLS12"), settings.get("max_version", "TLS13")
         if TLS_VERSIONS[low] > TLS_VERSIONS[high]:
             self.error(("tls_server_config", "min_version"), f"min_version {low} is above max_version {high}")
@@ -270,23 +267,6 @@ def build_ssl_context(tls: TLSSettings) -> ssl.SSLContext:
 def _ssl_reason(exc: BaseException) -> str:
     reason = getattr(exc, "reason", None)
     return (reason or getattr(exc, "strerror", None) or str(exc)).replace("_", " ").lower()
-
-
-def _line_of_error(message: str) -> int:
-    line = message.split(":", 2)[1] if message.count(":") >= 2 else ""
-    return int(line) if line.isdigit() else 0
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return f"the string {value[:40]!r}"
-    return "a list" if isinstance(value, list) else "a mapping"
 
 
 # ---------------------------------------------------------------------------

@@ -37,6 +37,55 @@ class LocatedData:
         return self.lines.get(())
 
 
+def describe_value(value: Any) -> str:
+    """How an error message names a value the user wrote: 'the string 'x'', 'a list', ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}" if abs(value) < 1e15 else "a huge number"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"the string {shown!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def format_key_path(path: Path_) -> str:
+    """`queries[3].metrics.count` for ("queries", 3, "metrics", "count")."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+class LocatedErrors:
+    """Collects `file:line: key.path: message` strings, so every problem is reported at once."""
+
+    def __init__(self, doc: LocatedData) -> None:
+        self.doc = doc
+        self.messages: list[str] = []
+
+    def add(self, path: Path_, message: str, doc: LocatedData | None = None) -> None:
+        doc = doc or self.doc
+        line = doc.line_of(path)
+        where = f"{doc.source}:{line}" if line else doc.source
+        self.messages.append(f"{where}: {format_key_path(path)}: {message}")
+
+    def in_file_order(self) -> list[str]:
+        return sorted(self.messages, key=_position)
+
+
+def _position(message: str) -> tuple[str, int]:
+    source, _, rest = message.partition(":")
+    line = rest.split(":", 1)[0]
+    return (source, int(line) if line.isdigit() else 0)
+
+
 def load_located(text: str, source: str) -> LocatedData:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exporter.yamlsource import YamlSyntaxError, load_located
+from exporter.yamlsource import LocatedErrors, YamlSyntaxError, load_located
 
 DEFAULT_THRESHOLDS = Path(__file__).with_name("default_thresholds.yaml")
 
@@ -70,7 +70,7 @@ def parse_thresholds(text: str, source: str = "<string>") -> dict[str, Threshold
         located = load_located(text, source)
     except YamlSyntaxError as exc:
         raise ThresholdError([str(exc)]) from None
-    errors = _Errors(located)
+    errors = LocatedErrors(located)
     data = located.data
     if not isinstance(data, dict) or not data:
         errors.add((), "expected a mapping of threshold names to {warning, critical, for, unit, description}")
@@ -85,20 +85,7 @@ def parse_thresholds(text: str, source: str = "<string>") -> dict[str, Threshold
     return thresholds
 
 
-class _Errors:
-    """Collects `file:line: key.path: message` strings so every problem is reported at once."""
-
-    def __init__(self, located) -> None:
-        self.located = located
-        self.messages: list[str] = []
-
-    def add(self, path: tuple, message: str) -> None:
-        line = self.located.line_of(path) or 1
-        key = ".".join(str(part) for part in path) or "<top>"
-        self.messages.append(f"{self.located.source}:{line}: {key}: {message}")
-
-
-def _parse_entry(name: str, entry: Any, errors: _Errors) -> Threshold | None:
+def _parse_entry(name: str, entry: Any, errors: LocatedErrors) -> Threshold | None:
     error = errors.add
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         error((name,), "threshold names are lower_snake_case")
