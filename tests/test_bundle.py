@@ -18,8 +18,9 @@ from click.testing import CliRunner
 from exporter.bundle import ALERT_FILES, render_alert_files, source_name, write_bundle
 from exporter.bundle import alertmanager
 from exporter.bundle.catalog import RUNBOOK_BASE
+from exporter.bundle.examples import EXAMPLE_FILES, EXAMPLE_RULES, render_example_files
 from exporter.bundle.humanize import humanize, humanize1024, humanize_duration, humanize_percentage
-from exporter.bundle.rules import alert_specs
+from exporter.bundle.rules import BundleError, alert_specs
 from exporter.bundle.thresholds import DEFAULT_THRESHOLDS, ThresholdError, load_thresholds, parse_thresholds
 from exporter.cli import main
 
@@ -181,6 +182,40 @@ def test_bundle_writes_alert_files(tmp_path):
     written = write_bundle(None, tmp_path)
     for relative in ALERT_FILES.values():
         assert tmp_path / relative in written
+    # the application examples' group is opt-in: neither written nor in the committed bundle
+    for relative in EXAMPLE_FILES.values():
+        assert not (tmp_path / relative).exists() and not (ROOT / relative).exists()
+
+
+@needs_promtool
+def test_bundle_with_examples_adds_their_group(tmp_path):
+    result = CliRunner().invoke(main, ["bundle", "--with-examples", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+
+    rules = tmp_path / EXAMPLE_FILES["rules"]
+    assert f"{rules}\n" in result.output and f"{tmp_path / EXAMPLE_FILES['tests']}\n" in result.output
+    assert rules.read_text().endswith(EXAMPLE_RULES.read_text())  # copied as written, comments included
+    groups = yaml.safe_load(rules.read_text())["groups"]
+    assert [g["name"] for g in groups] == ["pgvigil-app-examples"]
+    # the generated files are the same as without the flag
+    for relative, text in render_alert_files(load_thresholds(), source_name(DEFAULT_THRESHOLDS)).items():
+        assert (tmp_path / relative).read_text() == text
+    checked = run("promtool", "check", "rules", str(tmp_path / ALERT_FILES["rules"]),
+                  str(tmp_path / ALERT_FILES["alerts"]), str(rules))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"Checking {rules}\n  SUCCESS: {len(groups[0]['rules'])} rules found" in checked.stdout
+    tests_dir = tmp_path / "alerts" / "tests"
+    for test_file in (ALERT_FILES["tests"], EXAMPLE_FILES["tests"]):
+        tested = run("promtool", "test", "rules", test_file.name, cwd=tests_dir)
+        assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_example_group_needs_the_examples_directory(tmp_path):
+    with pytest.raises(BundleError) as caught:
+        render_example_files(tmp_path / "examples" / "alerts" / "app-rules.yml")
+    assert str(caught.value) == (
+        f"--with-examples needs {tmp_path / 'examples' / 'alerts' / 'app-rules.yml'}: the example rules "
+        "come with a clone of the pgvigil repository, not with the installed package")
 
 
 @pytest.mark.parametrize("text, message", [

@@ -5,14 +5,17 @@
   alerts/pgvigil-alerts.yml             alerting rules, one per alert and severity
   alerts/alertmanager.yml               routing by severity, grouping, inhibition (secrets from files)
   alerts/tests/pgvigil-alerts.test.yml  promtool unit tests placed around every threshold
-and the Grafana dashboards when `exporter.bundle.dashboards` is installed.
+and the Grafana dashboards when `exporter.bundle.dashboards` is installed. With `with_examples`,
+also the optional group of the application-level examples (see `exporter.bundle.examples`):
+  alerts/pgvigil-examples-rules.yml              copied from examples/alerts/app-rules.yml
+  alerts/tests/pgvigil-examples-rules.test.yml   its promtool tests
 """
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
 
-from exporter.bundle import alertmanager, promtests, rules
+from exporter.bundle import alertmanager, examples, promtests, rules
 from exporter.bundle.thresholds import DEFAULT_THRESHOLDS, load_thresholds
 
 ALERT_FILES = {
@@ -33,13 +36,18 @@ def render_alert_files(thresholds: dict, source: str) -> dict[Path, str]:
     }
 
 
-def write_bundle(thresholds_path: str | Path | None, out_dir: str | Path) -> list[Path]:
-    """Generate the bundle for a thresholds file into `out_dir`; returns the files written."""
+def write_bundle(thresholds_path: str | Path | None, out_dir: str | Path, with_examples: bool = False) -> list[Path]:
+    """Generate the bundle for a thresholds file into `out_dir`; returns the files written.
+    `with_examples` adds the application examples' alert group (off by default)."""
     path = Path(thresholds_path) if thresholds_path is not None else DEFAULT_THRESHOLDS
     thresholds = load_thresholds(path)
     out_dir = Path(out_dir)
+    files = render_alert_files(thresholds, source_name(path))
+    if with_examples:
+        # read before writing anything, so a missing examples directory leaves no half bundle
+        files.update(examples.render_example_files())
     written = []
-    for relative, text in render_alert_files(thresholds, source_name(path)).items():
+    for relative, text in files.items():
         target = out_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text, encoding="utf-8")

@@ -21,10 +21,13 @@ def _default_out() -> Path:
               default=None, help="Thresholds YAML (default: the shipped alerts/thresholds.yaml).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory to write alerts/ and dashboards/ into (default: the repository root).")
-def bundle(thresholds_path: Path | None, out_dir: Path | None) -> None:
+@click.option("--with-examples", is_flag=True, default=False,
+              help="Also write the alert group of the application examples (examples/alerts/app-rules.yml) "
+                   "as alerts/pgvigil-examples-rules.yml, with its promtool tests.")
+def bundle(thresholds_path: Path | None, out_dir: Path | None, with_examples: bool) -> None:
     """Generate alert rules, their promtool tests, the Alertmanager config and dashboards."""
     try:
-        written = write_bundle(thresholds_path, out_dir or _default_out())
+        written = write_bundle(thresholds_path, out_dir or _default_out(), with_examples=with_examples)
     except ThresholdError as exc:
         for line in exc.errors:
             click.echo(f"error: {line}", err=True)
