@@ -169,7 +169,7 @@ def render_rows(
         problems.note("cardinality", f"more than max_series {query.max_series} rows; the rest are not fetched")
         rows = rows[: query.max_series]
     if plain_only:
-        keys = _label_keys(rows, [index[name] for name in query.labels])
+        keys = _label_keys(rows, [index[name] for name in query.labels], previous.keys if previous else None)
         if keys is not None:
             return _render_by_column(query, index, rows, keys, target_labels, previous, problems)
     run = _render_by_row(query, index, rows, target_labels, histograms, problems)
@@ -177,12 +177,17 @@ def render_rows(
     return run
 
 
-def _label_keys(rows: Sequence[tuple], label_idx: list[int]) -> list[tuple] | None:
-    """Each row's label values as a tuple; None when two rows share one (duplicates take the slow path)."""
+def _label_keys(rows: Sequence[tuple], label_idx: list[int], known: list[tuple] | None = None) -> list[tuple] | None:
+    """Each row's label values as a tuple; None when two rows share one (duplicates take the slow path).
+
+    `known` are the previous run's keys, which were unique: the same keys again need no new check.
+    """
     if not label_idx:
         return [()] * len(rows) if len(rows) <= 1 else None
     getter = operator.itemgetter(*label_idx)
     keys = list(map(getter, rows)) if len(label_idx) > 1 else [(v,) for v in map(getter, rows)]
+    if keys == known:
+        return keys
     try:
         unique = len(set(keys)) == len(keys)
     except TypeError:  # an unhashable label value (an array): let the row path report it
