@@ -400,6 +400,8 @@ def report(contenders: list[Contender], rss: dict[str, float], cpu: dict[str, fl
     medians = {c.name: statistics.median(c.times) for c in contenders}
     pe, raw = medians.get("postgres_exporter"), medians["raw fetch"]
     rows = []
+    if pe is None:
+        print("\n(postgres_exporter not run: no ratios against it)")
     header = (f"{'':22}{'median':>10}{'p90':>10}{'vs pg_exp':>11}{'vs raw':>9}{'CPU/scrape':>12}"
               f"{'peak RSS':>11}{'samples':>10}")
     print("\n" + header)
@@ -417,7 +419,8 @@ def report(contenders: list[Contender], rss: dict[str, float], cpu: dict[str, fl
                      "samples": counts.get(c.name), "times_s": c.times})
     verdicts = {}
     if "pgvigil" in by_name:
-        verdicts["median <= 0.6x postgres_exporter"] = pe is not None and medians["pgvigil"] <= 0.6 * pe
+        if pe is not None:
+            verdicts["median <= 0.6x postgres_exporter"] = medians["pgvigil"] <= 0.6 * pe
         verdicts["median <= 1.5x raw fetch"] = medians["pgvigil"] <= 1.5 * raw
         if "postgres_exporter" in rss:
             verdicts["peak RSS <= postgres_exporter"] = rss["pgvigil"] <= rss["postgres_exporter"]
