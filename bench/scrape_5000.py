@@ -414,7 +414,7 @@ def report(contenders: list[Contender], rss: dict[str, float], cpu: dict[str, fl
         print(f"{c.name:22}{med * 1000:8.1f}ms{p90 * 1000:8.1f}ms{vs_pe:10.2f}x{vs_raw:8.2f}x"
               f"{(f'{used * 1000:8.1f}ms' if used is not None else '-'):>12}"
               f"{(f'{mem:7.1f} MiB' if mem is not None else '-'):>11}{counts.get(c.name, '-'):>10}")
-        rows.append({"name": c.name, "median_s": med, "p90_s": p90, "vs_postgres_exporter": vs_pe,
+        rows.append({"name": c.name, "median_s": med, "p90_s": p90, "vs_postgres_exporter": vs_pe if pe else None,
                      "vs_raw": vs_raw, "cpu_per_scrape_s": used, "peak_rss_mib": mem,
                      "samples": counts.get(c.name), "times_s": c.times})
     verdicts = {}
