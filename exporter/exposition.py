@@ -13,14 +13,19 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 EXPOSED_TYPE = {"gauge": "gauge", "counter": "counter", "histogram": "histogram", "gauge_histogram": "histogram"}
 
 _INF = float("inf")
-_PLAIN_INT_LOW = -(2 ** 53)  # from here up to 1e6, float(n) is exact and repr(float(n)) == f"{n}.0"
+_EXACT_INT_LOW, _EXACT_INT_HIGH = -(2 ** 53), 2 ** 53  # ints float() keeps exactly
+_EXPONENT = [f"e+{n:02d}" for n in range(20)]
 
 
 def format_value(value: float | int) -> str:
     """Go-style float text as prometheus_client writes it: 1.0, 1e+06, +Inf, NaN."""
-    # Fast paths first: this runs once per sample, and most samples are small counts.
-    if type(value) is int and _PLAIN_INT_LOW < value < 1000000:
-        return f"{value}.0"
+    # Fast paths first: this runs once per sample. Below 1e6, repr(float(n)) is f"{n}.0";
+    # from 1e6, Go's exponent form is n's own digits, trailing zeros dropped.
+    if type(value) is int and _EXACT_INT_LOW < value < _EXACT_INT_HIGH:
+        if value < 1000000:
+            return f"{value}.0"
+        digits = str(value)
+        return (digits[0] + "." + digits[1:]).rstrip("0.") + _EXPONENT[len(digits) - 1]
     d = float(value)
     if -_INF < d < 1e6:  # also false for NaN
         return repr(d)
@@ -33,8 +38,7 @@ def format_value(value: float | int) -> str:
     s = repr(d)
     dot = s.find(".")
     if dot > 6:  # Go switches to exponent notation sooner than Python
-        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1:]}".rstrip("0.")
-        return f"{mantissa}e+{dot - 1:02d}"
+        return (s[0] + "." + s[1:dot] + s[dot + 1:]).rstrip("0.") + _EXPONENT[dot - 1]
     return s
 
 

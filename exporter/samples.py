@@ -10,6 +10,7 @@ from __future__ import annotations
 import array
 import datetime as dt
 import decimal
+import itertools
 import math
 import operator
 from dataclasses import dataclass, field
@@ -136,10 +137,17 @@ class RowLayout:
     keys: list[tuple]
     heads: dict[str, list[str]]
     reusable: bool
-    # metric name -> (values, rendered lines, sample count) of the last run, for columns where
-    # equal values render to equal text (see _equal_means_same_text), so an unchanged column is
-    # not rendered again.
-    columns: dict[str, tuple[list, bytes, int]] = field(default_factory=dict)
+    # The last run's output per metric, for columns where equal values render to equal text
+    # (see _equal_means_same_text): an unchanged column is not rendered again, and in a changed
+    # one only the changed rows are formatted.
+    columns: dict[str, RenderedColumn] = field(default_factory=dict)
+
+
+@dataclass
+class RenderedColumn:
+    values: Sequence
+    texts: list[str]
+    lines: bytes
 
 
 def render_rows(
@@ -209,19 +217,39 @@ def _render_by_column(query: QuerySpec, index: dict[str, int], rows: Sequence[tu
     for metric in query.metrics:
         values = by_column[index[metric.column]]
         kinds = set(map(type, values))
-        exact = _equal_means_same_text(values, kinds)
-        cached = layout.columns.get(metric.name) if exact else None
-        if cached is not None and cached[0] == values:
-            _, lines[metric.name], count = cached
-        else:
-            text, count = _render_column(metric, layout.heads[metric.name], values, kinds, problems)
+        heads = layout.heads[metric.name]
+        if not _equal_means_same_text(values, kinds):  # NULLs, text, mixed types: render it all
+            layout.columns.pop(metric.name, None)
+            text, count = _render_column(metric, heads, values, kinds, problems)
             lines[metric.name] = text.encode("utf-8")
-            if exact:
-                layout.columns[metric.name] = (values, lines[metric.name], count)
-            else:
-                layout.columns.pop(metric.name, None)
-        series += count
+            series += count
+            continue
+        column = layout.columns.get(metric.name)
+        if column is None or column.values != values:
+            texts = _format_numbers(values, kinds) if column is None else _update_texts(column, values, kinds)
+            column = layout.columns[metric.name] = RenderedColumn(values, texts, _join_lines(heads, texts).encode("utf-8"))
+        lines[metric.name] = column.lines
+        series += len(values)
     return RenderedRun(lines=lines, rows=len(rows), series=series, problems=problems, layout=layout)
+
+
+def _update_texts(column: RenderedColumn, values: Sequence, kinds: set) -> list[str]:
+    """The texts of a column whose values partly changed since the last run: only changed rows
+    are formatted again (rows line up, as the layout's label keys are the same)."""
+    changed = list(itertools.compress(range(len(values)), map(operator.ne, column.values, values)))
+    if 3 * len(changed) > len(values):
+        return _format_numbers(values, kinds)
+    texts = column.texts.copy()
+    for i in changed:
+        texts[i] = format_value(values[i])
+    return texts
+
+
+def _join_lines(heads: Sequence[str], texts: Sequence[str]) -> str:
+    parts = ["\n"] * (3 * len(texts))
+    parts[0::3] = heads
+    parts[1::3] = texts
+    return "".join(parts)
 
 
 def _build_layout(label_names: Sequence[str], names: list[str], keys: list[tuple], target_labels: str) -> RowLayout:
@@ -253,10 +281,7 @@ def _render_column(metric: MetricSpec, heads: list[str], values: Sequence, kinds
                     problems.note("invalid_value", f"column {metric.column}: {_invalid_reason(v)}")
             pairs = [(h, t) for h, t in zip(heads, texts) if t is not None]
             heads, texts = [h for h, _ in pairs], [t for _, t in pairs]
-    parts = ["\n"] * (3 * len(texts))
-    parts[0::3] = heads
-    parts[1::3] = texts
-    return "".join(parts), len(texts)
+    return _join_lines(heads, texts), len(texts)
 
 
 _NONE = type(None)
