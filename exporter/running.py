@@ -302,6 +302,11 @@ class Runner:
         except InvalidValue as exc:
             self._record_failure(state, query, status, "error", str(exc), fetched.start, run_id)
             return
+        except Exception as exc:  # a bug must fail this query alone, counted, never the whole run
+            log.exception("query %s on target %s: cannot render the result", query.name, state.spec.name)
+            self._record_failure(state, query, status, "error", f"cannot render the result: {exc!r}",
+                                 fetched.start, run_id)
+            return
         if fetched.previous is not None:
             state.previous_run[query.name] = fetched.previous
         for reason in ("invalid_value", "duplicate", "cardinality"):

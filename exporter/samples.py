@@ -14,6 +14,7 @@ import array
 import datetime as dt
 import decimal
 import itertools
+import json
 import math
 import operator
 from dataclasses import dataclass, field
@@ -60,6 +61,10 @@ def to_label(value: Any) -> str:
         return value.isoformat()
     if isinstance(value, memoryview):
         return value.tobytes().hex()
+    if isinstance(value, list):  # PostgreSQL's array text form
+        return "{" + ",".join(to_label(v) for v in value) + "}"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
     return str(value)
 
 
@@ -353,6 +358,10 @@ def _render_by_row(query: QuerySpec, index: dict[str, int], rows: Sequence[tuple
     seen: set[tuple] = set()
     for row in rows:
         key = tuple([row[i] for i in label_idx])
+        try:
+            hash(key)
+        except TypeError:  # an array or json label value: its text is the label
+            key = tuple([to_label(v) if isinstance(v, (list, dict)) else v for v in key])
         if snapshot or cumulative:
             observe_row(row, key, snapshot, cumulative, problems, query.max_series)
             if not plain:

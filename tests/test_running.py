@@ -346,3 +346,13 @@ def test_storage_allocation_is_exported_for_the_utilization_alert(fresh_db):
     config = parse_config(f"collectors: []\ntargets:\n  db: {{dsn: '{fresh_db}', storage_allocation: 10GB}}\n")
     samples = parse_exposition(scrape_once(config))
     assert sample(samples, "pgvigil_storage_allocation_bytes", target="db") == 10e9
+
+
+def test_array_and_json_label_values(fresh_db):
+    config = config_for(fresh_db, """
+  - {name: a, sql: "SELECT ARRAY['x','y'] AS arr, '{\\"k\\": 1}'::json AS j, 1 AS v", labels: [arr, j], metrics: {v: {}}}
+  - {name: b, sql: "SELECT ARRAY[1, 2] AS arr, 1 AS v", labels: [arr], metrics: {v: {type: gauge_histogram, buckets: [1]}}}
+""")
+    samples = parse_exposition(scrape_once(config))
+    assert sample(samples, "a_v", arr="{x,y}", j='{"k":1}') == 1
+    assert sample(samples, "b_v_gcount", arr="{1,2}") == 1
