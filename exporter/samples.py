@@ -373,11 +373,9 @@ def _render_by_row(query: QuerySpec, index: dict[str, int], rows: Sequence[tuple
         labels = target_labels + "".join(
             [f',{n}="{escape_label_value(to_label(v))}"' for n, v in zip(label_names, key)])
         for metric, col, out in plain:
-            value = row[col]
+            value = _cell(row, col, metric)
             if value is None:
-                if metric.default is None:
-                    continue
-                value = metric.default
+                continue
             try:
                 out.append(f"{metric.name}{{{labels}}} {format_value(to_number(value))}\n")
             except InvalidValue as exc:
@@ -395,13 +393,17 @@ def _render_by_row(query: QuerySpec, index: dict[str, int], rows: Sequence[tuple
     return RenderedRun(lines=lines, rows=len(rows), series=series, problems=problems)
 
 
+def _cell(row: tuple, col: int, metric: MetricSpec) -> Any:
+    """The row's value for a metric: its `default` when NULL; None means no sample."""
+    value = row[col]
+    return metric.default if value is None else value
+
+
 def observe_row(row: tuple, key: tuple, snapshot: list, cumulative: list, problems: RowProblems, limit: int) -> None:
     for metric, col, groups in (*snapshot, *cumulative):
-        value = row[col]
+        value = _cell(row, col, metric)
         if value is None:
-            if metric.default is None:
-                continue
-            value = metric.default
+            continue
         try:
             number = float(to_number(value))
         except InvalidValue as exc:
