@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from exporter.config import ConfigError
 from exporter.yamlsource import LocatedErrors, YamlSyntaxError, load_located
 
 DEFAULT_THRESHOLDS = Path(__file__).with_name("default_thresholds.yaml")
@@ -23,12 +24,8 @@ _KEYS = ("warning", "critical", "for", "unit", "direction", "min_rate", "descrip
 _DURATION = re.compile(r"^(0|([0-9]+(ms|s|m|h|d|w|y))+)$")
 
 
-class ThresholdError(Exception):
+class ThresholdError(ConfigError):
     """An invalid thresholds file; `.errors` lists every problem as `file:line: key: message`."""
-
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("\n".join(errors))
-        self.errors = errors
 
 
 @dataclass(frozen=True)
