@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exporter.throwaway import ThrowawayCluster, free_port  # noqa: E402
+from exporter.dev.throwaway import ThrowawayCluster, free_port  # noqa: E402
 
 MARKER = "pgvigil_bench_marker"
 

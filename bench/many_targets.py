@@ -31,7 +31,7 @@ import yaml  # noqa: E402
 
 from exporter.config import available_packs, parse_config  # noqa: E402
 from exporter.server import Exporter  # noqa: E402
-from exporter.throwaway import ThrowawayCluster  # noqa: E402
+from exporter.dev.throwaway import ThrowawayCluster  # noqa: E402
 
 TEMPLATE = "bench_template"
 TARGET_RATIO = 2.0

@@ -39,7 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exporter.throwaway import ThrowawayCluster, free_port  # noqa: E402
+from exporter.dev.throwaway import ThrowawayCluster, free_port  # noqa: E402
 
 DATABASE = "bench"
 # Each exporter connects as its own role, so pg_stat_statements shows how often each one

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 import signal
 import sys
@@ -22,7 +23,26 @@ dsn_option = click.option("--dsn", envvar="PGVIGIL_DSN",
                           help="DSN of the single default target when the config has no targets (env PGVIGIL_DSN).")
 
 
-@click.group()
+class CommandGroup(click.Group):
+    """Registered commands, plus the dev tooling's commands loaded only when invoked.
+
+    `pgvigil demo` lives in exporter/dev/, which live code never imports: naming its module here
+    keeps the serving process (and the production image's import graph) free of it.
+    """
+
+    DEV_COMMANDS = {"demo": ("exporter.dev.demo", "demo")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.DEV_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.DEV_COMMANDS:
+            module, attribute = self.DEV_COMMANDS[cmd_name]
+            return getattr(importlib.import_module(module), attribute)  # type: ignore[no-any-return]
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=CommandGroup)
 @click.version_option(__version__, prog_name="pgvigil")
 def main() -> None:
     """pgvigil: PostgreSQL monitoring you can trust at 3 a.m."""
@@ -37,16 +57,6 @@ def read_config(config_path: str | None, dsn: str | None) -> Config:
         for line in exc.errors:
             click.echo(f"  {line}", err=True)
         sys.exit(1)
-
-
-def extra_collectors(config: Config) -> list[object]:
-    """Collectors beyond SQL: the backup state when the config has a backup section."""
-    if config.backup is None:
-        return []
-    from exporter.backup.metrics import BackupStateCollector
-
-    target = config.backup.target or config.targets[0].name
-    return [BackupStateCollector(config.backup.dir, target)]
 
 
 def secrets_of(config: Config) -> list[str]:
@@ -64,7 +74,7 @@ def secrets_of(config: Config) -> list[str]:
 def serve(config_path: str | None, dsn: str | None, listen: str | None, log_format: str, log_level: str,
           web_config_path: str | None) -> None:
     """Serve /metrics, /probe, /health and a landing page until SIGTERM; SIGHUP reloads the config."""
-    from exporter.server import Exporter, make_server
+    from exporter.server import Exporter, extra_collectors, make_server
     from exporter.webconfig import load_web_config
 
     setup_logging(log_level, log_format)
@@ -156,10 +166,6 @@ def print_connect_table(config: Config) -> bool:
 from exporter.backup.cli import backup  # noqa: E402  (the backup commands live with the backup package)
 
 main.add_command(backup)
-
-from exporter.demo import demo  # noqa: E402  (the demo topology lives in exporter/demo.py)
-
-main.add_command(demo)
 
 from exporter.bundle.command import bundle  # noqa: E402  (the generators live in exporter/bundle/)
 

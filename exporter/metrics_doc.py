@@ -3,12 +3,11 @@
 Every metric is listed with its type, labels, meaning, source views and the PostgreSQL
 versions it exists on, read from the same QuerySpecs the exporter runs, so the document
 cannot drift from the packs. The series count of a default scrape on a 5,000-table database
-is measured by `pgvigil metrics-doc --measure` and kept in MEASURED below.
+is measured by `python -m exporter.dev.measure` and kept in MEASURED below.
 """
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -19,7 +18,7 @@ import yaml
 from exporter.config import QuerySpec, available_packs, parse_config
 
 LOWEST_SUPPORTED = 12
-# Measured with `pgvigil metrics-doc --measure` (PostgreSQL 15, one target, default packs,
+# Measured with `python -m exporter.dev.measure` (PostgreSQL 15, one target, default packs,
 # pg_stat_statements installed): a database of 5,000 tables, each with a primary key.
 MEASURED = {
     "tables": 5000,
@@ -145,7 +144,7 @@ def render_sizing() -> list[str]:
         f"{m['tables_reported']} of the {m['tables']:,} tables (the largest; none had dead tuples). Where dead tuples",
         "sit in other tables, up to 50 more tables appear: at most 200 tables x 28 table series. The count",
         "does not grow with the number of tables, because every per-object query is bounded",
-        "(re-measure with `pgvigil metrics-doc --measure`):",
+        "(re-measure with `python -m exporter.dev.measure`):",
         "",
         "| Query | Bound |",
         "| --- | --- |",
@@ -204,42 +203,11 @@ def render(docs: list[PackDoc] | None = None) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-# -- measurement ----------------------------------------------------------------
-
-def measure_default_scrape(tables: int = 5000) -> dict:
-    """Series of a default scrape on a fresh cluster whose database holds `tables` tables."""
-    from exporter.running import scrape_once
-    from exporter.throwaway import ThrowawayCluster
-
-    with ThrowawayCluster() as pg:
-        db = "wide_" + uuid.uuid4().hex[:6]
-        dsn = pg.create_database(db)
-        pg.execute("CREATE EXTENSION pg_stat_statements", db)
-        for first in range(1, tables + 1, 500):  # one transaction would run out of lock slots
-            last = min(first + 499, tables)
-            pg.execute(f"DO $$ BEGIN FOR i IN {first}..{last} LOOP "
-                       f"EXECUTE format('CREATE TABLE t_%s (id int PRIMARY KEY, v text)', i); END LOOP; END $$", db)
-        text = scrape_once(parse_config(f"targets:\n  app:\n    dsn: {dsn}\n"))
-    series = [line for line in text.splitlines() if line and not line.startswith("#")]
-    per_table = [s for s in series if s.startswith(("pg_stat_user_tables_", "pg_statio_user_tables_",
-                                                    "pg_stat_user_indexes_", "pg_index_", "pg_security_table_",
-                                                    "pg_vector_index_"))]
-    reported = {re.search(r'relname="([^"]*)"', s).group(1) for s in series
-                if s.startswith("pg_stat_user_tables_n_live_tup")}
-    return {"tables": tables, "series": len(series), "per_table_series": len(per_table),
-            "tables_reported": len(reported)}
-
-
 @click.command("metrics-doc")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the document here (default: print it).")
-@click.option("--measure", is_flag=True,
-              help="Measure the series count of a default scrape on a 5,000-table database and print it.")
-def metrics_doc(out: Path | None, measure: bool) -> None:
+def metrics_doc(out: Path | None) -> None:
     """Generate docs/metrics.md from the shipped query packs."""
-    if measure:
-        click.echo(yaml.safe_dump(measure_default_scrape(), sort_keys=False).rstrip())
-        return
     text = render()
     if out is None:
         click.echo(text, nl=False)

@@ -209,6 +209,16 @@ def make_server(exporter: Exporter, listen: str, wrap_socket: Callable | None = 
     return server
 
 
+def extra_collectors(config: Config) -> list[object]:
+    """Collectors beyond SQL: the backup state when the config has a backup section."""
+    if config.backup is None:
+        return []
+    from exporter.backup.metrics import BackupStateCollector
+
+    target = config.backup.target or config.targets[0].name
+    return [BackupStateCollector(config.backup.dir, target)]
+
+
 def start_server(config: Config, listen: str = "127.0.0.1:0", extra_collectors: Iterable[object] = (),
                  wrap_socket: Callable | None = None,
                  authorize: Callable[[str | None], bool] | None = None) -> ServerHandle:

@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from exporter.throwaway import ThrowawayCluster
+from exporter.dev.throwaway import ThrowawayCluster
 
 
 @pytest.fixture(scope="session")

@@ -108,7 +108,7 @@ def test_serve_exports_the_backup_state(config_file, tmp_path):
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from exporter.cli import extra_collectors
+    from exporter.server import extra_collectors
     from exporter.config import load_config
     from exporter.server import start_server
 

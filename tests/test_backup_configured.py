@@ -23,7 +23,7 @@ from exporter.bundle.catalog import constant, selector
 from exporter.bundle.promtests import duration_minutes
 from exporter.bundle.rules import alert_specs, render_description
 from exporter.bundle.thresholds import load_thresholds
-from exporter.cli import extra_collectors
+from exporter.server import extra_collectors
 from exporter.config import load_config
 from exporter.server import start_server
 

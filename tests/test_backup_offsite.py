@@ -10,7 +10,7 @@ from exporter.backup.dump import run_backup
 from exporter.backup.offsite import DirectoryCopy, S3Copy, offsite_places
 from exporter.backup.pgclient import BackupError
 from exporter.backup.status import backup_statuses
-from exporter.throwaway import free_port
+from exporter.dev.throwaway import free_port
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 from backup_support import SEED_SQL, dbname_of
 from exporter.backup.dump import run_backup
 from exporter.backup.pgclient import client_program
-from exporter.throwaway import ThrowawayCluster
+from exporter.dev.throwaway import ThrowawayCluster
 
 
 def pg(cluster, program: str, *args: str) -> subprocess.CompletedProcess:

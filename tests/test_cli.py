@@ -10,7 +10,7 @@ import urllib.request
 
 from conftest import parse_exposition, sample
 
-from exporter.throwaway import free_port
+from exporter.dev.throwaway import free_port
 
 
 def pgvigil(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:

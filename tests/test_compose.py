@@ -24,7 +24,7 @@ import yaml
 from exporter.bundle.alertmanager import webhook_config
 from exporter.config import parse_config
 from exporter.running import scrape_once
-from exporter.throwaway import ThrowawayCluster
+from exporter.dev.throwaway import ThrowawayCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

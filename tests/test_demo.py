@@ -8,7 +8,7 @@ import urllib.request
 from click.testing import CliRunner
 
 from exporter.cli import main
-from exporter.demo import Demo
+from exporter.dev.demo import Demo
 
 
 def sample(text: str, name: str, **labels: str) -> list[float]:

@@ -8,7 +8,8 @@ from click.testing import CliRunner
 
 from exporter.cli import main
 from exporter.config import parse_config
-from exporter.metrics_doc import MEASURED, measure_default_scrape, render, source_views, version_range
+from exporter.dev.measure import measure_default_scrape
+from exporter.metrics_doc import MEASURED, render, source_views, version_range
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 

@@ -12,7 +12,7 @@ import pytest
 
 from exporter.config import parse_config
 from exporter.running import scrape_once
-from exporter.throwaway import ThrowawayCluster
+from exporter.dev.throwaway import ThrowawayCluster
 from packs.exposition import parse_samples, value
 
 SLOT = "pgvigil_standby"

@@ -9,7 +9,7 @@ from conftest import config_for, parse_exposition, sample
 
 from exporter.running import Runner, render_scrape, scrape_once
 from exporter.selfmetrics import render_self_metrics
-from exporter.throwaway import ThrowawayCluster
+from exporter.dev.throwaway import ThrowawayCluster
 
 
 def scrape(runner: Runner, timeout: float | None = None) -> dict:
@@ -276,7 +276,7 @@ def test_target_constant_labels_on_every_series(fresh_db):
 
 
 def test_unreachable_target_is_reported_and_others_served(fresh_db):
-    from exporter.throwaway import free_port
+    from exporter.dev.throwaway import free_port
 
     config = config_for({"up": fresh_db, "down": f"postgresql://nobody@127.0.0.1:{free_port()}/x"},
                         "  - {name: q, sql: 'SELECT 1 AS x', metrics: {x: {}}}\n")

@@ -24,7 +24,7 @@ from tls_support import make_certificates
 
 from exporter.running import scrape_once
 from exporter.server import start_server
-from exporter.throwaway import ThrowawayCluster, free_port
+from exporter.dev.throwaway import ThrowawayCluster, free_port
 from exporter.webconfig import hash_password, parse_web_config
 
 # -- user SQL cannot write ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from conftest import config_for, parse_exposition, sample
 
 from exporter.server import scrape_budget, start_server
-from exporter.throwaway import free_port
+from exporter.dev.throwaway import free_port
 
 QUERIES = """
   - {name: q, sql: "SELECT 1 AS x", metrics: {x: {}}}

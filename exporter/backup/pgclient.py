@@ -15,7 +15,7 @@ from typing import Mapping
 import psycopg2
 import psycopg2.extensions
 
-from exporter.throwaway import find_bindir
+from exporter.pgbin import find_bindir
 
 
 class BackupError(Exception):

@@ -18,12 +18,12 @@ import urllib.request
 import psycopg2
 import pytest
 
-from exporter import stack
+from exporter.dev import stack
 from exporter.bundle import alertmanager, rules
 from exporter.bundle.thresholds import load_thresholds
 from exporter.config import parse_config
 from exporter.server import start_server
-from exporter.throwaway import ThrowawayCluster
+from exporter.dev.throwaway import ThrowawayCluster
 
 MAX_CONNECTIONS = 20
 RESERVED = 3  # PostgreSQL's default superuser_reserved_connections

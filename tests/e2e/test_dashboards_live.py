@@ -19,10 +19,10 @@ import urllib.request
 
 import pytest
 
-from exporter import stack
+from exporter.dev import stack
 from exporter.bundle.dashboards import NEEDS_ENVIRONMENT, build_dashboards
 from exporter.bundle.thresholds import load_thresholds
-from exporter.demo import Demo
+from exporter.dev.demo import Demo
 
 # What Grafana would put in for the variables, with the 1 s scrape interval of this test.
 VARIABLES = {"target": ".*", "datname": ".*", "__rate_interval": "10s", "__interval": "2s", "__range": "60s"}

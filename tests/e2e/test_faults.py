@@ -22,7 +22,7 @@ import pytest
 from conftest import config_for, parse_exposition, sample
 
 from exporter.server import start_server
-from exporter.throwaway import ThrowawayCluster, free_port
+from exporter.dev.throwaway import ThrowawayCluster, free_port
 
 QUERY = "  - {name: q, sql: 'SELECT 1 AS x', metrics: {x: {}}}\n"
 FAST = "defaults: {timeout: 1s, lock_timeout: 500ms, connect_timeout: 1s, scrape_timeout: 5s}\n"

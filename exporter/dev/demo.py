@@ -23,10 +23,10 @@ import click
 import psycopg2
 import yaml
 
-from exporter import stack
+from exporter.dev import stack
 from exporter.config import Config, parse_config
-from exporter.server import ServerHandle, start_server
-from exporter.throwaway import ThrowawayCluster
+from exporter.server import ServerHandle, extra_collectors, start_server
+from exporter.dev.throwaway import ThrowawayCluster
 
 DATABASE = "shop"
 MONITOR_ROLE = "pgvigil_monitor"
@@ -351,12 +351,6 @@ class Demo:
         self.stop()
 
 
-def extra_collectors(config: Config) -> list[object]:
-    from exporter.cli import extra_collectors as collectors_of
-
-    return collectors_of(config)
-
-
 def alertmanager_config(webhook_url: str) -> dict:
     """The shipped routes and inhibit rules with every receiver a webhook to the demo, which prints
     the alerts; short waits, for a demo."""
@@ -436,7 +430,7 @@ def demo(listen: str, duration: Optional[float], scrape_interval: str, no_promet
 def workload_command(dsn_file: str) -> None:
     """Load the demo schema into an existing database and run the demo workload until stopped.
 
-    The docker-compose stack runs this (`python -m exporter.demo --dsn-file ...`) so that its
+    The docker-compose stack runs this (`python -m exporter.dev.demo --dsn-file ...`) so that its
     dashboards have tables, statements and sessions to show.
     """
     dsn = Path(dsn_file).read_text(encoding="utf-8").strip()
