@@ -13,7 +13,7 @@ import click
 from exporter import __version__
 from exporter.config import Config, ConfigError, load_config
 from exporter.logs import LEVELS, setup_logging
-from exporter.targets import dsn_password
+from exporter.scrape.session import dsn_password
 
 log = logging.getLogger("pgvigil")
 
@@ -135,7 +135,7 @@ def check(config_path: str | None, dsn: str | None, connect: bool) -> None:
 
 
 def print_connect_table(config: Config) -> bool:
-    from exporter.running import Runner
+    from exporter.scrape.runner import Runner
 
     setup_logging("error", "text", secrets_of(config))
     runner = Runner(config)
@@ -171,6 +171,6 @@ from exporter.bundle.command import bundle  # noqa: E402  (the generators live i
 
 main.add_command(bundle)
 
-from exporter.metrics_doc import metrics_doc  # noqa: E402  (docs/metrics.md generation lives with the packs' docs)
+from exporter.bundle.metrics_doc import metrics_doc  # noqa: E402  (docs/metrics.md is generated with the bundle)
 
 main.add_command(metrics_doc)

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from exporter.cli import main
 from exporter.config import parse_config
 from exporter.dev.measure import measure_default_scrape
-from exporter.metrics_doc import MEASURED, render, source_views, version_range
+from exporter.bundle.metrics_doc import MEASURED, render, source_views, version_range
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 

@@ -9,6 +9,7 @@ and the Grafana dashboards when `exporter.bundle.dashboards` is installed. With 
 also the optional group of the application-level examples (see `exporter.bundle.examples`):
   alerts/pgvigil-examples-rules.yml              copied from examples/alerts/app-rules.yml
   alerts/tests/pgvigil-examples-rules.test.yml   its promtool tests
+docs/metrics.md is generated here too, by `exporter.bundle.metrics_doc` (`pgvigil metrics-doc`).
 """
 from __future__ import annotations
 
