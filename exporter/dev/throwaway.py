@@ -37,8 +37,10 @@ class ThrowawayCluster:
         settings: Mapping[str, str] | None = None,
         preload: Sequence[str] = ("pg_stat_statements",),
         port: int | None = None,
+        bindir: Path | None = None,
     ) -> None:
-        self.bindir = find_bindir()
+        # bindir: a server of another major (exporter.dev.servers.server_bindir); default: the newest installed.
+        self.bindir = bindir or find_bindir()
         self.port = port or free_port()
         self.settings = dict(settings or {})
         self.preload = list(preload)
