@@ -66,10 +66,12 @@ def describe(bindir: Path) -> str:
 
 
 def server_version(bindir: Path) -> str:
-    """`18.6` from `postgres (PostgreSQL) 18.6`."""
+    """`15.18` from `postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)`."""
     out = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=False)
     words = out.stdout.split()
-    return words[-1] if words else "unknown version"
+    if "(PostgreSQL)" in words[:-1]:
+        return words[words.index("(PostgreSQL)") + 1]
+    return "unknown version"
 
 
 def cache_dir() -> Path:
