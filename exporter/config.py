@@ -12,6 +12,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -19,7 +20,6 @@ from exporter.yamlsource import LocatedData, LocatedErrors, YamlSyntaxError, des
 
 PACKS_DIR = Path(__file__).parent / "packs"
 DEFAULT_LISTEN = "127.0.0.1:9187"
-METRIC_TYPES = ("gauge", "counter", "histogram", "gauge_histogram")
 SCOPES = ("database", "cluster")
 PREVIOUS_RUN_PLACEHOLDER = "{{previous_run}}"
 RESERVED_LABELS = ("target",)
@@ -33,6 +33,28 @@ _SIZE_UNITS = {"B": 1, **{f"{p}B": 1000 ** (i + 1) for i, p in enumerate("KMGTP"
                **{f"{p}IB": 1024 ** (i + 1) for i, p in enumerate("KMGTP")}}
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 MAX_DURATION_SECONDS = 10 * 365 * 86400.0
+
+
+class MetricType(str, Enum):
+    """How a metric column is exposed; a str, so `m.type == "gauge"` and dict lookups by name still work."""
+
+    GAUGE = "gauge"
+    COUNTER = "counter"
+    HISTOGRAM = "histogram"
+    GAUGE_HISTOGRAM = "gauge_histogram"  # one observation per row, a fresh snapshot each run
+
+    def __str__(self) -> str:
+        # Python 3.11 formats a str-mixin Enum as 'MetricType.GAUGE' in f-strings; exposition needs the value.
+        return self.value
+
+    __format__ = str.__format__
+
+    @property
+    def is_histogram(self) -> bool:
+        return self in (MetricType.HISTOGRAM, MetricType.GAUGE_HISTOGRAM)
+
+
+METRIC_TYPES = tuple(t.value for t in MetricType)
 
 
 class ConfigError(Exception):
@@ -56,7 +78,7 @@ class TargetSpec:
 class MetricSpec:
     column: str
     name: str
-    type: str
+    type: MetricType
     help: str
     buckets: tuple[float, ...] = ()
     default: float | None = None
@@ -461,12 +483,13 @@ class _Checker:
         for column, body in value.items():
             mpath = path + (column,)
             raw = self.mapping(body, mpath, _METRIC_KEYS, doc)
-            mtype = raw.get("type", "gauge")
-            if mtype not in METRIC_TYPES:
-                hint = difflib.get_close_matches(str(mtype), METRIC_TYPES, n=1)
-                self.error(mpath + ("type",), f"expected one of {', '.join(METRIC_TYPES)}, got {describe_value(mtype)}"
+            raw_type = raw.get("type", "gauge")
+            if raw_type not in METRIC_TYPES:
+                hint = difflib.get_close_matches(str(raw_type), METRIC_TYPES, n=1)
+                self.error(mpath + ("type",), f"expected one of {', '.join(METRIC_TYPES)}, got {describe_value(raw_type)}"
                            + (f"; did you mean '{hint[0]}'?" if hint else ""), doc)
                 continue
+            mtype = MetricType(raw_type)
             name = raw.get("name", f"{query}_{column}")
             if not isinstance(name, str) or not _METRIC_NAME.match(name):
                 self.error(mpath + ("name",), f"expected a metric name matching [a-zA-Z_:][a-zA-Z0-9_:]*, got {describe_value(name)}", doc)
@@ -481,8 +504,8 @@ class _Checker:
                                     buckets=buckets, default=default))
         return tuple(specs)
 
-    def buckets(self, raw: dict, mtype: str, path: tuple, doc: LocatedData) -> tuple[float, ...]:
-        if mtype not in ("histogram", "gauge_histogram"):
+    def buckets(self, raw: dict, mtype: MetricType, path: tuple, doc: LocatedData) -> tuple[float, ...]:
+        if not mtype.is_histogram:
             if "buckets" in raw:
                 self.error(path + ("buckets",), f"buckets apply to histograms, not to a {mtype}", doc)
             return ()
@@ -503,9 +526,9 @@ class _Checker:
             if metric.column in labels:
                 self.error(path + ("metrics", metric.column),
                            f"column '{metric.column}' is both a label and a metric; use it as one or the other", doc)
-            if metric.type in ("histogram", "gauge_histogram") and "le" in labels:
+            if metric.type.is_histogram and "le" in labels:
                 self.error(path + ("labels",), "label 'le' is reserved for histogram buckets", doc)
-        if PREVIOUS_RUN_PLACEHOLDER in sql and not any(m.type == "histogram" for m in metrics):
+        if PREVIOUS_RUN_PLACEHOLDER in sql and not any(m.type is MetricType.HISTOGRAM for m in metrics):
             self.error(path + ("sql",), f"{PREVIOUS_RUN_PLACEHOLDER} only makes sense for histogram metrics", doc)
 
     def backup(self, value: Any) -> BackupConfig | None:
