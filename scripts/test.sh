@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh Debian machine: installs what it needs, then runs pytest.
+# The whole test suite on a fresh Debian machine: installs what it needs (apt: promtool, amtool;
+# pip: pgvigil with its test extras, into .venv), then runs pytest with this script's arguments.
+# CI runs exactly this (.ci/run), as root on a fresh Debian 12 clone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/venv.sh
 
 need_apt=()
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v amtool >/dev/null || need_apt+=(prometheus-alertmanager)
 if [ ${#need_apt[@]} -gt 0 ]; then
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need_apt[@]}"
+  apt_install "${need_apt[@]}"
 fi
 
-python3 -m pip install -q -e '.[test]'
-exec python3 -m pytest "$@"
+venv_create
+venv_install test
+venv_activate
+
+# Static checks run here, before the tests, from the same venv.
+
+exec python -m pytest "$@"

@@ -1,0 +1,115 @@
+"""The README's two commands, run the way a new user meets them: with the distribution's python3.
+
+Debian's /usr/bin/python3 is "externally managed" (PEP 668): a plain `pip install` into it fails.
+These tests run scripts/test.sh and scripts/demo.sh in a copy of the repository with that python3
+first on PATH (and no pyenv, conda or venv around), from its install path to pytest and pgvigil.
+They need the package registry (PyPI) the first time; pip's cache makes later runs quick.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# A test of the suite that needs nothing but the package: proves pytest runs from the new venv.
+SMALL_TEST = "tests/test_config.py::test_dsn_file_is_read"
+
+
+def externally_managed_python() -> Path | None:
+    """The distribution's python3 when it carries the EXTERNALLY-MANAGED marker (PEP 668)."""
+    for candidate in (Path("/usr/bin/python3"), Path("/usr/local/bin/python3")):
+        if not candidate.exists():
+            continue
+        marker = subprocess.run([str(candidate), "-c", "import sysconfig; print(sysconfig.get_path('stdlib'))"],
+                                capture_output=True, text=True)
+        if marker.returncode == 0 and (Path(marker.stdout.strip()) / "EXTERNALLY-MANAGED").is_file():
+            return candidate
+    return None
+
+
+SYSTEM_PYTHON = externally_managed_python()
+pytestmark = pytest.mark.skipif(SYSTEM_PYTHON is None, reason="no externally managed python3 (PEP 668) here")
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    """The repository's files (tracked and new, not ignored ones such as .venv) in a fresh directory."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    target = tmp_path_factory.mktemp("clone")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target
+
+
+@pytest.fixture(scope="module")
+def user_env(tmp_path_factory) -> dict[str, str]:
+    """A login shell's environment on a stock Debian: the system python3 first, nothing activated."""
+    bin_dir = tmp_path_factory.mktemp("bin")
+    (bin_dir / "python3").symlink_to(SYSTEM_PYTHON)
+    dropped = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "CONDA_PREFIX", "PYENV_VERSION", "PIP_BREAK_SYSTEM_PACKAGES")
+    env = {key: value for key, value in os.environ.items() if key not in dropped}
+    env["PATH"] = f"{bin_dir}:{SYSTEM_PATH}"
+    return env
+
+
+def run(clone: Path, env: dict[str, str], *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), cwd=clone, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_a_plain_pip_install_is_refused_by_the_system_python(clone, user_env):
+    """The failure the scripts avoid: without a venv, pip answers externally-managed-environment."""
+    if run(clone, user_env, "python3", "-m", "pip", "--version").returncode != 0:
+        pytest.skip("the system python3 has no pip (python3-pip) to refuse anything")
+    refused = run(clone, user_env, "python3", "-m", "pip", "install", "--dry-run", "-e", ".")
+    assert refused.returncode != 0
+    assert "externally-managed-environment" in refused.stderr
+
+
+def test_test_script_installs_into_a_venv_and_runs_pytest_with_its_arguments(clone, user_env):
+    first = run(clone, user_env, "bash", "scripts/test.sh", "-q", "-p", "no:cacheprovider", SMALL_TEST)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "1 passed" in first.stdout
+    assert f"installing pgvigil (.[test]) into {clone / '.venv'}" in first.stderr
+    venv_python = clone / ".venv" / "bin" / "python"
+    base = subprocess.run([str(venv_python), "-c", "import sys, exporter; print(sys.base_prefix, exporter.__file__)"],
+                          cwd=clone / "tests", capture_output=True, text=True, check=True).stdout.split()
+    system_prefix = subprocess.run([str(SYSTEM_PYTHON), "-c", "import sys; print(sys.prefix)"],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+    assert base == [system_prefix, str(clone / "exporter" / "__init__.py")], "editable install from the clone"
+
+    again = run(clone, user_env, "bash", "scripts/test.sh", "-q", "-p", "no:cacheprovider", SMALL_TEST)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "installing" not in again.stderr and "creating" not in again.stderr, "the venv must be reused as is"
+
+    failing = run(clone, user_env, "bash", "scripts/test.sh", "-q", "-p", "no:cacheprovider", "tests/no_such_test.py")
+    assert failing.returncode != 0 and "no_such_test.py" in failing.stdout + failing.stderr
+
+
+def test_demo_script_runs_pgvigil_from_the_same_venv(clone, user_env):
+    shown = run(clone, user_env, "bash", "scripts/demo.sh", "--help")
+    assert shown.returncode == 0, shown.stdout[-3000:] + shown.stderr[-3000:]
+    assert shown.stdout.startswith("Usage: ") and "demo" in shown.stdout
+    # test.sh (run first in this module) installed the package with its extras; the demo reuses that.
+    assert "installing" not in shown.stderr
+
+
+def test_a_half_made_venv_is_replaced(clone, user_env):
+    """Debian's `python3 -m venv` without python3-venv leaves .venv with python and no pip."""
+    venv = clone / ".venv"
+    shutil.rmtree(venv)
+    made = run(clone, user_env, "python3", "-m", "venv", "--without-pip", str(venv))
+    assert made.returncode == 0, made.stderr
+    shown = run(clone, user_env, "bash", "scripts/demo.sh", "--help")
+    assert shown.returncode == 0, shown.stdout[-3000:] + shown.stderr[-3000:]
+    assert "creating the virtual environment" in shown.stderr
+    assert (venv / "bin" / "pip").exists()
