@@ -4,7 +4,7 @@
 scrape_5000.py's catalog has small, repeating statistics (tables of 0 to 96 rows). A large
 production catalog has big, distinct counters, and those cost more to format. This script
 renders synthetic results of the same shape (the two per-table queries of scrape_5000.py,
-135,000 samples) through exporter.samples.render_rows and prints the CPU time per scrape for:
+135,000 samples) through exporter.scrape.render.render_rows and prints the CPU time per scrape for:
 
   repeated   values like the benchmark catalog's, 10 % of the rows changing between scrapes
   distinct   every counter distinct and >= 1e6, 10 % of the rows changing between scrapes
@@ -65,7 +65,7 @@ def advance(results: dict, share: float, scrape: int) -> None:
 
 
 def measure(distinct: bool, share: float, scrapes: int = 15) -> float:
-    from exporter.samples import render_rows
+    from exporter.scrape.render import render_rows
 
     config = parse_config(yaml.safe_dump(pgvigil_config("postgresql://bench@127.0.0.1/bench")))
     results = base_rows(distinct)

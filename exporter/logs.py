@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 
-from exporter.targets import redact
+from exporter.redaction import redact
 
 LEVELS = ("debug", "info", "warning", "error")
 

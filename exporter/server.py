@@ -17,9 +17,10 @@ from typing import Callable, Iterable
 
 from exporter import __version__
 from exporter.config import Config
-from exporter.exposition import CONTENT_TYPE
-from exporter.running import Runner, render_scrape_parts
-from exporter.selfmetrics import process_registry, render_self_metrics
+from exporter.scrape.exposition import CONTENT_TYPE
+from exporter.scrape.assembly import ScrapeText
+from exporter.scrape.runner import Runner
+from exporter.scrape.selfmetrics import process_registry, render_self_metrics
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +34,28 @@ class Exporter:
 
     def __init__(self, config: Config, extra_collectors: Iterable[object] = ()) -> None:
         self.config = config
-        self.runner = Runner(config)
+        # Swapped as one value on reload, so a scrape never pairs one config's runner with another's families.
+        self._serving = (Runner(config), ScrapeText(config.queries))
         self.registry = process_registry(extra_collectors)
+
+    @property
+    def runner(self) -> Runner:
+        return self._serving[0]
 
     def metrics(self, scrape_timeout: float | None, only: list[str] | None = None) -> str:
         return b"".join(self.metrics_parts(scrape_timeout, only)).decode("utf-8")
 
     def metrics_parts(self, scrape_timeout: float | None, only: list[str] | None = None) -> list[bytes]:
         """One scrape as UTF-8 chunks: sent as they are, a large scrape is never joined or encoded whole."""
-        runner = self.runner
+        runner, text = self._serving
         scrape = runner.scrape(scrape_timeout, only=only)
-        parts = render_scrape_parts(runner, scrape)
-        parts.append(render_self_metrics(runner, scrape, self.registry).encode("utf-8"))
+        parts = text.parts(scrape)
+        parts.append(render_self_metrics(scrape, self.registry).encode("utf-8"))
         return parts
 
     def reload(self, config: Config, extra_collectors: Iterable[object] = ()) -> None:
         old = self.runner
-        self.config, self.runner = config, Runner(config)
+        self.config, self._serving = config, (Runner(config), ScrapeText(config.queries))
         self.registry = process_registry(extra_collectors)
         old.close()
 

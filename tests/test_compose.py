@@ -23,7 +23,7 @@ import yaml
 
 from exporter.bundle.alertmanager import webhook_config
 from exporter.config import parse_config
-from exporter.running import scrape_once
+from exporter.scrape.assembly import scrape_once
 from exporter.dev.throwaway import ThrowawayCluster
 
 ROOT = Path(__file__).resolve().parents[1]

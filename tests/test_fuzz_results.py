@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import parse_config
-from exporter.running import Runner, render_scrape, scrape_once
-from exporter.selfmetrics import render_self_metrics
+from exporter.scrape.assembly import ScrapeText, scrape_once
+from exporter.scrape.runner import Runner
+from exporter.scrape.selfmetrics import render_self_metrics
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                         HealthCheck.too_slow])
@@ -127,7 +128,7 @@ def test_values_the_driver_cannot_represent_fail_the_query_cleanly(cluster, sql)
     try:
         for _ in range(2):  # the session survives: the next run works the same way
             scrape = runner.scrape(30)
-            samples = parsed(render_scrape(runner, scrape) + render_self_metrics(runner, scrape))
+            samples = parsed(ScrapeText(runner.config.queries).text(scrape) + render_self_metrics(scrape))
             assert samples[("pgvigil_query_success", (("query", "bad"), ("target", "db")))] == 0
             assert samples[("pgvigil_query_errors_total", (("query", "bad"), ("reason", "error"), ("target", "db")))] >= 1
             assert samples[("pgvigil_query_success", (("query", "after"), ("target", "db")))] == 1
@@ -185,7 +186,7 @@ def test_rows_beyond_max_series_are_dropped_and_counted(cluster):
     try:
         for scrape_number in (1, 2):
             scrape = runner.scrape(30)
-            text = render_scrape(runner, scrape) + render_self_metrics(runner, scrape)
+            text = ScrapeText(runner.config.queries).text(scrape) + render_self_metrics(scrape)
             samples = parsed(text)
             assert sum(1 for name, _ in samples if name == "fz_value") == 1000
             labels = (("query", "fz"), ("site", 'a"b\\c\nd'), ("target", "db"))
@@ -224,7 +225,7 @@ def test_memory_stays_flat_over_repeated_truncated_scrapes(cluster):
         before = _rss_bytes()
         for _ in range(15):
             scrape = runner.scrape(60)
-            assert render_scrape(runner, scrape).count("fz_value{") == 500
+            assert ScrapeText(runner.config.queries).text(scrape).count("fz_value{") == 500
         growth = _rss_bytes() - before
     finally:
         runner.close()

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from exporter.config import parse_config
-from exporter.running import scrape_once
+from exporter.scrape.assembly import scrape_once
 from exporter.dev.throwaway import ThrowawayCluster
 from packs.exposition import parse_samples, value
 

@@ -20,9 +20,9 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import parse_config
-from exporter.exposition import family_header
-from exporter.running import scrape_once
-from exporter.samples import RowProblems, _render_by_row, render_rows
+from exporter.scrape.exposition import family_header
+from exporter.scrape.assembly import scrape_once
+from exporter.scrape.render import RowProblems, _render_by_row, render_rows
 
 # Label names sort after "target", so prometheus_client's sorted label order is ours too.
 CONFIG = """
@@ -49,7 +49,7 @@ def query():
 
 
 def reference_number(value) -> float:
-    """The documented value conversions, written out independently of exporter.samples."""
+    """The documented value conversions, written out independently of exporter.scrape.render."""
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if isinstance(value, dt.datetime):

@@ -7,14 +7,15 @@ import threading
 import pytest
 from conftest import config_for, parse_exposition, sample
 
-from exporter.running import Runner, render_scrape, scrape_once
-from exporter.selfmetrics import render_self_metrics
+from exporter.scrape.assembly import ScrapeText, scrape_once
+from exporter.scrape.runner import Runner
+from exporter.scrape.selfmetrics import render_self_metrics
 from exporter.dev.throwaway import ThrowawayCluster
 
 
 def scrape(runner: Runner, timeout: float | None = None) -> dict:
     result = runner.scrape(timeout)
-    return parse_exposition(render_scrape(runner, result) + render_self_metrics(runner, result))
+    return parse_exposition(ScrapeText(runner.config.queries).text(result) + render_self_metrics(result))
 
 
 def test_every_value_type_is_converted(fresh_db):

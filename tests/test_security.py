@@ -22,7 +22,7 @@ import pytest
 from conftest import config_for, parse_exposition, sample
 from tls_support import make_certificates
 
-from exporter.running import scrape_once
+from exporter.scrape.assembly import scrape_once
 from exporter.server import start_server
 from exporter.dev.throwaway import ThrowawayCluster, free_port
 from exporter.webconfig import hash_password, parse_web_config

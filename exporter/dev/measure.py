@@ -11,7 +11,7 @@ import yaml
 
 from exporter.config import parse_config
 from exporter.dev.throwaway import ThrowawayCluster
-from exporter.running import scrape_once
+from exporter.scrape.assembly import scrape_once
 
 
 def measure_default_scrape(tables: int = 5000) -> dict:

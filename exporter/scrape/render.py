@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from exporter.config import MetricSpec, QuerySpec
-from exporter.exposition import escape_label_value, format_value
+from exporter.scrape.exposition import escape_label_value, format_value
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 

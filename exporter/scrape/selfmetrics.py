@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from prometheus_client.core import GaugeMetricFamily
 
 from exporter import __version__
-from exporter.exposition import escape_label_value, render_samples
-from exporter.running import ERROR_REASONS, Runner, Scrape
+from exporter.scrape.exposition import escape_label_value, render_samples
+from exporter.scrape.state import ERROR_REASONS, Scrape
 
 # Reasons initialised at zero on every (target, query), so increase() sees the first error;
 # the rarer ones appear when they first happen, to keep the series count down.
@@ -43,7 +43,8 @@ def process_registry(extra_collectors: Iterable[object] = ()) -> CollectorRegist
     return registry
 
 
-def render_self_metrics(runner: Runner, scrape: Scrape, registry: CollectorRegistry | None = None) -> str:
+def render_self_metrics(scrape: Scrape, registry: CollectorRegistry | None = None) -> str:
+    """pgvigil's metrics of one scrape: reachability, each query's health, then the registry's."""
     families: dict[str, tuple[str, str, list]] = {
         "pg_up": ("gauge", "Whether the target's database could be reached (1) or not (0)", []),
         "pgvigil_query_success": ("gauge", "Whether the query's latest run succeeded in this scrape", []),

@@ -1,9 +1,13 @@
-"""Connections to one target: read-only sessions bounded by timeouts, reconnects, server facts.
+"""Connections to one target: read-only sessions bounded by timeouts, reconnects, server facts,
+and the preparation of a query's SQL for a run (`{{previous_run}}`, the row cap).
 
 Every query runs in its own READ ONLY transaction that is always rolled back,
 so a session is never left idle in transaction and user SQL cannot write.
 The SQL is wrapped as a subquery, which rejects multi-statement text such as
 "SELECT 1; COMMIT; DELETE ..." at parse time.
+
+The runner sees a session only through the `Session` protocol, so its scheduling
+is tested with a fake session and no database.
 """
 from __future__ import annotations
 
@@ -13,12 +17,13 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Protocol
 
 import psycopg2
 import psycopg2.extensions
 
-from exporter.config import Defaults, TargetSpec
+from exporter.config import Defaults, MetricType, QuerySpec, TargetSpec
+from exporter.redaction import dsn_password, redact
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +34,6 @@ STALL_GRACE_SECONDS = 2.0
 # A double-quoted fragment of an error message; group 1 marks a libpq option name (kept).
 _QUOTED = re.compile(r'(option )?"([^"]*)"')
 _DSN_PARSE_ERROR = re.compile(r"invalid dsn|connection info string|connection option|\bURI\b", re.IGNORECASE)
-_PASSWORD_IN_TEXT = re.compile(r"(password\s*=\s*)\S+|(://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
 
 
 class QueryFailed(Exception):
@@ -53,20 +57,58 @@ class ServerFacts:
     database: str
 
 
-def redact(text: str, secrets: Sequence[str] = ()) -> str:
-    """Remove passwords from a message: DSN forms and any known secret strings."""
-    text = _PASSWORD_IN_TEXT.sub(lambda m: (m.group(1) or m.group(2)) + "***" + ("" if m.group(1) else "@"), text)
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
+@dataclass(frozen=True)
+class PreparedSql:
+    """What one run of a query sends: its SQL, an optional prelude SELECT and a row cap."""
+
+    sql: str
+    prelude: str | None = None
+    limit: int | None = None
 
 
-def dsn_password(dsn: str) -> str | None:
-    try:
-        return psycopg2.extensions.parse_dsn(dsn).get("password") if dsn else None
-    except psycopg2.ProgrammingError:
-        return None
+@dataclass(frozen=True)
+class FetchResult:
+    """A query's columns and rows, and the prelude's value when one was run."""
+
+    columns: list[str]
+    rows: list[tuple]
+    prelude: Any = None
+
+
+# `{{previous_run}}` becomes the server time at which the query's previous successful run
+# started, read in the same transaction as the query so no row falls between two runs.
+PREVIOUS_RUN = "{{previous_run}}"
+_NOW_UTC = "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
+
+
+def prepare_sql(query: QuerySpec, previous_run: str | None) -> PreparedSql:
+    """The SQL of one run of `query`; `previous_run` is the prelude value of its last successful run."""
+    sql, prelude = query.sql, None
+    if query.uses_previous_run:
+        literal = f"'{previous_run}'::timestamptz" if previous_run else "now()"
+        sql, prelude = sql.replace(PREVIOUS_RUN, literal), _NOW_UTC
+    # One row past max_series tells that the result was cut; histogram rows are observations, not series.
+    plain = all(m.type in (MetricType.GAUGE, MetricType.COUNTER) for m in query.metrics)
+    return PreparedSql(sql, prelude, query.max_series + 1 if plain else None)
+
+
+class Session(Protocol):
+    """What the runner needs of a connection to a target (TargetSession, or a fake in tests)."""
+
+    @property
+    def facts(self) -> ServerFacts | None: ...
+
+    def ensure_connected(self) -> ServerFacts: ...
+
+    def refresh_extensions(self) -> None: ...
+
+    def run(self, prepared: PreparedSql, timeout: float, lock_timeout: float) -> FetchResult: ...
+
+    def ping(self) -> float: ...
+
+    def cancel(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class TargetSession:
@@ -112,13 +154,13 @@ class TargetSession:
         return self._facts
 
     def _read_facts(self) -> ServerFacts:
-        _, rows = self.fetch(
+        rows = self.fetch(
             "SELECT current_setting('server_version_num')::int, current_database(),"
             " coalesce(inet_server_addr()::text, current_setting('unix_socket_directories')) || ':'"
             " || current_setting('port'),"
             " ARRAY(SELECT extname::text FROM pg_extension), pg_postmaster_start_time()::text",
             timeout=self.defaults.timeout, lock_timeout=self.defaults.lock_timeout, wrap=False,
-        )
+        ).rows
         version, database, address, extensions, started = rows[0]
         # A physical replica shares its primary's system identifier; the postmaster's start
         # time tells the two servers apart while staying equal for every database of one server.
@@ -127,9 +169,9 @@ class TargetSession:
 
     def _system_identifier(self) -> str | None:
         try:
-            _, rows = self.fetch("SELECT system_identifier::text FROM pg_control_system()",
-                                 timeout=self.defaults.timeout, lock_timeout=self.defaults.lock_timeout, wrap=False)
-            return rows[0][0]
+            rows = self.fetch("SELECT system_identifier::text FROM pg_control_system()",
+                              timeout=self.defaults.timeout, lock_timeout=self.defaults.lock_timeout, wrap=False).rows
+            return str(rows[0][0])
         except QueryFailed as exc:
             if exc.connection_lost:
                 raise
@@ -157,20 +199,22 @@ class TargetSession:
         """Re-read pg_extension (an extension may be created while pgvigil runs)."""
         if self._facts is None:
             return
-        _, rows = self.fetch("SELECT ARRAY(SELECT extname::text FROM pg_extension)",
-                             timeout=self.defaults.timeout, lock_timeout=self.defaults.lock_timeout, wrap=False)
+        rows = self.fetch("SELECT ARRAY(SELECT extname::text FROM pg_extension)",
+                          timeout=self.defaults.timeout, lock_timeout=self.defaults.lock_timeout, wrap=False).rows
         self._facts = ServerFacts(self._facts.version, self._facts.identity, frozenset(rows[0][0]), self._facts.database)
 
     # -- queries ---------------------------------------------------------
+    def run(self, prepared: PreparedSql, timeout: float, lock_timeout: float) -> FetchResult:
+        """Run a prepared query: wrapped as a subquery, capped at its row limit."""
+        return self.fetch(prepared.sql, timeout, lock_timeout, prelude=prepared.prelude, limit=prepared.limit)
+
     def fetch(self, sql: str, timeout: float, lock_timeout: float, wrap: bool = True,
-              prelude: str | None = None, limit: int | None = None) -> tuple[list[str], list[tuple]]:
-        """Run one query in a read-only transaction; returns (column names, rows).
+              prelude: str | None = None, limit: int | None = None) -> FetchResult:
+        """Run one query in a read-only transaction.
 
         `limit` caps the rows the server sends (a wrapped query only), so a runaway
-        result never reaches pgvigil's memory.
-
-        `prelude` is an extra read-only SELECT run first in the same transaction, whose
-        single value is returned as the first row of a separate result via `last_prelude`.
+        result never reaches pgvigil's memory. `prelude` is an extra read-only SELECT
+        run first in the same transaction; its single value comes back as `prelude`.
         """
         if not self.connected:
             raise QueryFailed("not connected", connection_lost=True)
@@ -188,15 +232,15 @@ class TargetSession:
                 # can no longer be switched to READ WRITE by the user's SQL.
                 cur.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
                             (f"{int(timeout * 1000)}ms", f"{int(lock_timeout * 1000)}ms"))
-                self.last_prelude = None
+                prelude_value = None
                 if prelude:
                     cur.execute(prelude)
-                    self.last_prelude = cur.fetchone()[0]
+                    prelude_value = cur.fetchone()[0]
                 cur.execute(text)
                 columns = [d.name for d in cur.description] if cur.description else []
                 rows = cur.fetchall() if cur.description else []
             conn.rollback()
-            return columns, rows
+            return FetchResult(columns, rows, prelude_value)
         except psycopg2.Error as exc:
             raise self._failure(conn, exc) from None
         except (ValueError, OverflowError) as exc:
