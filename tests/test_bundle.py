@@ -287,7 +287,7 @@ def test_rules_and_tests_use_the_series_pgvigil_really_exposes():
     from exporter.bundle.catalog import BASE
 
     packs = _pack_metrics()
-    python_sources = "".join(p.read_text() for p in [ROOT / "exporter" / "selfmetrics.py",
+    python_sources = "".join(p.read_text() for p in [ROOT / "exporter" / "scrape" / "selfmetrics.py",
                                                      *sorted((ROOT / "exporter" / "backup").glob("*.py"))])
     user_supplied = {"up", "pgvigil_storage_allocation_bytes"}  # Prometheus' own; documented custom query
     tests = yaml.safe_load(TEST_FILE.read_text())["tests"]

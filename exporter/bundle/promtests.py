@@ -10,7 +10,17 @@ from __future__ import annotations
 
 import re
 
-from exporter.bundle.catalog import BASE, EXPORTER_JOB, AlertSpec, constant, counter, selector
+from exporter.bundle.catalog import (
+    BASE,
+    EXPORTER_JOB,
+    AlertSpec,
+    Case,
+    Scenario,
+    ValueKind,
+    constant,
+    counter,
+    selector,
+)
 from exporter.bundle.humanize import format_level
 from exporter.bundle.rules import alert_specs, render_description
 from exporter.bundle.thresholds import Threshold
@@ -36,7 +46,7 @@ def step(threshold: Threshold, level: float) -> float:
 def breaching_value(spec: AlertSpec, threshold: Threshold, level: float) -> float:
     """The value just past the level: one step, or for an age growing with time() the level plus
     the `for:` duration and two minutes (it crossed the level `for:` + 2 minutes before eval)."""
-    if spec.kind == "clock":
+    if spec.kind is ValueKind.CLOCK:
         return level + (duration_minutes(threshold.for_) + 2) * 60
     delta = step(threshold, level)
     return level - delta if threshold.direction == "below" else level + delta
@@ -44,9 +54,9 @@ def breaching_value(spec: AlertSpec, threshold: Threshold, level: float) -> floa
 
 def safe_value(spec: AlertSpec, threshold: Threshold, level: float) -> float:
     """The closest value that must not fire: the level itself where values are exact."""
-    if spec.kind == "clock":
+    if spec.kind is ValueKind.CLOCK:
         return level - 60  # an age one minute short of the level at evaluation time
-    if spec.kind == "gauge" and threshold.unit in _INTEGRAL_UNITS:
+    if spec.kind is ValueKind.GAUGE and threshold.unit in _INTEGRAL_UNITS:
         return level
     delta = step(threshold, level)
     if threshold.direction == "below":
@@ -81,13 +91,13 @@ def unit_test_file(thresholds: dict[str, Threshold]) -> dict:
 def _case(spec: AlertSpec, threshold: Threshold, title: str, value: float,
           pending_check: bool = False, quiet: bool = False) -> dict:
     for_minutes = duration_minutes(threshold.for_)
-    if spec.kind == "clock":
+    if spec.kind is ValueKind.CLOCK:
         eval_at = for_minutes + 30  # any time: the scenario places the backup relative to it
     else:
         # counters' increase only reaches the scenario value once the window is full
         eval_at = max(spec.starts_at, spec.window) + for_minutes + 1
     minutes = eval_at + 5
-    scenario = spec.scenario(value, minutes, eval_at=eval_at, quiet=quiet)
+    scenario = spec.scenario(Case(value, minutes, eval_at=eval_at, quiet=quiet, min_rate=threshold.min_rate or 0))
     expected = [] if quiet else [
         _expected_alert(spec, threshold, severity, level, scenario.labels, scenario.value)
         for severity, level in threshold.levels().items()
@@ -96,7 +106,7 @@ def _case(spec: AlertSpec, threshold: Threshold, title: str, value: float,
     checks = []
     if pending_check and for_minutes >= 1:
         # one minute before `for:` has elapsed since the condition could first be true: still pending
-        if spec.kind == "clock":
+        if spec.kind is ValueKind.CLOCK:
             pending_at = eval_at - 2
             early = _clock_alerts(spec, threshold, scenario, value, eval_at, pending_at, for_minutes)
         else:
@@ -111,7 +121,7 @@ def _case(spec: AlertSpec, threshold: Threshold, title: str, value: float,
     }
 
 
-def _clock_alerts(spec: AlertSpec, threshold: Threshold, scenario, value: float,
+def _clock_alerts(spec: AlertSpec, threshold: Threshold, scenario: Scenario, value: float,
                   eval_at: int, minute: int, for_minutes: int) -> list[dict]:
     """Alerts firing at `minute` for an age that is `value` at `eval_at` and grows 60 s a minute:
     a lower level crossed long before may already fire while the tested one is still pending."""

@@ -23,7 +23,7 @@ class BundleError(Exception):
 
 def alert_specs(thresholds: dict[str, Threshold]) -> list[AlertSpec]:
     """The alert catalog, checked against the thresholds it needs."""
-    specs = catalog({name: t.min_rate for name, t in thresholds.items()})
+    specs = catalog()
     missing = sorted({spec.threshold for spec in specs} - set(thresholds))
     if missing:
         raise BundleError(f"the thresholds file lacks entries for: {', '.join(missing)}")

@@ -1,0 +1,25 @@
+"""Recording rules: ratios and counts the alerts and the dashboards share (name, PromQL)."""
+from __future__ import annotations
+
+RECORDING_RULES: list[tuple[str, str]] = [
+    ("pgvigil:connection_utilization:ratio",
+     "sum without(datname, state) (pg_stat_activity_count)\n"
+     "/ (pg_settings_max_connections - pg_settings_superuser_reserved_connections)"),
+    ("pgvigil:active_connections:count",
+     'sum without(datname, state) (pg_stat_activity_count{state="active"})'),
+    ("pgvigil:slow_statements:count",
+     "pg_stat_statements_mean_time_seconds_gcount\n"
+     '- ignoring(le) pg_stat_statements_mean_time_seconds_bucket{le=~"1|1.0"}'),
+    ("pgvigil:xact:rate5m",
+     "rate(pg_stat_database_xact_commit[5m]) + rate(pg_stat_database_xact_rollback[5m])"),
+    ("pgvigil:xact_rollback:ratio_rate5m",
+     "rate(pg_stat_database_xact_rollback[5m])\n"
+     "/ (rate(pg_stat_database_xact_commit[5m]) + rate(pg_stat_database_xact_rollback[5m]))"),
+    ("pgvigil:blocks_requested:rate5m",
+     "sum without(datid, datname) (rate(pg_stat_database_blks_hit[5m]) + rate(pg_stat_database_blks_read[5m]))"),
+    ("pgvigil:cache_hit:ratio_rate5m",
+     "sum without(datid, datname) (rate(pg_stat_database_blks_hit[5m]))\n"
+     "/ sum without(datid, datname) (rate(pg_stat_database_blks_hit[5m]) + rate(pg_stat_database_blks_read[5m]))"),
+    ("pgvigil:storage_utilization:ratio",
+     "sum without(datname) (pg_database_size_bytes) / pgvigil_storage_allocation_bytes"),
+]
