@@ -68,6 +68,10 @@ class Runner:
     def _start_run(self, state: TargetState) -> tuple[concurrent.futures.Future[None], int]:
         with self._lock:
             inflight = self._inflight.get(state.name)
+            if self._closed:
+                # A scrape that took this runner just before a reload closed it: nothing new runs,
+                # the scrape reports what it has instead of failing.
+                return inflight or (_finished(), 0)
             if inflight is None or inflight[0].done():
                 run_id = next(_run_ids)
                 inflight = (self._pool.submit(self._run_target, state, run_id), run_id)
@@ -204,6 +208,12 @@ class Runner:
         self._render_pool.shutdown(wait=False, cancel_futures=True)
         for state in self.targets.values():
             state.close()
+
+
+def _finished() -> concurrent.futures.Future[None]:
+    future: concurrent.futures.Future[None] = concurrent.futures.Future()
+    future.set_result(None)
+    return future
 
 
 def _wait_rendered(rendering: concurrent.futures.Future[None] | None) -> None:

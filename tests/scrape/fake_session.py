@@ -1,0 +1,116 @@
+"""A scripted stand-in for TargetSession: the runner's scheduling tested in milliseconds, no database.
+
+Each query's behaviour is chosen by a substring of its SQL: rows to return, an exception to raise,
+or an Event to wait on (a query that "runs" until the test releases it or cancels it).
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from exporter.config import Defaults, TargetSpec
+from exporter.scrape.session import ConnectFailed, FetchResult, PreparedSql, QueryFailed, ServerFacts
+
+
+@dataclass
+class Script:
+    """What the fake server does for SQL containing `match`."""
+
+    match: str
+    columns: list[str] = field(default_factory=lambda: ["x"])
+    rows: list[tuple] = field(default_factory=lambda: [(1,)])
+    gate: threading.Event | None = None  # wait for this before answering (cancel() also ends the wait)
+    fail: Callable[[], Exception] | None = None  # raised instead of answering, once per entry in `failures`
+    failures: int = 0
+    prelude_value: str = "2026-12-01T00:00:00.000000+00:00"
+
+
+class FakeServer:
+    """Shared by every session the factory makes: the scripts, and a log of what ran."""
+
+    def __init__(self, *scripts: Script, version: int = 150000, extensions: frozenset[str] = frozenset(),
+                 identity: str = "server-1") -> None:
+        self.scripts = list(scripts)
+        self.version, self.extensions, self.identity = version, extensions, identity
+        self.executed: list[str] = []
+        self.connects = 0
+        self.refuse_connections = False
+        self.cancels = 0
+        self.sessions: list[FakeSession] = []
+        self._lock = threading.Lock()
+
+    def factory(self, spec: TargetSpec, defaults: Defaults) -> "FakeSession":
+        session = FakeSession(self, spec)
+        self.sessions.append(session)
+        return session
+
+    def runs_of(self, match: str) -> int:
+        with self._lock:
+            return sum(match in sql for sql in self.executed)
+
+    def script_for(self, sql: str) -> Script:
+        for script in self.scripts:
+            if script.match in sql:
+                return script
+        raise AssertionError(f"no script for {sql!r}")
+
+    def log(self, sql: str) -> None:
+        with self._lock:
+            self.executed.append(sql)
+
+
+class FakeSession:
+    def __init__(self, server: FakeServer, spec: TargetSpec) -> None:
+        self.server = server
+        self.spec = spec
+        self._facts: ServerFacts | None = None
+        self._cancelled = threading.Event()
+        self.closed = False
+
+    @property
+    def facts(self) -> ServerFacts | None:
+        return self._facts
+
+    def ensure_connected(self) -> ServerFacts:
+        if self._facts is None:
+            if self.server.refuse_connections:
+                raise ConnectFailed("connection refused")
+            self.server.connects += 1
+            self._facts = ServerFacts(self.server.version, self.server.identity, self.server.extensions,
+                                      self.spec.name)
+        return self._facts
+
+    def refresh_extensions(self) -> None:
+        pass
+
+    def run(self, prepared: PreparedSql, timeout: float, lock_timeout: float) -> FetchResult:
+        if self._facts is None:
+            raise QueryFailed("not connected", connection_lost=True)
+        self.server.log(prepared.sql)
+        script = self.server.script_for(prepared.sql)
+        if script.fail is not None and script.failures > 0:
+            script.failures -= 1
+            error = script.fail()
+            if isinstance(error, QueryFailed) and error.connection_lost:
+                self._facts = None
+            raise error
+        if script.gate is not None:
+            self._cancelled.clear()
+            while not script.gate.wait(0.01):
+                if self._cancelled.is_set():
+                    raise QueryFailed("canceling statement due to user request")
+        rows = script.rows[:prepared.limit] if prepared.limit is not None else script.rows
+        return FetchResult(script.columns, rows, script.prelude_value if prepared.prelude else None)
+
+    def ping(self) -> float:
+        self.ensure_connected()
+        return 0.001
+
+    def cancel(self) -> None:
+        self.server.cancels += 1
+        self._cancelled.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._facts = None
