@@ -87,7 +87,10 @@ def test_failed_verification_exits_1(config_file, tmp_path):
     (["run", "--dir", "/tmp/x"], "Error: give --dsn, or --config and --target naming one of its targets"),
     (["status"], "Error: give --dir, or --config with a backup: section that sets dir"),
     (["prune", "--dir", "/tmp/x", "--keep-last", "0"], "Error: Invalid value for '--keep-last': 0 is not in the range x>=1."),
-    (["verify", "--dir", "/tmp/pgvigil-no-backups-here"], "Error: no complete backup in /tmp/pgvigil-no-backups-here"),
+    (["verify", "--dir", "/tmp"], "Error: no complete backup in /tmp"),
+    *[([command, "--dir", "/tmp/pgvigil-no-such-dir"], "Error: backup directory /tmp/pgvigil-no-such-dir does not "
+       "exist (give the --dir or backup.dir that `pgvigil backup run` writes to)")
+      for command in ("status", "verify", "prune")],
 ])
 def test_usage_errors_are_one_clear_line(args, message):
     result = CliRunner().invoke(main, ["backup", *args])
@@ -129,3 +132,41 @@ def test_serve_exports_the_backup_state(config_file, tmp_path):
         "pgvigil_backup_last_verify_timestamp_seconds"]
     assert all(s.labels == {"target": "primary"} for s in samples.values())
     assert samples["pgvigil_backup_last_verify_success"].value == 1.0
+
+
+@pytest.mark.parametrize("command, has_dsn", [("run", True), ("verify", True), ("status", False), ("prune", False)])
+def test_help_mentions_dsn_only_where_the_option_exists(command, has_dsn):
+    code, out = pgvigil(command, "--help")
+    assert code == 0
+    assert ("--dsn" in out) == has_dsn, out
+
+
+def test_run_prints_the_size_the_way_status_does(config_file, tmp_path):
+    code, out = pgvigil("run", "--config", str(config_file))
+    assert code == 0, out
+    size = json.loads(pgvigil("status", "--config", str(config_file), "--json")[1])[0]["size_bytes"]
+    shown = f"{size / 1024:.1f} KiB"
+    assert f": {shown} in " in out
+    assert shown in pgvigil("status", "--config", str(config_file))[1]
+
+
+def test_run_as_a_pg_monitor_role_names_the_grant_it_needs(cluster, app_db, tmp_path):
+    """The role the README recommends for monitoring reads statistics, not data: say so before dumping."""
+    role = f"monitor_{dbname_of(app_db)}"
+    cluster.execute(f"CREATE ROLE {role} LOGIN; GRANT pg_monitor TO {role}")
+    dsn = app_db.replace("postgresql://postgres@", f"postgresql://{role}@")
+    assert dsn != app_db
+    code, out = pgvigil("run", "--dir", str(tmp_path / "b"), "--dsn", dsn, "--target", "app")
+    assert code == 1
+    assert out.strip() == (
+        f"Error: role {role} cannot read 8 table(s) or sequence(s) pg_dump must dump (permission denied for "
+        '"Sales Data"."Quarterly Totals", public.customers, public.empty_table, public.events, public.events_2024 '
+        f"and 3 more); give it read access: GRANT pg_read_all_data TO {role};  (pg_monitor reads statistics, "
+        "not table data)")
+    assert "snapshot" not in out and "Traceback" not in out
+    status = json.loads(pgvigil("status", "--dir", str(tmp_path / "b"), "--json")[1])
+    assert [(row["condition"], row["note"]) for row in status] == [("failed", out.strip()[len("Error: "):])]
+
+    cluster.execute(f"GRANT pg_read_all_data TO {role}")
+    code, out = pgvigil("run", "--dir", str(tmp_path / "b"), "--dsn", dsn, "--target", "app")
+    assert code == 0, out

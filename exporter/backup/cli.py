@@ -55,18 +55,33 @@ def _fail(exc: BackupError) -> click.ClickException:
     return click.ClickException(str(exc))
 
 
-common = [
-    click.option("--config", "config_path", envvar="PGVIGIL_CONFIG", type=click.Path(dir_okay=False),
-                 help="pgvigil config file (env PGVIGIL_CONFIG)"),
-    click.option("--dir", "directory", type=click.Path(file_okay=False), help="backup directory (overrides config)"),
-    click.option("--target", help="target name (a config target, or a label with --dsn)"),
-]
+def existing_dir(settings: Settings) -> Path:
+    """The backup directory of a command that reads backups: a missing one is a mistake, not 'no backups'."""
+    if not settings.dir.is_dir():
+        raise click.ClickException(f"backup directory {settings.dir} does not exist "
+                                   "(give the --dir or backup.dir that `pgvigil backup run` writes to)")
+    return settings.dir
 
 
-def with_common(func: Any) -> Any:
-    for option in reversed(common):
-        func = option(func)
-    return func
+def with_common(target_help: str) -> Any:
+    """--config, --dir and --target; commands with --dsn and commands without word --target differently."""
+    options = [
+        click.option("--config", "config_path", envvar="PGVIGIL_CONFIG", type=click.Path(dir_okay=False),
+                     help="pgvigil config file (env PGVIGIL_CONFIG)"),
+        click.option("--dir", "directory", type=click.Path(file_okay=False),
+                     help="backup directory (overrides config)"),
+        click.option("--target", help=target_help),
+    ]
+
+    def decorate(func: Any) -> Any:
+        for option in reversed(options):
+            func = option(func)
+        return func
+    return decorate
+
+
+WITH_DSN = "target name (a config target, or a label for the database --dsn names)"
+FILTER = "only this target's backups"
 
 
 @click.group()
@@ -75,7 +90,7 @@ def backup() -> None:
 
 
 @backup.command()
-@with_common
+@with_common(WITH_DSN)
 @click.option("--dsn", help="connection string of the database to dump (default: the config target's)")
 @click.option("--offsite-dir", type=click.Path(file_okay=False), help="also copy the backup here (off-site mount)")
 @click.option("--progress/--no-progress", default=None, help="progress line (default: when stderr is a terminal)")
@@ -84,6 +99,7 @@ def run(config_path: str | None, directory: str | None, target: str | None, dsn:
     """Dump a database (pg_dump -Fc) with a checksum and a manifest."""
     from exporter.backup.dump import run_backup
     from exporter.backup.offsite import offsite_places
+    from exporter.backup.sizes import human_size
 
     settings = resolve(config_path, directory, target, dsn)
     if settings.dsn is None:
@@ -97,14 +113,14 @@ def run(config_path: str | None, directory: str | None, target: str | None, dsn:
     except BackupError as exc:
         raise _fail(exc) from None
     seconds = entry["finished"] - entry["started"]
-    click.echo(f"backup {entry['name']}: {entry['size_bytes']} bytes in {seconds:.1f}s, "
+    click.echo(f"backup {entry['name']}: {human_size(entry['size_bytes'])} in {seconds:.1f}s, "
                f"sha256 {entry['sha256']} ({settings.dir / entry['files']['dump']})")
     for copy in entry["offsite"]:
         click.echo(f"  copied to {copy['location']}")
 
 
 @backup.command()
-@with_common
+@with_common(WITH_DSN)
 @click.argument("name", required=False)
 @click.option("--dsn", help="server to restore into with --restore (default: the config target's)")
 @click.option("--restore", is_flag=True, help="restore into a scratch database and compare row counts")
@@ -117,7 +133,7 @@ def verify(config_path: str | None, directory: str | None, target: str | None, n
     settings = resolve(config_path, directory, target, dsn)
     sanity_query = sanity_query or getattr(settings.backup, "sanity_query", None)
     try:
-        result = verify_backup(settings.dir, name=name, target=settings.target if not name else None,
+        result = verify_backup(existing_dir(settings), name=name, target=settings.target if not name else None,
                                restore=restore, dsn=settings.dsn, sanity_query=sanity_query)
     except BackupError as exc:
         raise _fail(exc) from None
@@ -130,7 +146,7 @@ def verify(config_path: str | None, directory: str | None, target: str | None, n
 
 
 @backup.command()
-@with_common
+@with_common(FILTER)
 @click.option("--keep-days", type=click.FloatRange(min=0), help="keep backups younger than this many days")
 @click.option("--keep-last", type=click.IntRange(min=1), help="keep this many newest backups per target")
 @click.option("--dry-run", is_flag=True, help="print what would be deleted, delete nothing")
@@ -143,7 +159,7 @@ def prune(config_path: str | None, directory: str | None, target: str | None, ke
     keep_days = keep_days if keep_days is not None else getattr(settings.backup, "keep_days", None)
     keep_last = keep_last if keep_last is not None else getattr(settings.backup, "keep_last", None)
     try:
-        decisions = apply_prune(settings.dir, keep_days, keep_last, target=target, dry_run=dry_run)
+        decisions = apply_prune(existing_dir(settings), keep_days, keep_last, target=target, dry_run=dry_run)
     except BackupError as exc:
         raise _fail(exc) from None
     deleted = "would delete" if dry_run else "deleted"
@@ -154,7 +170,7 @@ def prune(config_path: str | None, directory: str | None, target: str | None, ke
 
 
 @backup.command()
-@with_common
+@with_common(FILTER)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def status(config_path: str | None, directory: str | None, target: str | None, as_json: bool) -> None:
     """Show recorded backups and their verification state."""
@@ -162,7 +178,7 @@ def status(config_path: str | None, directory: str | None, target: str | None, a
 
     settings = resolve(config_path, directory, None, None)
     try:
-        rows = backup_statuses(settings.dir, target=target)
+        rows = backup_statuses(existing_dir(settings), target=target)
     except BackupError as exc:
         raise _fail(exc) from None
     if as_json:

@@ -33,7 +33,8 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from exporter.backup.pgclient import BackupError, Conninfo, client_program, safe_name, tail
+from exporter.backup.pgclient import BackupError, Conninfo, client_program, safe_name
+from exporter.backup.sizes import human_size
 from exporter.backup.state import StateFile, find_backup, fsync_dir, target_record, write_file_atomically
 
 CHUNK = 1 << 20
@@ -50,6 +51,35 @@ WHERE c.relkind = 'r' AND c.relpersistence <> 't'
                   AND d.objid = c.oid AND d.deptype = 'e')
 ORDER BY 1, 2
 """
+
+
+# What pg_dump must read besides the tables above: it locks every table and partitioned table and
+# reads every sequence, so a role without SELECT on one of them fails half-way. Checked up front.
+UNREADABLE_SQL = """
+SELECT format('%I.%I', n.nspname, c.relname)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'S') AND c.relpersistence <> 't'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'
+  AND n.nspname NOT LIKE 'pg\\_temp%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                  AND d.objid = c.oid AND d.deptype = 'e')
+  AND NOT (has_schema_privilege(n.oid, 'USAGE') AND has_table_privilege(c.oid, 'SELECT'))
+ORDER BY 1
+"""
+
+
+def read_grant_hint(role: str, version_num: int) -> str:
+    """The grant that lets `role` dump a whole database, for the server's version."""
+    if version_num >= 140000:
+        return f"GRANT pg_read_all_data TO {role};  (pg_monitor reads statistics, not table data)"
+    return (f"GRANT USAGE ON SCHEMA ... TO {role}; GRANT SELECT ON ALL TABLES IN SCHEMA ... TO {role}; "
+            f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA ... TO {role};  (per schema; pg_read_all_data needs 14+)")
+
+
+def unreadable_error(role: str, version_num: int, relations: Sequence[str]) -> str:
+    shown = ", ".join(relations[:5]) + (f" and {len(relations) - 5} more" if len(relations) > 5 else "")
+    return (f"role {role} cannot read {len(relations)} table(s) or sequence(s) pg_dump must dump "
+            f"(permission denied for {shown}); give it read access: {read_grant_hint(role, version_num)}")
 
 
 def backup_files(name: str) -> dict[str, str]:
@@ -96,7 +126,7 @@ class Progress:
         if not self.enabled or (not final and now - self._shown < 0.5):
             return
         self._shown = now
-        line = (f"\r  {self.tables_done}/{self.tables_total} tables, {written / 1048576:.1f} MiB written, "
+        line = (f"\r  {self.tables_done}/{self.tables_total} tables, {human_size(written)} written, "
                 f"{now - self.started:.0f}s  {self.current[:40]}")
         self.stream.write(line.ljust(100) + ("\n" if final else ""))
         self.stream.flush()
@@ -121,9 +151,9 @@ class _StderrReader(threading.Thread):
                 self.lines.append(line)
 
     def reason(self) -> str:
-        """pg_dump's own error lines; its verbose chatter otherwise drowns them."""
+        """pg_dump's own error lines, the first ones (the cause; later ones follow from it)."""
         errors = [line for line in self.lines if any(k in line for k in ("error:", "DETAIL:", "detail:", "FATAL"))]
-        return tail("\n".join(errors))
+        return "\n".join(errors[:3])
 
 
 class _RowCounter(threading.Thread):
@@ -155,6 +185,13 @@ def _snapshot_session(conninfo: Conninfo) -> tuple[Any, dict[str, Any]]:
                     "current_setting('server_version_num')::int, current_database(), "
                     "pg_database_size(current_database())")
         snapshot, version, version_num, dbname, db_size = cur.fetchone()
+        cur.execute(UNREADABLE_SQL)
+        unreadable = [row[0] for row in cur.fetchall()]
+        if unreadable:
+            cur.execute("SELECT current_user")
+            role = cur.fetchone()[0]
+            conn.close()
+            raise BackupError(unreadable_error(role, version_num, unreadable))
         cur.execute(TABLES_SQL)
         tables = [{"schema": s, "name": n, "estimated_rows": est, "rows": None} for s, n, est in cur.fetchall()]
     return conn, {"snapshot": snapshot, "server_version": version, "server_version_num": version_num,
@@ -252,6 +289,12 @@ def _make_backup(conninfo: Conninfo, target: str, directory: Path, entry: dict[s
         meter = Progress(stream, len(facts["tables"]), show)
         size, sha256, error = _stream_dump(conninfo, facts["snapshot"], directory / entry["partial"], meter,
                                            on_start=counter.start)
+        if error:
+            counter.join(timeout=1.0)  # its error, if it had one, may still be on its way
+        if error and counter.error:
+            # Counting failed first and ended the snapshot's transaction; pg_dump's "could not
+            # import the requested snapshot" is only a consequence. Show the cause.
+            raise BackupError(conninfo.redact(counter.error))
         if error:
             raise BackupError(error)
         counter.join()

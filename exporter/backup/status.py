@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from exporter.backup.sizes import human_size
 from exporter.backup.state import StateFile, backups_of, is_orphaned
 
 GOOD = frozenset({"restored", "verified", "unverified"})
@@ -69,17 +70,6 @@ def backup_statuses(directory: Path, target: str | None = None) -> list[BackupSt
         rows.append(BackupStatus(entry["name"], entry["target"], condition, entry.get("finished"),
                                  entry.get("size_bytes"), verify.get("at"), note))
     return rows
-
-
-def human_size(size: int | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(size)
 
 
 def when(ts: float | None) -> str:
