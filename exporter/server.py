@@ -8,12 +8,15 @@ from __future__ import annotations
 import html
 import json
 import logging
+import socket
 import sys
 import threading
 import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterable
+
+from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.config import Config
@@ -32,7 +35,7 @@ CLIENT_IO_TIMEOUT = 30.0
 class Exporter:
     """The running state behind the HTTP server; `reload()` swaps in a new config atomically."""
 
-    def __init__(self, config: Config, extra_collectors: Iterable[object] = ()) -> None:
+    def __init__(self, config: Config, extra_collectors: Iterable[Collector] = ()) -> None:
         self.config = config
         # Swapped as one value on reload, so a scrape never pairs one config's runner with another's families.
         self._serving = (Runner(config), ScrapeText(config.queries))
@@ -53,7 +56,7 @@ class Exporter:
         parts.append(render_self_metrics(scrape, self.registry).encode("utf-8"))
         return parts
 
-    def reload(self, config: Config, extra_collectors: Iterable[object] = ()) -> None:
+    def reload(self, config: Config, extra_collectors: Iterable[Collector] = ()) -> None:
         old = self.runner
         self.config, self._serving = config, (Runner(config), ScrapeText(config.queries))
         self.registry = process_registry(extra_collectors)
@@ -129,7 +132,7 @@ def _handler_class(exporter: Exporter, authorize: Callable[[str | None], bool] |
         def metrics(self, params: dict) -> tuple[int, str, list[bytes]]:
             return 200, CONTENT_TYPE, exporter.metrics_parts(self.budget())
 
-        def probe(self, params: dict) -> tuple[int, str, bytes]:
+        def probe(self, params: dict) -> tuple[int, str, bytes | list[bytes]]:
             # Only configured target names are accepted: never an address from the request.
             name = (params.get("target") or [""])[0]
             if name not in exporter.runner.targets:
@@ -164,9 +167,22 @@ def render_landing(exporter: Exporter) -> str:
         for name, state in exporter.runner.targets.items())
     return (f"<!doctype html><html><head><title>pgvigil</title></head><body><h1>pgvigil {__version__}</h1>"
             f"<p><a href='/metrics'>/metrics</a> · <a href='/health'>/health</a></p><h2>Targets</h2><ul>{targets}</ul>"
-            f"<h2>Queries ({len(exporter.config.queries)})</h2><table border='1' cellpadding='3'>"
+            f"{queries_heading(exporter)}<table border='1' cellpadding='3'>"
             f"<tr><th>target</th><th>query</th><th>rows</th><th>duration</th><th>last status</th></tr>{''.join(rows)}</table>"
             "</body></html>\n")
+
+
+def queries_heading(exporter: Exporter) -> str:
+    """The count must match the table: say which configured queries are not in it, and why."""
+    configured = [query.name for query in exporter.config.queries]
+    ran = {name for state in exporter.runner.targets.values() for name in configured
+           if state.statuses[name].success is not None}
+    idle = [name for name in configured if name not in ran]
+    if not idle:
+        return f"<h2>Queries ({len(configured)})</h2>"
+    return (f"<h2>Queries: {len(ran)} of {len(configured)} ran</h2><p>Not run yet on any target "
+            f"({len(idle)}): {html.escape(', '.join(idle))}. A query runs only on servers within its "
+            "min_server_version/max_server_version and on the targets it names; the others wait for a scrape.</p>")
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -187,6 +203,10 @@ class _Server(ThreadingHTTPServer):
         log.debug("connection from %s ended: %s", client_address[0], sys.exc_info()[1])
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 @dataclass
 class ServerHandle:
     server: ThreadingHTTPServer
@@ -204,18 +224,13 @@ def make_server(exporter: Exporter, listen: str, wrap_socket: Callable | None = 
                 authorize: Callable[[str | None], bool] | None = None) -> ThreadingHTTPServer:
     """`wrap_socket` wraps the listening socket (TLS); `authorize(Authorization header) -> bool` gates every request."""
     host, port = split_listen(listen)
-    server_class = _Server
-    if ":" in host:
-        import socket
-
-        server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
-    server = server_class((host, port), _handler_class(exporter, authorize))
+    server = (_Server6 if ":" in host else _Server)((host, port), _handler_class(exporter, authorize))
     if wrap_socket is not None:
         server.socket = wrap_socket(server.socket)
     return server
 
 
-def extra_collectors(config: Config) -> list[object]:
+def extra_collectors(config: Config) -> list[Collector]:
     """Collectors beyond SQL: the backup state when the config has a backup section."""
     if config.backup is None:
         return []
@@ -225,7 +240,7 @@ def extra_collectors(config: Config) -> list[object]:
     return [BackupStateCollector(config.backup.dir, target)]
 
 
-def start_server(config: Config, listen: str = "127.0.0.1:0", extra_collectors: Iterable[object] = (),
+def start_server(config: Config, listen: str = "127.0.0.1:0", extra_collectors: Iterable[Collector] = (),
                  wrap_socket: Callable | None = None,
                  authorize: Callable[[str | None], bool] | None = None) -> ServerHandle:
     """Serve in a background thread (for tests, the demo and embedding); returns a handle with .url and .stop()."""
@@ -235,5 +250,6 @@ def start_server(config: Config, listen: str = "127.0.0.1:0", extra_collectors: 
     thread.start()
     host, port = server.server_address[:2]
     scheme = "https" if wrap_socket is not None else "http"
+    host = host.decode() if isinstance(host, bytes) else host
     shown = f"[{host}]" if ":" in host else host
     return ServerHandle(server=server, exporter=exporter, thread=thread, url=f"{scheme}://{shown}:{port}")

@@ -43,6 +43,7 @@ def test_check_connect_prints_a_table(tmp_path, fresh_db):
                                             "  - {name: bad, sql: 'SELECT 1/0 AS x', metrics: {x: {}}}\n")
     assert pgvigil("check", "--config", path).returncode == 0
     result = pgvigil("check", "--config", path, "--connect")
+    assert result.stdout.splitlines()[0] == "config OK: 1 target, 2 queries (packs: none)"
     assert result.returncode == 1
     header, good, bad = result.stdout.splitlines()[1:4]
     assert header.split() == ["target", "query", "rows", "series", "duration", "error"]
@@ -52,17 +53,24 @@ def test_check_connect_prints_a_table(tmp_path, fresh_db):
 
 def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path, fresh_db, cluster):
     port = free_port()
-    path = write_config(tmp_path, fresh_db)
+    path = write_config(tmp_path, fresh_db, "  - {name: q, sql: 'SELECT 1 AS x', metrics: {x: {}}}\n"
+                                            "  - {name: old_server_only, sql: 'SELECT 1 AS x', metrics: {x: {}}, "
+                                            "max_server_version: 90600}\n")
     proc = subprocess.Popen([sys.executable, "-m", "exporter", "serve", "--config", path, "--log-format", "json"],
                             env={**os.environ, "PGVIGIL_LISTEN": f"127.0.0.1:{port}"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        landing = _wait_for(f"http://127.0.0.1:{port}/")
+        assert "<h2>Queries: 0 of 2 ran</h2><p>Not run yet on any target (2): q, old_server_only." in landing
         body = _wait_for(f"http://127.0.0.1:{port}/metrics")
         assert sample(parse_exposition(body), "q_x", target="db") == 1
+        landing = _wait_for(f"http://127.0.0.1:{port}/")
+        assert "<h2>Queries: 1 of 2 ran</h2><p>Not run yet on any target (1): old_server_only." in landing
     finally:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0
+    assert f'listening on 127.0.0.1:{port} with 1 target and 2 queries"' in stderr
     assert '"msg": "pgvigil stopped; database sessions closed"' in stderr
     dbname = fresh_db.rsplit("/", 1)[1]
     assert cluster.execute(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{dbname}' AND application_name = 'pgvigil'") == [(0,)]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ def externally_managed_python() -> Path | None:
         if not candidate.exists():
             continue
         marker = subprocess.run([str(candidate), "-c", "import sysconfig; print(sysconfig.get_path('stdlib'))"],
-                                capture_output=True, text=True)
+                                capture_output=True, text=True, check=False)
         if marker.returncode == 0 and (Path(marker.stdout.strip()) / "EXTERNALLY-MANAGED").is_file():
             return candidate
     return None
@@ -63,7 +62,8 @@ def user_env(tmp_path_factory) -> dict[str, str]:
 
 
 def run(clone: Path, env: dict[str, str], *argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(list(argv), cwd=clone, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(list(argv), cwd=clone, env=env, capture_output=True, text=True, timeout=900,
+                          check=False)
 
 
 def test_a_plain_pip_install_is_refused_by_the_system_python(clone, user_env):
