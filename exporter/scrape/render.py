@@ -18,7 +18,7 @@ import json
 import math
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from exporter.config import MetricSpec, QuerySpec
 from exporter.scrape.exposition import escape_label_value, format_value
@@ -188,9 +188,7 @@ def render_rows(
         keys = _label_keys(rows, [index[name] for name in query.labels], previous.keys if previous else None)
         if keys is not None:
             return _render_by_column(query, index, rows, keys, target_labels, previous, problems)
-    run = _render_by_row(query, index, rows, target_labels, histograms, problems)
-    run.lines = {name: text.encode("utf-8") for name, text in run.lines.items()}
-    return run
+    return _render_by_row(query, index, rows, target_labels, histograms, problems)
 
 
 def _label_keys(rows: Sequence[tuple], label_idx: list[int], known: list[tuple] | None = None) -> list[tuple] | None:
@@ -282,13 +280,15 @@ def _render_column(metric: MetricSpec, heads: list[str], values: Sequence, kinds
     if kinds <= _PLAIN_NUMBERS:
         texts = _format_numbers(values, kinds)
     else:
-        texts = list(map(_sample_text, values))
-        if None in texts:  # invalid values: note each and leave those samples out
-            for v, text in zip(values, texts):
+        maybe_texts = list(map(_sample_text, values))
+        if None in maybe_texts:  # invalid values: note each and leave those samples out
+            for v, text in zip(values, maybe_texts):
                 if text is None:
                     problems.note("invalid_value", f"column {metric.column}: {_invalid_reason(v)}")
-            pairs = [(h, t) for h, t in zip(heads, texts) if t is not None]
+            pairs = [(h, t) for h, t in zip(heads, maybe_texts) if t is not None]
             heads, texts = [h for h, _ in pairs], [t for _, t in pairs]
+        else:
+            texts = cast("list[str]", maybe_texts)
     return _join_lines(heads, texts), len(texts)
 
 
@@ -352,8 +352,10 @@ def _render_by_row(query: QuerySpec, index: dict[str, int], rows: Sequence[tuple
     """The general path: histograms, duplicate label sets; row by row, in result order."""
     label_idx = [index[name] for name in query.labels]
     label_names = query.labels
-    plain = [(m, index[m.column], []) for m in query.metrics if m.type in ("gauge", "counter")]
-    snapshot = [(m, index[m.column], {}) for m in query.metrics if m.type == "gauge_histogram"]
+    plain: list[tuple[MetricSpec, int, list[str]]] = [
+        (m, index[m.column], []) for m in query.metrics if m.type in ("gauge", "counter")]
+    snapshot: list[tuple[MetricSpec, int, dict[tuple, Histogram]]] = [
+        (m, index[m.column], {}) for m in query.metrics if m.type == "gauge_histogram"]
     cumulative = [(m, index[m.column], histograms.setdefault(m.name, {})) for m in query.metrics if m.type == "histogram"]
     seen: set[tuple] = set()
     for row in rows:
@@ -390,7 +392,8 @@ def _render_by_row(query: QuerySpec, index: dict[str, int], rows: Sequence[tuple
         lines[metric.name], count = _render_histograms(metric, state, label_names, target_labels, "_count", "_sum",
                                                        always=not label_names)
         series += count
-    return RenderedRun(lines=lines, rows=len(rows), series=series, problems=problems)
+    encoded = {name: text.encode("utf-8") for name, text in lines.items()}
+    return RenderedRun(lines=encoded, rows=len(rows), series=series, problems=problems)
 
 
 def _cell(row: tuple, col: int, metric: MetricSpec) -> Any:

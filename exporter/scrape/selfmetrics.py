@@ -11,6 +11,7 @@ from typing import Iterable
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.scrape.exposition import escape_label_value, render_samples
@@ -32,7 +33,7 @@ class BuildInfoCollector:
         yield family
 
 
-def process_registry(extra_collectors: Iterable[object] = ()) -> CollectorRegistry:
+def process_registry(extra_collectors: Iterable[Collector] = ()) -> CollectorRegistry:
     """Registry of process/platform metrics, build info and any extra collectors (backups)."""
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)
