@@ -13,13 +13,13 @@ from typing import Iterator
 
 import psycopg2
 import pytest
+from packs.exposition import Sample, find, parse_samples, value
+from test_packs import MONITOR_ROLE, ensure_monitor_role, wait_until
 
 from exporter.config import parse_config
 from exporter.dev.servers import server_bindir
 from exporter.dev.throwaway import ThrowawayCluster
 from exporter.scrape.assembly import scrape_once
-from packs.exposition import Sample, find, parse_samples, value
-from test_packs import MONITOR_ROLE, ensure_monitor_role, wait_until
 
 MAJORS = (13, 14, 15, 16, 17, 18)
 PACKS = ("io", "checkpointer", "wal", "logical_replication", "vacuum_progress", "wait_events")

@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Iterator
 
 import pytest
+from packs.exposition import Sample, find, parse_samples, value
+from test_packs import MONITOR_ROLE, ensure_monitor_role, wait_until
 
 from exporter.config import parse_config
 from exporter.dev.servers import server_bindir
 from exporter.dev.throwaway import ThrowawayCluster
 from exporter.scrape.assembly import scrape_once
-from packs.exposition import Sample, find, parse_samples, value
-from test_packs import MONITOR_ROLE, ensure_monitor_role, wait_until
 
 DB = "embeddings"
 ROWS = 2000
@@ -44,8 +44,10 @@ SEARCHES = {
     "docs_small_hnsw": (f"small <=> '{QUERY}'", 4),
     "docs_small_ivfflat": (f"small <-> '{QUERY}'", 1),
 }
-OPCLASSES = {"docs_embedding_hnsw": ("hnsw", "vector_l2_ops"), "docs_embedding_ivfflat": ("ivfflat", "vector_cosine_ops"),
-             "docs_small_hnsw": ("hnsw", "halfvec_cosine_ops"), "docs_small_ivfflat": ("ivfflat", "halfvec_l2_ops")}
+OPCLASSES = {"docs_embedding_hnsw": ("hnsw", "vector_l2_ops"),
+             "docs_embedding_ivfflat": ("ivfflat", "vector_cosine_ops"),
+             "docs_small_hnsw": ("hnsw", "halfvec_cosine_ops"),
+             "docs_small_ivfflat": ("ivfflat", "halfvec_l2_ops")}
 
 
 def search(cluster: ThrowawayCluster, index: str) -> None:
