@@ -52,12 +52,27 @@ INSERT INTO orders (customer_id, amount) SELECT 1 + i % 2000, (i % 500) / 3.0 FR
 INSERT INTO events (kind) SELECT 'page_view' FROM generate_series(1, 5000);
 INSERT INTO coupons VALUES (1), (1);
 """
+# Both pgvector index kinds on a vector and a halfvec column, so the Vector Search dashboard
+# compares them; pg_buffercache reports how much of each index sits in shared buffers.
 VECTOR_SCHEMA = """
 CREATE EXTENSION vector;
-CREATE TABLE items (id serial PRIMARY KEY, embedding vector(3));
-INSERT INTO items (embedding) SELECT ARRAY[random(), random(), random()]::vector FROM generate_series(1, 1000);
-CREATE INDEX items_embedding_idx ON items USING hnsw (embedding vector_l2_ops);
+CREATE EXTENSION pg_buffercache;
+CREATE TABLE items (id serial PRIMARY KEY, embedding vector(16), embedding_half halfvec(16));
+INSERT INTO items (embedding, embedding_half)
+  SELECT v::vector, v::halfvec
+  FROM generate_series(1, 5000) g, LATERAL (SELECT array_agg(random()) AS v FROM generate_series(1, 16) WHERE g > 0) r;
+CREATE INDEX items_embedding_hnsw ON items USING hnsw (embedding vector_l2_ops);
+CREATE INDEX items_embedding_ivfflat ON items USING ivfflat (embedding vector_cosine_ops) WITH (lists = 50);
+CREATE INDEX items_embedding_half_hnsw ON items USING hnsw (embedding_half halfvec_cosine_ops);
+CREATE INDEX items_embedding_half_ivfflat ON items USING ivfflat (embedding_half halfvec_l2_ops) WITH (lists = 50);
 """
+# One similarity search per index: the distance operator picks the index (l2 <->, cosine <=>).
+VECTOR_SEARCHES = (
+    "SELECT id FROM items ORDER BY embedding <-> %s::vector LIMIT 5",
+    "SELECT id FROM items ORDER BY embedding <=> %s::vector LIMIT 5",
+    "SELECT id FROM items ORDER BY embedding_half <=> %s::halfvec LIMIT 5",
+    "SELECT id FROM items ORDER BY embedding_half <-> %s::halfvec LIMIT 5",
+)
 
 
 def log_nothing(message: str) -> None:
@@ -118,9 +133,10 @@ class Workload:
                 cur.execute("BEGIN")
                 cur.execute("INSERT INTO events (kind) VALUES ('abandoned')")
                 cur.execute("ROLLBACK")
-            if self.vector:  # similarity search through the HNSW index
-                cur.execute("SELECT id FROM items ORDER BY embedding <-> %s::vector LIMIT 5",
-                            (f"[{rng.random()},{rng.random()},{rng.random()}]",))
+            if self.vector:  # similarity searches through each HNSW and IVFFlat index
+                point = "[" + ",".join(f"{rng.random():.4f}" for _ in range(16)) + "]"
+                for sql in VECTOR_SEARCHES:
+                    cur.execute(sql, (point,))
             if step % 10 == 0:  # the slow statement of the day
                 cur.execute("SELECT pg_sleep(0.3), count(*) FROM orders WHERE status = 'new'")
 
