@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exporter.bundle.dashboards import NEEDS_ENVIRONMENT, Catalogue, build_dashboards, write_dashboards
+from exporter.bundle.dashboards import NEEDS_ENVIRONMENT, build_dashboards, dashboards, write_dashboards
 from exporter.bundle.grafana import SCHEMA_VERSION
 from exporter.bundle.thresholds import load_thresholds, parse_thresholds
 
@@ -178,7 +178,7 @@ def band_levels(panel: dict) -> list[float]:
 def banded_panels(thresholds) -> list[tuple[str, str, str]]:
     """(dashboard uid, panel title, threshold key) for every panel whose bands come from the file."""
     return [(spec.uid, panel.title, panel.threshold)
-            for spec in Catalogue(thresholds).all() for panel in spec.panels if panel.threshold]
+            for spec in dashboards(thresholds) for panel in spec.panels if panel.threshold]
 
 
 def test_threshold_steps_equal_the_thresholds_file(committed, thresholds):
