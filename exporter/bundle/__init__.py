@@ -5,7 +5,7 @@
   alerts/pgvigil-alerts.yml             alerting rules, one per alert and severity
   alerts/alertmanager.yml               routing by severity, grouping, inhibition (secrets from files)
   alerts/tests/pgvigil-alerts.test.yml  promtool unit tests placed around every threshold
-and the Grafana dashboards when `exporter.bundle.dashboards` is installed. With `with_examples`,
+and the Grafana dashboards (`exporter.bundle.dashboards`). With `with_examples`,
 also the optional group of the application-level examples (see `exporter.bundle.examples`):
   alerts/pgvigil-examples-rules.yml              copied from examples/alerts/app-rules.yml
   alerts/tests/pgvigil-examples-rules.test.yml   its promtool tests
@@ -13,10 +13,9 @@ docs/metrics.md is generated here too, by `exporter.bundle.metrics_doc` (`pgvigi
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
-from exporter.bundle import alertmanager, examples, promtests, rules
+from exporter.bundle import alertmanager, dashboards, examples, promtests, rules
 from exporter.bundle.thresholds import DEFAULT_THRESHOLDS, load_thresholds
 
 ALERT_FILES = {
@@ -53,9 +52,7 @@ def write_bundle(thresholds_path: str | Path | None, out_dir: str | Path, with_e
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text, encoding="utf-8")
         written.append(target)
-    dashboards = _dashboards_module()
-    if dashboards is not None:
-        written.extend(Path(p) for p in dashboards.write_dashboards(thresholds, out_dir) or [])
+    written.extend(dashboards.write_dashboards(thresholds, out_dir))
     return written
 
 
@@ -65,12 +62,3 @@ def source_name(path: Path) -> str:
         return "alerts/thresholds.yaml"
     return Path(path).name
 
-
-def _dashboards_module():
-    # The dashboards generator is another module of the bundle; until it exists, alerts only.
-    try:
-        return importlib.import_module("exporter.bundle.dashboards")
-    except ModuleNotFoundError as exc:
-        if exc.name != "exporter.bundle.dashboards":
-            raise
-        return None

@@ -84,10 +84,13 @@ def production_config(thresholds: dict | None = None) -> dict:
             "smtp_auth_password_file": f"{SECRETS_DIR}/smtp_password",
             "smtp_require_tls": True,
         },
-        "route": routing({"default": "database-warning", "critical": "database-critical", "warning": "database-warning"}),
+        "route": routing(
+            {"default": "database-warning", "critical": "database-critical", "warning": "database-warning"}
+        ),
         "inhibit_rules": inhibit_rules(),
         "receivers": [
-            {"name": "database-critical", "pagerduty_configs": [pagerduty], "email_configs": [email], "slack_configs": [slack]},
+            {"name": "database-critical", "pagerduty_configs": [pagerduty], "email_configs": [email],
+             "slack_configs": [slack]},
             {"name": "database-warning", "slack_configs": [slack], "email_configs": [email]},
         ],
     }

@@ -19,8 +19,10 @@ EXAMPLE_FILES = {
     "rules": Path("alerts/pgvigil-examples-rules.yml"),
     "tests": Path("alerts/tests/pgvigil-examples-rules.test.yml"),
 }
-HEADER = "# Copied by `pgvigil bundle --with-examples` from examples/alerts/{name}; edit that file, not this one.\n"
-RULES_NOTE = "# Load it next to pgvigil-rules.yml and pgvigil-alerts.yml when you run the example configs in examples/.\n"
+HEADER = ("# Copied by `pgvigil bundle --with-examples` from examples/alerts/{name}; "
+          "edit that file, not this one.\n")
+RULES_NOTE = ("# Load it next to pgvigil-rules.yml and pgvigil-alerts.yml "
+              "when you run the example configs in examples/.\n")
 TESTS_NOTE = "# Run in this directory: promtool test rules {name}\n"
 
 
@@ -37,8 +39,8 @@ def render_example_files(rules_path: Path = EXAMPLE_RULES) -> dict[Path, str]:
     tests["rule_files"] = [f"../{EXAMPLE_FILES['rules'].name}"]
     return {
         EXAMPLE_FILES["rules"]: HEADER.format(name=rules_path.name) + RULES_NOTE + rules_text,
-        EXAMPLE_FILES["tests"]: (HEADER.format(name=tests_path.name) + TESTS_NOTE.format(name=EXAMPLE_FILES["tests"].name)
-                                 + dump_yaml(tests)),
+        EXAMPLE_FILES["tests"]: (HEADER.format(name=tests_path.name)
+                                 + TESTS_NOTE.format(name=EXAMPLE_FILES["tests"].name) + dump_yaml(tests)),
     }
 
 

@@ -165,7 +165,8 @@ def panel_options(panel: Panel) -> dict[str, Any]:
     """Per-kind display options; legends are always shown where the panel type has one."""
     if panel.kind == "timeseries":
         return {
-            "legend": {"calcs": ["lastNotNull", "max"], "displayMode": "table", "placement": "bottom", "showLegend": True},
+            "legend": {"calcs": ["lastNotNull", "max"], "displayMode": "table", "placement": "bottom",
+                       "showLegend": True},
             "tooltip": {"mode": "multi", "sort": "desc"},
         }
     if panel.kind == "stat":

@@ -8,14 +8,14 @@ is measured by `python -m exporter.dev.measure` and kept in MEASURED below.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import click
 import yaml
 
-from exporter.config import QuerySpec, available_packs, parse_config
+from exporter.config import MetricSpec, MetricType, QuerySpec, available_packs, parse_config
 
 LOWEST_SUPPORTED = 12
 # Measured with `python -m exporter.dev.measure` (PostgreSQL 15, one target, default packs,
@@ -33,7 +33,7 @@ _FUNCTION = re.compile(r"\b(pg_[a-z_]+)\s*\(", re.IGNORECASE)
 @dataclass(frozen=True)
 class MetricRow:
     name: str
-    type: str
+    type: MetricType
     labels: tuple[str, ...]
     help: str
     sources: tuple[str, ...]
@@ -80,7 +80,7 @@ def version_range(queries: Iterable[QuerySpec]) -> str:
 
 
 def _metric_rows(queries: list[QuerySpec]) -> list[MetricRow]:
-    producers: dict[str, list[tuple[QuerySpec, object]]] = {}
+    producers: dict[str, list[tuple[QuerySpec, MetricSpec]]] = {}
     for query in queries:
         for metric in query.metrics:
             producers.setdefault(metric.name, []).append((query, metric))
@@ -88,7 +88,7 @@ def _metric_rows(queries: list[QuerySpec]) -> list[MetricRow]:
     for name, pairs in producers.items():
         query, metric = pairs[0]
         labels = ("target", *query.labels)
-        if metric.type in ("histogram", "gauge_histogram"):
+        if metric.type.is_histogram:
             labels += ("le",)
         sources = tuple(dict.fromkeys(v for q, _ in pairs for v in source_views(q.sql)))
         rows.append(MetricRow(name, metric.type, labels, metric.help, sources,
@@ -110,8 +110,10 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _type_cell(mtype: str) -> str:
-    return {"gauge_histogram": "gauge histogram (`_bucket`, `_gcount`, `_gsum`)"}.get(mtype, mtype)
+def _type_cell(mtype: MetricType) -> str:
+    if mtype is MetricType.GAUGE_HISTOGRAM:
+        return "gauge histogram (`_bucket`, `_gcount`, `_gsum`)"
+    return mtype.value
 
 
 def render_packs_table(docs: list[PackDoc]) -> list[str]:
@@ -148,11 +150,13 @@ def render_sizing() -> list[str]:
         "",
         "| Query | Bound |",
         "| --- | --- |",
-        "| `pg_stat_user_tables`, `pg_statio_user_tables` | the 150 largest tables plus the 50 with most dead tuples (<= 200 tables) |",
+        "| `pg_stat_user_tables`, `pg_statio_user_tables` | "
+        "the 150 largest tables plus the 50 with most dead tuples (<= 200 tables) |",
         "| `pg_stat_user_indexes` | the 200 largest indexes |",
         "| `pg_index` | 500 unused or invalid indexes |",
         "| `pg_security_table` | 200 tables without RLS (`pg_security_tables_without_rls` still counts all) |",
-        "| `pg_stat_statements` | top 100 statements by total time (the mean-time histogram is one series set) |",
+        "| `pg_stat_statements` | top 100 statements by total time "
+        "(the mean-time histogram is one series set) |",
         "| `pg_stat_activity_by_client` | 200 busiest client addresses |",
         "| `pg_vector_index` | 1000 HNSW/IVFFlat indexes |",
         "",

@@ -61,15 +61,22 @@ def render_description(spec: AlertSpec, threshold: Threshold, level: float, labe
 
     def field(match: re.Match) -> str:
         name = match.group(1)
-        if name == "value" and spec.whole_value:
-            return "%.0f" % value  # Go's and Python's %.0f both round half to even
         if name == "value":
-            return FORMATTERS[function](value) + suffix
+            return _rendered_value(spec, value, function, suffix)
         if name == "level":
             return format_level(level, threshold.unit)
         return labels.get(name, "")
 
     return _FIELD.sub(field, spec.description)
+
+
+def _rendered_value(spec: AlertSpec, value: float | None, function: str, suffix: str) -> str:
+    """The alert value as the description template shows it."""
+    if value is None:
+        raise BundleError(f"alert {spec.name}: its description shows {{value}} but its scenario gives none")
+    if spec.whole_value:
+        return "%.0f" % value  # Go's and Python's %.0f both round half to even
+    return FORMATTERS[function](value) + suffix
 
 
 def alerting_rule(spec: AlertSpec, threshold: Threshold, severity: str, level: float) -> dict:
