@@ -14,9 +14,12 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
-from exporter.yamlsource import LocatedData, LocatedErrors, YamlSyntaxError, describe_value, load_located
+from exporter.schema import MAX_DURATION_SECONDS as MAX_DURATION_SECONDS  # re-exported for callers
+from exporter.schema import Checker, Key, Section
+from exporter.schema import parse_duration as parse_duration
+from exporter.yamlsource import LocatedData, YamlSyntaxError, describe_value, load_located
 
 PACKS_DIR = Path(__file__).parent / "packs"
 DEFAULT_LISTEN = "127.0.0.1:9187"
@@ -26,13 +29,10 @@ RESERVED_LABELS = ("target",)
 
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?B|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"B": 1, **{f"{p}B": 1000 ** (i + 1) for i, p in enumerate("KMGTP")},
                **{f"{p}IB": 1024 ** (i + 1) for i, p in enumerate("KMGTP")}}
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-MAX_DURATION_SECONDS = 10 * 365 * 86400.0
 
 
 class MetricType(str, Enum):
@@ -47,7 +47,8 @@ class MetricType(str, Enum):
         # Python 3.11 formats a str-mixin Enum as 'MetricType.GAUGE' in f-strings; exposition needs the value.
         return self.value
 
-    __format__ = str.__format__
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
     @property
     def is_histogram(self) -> bool:
@@ -55,6 +56,101 @@ class MetricType(str, Enum):
 
 
 METRIC_TYPES = tuple(t.value for t in MetricType)
+
+
+# ---------------------------------------------------------------------------
+# every key, declared once: validation, defaults and the README's key lists come from these tables
+
+class _FromDefaults:
+    """A query option whose default is the same key of `defaults:` (`zero_too`: 0 also means the default)."""
+
+    def __init__(self, zero_too: bool = False) -> None:
+        self.zero_too = zero_too
+
+    def __repr__(self) -> str:
+        return "the same key of defaults:"
+
+
+FROM_DEFAULTS = _FromDefaults()
+NONZERO_FROM_DEFAULTS = _FromDefaults(zero_too=True)  # 0 would switch the limit off: pgvigil never does
+
+TOP_KEYS = Section(
+    "top level",
+    Key("listen", "str", DEFAULT_LISTEN, doc="`host:port` to serve `/metrics` on"),
+    Key("targets", doc="databases by name (below); default: one target named `default` from `--dsn` or PG* env"),
+    Key("defaults", doc="defaults for every query (below)"),
+    Key("collectors", default=("default",), doc="shipped query packs: `[default]`, pack names, or `[]` for none"),
+    Key("queries", doc="your own queries (below)"),
+    Key("backup", doc="scheduled `pg_dump` backups, see [docs/backups.md](docs/backups.md)"),
+)
+TARGET_KEYS = Section(
+    "targets.<name> (or just the DSN string)",
+    Key("dsn", doc="libpq URL or key=value string; `${VAR}` and `${VAR:-default}` are expanded"),
+    Key("dsn_file", doc="a file holding the DSN (e.g. a mounted secret), instead of `dsn`"),
+    Key("labels", doc="constant labels on every series of this target"),
+    Key("pool_size", "int", 1, doc="connections to this target, 1 to 64; queries are spread across them"),
+    Key("storage_allocation", doc="disk or plan size such as `8GiB`, for the storage utilization alert"),
+)
+DEFAULT_KEYS = Section(
+    "defaults",
+    Key("timeout", "duration", 5.0, doc="`statement_timeout` of each query (server side); default 5s"),
+    Key("lock_timeout", "duration", 1.0, doc="`lock_timeout`: never queue behind an ALTER TABLE for long; default 1s"),
+    Key("connect_timeout", "duration", 5.0, doc="connection timeout; default 5s"),
+    Key("ttl", "duration", 0.0, doc="0: run on every scrape; more: serve the last results that long; default 0s"),
+    Key("max_series", "int", 10000, doc="rows per query (label sets for histograms); more are dropped, "
+                                          "`reason=\"cardinality\"`; default 10000"),
+    Key("scrape_timeout", "duration", 10.0, doc="upper bound of a scrape; Prometheus' "
+                                                "`X-Prometheus-Scrape-Timeout-Seconds` lowers it; default 10s"),
+)
+QUERY_KEYS = Section(
+    "queries[]",
+    Key("name", "str", required=True, doc="metric names are `<name>_<column>`"),
+    Key("help", "str", doc="HELP text of its metrics; default: the name"),
+    Key("sql", "str", required=True, doc="one `SELECT`, `WITH`, `VALUES` or `TABLE` query"),
+    Key("labels", doc="columns that become labels"),
+    Key("metrics", required=True, doc="column name -> metric (below)"),
+    Key("ttl", "duration", FROM_DEFAULTS, doc="default: `defaults.ttl`"),
+    Key("timeout", "duration", NONZERO_FROM_DEFAULTS, doc="default: `defaults.timeout`"),
+    Key("lock_timeout", "duration", NONZERO_FROM_DEFAULTS, doc="default: `defaults.lock_timeout`"),
+    Key("targets", doc="target names it runs on; default: all targets"),
+    Key("min_server_version", "int", doc="skipped on servers older than this `server_version_num`, e.g. 130000"),
+    Key("max_server_version", "int", doc="skipped on servers newer than this `server_version_num`"),
+    Key("scope", default="database", doc="`database` (the default), or `cluster`: runs once per server even "
+                                         "when several targets share it"),
+    Key("requires_extension", "str", doc="skipped, not failed, where this extension is absent"),
+    Key("max_series", "int", NONZERO_FROM_DEFAULTS, doc="default: `defaults.max_series`"),
+)
+METRIC_KEYS = Section(
+    "queries[].metrics.<column>",
+    Key("type", default=MetricType.GAUGE, doc=f"{', '.join(f'`{t}`' for t in METRIC_TYPES)}; default `gauge`"),
+    Key("help", "str", doc="HELP text; default: the query's help"),
+    Key("buckets", doc="histogram upper bounds in increasing order, e.g. `[0.1, 0.5, 1]`"),
+    Key("default", "number", doc="the value used when the column is NULL (else the sample is omitted)"),
+    Key("name", doc="the full metric name, overriding `<query>_<column>`"),
+)
+BACKUP_KEYS = Section(
+    "backup",
+    Key("dir", "str", required=True, doc="where dumps and the state file live"),
+    Key("target", "str", doc="the target to dump; default: the only one"),
+    Key("keep_days", "int", doc="prune dumps older than this many days"),
+    Key("keep_last", "int", doc="always keep this many newest verified dumps"),
+    Key("interval", "duration", 86400.0, doc="the schedule the freshness alert expects; default 1d"),
+    Key("offsite_dir", "str", doc="a second directory each dump is copied to"),
+    Key("s3", doc="off-site copy to S3: bucket, prefix, endpoint_url, ..."),
+    Key("sanity_query", "str", doc="SQL run against the restored dump to verify it"),
+)
+PACK_KEYS = Section(
+    "query pack file",
+    Key("description", doc="one line about the pack"),
+    Key("default", default=True, doc="false: only loaded when named in `collectors`"),
+    Key("queries", doc="queries, as in the config"),
+)
+SECTIONS = (TOP_KEYS, TARGET_KEYS, DEFAULT_KEYS, QUERY_KEYS, METRIC_KEYS, BACKUP_KEYS)
+
+
+def key_reference() -> str:
+    """The README's key lists, generated from the tables (tests/test_config.py keeps them equal)."""
+    return "\n\n".join(f"**`{section.title}`**\n\n{section.markdown()}" for section in SECTIONS)
 
 
 class ConfigError(Exception):
@@ -70,7 +166,7 @@ class TargetSpec:
     name: str
     dsn: str = field(repr=False)  # may hold a password: never log or render it
     labels: tuple[tuple[str, str], ...] = ()
-    pool_size: int = 1
+    pool_size: int = TARGET_KEYS["pool_size"].default
     storage_allocation_bytes: float | None = None  # the disk or plan limit, for storage utilization alerts
 
 
@@ -116,12 +212,12 @@ class QuerySpec:
 
 @dataclass(frozen=True)
 class Defaults:
-    timeout: float = 5.0
-    lock_timeout: float = 1.0
-    connect_timeout: float = 5.0
-    ttl: float = 0.0
-    max_series: int = 10000
-    scrape_timeout: float = 10.0
+    timeout: float = DEFAULT_KEYS["timeout"].default
+    lock_timeout: float = DEFAULT_KEYS["lock_timeout"].default
+    connect_timeout: float = DEFAULT_KEYS["connect_timeout"].default
+    ttl: float = DEFAULT_KEYS["ttl"].default
+    max_series: int = DEFAULT_KEYS["max_series"].default
+    scrape_timeout: float = DEFAULT_KEYS["scrape_timeout"].default
 
 
 @dataclass(frozen=True)
@@ -130,7 +226,7 @@ class BackupConfig:
     target: str | None = None
     keep_days: int | None = None
     keep_last: int | None = None
-    interval_seconds: float = 86400.0
+    interval_seconds: float = BACKUP_KEYS["interval"].default
     offsite_dir: Path | None = None
     s3: Mapping[str, Any] | None = None
     sanity_query: str | None = None
@@ -183,21 +279,6 @@ def available_packs() -> dict[str, Path]:
     return {p.stem: p for p in sorted(PACKS_DIR.glob("*.yaml"))}
 
 
-def parse_duration(value: Any) -> float | None:
-    """'5s', '250ms', '2m', '1h', '1d' or a number of seconds; None when invalid."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        seconds = float(value) if math.isfinite(value) and value >= 0 else None
-    elif isinstance(value, str) and _DURATION.match(value):
-        match = _DURATION.match(value)
-        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    else:
-        return None
-    # Beyond this, timers overflow (threading.TIMEOUT_MAX) at run time instead of failing here.
-    return seconds if seconds is not None and seconds <= MAX_DURATION_SECONDS else None
-
-
 def parse_size(value: Any) -> float | None:
     """'8GB', '500MiB', '1.5TB' or a number of bytes; None when invalid or not positive."""
     if isinstance(value, bool):
@@ -229,82 +310,21 @@ def expand_env(value: str, environ: Mapping[str, str] | None = None) -> tuple[st
 
 
 # ---------------------------------------------------------------------------
-# validation
-
-_TOP_KEYS = ("listen", "targets", "defaults", "collectors", "queries", "backup")
-_TARGET_KEYS = ("dsn", "dsn_file", "labels", "pool_size", "storage_allocation")
-_DEFAULT_KEYS = ("timeout", "lock_timeout", "connect_timeout", "ttl", "max_series", "scrape_timeout")
-_QUERY_KEYS = ("name", "help", "sql", "labels", "metrics", "ttl", "timeout", "lock_timeout", "targets",
-               "min_server_version", "max_server_version", "scope", "requires_extension", "max_series")
-_METRIC_KEYS = ("type", "help", "buckets", "default", "name")
-_BACKUP_KEYS = ("dir", "target", "keep_days", "keep_last", "interval", "offsite_dir", "s3", "sanity_query")
-_PACK_KEYS = ("description", "default", "queries")
+# validation: one table per section declares its keys; a new option is one Key here plus its field
 
 
-class _Checker:
-    """Walks one YAML document, converting it and collecting located errors."""
-
-    def __init__(self, doc: LocatedData) -> None:
-        self.doc = doc
-        self.located = LocatedErrors(doc)
-        self.errors = self.located.messages
-        self.error = self.located.add
-
-    def mapping(self, value: Any, path: tuple, allowed: tuple[str, ...], doc: LocatedData | None = None) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.error(path, f"expected a mapping, got {describe_value(value)}", doc)
-            return {}
-        for key in value:
-            if key not in allowed:
-                hint = difflib.get_close_matches(str(key), allowed, n=1)
-                suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; expected one of: {', '.join(allowed)}"
-                self.error(path + (key,), f"unknown key '{key}'{suggestion}", doc)
-        return value
-
-    def typed(self, value: Any, path: tuple, kind: str, doc: LocatedData | None = None) -> Any:
-        """Check scalar kinds: str, int (>= 0), number, bool, duration."""
-        ok: Callable[[Any], bool] = {
-            "str": lambda v: isinstance(v, str),
-            "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**53,
-            "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
-            "bool": lambda v: isinstance(v, bool),
-            "duration": lambda v: parse_duration(v) is not None,
-        }[kind]
-        if ok(value):
-            return parse_duration(value) if kind == "duration" else value
-        expected = {
-            "str": "a string",
-            "int": "a non-negative integer",
-            "number": "a finite number",
-            "bool": "true or false",
-            "duration": "a duration such as 500ms, 5s, 2m or 1h",
-        }[kind]
-        self.error(path, f"expected {expected}, got {describe_value(value)}", doc)
-        return None
-
-    def string_list(self, value: Any, path: tuple, doc: LocatedData | None = None) -> tuple[str, ...]:
-        if not isinstance(value, list):
-            self.error(path, f"expected a list of strings, got {describe_value(value)}", doc)
-            return ()
-        items = []
-        for i, item in enumerate(value):
-            if isinstance(item, str):
-                items.append(item)
-            else:
-                self.error(path + (i,), f"expected a string, got {describe_value(item)}", doc)
-        return tuple(items)
+class _Checker(Checker):
+    """Walks one config document (and the packs it names), converting it and collecting located errors."""
 
     # -- sections ---------------------------------------------------------
     def config(self, dsn: str | None) -> Config:
-        top = self.mapping(self.doc.data, (), _TOP_KEYS)
-        listen = top.get("listen", DEFAULT_LISTEN)
+        top = self.mapping(self.doc.data, (), TOP_KEYS)
+        listen = top.get("listen", TOP_KEYS["listen"].default)
         if self.typed(listen, ("listen",), "str") is not None and not _valid_listen(listen):
             self.error(("listen",), f"expected host:port such as 127.0.0.1:9187, got {describe_value(listen)}")
         defaults = self.defaults(top.get("defaults"))
         targets = self.targets(top.get("targets"), dsn)
-        collectors = self.collectors(top.get("collectors", ["default"]))
+        collectors = self.collectors(top.get("collectors", list(TOP_KEYS["collectors"].default)))
         queries = self.queries(top.get("queries"), defaults, self.doc, pack=None)
         for pack in collectors:
             queries += self.pack_queries(pack, defaults)
@@ -315,25 +335,18 @@ class _Checker:
                       backup=backup, source=self.doc.source)
 
     def defaults(self, value: Any) -> Defaults:
-        raw = self.mapping(value, ("defaults",), _DEFAULT_KEYS)
-        base = Defaults()
-        values = {}
-        for key in _DEFAULT_KEYS:
-            if key in raw:
-                kind = "int" if key == "max_series" else "duration"
-                parsed = self.typed(raw[key], ("defaults", key), kind)
-                if parsed is not None:
-                    values[key] = parsed
+        raw = self.mapping(value, ("defaults",), DEFAULT_KEYS)
+        values = self.scalars(raw, ("defaults",), DEFAULT_KEYS)
         if values.get("max_series") == 0:
             self.error(("defaults", "max_series"), "expected at least 1")
             values.pop("max_series")
-        return Defaults(**{**base.__dict__, **values})
+        return Defaults(**values)
 
     def targets(self, value: Any, dsn: str | None) -> tuple[TargetSpec, ...]:
         if value is None or value == {}:
             # No targets: one from --dsn, else libpq's PG* environment (an empty DSN).
             return (TargetSpec(name="default", dsn=dsn or ""),)
-        raw = self.mapping(value, ("targets",), tuple(value) if isinstance(value, dict) else ())
+        raw = self.mapping(value, ("targets",), None)  # any name; checked below
         specs = []
         for name, body in raw.items():
             path = ("targets", name)
@@ -346,12 +359,12 @@ class _Checker:
     def target(self, name: str, body: Any, path: tuple) -> TargetSpec | None:
         if isinstance(body, str):
             body = {"dsn": body}
-        raw = self.mapping(body, path, _TARGET_KEYS)
+        raw = self.mapping(body, path, TARGET_KEYS)
         if not isinstance(body, dict):
             return None
         dsn = self.target_dsn(raw, path)
         labels = []
-        for key, val in self.mapping(raw.get("labels"), path + ("labels",), tuple(raw.get("labels") or {})).items():
+        for key, val in self.mapping(raw.get("labels"), path + ("labels",), None).items():
             lpath = path + ("labels", key)
             if not isinstance(key, str) or not _LABEL_NAME.match(key) or key.startswith("__"):
                 self.error(lpath, "expected a label name matching [a-zA-Z_][a-zA-Z0-9_]*")
@@ -361,8 +374,8 @@ class _Checker:
                 labels.append((key, str(val)))
             else:
                 self.error(lpath, f"expected a string label value, got {describe_value(val)}")
-        pool = self.typed(raw.get("pool_size", 1), path + ("pool_size",), "int")
-        if pool is not None and not 1 <= pool <= 64:
+        pool = self.scalars(raw, path, TARGET_KEYS).get("pool_size", TARGET_KEYS["pool_size"].default)
+        if not 1 <= pool <= 64:
             self.error(path + ("pool_size",), "expected a pool size between 1 and 64")
             pool = 1
         allocation = None
@@ -370,8 +383,9 @@ class _Checker:
             allocation = parse_size(raw["storage_allocation"])
             if allocation is None:
                 self.error(path + ("storage_allocation",),
-                           f"expected a size such as 8GB, 500MiB or a number of bytes, got {describe_value(raw['storage_allocation'])}")
-        return TargetSpec(name=name, dsn=dsn or "", labels=tuple(labels), pool_size=pool or 1,
+                           "expected a size such as 8GB, 500MiB or a number of bytes, "
+                           f"got {describe_value(raw['storage_allocation'])}")
+        return TargetSpec(name=name, dsn=dsn or "", labels=tuple(labels), pool_size=pool,
                           storage_allocation_bytes=allocation)
 
     def target_dsn(self, raw: dict, path: tuple) -> str | None:
@@ -395,7 +409,8 @@ class _Checker:
             return None
         expanded, missing = expand_env(dsn)
         for var in missing:
-            self.error(path + ("dsn",), f"environment variable {var} is not set (use ${{{var}:-default}} for a fallback)")
+            self.error(path + ("dsn",),
+                       f"environment variable {var} is not set (use ${{{var}:-default}} for a fallback)")
         return expanded
 
     def collectors(self, value: Any) -> tuple[str, ...]:
@@ -421,7 +436,7 @@ class _Checker:
         except YamlSyntaxError as exc:
             self.errors.append(str(exc))
             return []
-        raw = self.mapping(doc.data, (), _PACK_KEYS, doc)
+        raw = self.mapping(doc.data, (), PACK_KEYS, doc)
         return self.queries(raw.get("queries"), defaults, doc, pack=pack)
 
     def queries(self, value: Any, defaults: Defaults, doc: LocatedData, pack: str | None) -> list[QuerySpec]:
@@ -434,46 +449,32 @@ class _Checker:
         return [s for s in specs if s is not None]
 
     def query(self, body: Any, path: tuple, defaults: Defaults, doc: LocatedData, pack: str | None) -> QuerySpec | None:
-        raw = self.mapping(body, path, _QUERY_KEYS, doc)
+        raw = self.mapping(body, path, QUERY_KEYS, doc)
         if not isinstance(body, dict):
             return None
         before = len(self.errors)
-        for key in ("name", "sql", "metrics"):
-            if key not in raw:
-                self.error(path, f"missing required key '{key}'", doc)
-        name = self.typed(raw.get("name", ""), path + ("name",), "str", doc)
+        self.missing(raw, path, QUERY_KEYS, doc)
+        values = self.scalars(raw, path, QUERY_KEYS, doc)
+        name = values.get("name", "")
         if name and not _METRIC_NAME.match(name):
             self.error(path + ("name",), "expected a name matching [a-zA-Z_:][a-zA-Z0-9_:]*", doc)
-        sql = self.typed(raw.get("sql", ""), path + ("sql",), "str", doc)
+        sql = values.get("sql", "")
         labels = self.string_list(raw.get("labels", []), path + ("labels",), doc)
         for i, label in enumerate(labels):
             if not _LABEL_NAME.match(label) or label.startswith("__"):
                 self.error(path + ("labels", i), f"'{label}' is not a valid label name", doc)
             elif label in RESERVED_LABELS:
                 self.error(path + ("labels", i), f"label '{label}' is set by pgvigil; rename the column", doc)
-        help_text = self.typed(raw.get("help", name or ""), path + ("help",), "str", doc)
-        metrics = self.metrics(raw.get("metrics"), path + ("metrics",), name or "", help_text or "", doc)
-        opt = {}
-        for key, kind in (("ttl", "duration"), ("timeout", "duration"), ("lock_timeout", "duration"),
-                          ("min_server_version", "int"), ("max_server_version", "int"), ("max_series", "int"),
-                          ("requires_extension", "str")):
-            if key in raw:
-                opt[key] = self.typed(raw[key], path + (key,), kind, doc)
-        scope = raw.get("scope", "database")
-        if scope not in SCOPES:
-            self.error(path + ("scope",), f"expected one of {', '.join(SCOPES)}, got {describe_value(scope)}", doc)
+        help_text = values.get("help", name)
+        metrics = self.metrics(raw.get("metrics"), path + ("metrics",), name, help_text, doc)
+        scope = self.choice(raw.get("scope", QUERY_KEYS["scope"].default), path + ("scope",), SCOPES, doc)
         targets = self.string_list(raw["targets"], path + ("targets",), doc) if "targets" in raw else None
-        self._check_query_shape(labels, metrics, sql or "", path, doc)
+        self._check_query_shape(labels, metrics, sql, path, doc)
         if len(self.errors) > before:
             return None
-        return QuerySpec(
-            name=name, help=help_text, sql=sql, labels=labels, metrics=metrics,
-            ttl=opt.get("ttl", defaults.ttl), timeout=opt.get("timeout") or defaults.timeout,
-            lock_timeout=opt.get("lock_timeout") or defaults.lock_timeout, targets=targets,
-            min_server_version=opt.get("min_server_version"), max_server_version=opt.get("max_server_version"),
-            scope=scope, requires_extension=opt.get("requires_extension"),
-            max_series=opt.get("max_series") or defaults.max_series, pack=pack,
-        )
+        options = {key.name: _option(key, values, defaults) for key in QUERY_KEYS.keys if key.kind is not None}
+        return QuerySpec(**{**options, "help": help_text, "labels": labels, "metrics": metrics,
+                            "targets": targets, "scope": scope, "pack": pack})
 
     def metrics(self, value: Any, path: tuple, query: str, query_help: str, doc: LocatedData) -> tuple[MetricSpec, ...]:
         if not isinstance(value, dict) or not value:
@@ -482,17 +483,15 @@ class _Checker:
         specs = []
         for column, body in value.items():
             mpath = path + (column,)
-            raw = self.mapping(body, mpath, _METRIC_KEYS, doc)
-            raw_type = raw.get("type", "gauge")
-            if raw_type not in METRIC_TYPES:
-                hint = difflib.get_close_matches(str(raw_type), METRIC_TYPES, n=1)
-                self.error(mpath + ("type",), f"expected one of {', '.join(METRIC_TYPES)}, got {describe_value(raw_type)}"
-                           + (f"; did you mean '{hint[0]}'?" if hint else ""), doc)
+            raw = self.mapping(body, mpath, METRIC_KEYS, doc)
+            raw_type = raw.get("type", METRIC_KEYS["type"].default)
+            if self.choice(raw_type, mpath + ("type",), METRIC_TYPES, doc) is None:
                 continue
             mtype = MetricType(raw_type)
             name = raw.get("name", f"{query}_{column}")
             if not isinstance(name, str) or not _METRIC_NAME.match(name):
-                self.error(mpath + ("name",), f"expected a metric name matching [a-zA-Z_:][a-zA-Z0-9_:]*, got {describe_value(name)}", doc)
+                self.error(mpath + ("name",),
+                           f"expected a metric name matching [a-zA-Z_:][a-zA-Z0-9_:]*, got {describe_value(name)}", doc)
                 continue
             help_text = raw.get("help", query_help)
             if not isinstance(help_text, str):
@@ -532,32 +531,27 @@ class _Checker:
             self.error(path + ("sql",), f"{PREVIOUS_RUN_PLACEHOLDER} only makes sense for histogram metrics", doc)
 
     def backup(self, value: Any) -> BackupConfig | None:
-        raw = self.mapping(value, ("backup",), _BACKUP_KEYS)
-        if not isinstance(value, dict):
+        raw = self.mapping(value, ("backup",), BACKUP_KEYS)
+        if not isinstance(value, dict) or not self.missing(raw, ("backup",), BACKUP_KEYS):
             return None
-        if "dir" not in raw:
-            self.error(("backup",), "missing required key 'dir'")
-            return None
-        fields: dict[str, Any] = {}
-        for key, kind in (("dir", "str"), ("target", "str"), ("keep_days", "int"), ("keep_last", "int"),
-                          ("offsite_dir", "str"), ("sanity_query", "str"), ("interval", "duration")):
-            if key in raw:
-                fields[key] = self.typed(raw[key], ("backup", key), kind)
+        fields = self.scalars(raw, ("backup",), BACKUP_KEYS)
         s3 = raw.get("s3")
         if s3 is not None and not isinstance(s3, dict):
-            self.error(("backup", "s3"), f"expected a mapping (bucket, prefix, endpoint_url, ...), got {describe_value(s3)}")
+            self.error(("backup", "s3"),
+                       f"expected a mapping (bucket, prefix, endpoint_url, ...), got {describe_value(s3)}")
             s3 = None
-        if fields.get("dir") is None:
+        if "dir" not in fields:
             return None
         return BackupConfig(
             dir=Path(os.path.expanduser(fields["dir"])), target=fields.get("target"),
             keep_days=fields.get("keep_days"), keep_last=fields.get("keep_last"),
-            interval_seconds=fields.get("interval") or 86400.0,
+            interval_seconds=fields.get("interval") or BACKUP_KEYS["interval"].default,
             offsite_dir=Path(fields["offsite_dir"]) if fields.get("offsite_dir") else None,
             s3=s3, sanity_query=fields.get("sanity_query"),
         )
 
-    def cross_check(self, queries: list[QuerySpec], targets: tuple[TargetSpec, ...], backup: BackupConfig | None) -> None:
+    def cross_check(self, queries: list[QuerySpec], targets: tuple[TargetSpec, ...],
+                    backup: BackupConfig | None) -> None:
         names = {t.name for t in targets}
         seen_queries: dict[str, QuerySpec] = {}
         families: dict[str, tuple[QuerySpec, MetricSpec]] = {}
@@ -566,9 +560,10 @@ class _Checker:
             if query.name in seen_queries:
                 self.error(where, f"query name '{query.name}' is used twice")
             seen_queries[query.name] = query
-            for target in query.targets or ():
-                if target not in names:
-                    self.error(where + ("targets",), f"unknown target '{target}'; configured: {', '.join(sorted(names))}")
+            for wanted in query.targets or ():
+                if wanted not in names:
+                    self.error(where + ("targets",),
+                               f"unknown target '{wanted}'; configured: {', '.join(sorted(names))}")
             for metric in query.metrics:
                 other = families.get(metric.name)
                 if other and _versions_overlap(other[0], query):
@@ -576,17 +571,28 @@ class _Checker:
                                f"metric '{metric.name}' is also produced by query '{other[0].name}'")
                 elif other and other[1].type != metric.type:
                     self.error(where + ("metrics", metric.column),
-                               f"metric '{metric.name}' has type {metric.type} here but {other[1].type} in query '{other[0].name}'")
+                               f"metric '{metric.name}' has type {metric.type} here "
+                               f"but {other[1].type} in query '{other[0].name}'")
                 families.setdefault(metric.name, (query, metric))
             for target in targets:
                 clash = set(dict(target.labels)) & set(query.labels)
                 if clash:
-                    self.error(where + ("labels",), f"label(s) {', '.join(sorted(clash))} clash with constant labels of target '{target.name}'")
+                    self.error(where + ("labels",), f"label(s) {', '.join(sorted(clash))} clash with "
+                                                    f"constant labels of target '{target.name}'")
         if backup and backup.target and backup.target not in names:
             self.error(("backup", "target"), f"unknown target '{backup.target}'")
 
 
 _LABEL_VALUE_SAFE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def _option(key: Key, values: dict[str, Any], defaults: Defaults) -> Any:
+    """A query option's value: as written, else its declared default or the one from `defaults:`."""
+    value = values.get(key.name)
+    if isinstance(key.default, _FromDefaults):
+        inherit = value is None or (key.default.zero_too and value == 0)
+        return getattr(defaults, key.name) if inherit else value
+    return key.default if value is None else value
 
 
 def _valid_listen(listen: str) -> bool:
@@ -605,4 +611,4 @@ def _pack_is_default(path: Path) -> bool:
         doc = load_located(path.read_text(encoding="utf-8"), str(path))
     except (OSError, YamlSyntaxError):
         return True  # let the pack's own parse report the error
-    return not isinstance(doc.data, dict) or doc.data.get("default", True) is not False
+    return not isinstance(doc.data, dict) or doc.data.get("default", PACK_KEYS["default"].default) is not False

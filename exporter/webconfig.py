@@ -32,7 +32,8 @@ from typing import Any, Callable, Mapping
 import bcrypt
 
 from exporter.config import ConfigError
-from exporter.yamlsource import LocatedData, LocatedErrors, YamlSyntaxError, describe_value, load_located
+from exporter.schema import Checker, Key, Section
+from exporter.yamlsource import LocatedData, YamlSyntaxError, load_located
 
 # Go's tls.ClientAuthType names -> Python's verify modes. The two "accept any
 # certificate without verifying it" modes have no Python equivalent, and they are
@@ -50,10 +51,23 @@ TLS_VERSIONS = {
     "TLS13": ssl.TLSVersion.TLSv1_3,
 }
 
-_TOP_KEYS = ("tls_server_config", "http_server_config", "basic_auth_users")
-_TLS_KEYS = ("cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version", "max_version",
-             "prefer_server_cipher_suites")
-_HTTP_KEYS = ("http2",)
+TOP_KEYS = Section(
+    "web config",
+    Key("tls_server_config", doc="serve HTTPS (below); absent or empty: plain HTTP"),
+    Key("http_server_config", doc="accepted for compatibility; pgvigil serves HTTP/1.1"),
+    Key("basic_auth_users", doc="user name -> bcrypt hash"),
+)
+TLS_KEYS = Section(
+    "tls_server_config",
+    Key("cert_file", "text", required=True, doc="server certificate (PEM), relative to the web config file"),
+    Key("key_file", "text", required=True, doc="its private key (PEM)"),
+    Key("client_ca_file", "text", doc="CA that signs client certificates"),
+    Key("client_auth_type", default="NoClientCert", doc=", ".join(CLIENT_AUTH_TYPES)),
+    Key("min_version", default="TLS12", doc=", ".join(TLS_VERSIONS)),
+    Key("max_version", default="TLS13", doc=", ".join(TLS_VERSIONS)),
+    Key("prefer_server_cipher_suites", "bool", True, doc="the server's cipher order wins"),
+)
+HTTP_KEYS = Section("http_server_config", Key("http2", "bool", doc="accepted, ignored"))
 # Valid in the toolkit's format, not implemented here: say so instead of "unknown key".
 _UNSUPPORTED = {
     "rate_limit": "put a reverse proxy in front of pgvigil to rate-limit",
@@ -78,10 +92,10 @@ class TLSSettings:
     cert_file: Path
     key_file: Path
     client_ca_file: Path | None = None
-    client_auth_type: str = "NoClientCert"
-    min_version: str = "TLS12"
-    max_version: str = "TLS13"
-    prefer_server_cipher_suites: bool = True
+    client_auth_type: str = TLS_KEYS["client_auth_type"].default
+    min_version: str = TLS_KEYS["min_version"].default
+    max_version: str = TLS_KEYS["max_version"].default
+    prefer_server_cipher_suites: bool = TLS_KEYS["prefer_server_cipher_suites"].default
 
 
 @dataclass(frozen=True)
@@ -102,7 +116,7 @@ class WebConfig:
         # done at accept() it would let one silent client block every other scrape.
         return lambda sock: context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
 
-    def authorizer(self) -> "BasicAuth | None":
+    def authorizer(self) -> BasicAuth | None:
         return BasicAuth(self.users) if self.users else None
 
 
@@ -130,56 +144,27 @@ def parse_web_config(text: str, source: str = "<string>", base_dir: Path | None 
     return config
 
 
-class _Checker:
+class _Checker(Checker):
     def __init__(self, doc: LocatedData, base_dir: Path) -> None:
-        self.doc = doc
+        super().__init__(doc)
         self.base_dir = base_dir
-        self.located = LocatedErrors(doc)
-        self.errors = self.located.messages
-        self.error = self.located.add
 
-    def mapping(self, value: Any, path: tuple, allowed: tuple[str, ...] | None) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.error(path, f"expected a mapping, got {describe_value(value)}")
-            return {}
-        for key in value:
-            if allowed is None:
-                continue
-            if key in _UNSUPPORTED:
-                self.error(path + (key,), f"'{key}' is not supported by pgvigil: {_UNSUPPORTED[key]}")
-            elif key not in allowed:
-                self.error(path + (key,), f"unknown key '{key}'; expected one of: {', '.join(allowed)}")
-        return value
-
-    def string(self, value: Any, path: tuple) -> str | None:
-        if isinstance(value, str) and value:
-            return value
-        self.error(path, f"expected a non-empty string, got {describe_value(value)}")
-        return None
-
-    def choice(self, value: Any, path: tuple, choices: Mapping[str, Any]) -> str | None:
-        if isinstance(value, str) and value in choices:
-            return value
-        self.error(path, f"expected one of {', '.join(choices)}, got {describe_value(value)}")
-        return None
+    def unknown_key(self, key: Any, allowed: tuple[str, ...]) -> str:
+        if key in _UNSUPPORTED:
+            return f"'{key}' is not supported by pgvigil: {_UNSUPPORTED[key]}"
+        return super().unknown_key(key, allowed)
 
     def web_config(self) -> WebConfig:
-        top = self.mapping(self.doc.data, (), _TOP_KEYS)
-        http = self.mapping(top.get("http_server_config"), ("http_server_config",), _HTTP_KEYS)
-        if "http2" in http and not isinstance(http["http2"], bool):
-            # Accepted for compatibility; pgvigil serves HTTP/1.1, which every Prometheus speaks.
-            self.error(("http_server_config", "http2"), f"expected true or false, got {describe_value(http['http2'])}")
+        top = self.mapping(self.doc.data, (), TOP_KEYS)
+        http = self.mapping(top.get("http_server_config"), ("http_server_config",), HTTP_KEYS)
+        # Checked, then ignored: pgvigil serves HTTP/1.1, which every Prometheus speaks.
+        self.scalars(http, ("http_server_config",), HTTP_KEYS)
         tls = self.tls(top.get("tls_server_config"))
         users = self.users(top.get("basic_auth_users"))
         return WebConfig(source=self.doc.source, tls=tls, users=users)
 
-    def file(self, raw: dict, key: str) -> Path | None:
+    def file(self, name: str, key: str) -> Path | None:
         path = ("tls_server_config", key)
-        name = self.string(raw[key], path)
-        if name is None:
-            return None
         file = Path(os.path.expanduser(name))
         file = file if file.is_absolute() else self.base_dir / file
         if not os.access(file, os.R_OK) or not file.is_file():
@@ -188,16 +173,18 @@ class _Checker:
         return file
 
     def tls(self, value: Any) -> TLSSettings | None:
-        raw = self.mapping(value, ("tls_server_config",), _TLS_KEYS)
+        raw = self.mapping(value, ("tls_server_config",), TLS_KEYS)
         if not raw:
             return None  # absent or empty: plain HTTP, as in the toolkit
         before = len(self.errors)
-        for key in ("cert_file", "key_file"):
-            if key not in raw:
-                self.error(("tls_server_config",), f"missing required key '{key}'")
-        files = {key: self.file(raw, key) for key in ("cert_file", "key_file", "client_ca_file") if key in raw}
+        self.missing(raw, ("tls_server_config",), TLS_KEYS)
+        values = self.scalars(raw, ("tls_server_config",), TLS_KEYS)
+        files = {key: self.file(values[key], key) for key in ("cert_file", "key_file", "client_ca_file")
+                 if key in values}
         settings: dict[str, Any] = {}
-        auth = raw.get("client_auth_type", "NoClientCert")
+        if "prefer_server_cipher_suites" in values:
+            settings["prefer_server_cipher_suites"] = values["prefer_server_cipher_suites"]
+        auth = raw.get("client_auth_type", TLS_KEYS["client_auth_type"].default)
         if auth in _UNVERIFIED_AUTH_TYPES:
             self.error(("tls_server_config", "client_auth_type"),
                        f"{auth} accepts client certificates without verifying them; use RequireAndVerifyClientCert "
@@ -213,19 +200,15 @@ class _Checker:
         for key in ("min_version", "max_version"):
             if key in raw and self.choice(raw[key], ("tls_server_config", key), TLS_VERSIONS):
                 settings[key] = raw[key]
-        if "prefer_server_cipher_suites" in raw:
-            if isinstance(raw["prefer_server_cipher_suites"], bool):
-                settings["prefer_server_cipher_suites"] = raw["prefer_server_cipher_suites"]
-            else:
-                self.error(("tls_server_config", "prefer_server_cipher_suites"),
-                           f"expected true or false, got {describe_value(raw['prefer_server_cipher_suites'])}")
-        low, high = settings.get("min_version", "TLS12"), settings.get("max_version", "TLS13")
+        low = settings.get("min_version", TLS_KEYS["min_version"].default)
+        high = settings.get("max_version", TLS_KEYS["max_version"].default)
         if TLS_VERSIONS[low] > TLS_VERSIONS[high]:
             self.error(("tls_server_config", "min_version"), f"min_version {low} is above max_version {high}")
-        if len(self.errors) > before or None in files.values():
+        cert_file, key_file = files.get("cert_file"), files.get("key_file")
+        if len(self.errors) > before or cert_file is None or key_file is None or None in files.values():
             return None
-        tls = TLSSettings(cert_file=files["cert_file"], key_file=files["key_file"],
-                          client_ca_file=files.get("client_ca_file"), **settings)
+        tls = TLSSettings(cert_file=cert_file, key_file=key_file, client_ca_file=files.get("client_ca_file"),
+                          **settings)
         try:
             build_ssl_context(tls)  # load the files now: a bad key fails startup, not the first scrape
         except (ssl.SSLError, OSError, ValueError) as exc:

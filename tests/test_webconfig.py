@@ -27,7 +27,10 @@ def errors_of(text: str, base_dir=None) -> list[str]:
 @pytest.mark.parametrize("text, expected", [
     ("- a\n", ["web.yml:1: (top level): expected a mapping, got a list"]),
     ("tls_server_config: {}\nbasic_auth: {}\n",
-     ["web.yml:2: basic_auth: unknown key 'basic_auth'; expected one of: tls_server_config, http_server_config, "
+     ["web.yml:2: basic_auth: unknown key 'basic_auth'; did you mean 'basic_auth_users'?"]),
+    ("tls_server_config: {}\nbasic_oath: {}\nlisten: x\n",
+     ["web.yml:2: basic_oath: unknown key 'basic_oath'; did you mean 'basic_auth_users'?",
+      "web.yml:3: listen: unknown key 'listen'; expected one of: tls_server_config, http_server_config, "
       "basic_auth_users"]),
     ("rate_limit: {interval: 1s}\n",
      ["web.yml:1: rate_limit: 'rate_limit' is not supported by pgvigil: put a reverse proxy in front of pgvigil to "
