@@ -15,8 +15,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from exporter.bundle import ALERT_FILES, render_alert_files, source_name, write_bundle
-from exporter.bundle import alertmanager
+from exporter.bundle import ALERT_FILES, alertmanager, render_alert_files, source_name, write_bundle
 from exporter.bundle.catalog import RUNBOOK_BASE
 from exporter.bundle.examples import EXAMPLE_FILES, EXAMPLE_RULES, render_example_files
 from exporter.bundle.humanize import humanize, humanize1024, humanize_duration, humanize_percentage
@@ -28,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 THRESHOLDS = ROOT / "alerts" / "thresholds.yaml"
 TEST_FILE = ROOT / ALERT_FILES["tests"]
 
-needs_promtool = pytest.mark.skipif(not shutil.which("promtool"), reason="promtool not installed (scripts/test.sh installs it)")
-needs_amtool = pytest.mark.skipif(not shutil.which("amtool"), reason="amtool not installed (scripts/test.sh installs it)")
+INSTALLED_BY = "not installed (scripts/test.sh installs it)"
+needs_promtool = pytest.mark.skipif(not shutil.which("promtool"), reason=f"promtool {INSTALLED_BY}")
+needs_amtool = pytest.mark.skipif(not shutil.which("amtool"), reason=f"amtool {INSTALLED_BY}")
 
 
 def run(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -222,7 +222,8 @@ def test_example_group_needs_the_examples_directory(tmp_path):
     ("a:\n  warning: x\n  critical: 1\n  for: 5m\n  unit: ratio\n  description: d\n",
      "t.yaml:2: a.warning: expected a number or null, got 'x'"),
     ("a:\n  warning: 1\n  critical: 2\n  fro: 5m\n  unit: count\n  description: d\n",
-     "t.yaml:4: a.fro: unknown key (did you mean 'for'?); allowed: warning, critical, for, unit, direction, min_rate, description"),
+     "t.yaml:4: a.fro: unknown key (did you mean 'for'?); "
+     "allowed: warning, critical, for, unit, direction, min_rate, description"),
     ("a:\n  warning: 1\n  critical: 2\n  for: 5 minutes\n  unit: count\n  description: d\n",
      "t.yaml:4: a.for: expected a Prometheus duration such as 5m or 1h30m, got '5 minutes'"),
     ("a:\n  warning: 3\n  critical: 2\n  for: 5m\n  unit: count\n  description: d\n",

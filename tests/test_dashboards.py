@@ -238,7 +238,7 @@ def test_every_panel_query_is_valid_promql(committed, tmp_path):
     """promtool parses each expression as a recording rule; the live test then runs them."""
     substitutes = {"target": ".*", "datname": ".*", "__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
     rules = []
-    for name, _, panel in panels_of(committed):
+    for _name, _, panel in panels_of(committed):
         for target in panel["targets"]:
             expr = VARIABLE_USE.sub(lambda m: substitutes[m.group(1) or m.group(2)], target["expr"])
             rules.append({"record": f"panel:query{len(rules)}", "expr": expr})

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from exporter.bundle.metrics_doc import MEASURED, render, source_views, version_range
 from exporter.cli import main
 from exporter.config import parse_config
 from exporter.dev.measure import measure_default_scrape
-from exporter.bundle.metrics_doc import MEASURED, render, source_views, version_range
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 
