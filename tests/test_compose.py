@@ -1,8 +1,9 @@
 """The docker-compose stack, checked without Docker: schema, mounted paths, wiring, secrets, Dockerfile.
 
 The parts that can run here do run: the secrets script, the PostgreSQL init script against a real
-server, pgvigil with the stack's config as the role that script creates, promtool on the stack's
-Prometheus config and amtool on its Alertmanager config.
+server, pgvigil with the stack's config as the role that script creates, the demo workload's
+entrypoint, pgvigil's healthcheck against pgvigil in plain, TLS and basic-auth modes, promtool on
+the stack's Prometheus config and amtool on its Alertmanager config.
 """
 from __future__ import annotations
 
@@ -23,13 +24,20 @@ import yaml
 
 from exporter.bundle.alertmanager import webhook_config
 from exporter.config import parse_config
-from exporter.scrape.assembly import scrape_once
 from exporter.dev.throwaway import ThrowawayCluster
+from exporter.scrape.assembly import scrape_once
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SCHEMA_FILE = ROOT / "tests" / "data" / "compose-spec.json"
-SECRETS_MOUNT = "/run/pgvigil-secrets"
+SECRETS_MOUNT = "/run/secrets"
+# What each service may read: its own secrets volume and nothing else (generate.sh writes them).
+OWN_SECRETS = {
+    "postgres": ("postgres-secrets", "postgres", {"postgres_password", "monitor_password"}),
+    "pgvigil": ("pgvigil-secrets", "pgvigil", {"pgvigil_dsn"}),
+    "demo-workload": ("demo-secrets", "demo", {"postgres_dsn"}),
+    "grafana": ("grafana-secrets", "grafana", {"grafana_admin_password"}),
+}
 
 
 @pytest.fixture(scope="module")
@@ -178,9 +186,85 @@ def test_the_dockerfile_installs_the_way_the_readme_says():
     assert {"pyproject.toml", "README.md", "exporter"} <= sources, "pip install . needs these in the image"
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
-    assert not sources & ignored, f".dockerignore hides {sources & ignored} from the build"
+    for source in sources:
+        hidden = [rule for rule in ignored if source == rule or source.startswith(rule + "/")]
+        assert not hidden or f"!{source}" in ignored, f".dockerignore hides {source} from the build ({hidden})"
     for source in sources:
         assert (ROOT / source).exists()
+
+
+def secrets_volumes(service: dict) -> dict[str, str]:
+    """Named volumes ending in -secrets that the service mounts: {volume: container path}."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.endswith("-secrets"):
+            found[source] = target
+    return found
+
+
+def test_each_service_mounts_only_its_own_secrets(compose):
+    init = compose["services"]["secrets-init"]
+    written = secrets_volumes(init)
+    for name, service in compose["services"].items():
+        if name == "secrets-init":
+            continue
+        mounted = secrets_volumes(service)
+        if name not in OWN_SECRETS:
+            assert not mounted, f"{name} mounts secrets it does not use: {mounted}"
+            continue
+        volume, subdir, _ = OWN_SECRETS[name]
+        assert mounted == {volume: SECRETS_MOUNT}, f"{name} must mount {volume} alone, read-only"
+        assert f"{volume}:{SECRETS_MOUNT}:ro" in service["volumes"]
+        assert written[volume] == f"/secrets/{subdir}", "secrets-init writes that volume's files"
+    assert set(written) == {volume for volume, _, _ in OWN_SECRETS.values()}
+
+
+def test_every_secret_path_a_service_reads_is_in_its_own_volume(compose):
+    """Each /run/secrets/NAME in a service's definition or its mounted config is a file generate.sh puts there."""
+    stack_config = repo_path_for(compose, "pgvigil", "/etc/pgvigil/pgvigil.yaml").read_text()
+    init_scripts = "".join(path.read_text() for path in
+                           repo_path_for(compose, "postgres", "/docker-entrypoint-initdb.d").glob("*.sh"))
+    extra = {"pgvigil": stack_config,
+             "postgres": init_scripts.replace("${PGVIGIL_SECRETS:-/run/secrets}", SECRETS_MOUNT)}
+    for name, (_, _, files) in OWN_SECRETS.items():
+        text = json.dumps(compose["services"][name]) + extra.get(name, "")
+        read = set(re.findall(re.escape(SECRETS_MOUNT) + r"/([A-Za-z0-9_.]+)", text))
+        assert read and read <= files, f"{name} reads {read - files} from outside its own secrets"
+
+
+def test_demo_workload_runs_the_image_pgvigil_builds(compose):
+    services = compose["services"]
+    builders = [name for name, service in services.items() if "build" in service]
+    assert builders == ["pgvigil"]
+    workload = services["demo-workload"]
+    assert workload["image"] == services["pgvigil"]["image"] and workload["pull_policy"] == "never"
+    assert "pgvigil" in workload["depends_on"], "`up demo-workload` alone must still build the image"
+
+
+def test_the_image_installs_pinned_packages():
+    """Every package `pip install .` puts in the image (and the build backend) is pinned, within pyproject's range."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "ENV PIP_CONSTRAINT=/usr/local/share/pgvigil/constraints.txt" in dockerfile
+    assert dockerfile.index("PIP_CONSTRAINT") < dockerfile.index("RUN pip install")
+    assert re.search(r"^COPY deploy/pgvigil/constraints.txt .*/usr/local/share/pgvigil/$", dockerfile, re.M)
+    lines = [line.strip() for line in (ROOT / "deploy/pgvigil/constraints.txt").read_text().splitlines()]
+    pins = {}
+    for line in lines:
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version and re.fullmatch(r"[0-9][0-9A-Za-z.]*", version), f"not an exact pin: {line}"
+            pins[canonicalize_name(name)] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    wanted = [Requirement(text) for text in project["project"]["dependencies"] + project["build-system"]["requires"]]
+    for requirement in wanted:
+        version = pins.get(canonicalize_name(requirement.name))
+        assert version is not None, f"{requirement.name} is not pinned in deploy/pgvigil/constraints.txt"
+        assert requirement.specifier.contains(version), f"{requirement.name}=={version} breaks {requirement}"
 
 
 def start_demo_workload(compose: dict, secrets: Path) -> subprocess.Popen:
@@ -204,15 +288,44 @@ def wait_until(condition, timeout: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def test_secrets_script_makes_passwords_once(tmp_path):
+def secret_files(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): p.read_text() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_secrets_script_makes_passwords_once_one_directory_per_service(tmp_path):
     script = ROOT / "deploy" / "secrets" / "generate.sh"
     env = dict(os.environ, SECRETS_DIR=str(tmp_path))
     subprocess.run(["sh", str(script)], env=env, check=True, capture_output=True)
-    first = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    first = secret_files(tmp_path)
+    assert set(first) == {f"{subdir}/{name}" for _, subdir, files in OWN_SECRETS.values() for name in files}
     subprocess.run(["sh", str(script)], env=env, check=True, capture_output=True)
-    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == first, "a restart must not change passwords"
-    assert re.fullmatch(r"[A-Za-z0-9]{32}", first["monitor_password"])
-    assert first["pgvigil_dsn"].strip() == f"postgresql://pgvigil:{first['monitor_password']}@postgres:5432/app"
+    assert secret_files(tmp_path) == first, "a restart must not change passwords"
+    monitor, superuser = first["postgres/monitor_password"], first["postgres/postgres_password"]
+    assert re.fullmatch(r"[A-Za-z0-9]{32}", monitor) and re.fullmatch(r"[A-Za-z0-9]{32}", superuser)
+    assert first["pgvigil/pgvigil_dsn"].strip() == f"postgresql://pgvigil:{monitor}@postgres:5432/app"
+    assert first["demo/postgres_dsn"].strip() == f"postgresql://postgres:{superuser}@postgres:5432/app"
+    for subdir in ("pgvigil", "grafana"):
+        assert superuser not in "".join(secret_files(tmp_path / subdir).values())
+    for path in tmp_path.rglob("*"):
+        mode = path.stat().st_mode & 0o777
+        assert mode == (0o700 if path.is_dir() else 0o400), f"{path} is {oct(mode)}"
+
+
+def test_secrets_script_moves_the_old_shared_volume_apart(tmp_path):
+    """A stack started before one volume per service kept every secret in pgvigil's: keep them, move them."""
+    old = tmp_path / "pgvigil"
+    old.mkdir()
+    legacy = {"postgres_password": "P" * 32, "monitor_password": "M" * 32, "grafana_admin_password": "G" * 32,
+              "postgres_dsn": "old", "pgvigil_dsn": "old"}
+    for name, value in legacy.items():
+        (old / name).write_text(value)
+    subprocess.run(["sh", str(ROOT / "deploy/secrets/generate.sh")], env=dict(os.environ, SECRETS_DIR=str(tmp_path)),
+                   check=True, capture_output=True)
+    files = secret_files(tmp_path)
+    assert files["postgres/postgres_password"] == "P" * 32 and files["postgres/monitor_password"] == "M" * 32
+    assert files["grafana/grafana_admin_password"] == "G" * 32
+    assert files["pgvigil/pgvigil_dsn"].strip() == f"postgresql://pgvigil:{'M' * 32}@postgres:5432/app"
+    assert set(secret_files(old)) == {"pgvigil_dsn"}
 
 
 @pytest.mark.skipif(shutil.which("psql") is None, reason="psql not installed")
@@ -222,26 +335,29 @@ def test_init_script_role_runs_the_stack_config(compose, tmp_path):
     secrets.mkdir()
     subprocess.run(["sh", str(ROOT / "deploy/secrets/generate.sh")], env=dict(os.environ, SECRETS_DIR=str(secrets)),
                    check=True, capture_output=True)
+    for path in secrets.rglob("*"):  # as root the files now belong to the services' users; this test is them
+        path.chmod(0o700 if path.is_dir() else 0o600)
     compose_db = compose["services"]["postgres"]["environment"]["POSTGRES_DB"]
     with ThrowawayCluster() as pg:
         pg.create_database(compose_db)
         for script in sorted(repo_path_for(compose, "postgres", "/docker-entrypoint-initdb.d").glob("*.sh")):
             env = dict(os.environ, POSTGRES_USER="postgres", POSTGRES_DB=compose_db, PGHOST="127.0.0.1",
-                       PGPORT=str(pg.port), PGVIGIL_SECRETS=str(secrets))
+                       PGPORT=str(pg.port), PGVIGIL_SECRETS=str(secrets / "postgres"))
             ran = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True)
             assert ran.returncode == 0, ran.stderr
         assert pg.execute("SELECT pg_has_role('pgvigil', 'pg_monitor', 'MEMBER'), rolsuper FROM pg_roles "
                           "WHERE rolname = 'pgvigil'") == [(True, False)]
         # The stack's DSN files, pointing at this server instead of the compose network. The trust
         # authentication of the throwaway cluster ignores the passwords; the usernames still count.
-        for name in ("pgvigil_dsn", "postgres_dsn"):
+        for name in ("pgvigil/pgvigil_dsn", "demo/postgres_dsn"):
             dsn = (secrets / name).read_text().replace("@postgres:5432/", f"@127.0.0.1:{pg.port}/")
             (secrets / name).write_text(dsn)
-        workload = start_demo_workload(compose, secrets)
+        workload = start_demo_workload(compose, secrets / "demo")
         try:
             wait_until(lambda: pg.execute("SELECT count(*) FROM orders WHERE id > 20000", compose_db)[0][0] > 0)
             config_text = repo_path_for(compose, "pgvigil", "/etc/pgvigil/pgvigil.yaml").read_text()
-            config = parse_config(config_text.replace(SECRETS_MOUNT, str(secrets)), "deploy/pgvigil/pgvigil.yaml")
+            config = parse_config(config_text.replace(SECRETS_MOUNT, str(secrets / "pgvigil")),
+                                  "deploy/pgvigil/pgvigil.yaml")
             text = scrape_once(config)
         finally:
             workload.send_signal(signal.SIGTERM)
@@ -251,4 +367,80 @@ def test_init_script_role_runs_the_stack_config(compose, tmp_path):
     assert 'pg_up{target="app",env="compose"} 1' in text
     failed = [line for line in text.splitlines() if line.startswith("pgvigil_query_success") and line.endswith(" 0")]
     assert not failed, "queries failing as the monitoring role:\n" + "\n".join(failed)
-    assert (secrets / "monitor_password").read_text() not in text
+    assert (secrets / "postgres" / "monitor_password").read_text() not in text
+
+
+IMAGE_HEALTHCHECK = "/usr/local/share/pgvigil/healthcheck.py"  # where the Dockerfile copies it
+
+
+def healthcheck_argv(compose: dict, port: int) -> list[str]:
+    """pgvigil's compose healthcheck, run here: the image's copy of the script is the repository's file."""
+    test = compose["services"]["pgvigil"]["healthcheck"]["test"]
+    assert test == ["CMD", "python", IMAGE_HEALTHCHECK, "9187"]
+    assert re.search(r"^COPY .*deploy/pgvigil/healthcheck.py .*/usr/local/share/pgvigil/$",
+                     (ROOT / "Dockerfile").read_text(), re.M)
+    return [sys.executable, str(ROOT / "deploy/pgvigil/healthcheck.py"), str(port)]
+
+
+def web_config_for(mode: str, directory: Path) -> str | None:
+    """A --web-config file for the mode: TLS (with basic auth or client certificates), or basic auth alone."""
+    from tls_support import make_certificates
+
+    from exporter.webconfig import hash_password
+
+    if mode == "plain":
+        return None
+    text = ""
+    if mode.startswith("tls"):
+        certs = make_certificates(directory)
+        text += f"tls_server_config:\n  cert_file: {certs.server_cert}\n  key_file: {certs.server_key}\n"
+        if mode == "tls-client-certs":
+            text += f"  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {certs.ca}\n"
+    if mode.endswith("basic-auth"):
+        text += f"basic_auth_users:\n  prometheus: '{hash_password('s3cret', cost=4)}'\n"
+    path = directory / "web.yml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("mode", ["plain", "tls-basic-auth", "tls-client-certs", "basic-auth"])
+def test_pgvigil_healthcheck_works_with_and_without_web_config(compose, tmp_path, mode):
+    from exporter.dev.throwaway import free_port
+
+    port = free_port()
+    config = tmp_path / "pgvigil.yaml"
+    config.write_text("collectors: []\ntargets:\n  app: {dsn: 'postgresql://nobody@127.0.0.1:1/app'}\n")
+    argv = [sys.executable, "-m", "exporter", "serve", "--config", str(config), "--listen", f"127.0.0.1:{port}"]
+    web = web_config_for(mode, tmp_path)
+    if web:
+        argv += ["--web-config", web]
+    check = healthcheck_argv(compose, port)
+    down = subprocess.run(check, capture_output=True, text=True, timeout=30)
+    assert down.returncode == 1 and down.stdout.startswith("unhealthy: "), down.stdout
+    server = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: subprocess.run(check, capture_output=True, timeout=30).returncode == 0, timeout=30)
+        healthy = subprocess.run(check, capture_output=True, text=True, timeout=30)
+        expected = {"plain": "healthy: HTTP 200", "basic-auth": "healthy: HTTP 401",
+                    "tls-basic-auth": "healthy: HTTPS 401", "tls-client-certs": "healthy: "}[mode]
+        assert healthy.stdout.startswith(expected), healthy.stdout
+        if mode.startswith("tls"):
+            # The check the stack used before: a plain HTTP GET, which a TLS listener never answers.
+            old = subprocess.run([sys.executable, "-c", "import urllib.request; urllib.request.urlopen("
+                                  f"'http://127.0.0.1:{port}/', timeout=4)"], capture_output=True, timeout=30)
+            assert old.returncode != 0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    after = subprocess.run(check, capture_output=True, text=True, timeout=30)
+    assert after.returncode == 1, after.stdout
+
+
+def test_secret_files_belong_to_the_users_the_services_run_as(compose):
+    """0400 files are readable by their owner only: the uid generate.sh gives each must be the service's."""
+    script = (ROOT / "deploy/secrets/generate.sh").read_text()
+    owners = dict(re.findall(r"^owner (\w+) (\d+)$", script, re.M))
+    image_uid = re.search(r"useradd .*--uid (\d+)", (ROOT / "Dockerfile").read_text()).group(1)
+    assert owners == {"postgres": "999", "pgvigil": image_uid, "demo": image_uid, "grafana": "472"}
+    # postgres:16 runs as postgres (999) and grafana/grafana as 472 unless told otherwise: nobody overrides it.
+    assert all("user" not in compose["services"][name] for name in ("postgres", "pgvigil", "demo-workload", "grafana"))
