@@ -78,13 +78,23 @@ SESSION_METRICS = {f"pg_stat_database_{n}" for n in (
     "sessions_total", "sessions_abandoned_total", "sessions_fatal_total", "sessions_killed_total",
     "session_time_seconds_total", "active_time_seconds_total", "idle_in_transaction_time_seconds_total")}
 
+# postgres_exporter 0.11's names of the session statistics (renamed pack), and the backend writes
+# PG 17 dropped, under their 0.10 names too.
+SESSION_METRICS_011 = {f"pg_stat_database_{n}" for n in (
+    "sessions", "sessions_abandoned", "sessions_fatal", "sessions_killed",
+    "session_time", "active_time", "idle_in_transaction_time")}
+BACKEND_WRITES = {"pg_stat_bgwriter_buffers_backend_fsync_total", "pg_stat_bgwriter_buffers_backend",
+                  "pg_stat_bgwriter_buffers_backend_fsync"}
+
 
 def test_every_version_exposes_the_same_metrics_apart_from_documented_ones(queries):
     def names(version):
         return {m.name for q in running(queries, version) for m in q.metrics}
     reference = names(150000)
     for version in VERSIONS:
-        allowed = {"pg_stat_bgwriter_buffers_backend_total"} | (SESSION_METRICS if version < 140000 else set())
+        allowed = ({"pg_stat_bgwriter_buffers_backend_total"} | BACKEND_WRITES
+                   | (SESSION_METRICS | SESSION_METRICS_011 if version < 140000 else set())
+                   | ({"pg_stat_database_conflicts_confl_active_logicalslot"} if version >= 160000 else set()))
         assert names(version) ^ reference <= allowed, version
 
 
