@@ -137,8 +137,11 @@ class Checker:
         """Report each required key absent from `raw`; True when all are there."""
         absent = [name for name in section.required() if name not in raw]
         for name in absent:
-            self.error(path, f"missing required key '{name}'", doc)
+            self.error(path, self.missing_key(name), doc)
         return not absent
+
+    def missing_key(self, name: str) -> str:
+        return f"missing required key '{name}'"
 
     def typed(self, value: Any, path: tuple, kind: str, doc: LocatedData | None = None) -> Any:
         """The converted value when it is of `kind`, else None and an error."""

@@ -143,5 +143,6 @@ def _scalar(node: yaml.Node) -> Any:
             return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
         except ValueError as exc:  # e.g. an integer past Python's 4300-digit conversion limit
             reason = str(exc).split(";")[0]
-            raise yaml.constructor.ConstructorError(None, None, f"cannot read value: {reason}", node.start_mark) from None
+            raise yaml.constructor.ConstructorError(None, None, f"cannot read value: {reason}",
+                                                    node.start_mark) from None
     return f"<{type(node).__name__}>"

@@ -14,13 +14,23 @@ from pathlib import Path
 from typing import Any
 
 from exporter.config import ConfigError
-from exporter.yamlsource import LocatedErrors, YamlSyntaxError, load_located
+from exporter.schema import Checker, Key, Section, did_you_mean
+from exporter.yamlsource import YamlSyntaxError, load_located
 
 DEFAULT_THRESHOLDS = Path(__file__).with_name("default_thresholds.yaml")
 
 UNITS = ("ratio", "seconds", "bytes", "count", "boolean")
 DIRECTIONS = ("above", "below")
-_KEYS = ("warning", "critical", "for", "unit", "direction", "min_rate", "description")
+THRESHOLD_KEYS = Section(
+    "<threshold name>",
+    Key("warning", required=True, doc="warning level, or null where the alert has no warning"),
+    Key("critical", required=True, doc="critical level, or null"),
+    Key("for", required=True, doc="Prometheus duration the condition must hold, e.g. 5m"),
+    Key("unit", required=True, doc=", ".join(UNITS)),
+    Key("direction", default="above", doc="above or below: which side of the level alerts"),
+    Key("min_rate", doc="traffic floor below which the alert stays quiet"),
+    Key("description", required=True, doc="what is measured and where the number comes from"),
+)
 _DURATION = re.compile(r"^(0|([0-9]+(ms|s|m|h|d|w|y))+)$")
 
 
@@ -67,77 +77,76 @@ def parse_thresholds(text: str, source: str = "<string>") -> dict[str, Threshold
         located = load_located(text, source)
     except YamlSyntaxError as exc:
         raise ThresholdError([str(exc)]) from None
-    errors = LocatedErrors(located)
+    checker = _Checker(located)
     data = located.data
     if not isinstance(data, dict) or not data:
-        errors.add((), "expected a mapping of threshold names to {warning, critical, for, unit, description}")
-        raise ThresholdError(errors.messages)
+        checker.error((), "expected a mapping of threshold names to {warning, critical, for, unit, description}")
+        raise ThresholdError(checker.errors)
     thresholds = {}
     for name, entry in data.items():
-        threshold = _parse_entry(str(name), entry, errors)
+        threshold = checker.entry(str(name), entry)
         if threshold is not None:
             thresholds[threshold.name] = threshold
-    if errors.messages:
-        raise ThresholdError(errors.messages)
+    if checker.errors:
+        raise ThresholdError(checker.errors)
     return thresholds
 
 
-def _parse_entry(name: str, entry: Any, errors: LocatedErrors) -> Threshold | None:
-    error = errors.add
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-        error((name,), "threshold names are lower_snake_case")
-    if not isinstance(entry, dict):
-        error((name,), "expected a mapping with warning, critical, for, unit, description")
-        return None
-    before = len(errors.messages)
-    for key in entry:
-        if key not in _KEYS:
-            close = [k for k in _KEYS if _similar(str(key), k)]
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            error((name, key), f"unknown key{hint}; allowed: {', '.join(_KEYS)}")
-    for key in ("warning", "critical", "for", "unit", "description"):
-        if key not in entry:
-            error((name,), f"missing key '{key}'")
-    warning = _number(entry.get("warning"), (name, "warning"), error, allow_none=True)
-    critical = _number(entry.get("critical"), (name, "critical"), error, allow_none=True)
-    min_rate = _number(entry.get("min_rate"), (name, "min_rate"), error, allow_none=True)
-    if "warning" in entry and "critical" in entry and warning is None and critical is None:
-        error((name,), "at least one of warning and critical must be a number")
-    duration = entry.get("for")
-    if "for" in entry and not (isinstance(duration, str) and _DURATION.match(duration)):
-        error((name, "for"), f"expected a Prometheus duration such as 5m or 1h30m, got {duration!r}")
-    unit = entry.get("unit")
-    if "unit" in entry and unit not in UNITS:
-        error((name, "unit"), f"expected one of {', '.join(UNITS)}, got {unit!r}")
-    direction = entry.get("direction", "above")
-    if direction not in DIRECTIONS:
-        error((name, "direction"), f"expected above or below, got {direction!r}")
-    description = entry.get("description")
-    if "description" in entry and not (isinstance(description, str) and description.strip()):
-        error((name, "description"), "expected a sentence naming what is measured and its source")
-    if warning is not None and critical is not None and direction in DIRECTIONS:
+class _Checker(Checker):
+    """Threshold entries; the messages keep the wording `pgvigil bundle` has always printed."""
+
+    def unknown_key(self, key: Any, allowed: tuple[str, ...]) -> str:
+        hint = did_you_mean(str(key), allowed)
+        return f"unknown key{f' (did you mean {hint!r}?)' if hint else ''}; allowed: {', '.join(allowed)}"
+
+    def missing_key(self, name: str) -> str:
+        return f"missing key '{name}'"
+
+    def entry(self, name: str, entry: Any) -> Threshold | None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            self.error((name,), "threshold names are lower_snake_case")
+        if not isinstance(entry, dict):
+            self.error((name,), "expected a mapping with warning, critical, for, unit, description")
+            return None
+        before = len(self.errors)
+        self.mapping(entry, (name,), THRESHOLD_KEYS)
+        self.missing(entry, (name,), THRESHOLD_KEYS)
+        warning, critical, min_rate = (self.number(entry.get(key), (name, key))
+                                       for key in ("warning", "critical", "min_rate"))
+        if "warning" in entry and "critical" in entry and warning is None and critical is None:
+            self.error((name,), "at least one of warning and critical must be a number")
+        duration = entry.get("for")
+        if "for" in entry and not (isinstance(duration, str) and _DURATION.match(duration)):
+            self.error((name, "for"), f"expected a Prometheus duration such as 5m or 1h30m, got {duration!r}")
+        unit = entry.get("unit")
+        if "unit" in entry and unit not in UNITS:
+            self.error((name, "unit"), f"expected one of {', '.join(UNITS)}, got {unit!r}")
+        direction = entry.get("direction", THRESHOLD_KEYS["direction"].default)
+        if direction not in DIRECTIONS:
+            self.error((name, "direction"), f"expected above or below, got {direction!r}")
+        description = entry.get("description")
+        if "description" in entry and not (isinstance(description, str) and description.strip()):
+            self.error((name, "description"), "expected a sentence naming what is measured and its source")
+        if warning is not None and critical is not None:
+            self.levels_in_order(name, warning, critical, direction)
+        if len(self.errors) != before:
+            return None
+        return Threshold(
+            name=name, warning=warning, critical=critical, for_=str(duration), unit=str(unit),
+            description=str(description).strip(), direction=direction, min_rate=min_rate,
+        )
+
+    def levels_in_order(self, name: str, warning: float, critical: float, direction: str) -> None:
         if direction == "above" and warning > critical:
-            error((name, "critical"), f"must be >= warning ({warning:g}) when direction is above")
+            self.error((name, "critical"), f"must be >= warning ({warning:g}) when direction is above")
         if direction == "below" and warning < critical:
-            error((name, "critical"), f"must be <= warning ({warning:g}) when direction is below")
-    if len(errors.messages) != before:
-        return None
-    return Threshold(
-        name=name, warning=warning, critical=critical, for_=duration, unit=unit,
-        description=description.strip(), direction=direction, min_rate=min_rate,
-    )
+            self.error((name, "critical"), f"must be <= warning ({warning:g}) when direction is below")
 
-
-def _number(value: Any, path: tuple, error, allow_none: bool) -> float | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        error(path, f"expected a number{' or null' if allow_none else ''}, got {value!r}")
-        return None
-    return value
-
-
-def _similar(a: str, b: str) -> bool:
-    import difflib
-
-    return difflib.SequenceMatcher(None, a, b).ratio() >= 0.6
+    def number(self, value: Any, path: tuple) -> float | None:
+        """A level or rate: a finite number, or null where the alert lacks it."""
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            self.error(path, f"expected a number or null, got {value!r}")
+            return None
+        return value
