@@ -36,18 +36,21 @@ SYSTEM_PYTHON = externally_managed_python()
 pytestmark = pytest.mark.skipif(SYSTEM_PYTHON is None, reason="no externally managed python3 (PEP 668) here")
 
 
-@pytest.fixture(scope="module")
-def clone(tmp_path_factory) -> Path:
+def copy_repository(target: Path) -> Path:
     """The repository's files (tracked and new, not ignored ones such as .venv) in a fresh directory."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                             capture_output=True, check=True).stdout.decode().split("\0")
-    target = tmp_path_factory.mktemp("clone")
     for name in filter(None, listed):
         source = ROOT / name
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
     return target
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    return copy_repository(tmp_path_factory.mktemp("clone"))
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +116,27 @@ def test_a_half_made_venv_is_replaced(clone, user_env):
     assert shown.returncode == 0, shown.stdout[-3000:] + shown.stderr[-3000:]
     assert "creating the virtual environment" in shown.stderr
     assert (venv / "bin" / "pip").exists()
+
+
+def readme_install_lines() -> list[str]:
+    """The install commands of the README's "Install and run" block (the lines before the first pgvigil)."""
+    section = (ROOT / "README.md").read_text().split("## Install and run", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = []
+    for line in block.splitlines():
+        command = line.split("  #", 1)[0].strip()
+        if command.startswith("pgvigil "):
+            break
+        lines.append(command)
+    return lines
+
+
+def test_the_readme_install_works_with_the_system_python(tmp_path, user_env):
+    lines = readme_install_lines()
+    assert lines == ["python3 -m venv .venv && . .venv/bin/activate", "pip install ."]
+    clone = copy_repository(tmp_path / "clone")
+    script = "set -e\n" + "\n".join(lines) + "\npgvigil --version\ncommand -v pgvigil\n"
+    ran = run(clone, user_env, "bash", "-c", script)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    assert ran.stdout.splitlines()[-1] == str(clone / ".venv" / "bin" / "pgvigil")
+    assert ran.stdout.splitlines()[-2].startswith("pgvigil"), ran.stdout[-500:]  # pgvigil --version
