@@ -84,7 +84,7 @@ TOP_KEYS = Section(
     Key("backup", doc="scheduled `pg_dump` backups, see [docs/backups.md](docs/backups.md)"),
 )
 TARGET_KEYS = Section(
-    "targets.<name> (or just the DSN string)",
+    "`targets.<name>` (or just the DSN string)",
     Key("dsn", doc="libpq URL or key=value string; `${VAR}` and `${VAR:-default}` are expanded"),
     Key("dsn_file", doc="a file holding the DSN (e.g. a mounted secret), instead of `dsn`"),
     Key("labels", doc="constant labels on every series of this target"),
@@ -92,7 +92,7 @@ TARGET_KEYS = Section(
     Key("storage_allocation", doc="disk or plan size such as `8GiB`, for the storage utilization alert"),
 )
 DEFAULT_KEYS = Section(
-    "defaults",
+    "`defaults`",
     Key("timeout", "duration", 5.0, doc="`statement_timeout` of each query (server side); default 5s"),
     Key("lock_timeout", "duration", 1.0, doc="`lock_timeout`: never queue behind an ALTER TABLE for long; default 1s"),
     Key("connect_timeout", "duration", 5.0, doc="connection timeout; default 5s"),
@@ -103,7 +103,7 @@ DEFAULT_KEYS = Section(
                                                 "`X-Prometheus-Scrape-Timeout-Seconds` lowers it; default 10s"),
 )
 QUERY_KEYS = Section(
-    "queries[]",
+    "`queries[]`",
     Key("name", "str", required=True, doc="metric names are `<name>_<column>`"),
     Key("help", "str", doc="HELP text of its metrics; default: the name"),
     Key("sql", "str", required=True, doc="one `SELECT`, `WITH`, `VALUES` or `TABLE` query"),
@@ -121,7 +121,7 @@ QUERY_KEYS = Section(
     Key("max_series", "int", NONZERO_FROM_DEFAULTS, doc="default: `defaults.max_series`"),
 )
 METRIC_KEYS = Section(
-    "queries[].metrics.<column>",
+    "`queries[].metrics.<column>`",
     Key("type", default=MetricType.GAUGE, doc=f"{', '.join(f'`{t}`' for t in METRIC_TYPES)}; default `gauge`"),
     Key("help", "str", doc="HELP text; default: the query's help"),
     Key("buckets", doc="histogram upper bounds in increasing order, e.g. `[0.1, 0.5, 1]`"),
@@ -129,15 +129,15 @@ METRIC_KEYS = Section(
     Key("name", doc="the full metric name, overriding `<query>_<column>`"),
 )
 BACKUP_KEYS = Section(
-    "backup",
-    Key("dir", "str", required=True, doc="where dumps and the state file live"),
+    "`backup`",
+    Key("dir", "str", required=True, doc="backups and the state file live here"),
     Key("target", "str", doc="the target to dump; default: the only one"),
-    Key("keep_days", "int", doc="prune dumps older than this many days"),
-    Key("keep_last", "int", doc="always keep this many newest verified dumps"),
-    Key("interval", "duration", 86400.0, doc="the schedule the freshness alert expects; default 1d"),
-    Key("offsite_dir", "str", doc="a second directory each dump is copied to"),
-    Key("s3", doc="off-site copy to S3: bucket, prefix, endpoint_url, ..."),
-    Key("sanity_query", "str", doc="SQL run against the restored dump to verify it"),
+    Key("keep_days", "int", doc="retention: `prune` keeps backups younger than this many days"),
+    Key("keep_last", "int", doc="retention: `prune` also keeps this many newest backups"),
+    Key("interval", "duration", 86400.0, doc="how often backups are expected to run (the age alerts); default 24h"),
+    Key("offsite_dir", "str", doc="an off-site second copy (an NFS/SMB/USB mount)"),
+    Key("s3", doc="an off-site copy in S3: bucket, prefix, endpoint_url, ..."),
+    Key("sanity_query", "str", doc="run in the test restore; must return true"),
 )
 PACK_KEYS = Section(
     "query pack file",
@@ -150,7 +150,7 @@ SECTIONS = (TOP_KEYS, TARGET_KEYS, DEFAULT_KEYS, QUERY_KEYS, METRIC_KEYS, BACKUP
 
 def key_reference() -> str:
     """The README's key lists, generated from the tables (tests/test_config.py keeps them equal)."""
-    return "\n\n".join(f"**`{section.title}`**\n\n{section.markdown()}" for section in SECTIONS)
+    return "\n\n".join(f"**{section.title}**\n\n{section.markdown()}" for section in SECTIONS)
 
 
 class ConfigError(Exception):

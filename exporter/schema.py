@@ -93,7 +93,7 @@ class Section:
 
     def markdown(self) -> str:
         """The README's key list for this section (a test keeps the README equal to it)."""
-        rows = [f"| `{key.name}` | {key.doc}{' (required)' if key.required else ''} |" for key in self.keys]
+        rows = [f"| `{key.name}` | {'required; ' if key.required else ''}{key.doc} |" for key in self.keys]
         return "\n".join(["| key | meaning |", "|---|---|", *rows])
 
 

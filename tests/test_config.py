@@ -2,10 +2,23 @@
 from __future__ import annotations
 
 import textwrap
+from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
-from exporter.config import ConfigError, expand_env, load_config, parse_config, parse_duration
+from exporter.config import (
+    DEFAULT_KEYS,
+    QUERY_KEYS,
+    ConfigError,
+    Defaults,
+    QuerySpec,
+    expand_env,
+    key_reference,
+    load_config,
+    parse_config,
+    parse_duration,
+)
 
 
 def errors_of(text: str, source: str = "c.yaml") -> list[str]:
@@ -110,7 +123,8 @@ def test_every_error_is_reported_with_file_line_and_key():
      "c.yaml:2: queries[0].name: expected a name matching [a-zA-Z_:][a-zA-Z0-9_:]*"),
     ("queries:\n  - {name: q, sql: 'select {{previous_run}}', metrics: {x: {}}}\n",
      "c.yaml:2: queries[0].sql: {{previous_run}} only makes sense for histogram metrics"),
-    ("defaults: {max_series: -1}\n", "c.yaml:1: defaults.max_series: expected a non-negative integer, got the number -1"),
+    ("defaults: {max_series: -1}\n",
+     "c.yaml:1: defaults.max_series: expected a non-negative integer, got the number -1"),
     ("targets: {a: {dsn: x, dsn_file: y}}\n", "c.yaml:1: targets.a: set either 'dsn' or 'dsn_file', not both"),
     ("queries: {}\n", "c.yaml:1: queries: expected a list of queries, got a mapping"),
     ("collectors: [nosuchpack]\n", "c.yaml:1: collectors[0]: unknown query pack 'nosuchpack'"),
@@ -146,10 +160,12 @@ def test_unreadable_file_and_missing_env(tmp_path, monkeypatch):
     assert "cannot read config" in info.value.errors[0]
     monkeypatch.delenv("NOPE", raising=False)
     errors = errors_of("collectors: []\ntargets:\n  a:\n    dsn: postgresql://u:${NOPE}@h/db\n")
-    assert errors == ["c.yaml:4: targets.a.dsn: environment variable NOPE is not set (use ${NOPE:-default} for a fallback)"]
+    assert errors == [
+        "c.yaml:4: targets.a.dsn: environment variable NOPE is not set (use ${NOPE:-default} for a fallback)"]
 
 
-@pytest.mark.parametrize("value, seconds", [("5s", 5), ("250ms", 0.25), ("2m", 120), ("1h", 3600), (3, 3), ("1.5s", 1.5)])
+@pytest.mark.parametrize("value, seconds", [("5s", 5), ("250ms", 0.25), ("2m", 120), ("1h", 3600), (3, 3),
+                                            ("1.5s", 1.5)])
 def test_durations(value, seconds):
     assert parse_duration(value) == seconds
 
@@ -169,4 +185,54 @@ def test_storage_allocation_sizes():
     assert config.target("a").storage_allocation_bytes == 8 * 1024 ** 3
     assert config.target("b").storage_allocation_bytes is None
     assert errors_of("collectors: []\ntargets:\n  a: {dsn: x, storage_allocation: lots}\n") == [
-        "c.yaml:3: targets.a.storage_allocation: expected a size such as 8GB, 500MiB or a number of bytes, got the string 'lots'"]
+        "c.yaml:3: targets.a.storage_allocation: expected a size such as 8GB, 500MiB or a number of bytes, "
+        "got the string 'lots'"]
+
+
+def test_readme_key_lists_are_the_declared_tables():
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    begin, end = "<!-- config-keys:begin -->\n", "\n<!-- config-keys:end -->"
+    assert begin in readme and end in readme
+    listed = readme[readme.index(begin) + len(begin):readme.index(end)]
+    assert listed == key_reference(), "README.md's key lists drifted: paste exporter.config.key_reference() there"
+
+
+def test_every_declared_option_is_a_field_of_its_dataclass():
+    # A new key is one Key line and one field; forgetting the field must fail here, not at a user's scrape.
+    query_fields = {f.name for f in fields(QuerySpec)}
+    assert {key.name for key in QUERY_KEYS.keys if key.kind is not None} <= query_fields
+    assert set(DEFAULT_KEYS.names) == {f.name for f in fields(Defaults)}
+    assert Defaults() == Defaults(**{key.name: key.default for key in DEFAULT_KEYS.keys})
+
+
+@pytest.mark.parametrize("option, written, expected", [
+    ("ttl", "0s", 0.0),            # 0: run on every scrape
+    ("ttl", None, 7.0),            # absent: defaults.ttl
+    ("timeout", "0s", 3.0),        # 0 would switch statement_timeout off: the default applies
+    ("timeout", "2s", 2.0),
+    ("max_series", 0, 50),
+    ("max_series", 5, 5),
+])
+def test_query_options_fall_back_to_defaults(option, written, expected):
+    line = f"    {option}: {written}\n" if written is not None else ""
+    config = parse_config("defaults: {ttl: 7s, timeout: 3s, max_series: 50}\ncollectors: []\nqueries:\n"
+                          "  - name: q\n    sql: SELECT 1 AS v\n    metrics: {v: {}}\n" + line)
+    assert getattr(config.queries[0], option) == expected
+
+
+def test_unknown_keys_get_a_hint_in_every_section():
+    errors = errors_of("""\
+        collectors: []
+        defaults: {timeot: 1s}
+        targets: {a: {pool_sise: 2}}
+        backup: {dir: /tmp, keep_day: 3}
+        queries:
+          - {name: q, sql: SELECT 1 AS v, metrics: {v: {tpye: gauge}}, max_serie: 3}
+        """)
+    assert errors == [
+        "c.yaml:2: defaults.timeot: unknown key 'timeot'; did you mean 'timeout'?",
+        "c.yaml:3: targets.a.pool_sise: unknown key 'pool_sise'; did you mean 'pool_size'?",
+        "c.yaml:4: backup.keep_day: unknown key 'keep_day'; did you mean 'keep_days'?",
+        "c.yaml:6: queries[0].max_serie: unknown key 'max_serie'; did you mean 'max_series'?",
+        "c.yaml:6: queries[0].metrics.v.tpye: unknown key 'tpye'; did you mean 'type'?",
+    ]

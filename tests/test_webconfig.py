@@ -49,7 +49,8 @@ def errors_of(text: str, base_dir=None) -> list[str]:
     ("tls_server_config:\n  cert_file: 7\n  key_file: ''\n  cert: inline\n",
      ["web.yml:2: tls_server_config.cert_file: expected a non-empty string, got the number 7",
       "web.yml:3: tls_server_config.key_file: expected a non-empty string, got the string ''",
-      "web.yml:4: tls_server_config.cert: 'cert' is not supported by pgvigil: inline PEM is not supported; use cert_file"]),
+      "web.yml:4: tls_server_config.cert: 'cert' is not supported by pgvigil: inline PEM is not supported; "
+      "use cert_file"]),
 ])
 def test_errors_are_listed_with_their_location(text, expected):
     assert errors_of(text) == expected
