@@ -140,3 +140,49 @@ def test_the_readme_install_works_with_the_system_python(tmp_path, user_env):
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     assert ran.stdout.splitlines()[-1] == str(clone / ".venv" / "bin" / "pgvigil")
     assert ran.stdout.splitlines()[-2].startswith("pgvigil"), ran.stdout[-500:]  # pgvigil --version
+
+
+FAKE_APT = """#!/bin/sh
+# apt-get stand-in: records its arguments; "installing" python3-venv makes python3's venv work.
+echo "$*" >>"{log}"
+case "$*" in *python3-venv*) touch "{venv_installed}" ;; esac
+"""
+
+# Debian's python3 without the python3-venv package: `-m venv` leaves a half-made .venv and fails.
+PYTHON_WITHOUT_VENV = """#!/bin/sh
+if [ "$1 $2" = "-m venv" ] && [ ! -e "{venv_installed}" ]; then
+  mkdir -p "$3/bin" && ln -sf "{python}" "$3/bin/python"
+  echo "The virtual environment was not created successfully because ensurepip is not available." >&2
+  exit 1
+fi
+exec "{python}" "$@"
+"""
+
+
+def test_test_script_installs_what_apt_must_provide_with_one_update(tmp_path, user_env):
+    """No promtool, no amtool, no venv module: one `apt-get update`, then each missing package."""
+    if os.geteuid() != 0:
+        pytest.skip("as a user the script runs apt-get through sudo, which this test does not stand in for")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for directory in ("/usr/local/bin", "/usr/bin", "/bin"):  # the system's commands, minus what apt would add
+        for command in Path(directory).iterdir():
+            skipped = ("promtool", "amtool", "apt-get", "python3")
+            if command.name not in skipped and not (bin_dir / command.name).exists():
+                (bin_dir / command.name).symlink_to(command)
+    log, venv_installed = tmp_path / "apt.log", tmp_path / "venv-installed"
+    for name, text in (("apt-get", FAKE_APT), ("python3", PYTHON_WITHOUT_VENV)):
+        (bin_dir / name).write_text(text.format(log=log, venv_installed=venv_installed, python=SYSTEM_PYTHON))
+        (bin_dir / name).chmod(0o755)
+    clone = copy_repository(tmp_path / "clone")
+    env = dict(user_env, PATH=str(bin_dir))
+    ran = run(clone, env, "bash", "scripts/test.sh", "-q", "-p", "no:cacheprovider", SMALL_TEST)
+    # promtool is still missing (apt-get was a stand-in): only the pytest run is left, and it passes.
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    assert log.read_text().splitlines() == [
+        "update -q",
+        "install -y -q --no-install-recommends prometheus prometheus-alertmanager",
+        "install -y -q --no-install-recommends python3-venv",
+    ]
+    assert "python3 has no venv module (Debian packages it apart): installing python3-venv" in ran.stderr
+    assert (clone / ".venv" / "bin" / "pip").exists()
