@@ -151,12 +151,15 @@ def _shown(threshold: Threshold, level: float) -> str:
 
 
 # A small, healthy database over 90 minutes: about a dozen connections, fast statements, a 99 %
-# cache hit ratio, a few rollbacks, fresh backups, an archiver that keeps up, a used vector index.
+# cache hit ratio, a few rollbacks, fresh backups, an archiver that keeps up, a used vector index,
+# a slot with room to spare, a subscription without errors, a short vacuum.
 HEALTHY_MINUTES = 90
 _DB = {**BASE, "datid": "16384", "datname": "app"}
 _TABLE = {**BASE, "datname": "app", "schemaname": "public", "relname": "orders"}
 _DOCS = {**_TABLE, "relname": "documents"}
 _VECTOR = {**_DOCS, "indexrelname": "documents_embedding_idx", "method": "hnsw"}
+_SLOT = {**BASE, "slot_name": "standby1", "slot_type": "physical"}
+_SUB = {**BASE, "datname": "app", "subname": "orders_sub"}
 
 
 def healthy_series() -> dict[str, str]:
@@ -188,8 +191,16 @@ def healthy_series() -> dict[str, str]:
         selector("pg_stat_user_tables_seq_scan", _DOCS): counter(1, n),
         selector("pg_stat_user_tables_idx_scan", _DOCS): counter(30, n),
         selector("pg_vector_index_scans_total", _VECTOR): counter(25, n),
+        selector("pg_vector_search_calls_total", {**BASE, "datname": "app"}): counter(30, n),
+        selector("pg_vector_search_seconds_total", {**BASE, "datname": "app"}): counter(0.6, n),
+        selector("pg_stat_progress_vacuum_duration_seconds", {**BASE, "datname": "app", "relname": "orders"}):
+            constant(95, n),
         selector("pg_replication_is_replica", BASE): constant(0, n),
         selector("pg_replication_slots_active", {**BASE, "slot_name": "standby1", "database": ""}): constant(1, n),
+        selector("pg_replication_slot_safe_wal_size_bytes", {**_SLOT}): constant(4_000_000_000, n),
+        selector("pg_replication_slot_wal_status", {**_SLOT, "wal_status": "reserved"}): constant(1, n),
+        selector("pg_stat_subscription_stats_apply_errors_total", _SUB): constant(0, n),
+        selector("pg_stat_subscription_stats_sync_errors_total", _SUB): constant(0, n),
         selector("pg_stat_archiver_archived_count", BASE): counter(1, n),
         selector("pg_stat_archiver_failed_count", BASE): constant(0, n),
         selector("pg_stat_archiver_last_archive_age", BASE): constant(45, n),

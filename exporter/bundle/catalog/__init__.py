@@ -45,7 +45,7 @@ AREAS = (availability, connections, queries, storage, replication, security, vec
 # Labels that tell two alerts of the same name apart (the inhibit rules compare them).
 IDENTIFYING_LABELS = [
     "alertname", "target", "instance", "datname", "schemaname", "relname", "indexrelname",
-    "slot_name", "database", "query",
+    "slot_name", "database", "query", "subname",
 ]
 
 

@@ -1,4 +1,5 @@
-"""Replication and WAL archiving: replica lag, abandoned slots, an archiver that fails or falls behind."""
+"""Replication and WAL archiving: replica lag, abandoned slots, slots about to lose or that lost their
+WAL, failing subscriptions, an archiver that fails or falls behind."""
 from __future__ import annotations
 
 from exporter.bundle.catalog.spec import (
@@ -32,6 +33,18 @@ def _wal_archive_failing(case: Case) -> Scenario:
         selector("pg_stat_archiver_last_archive_age", BASE): constant(600, case.minutes),
     }
     return Scenario(series, case.value, dict(BASE))
+
+
+def _subscription_errors(case: Case) -> Scenario:
+    labels = {**BASE, "datname": "app", "subname": "orders_sub"}
+    series = {
+        selector("pg_stat_subscription_stats_apply_errors_total", labels): counter(case.value / 10, case.minutes),
+        selector("pg_stat_subscription_stats_sync_errors_total", labels): constant(0, case.minutes),
+    }
+    return Scenario(series, case.value, labels)
+
+
+SLOT = {"slot_name": "analytics", "slot_type": "logical"}
 
 
 ALERTS = (
@@ -77,5 +90,40 @@ ALERTS = (
         summary="PostgreSQL has not archived WAL within the RPO",
         description="The last WAL segment of {target} was archived {value} ago (alert above {level}).",
         scenario=gauge("pg_stat_archiver_last_archive_age"),
+    ),
+    AlertSpec(
+        name="PostgresReplicationSlotLosingWal",
+        threshold="replication_slot_safe_wal",
+        group=GROUP,
+        value_expr="pg_replication_slot_safe_wal_size_bytes",
+        summary="A PostgreSQL replication slot is about to lose the WAL its consumer needs",
+        description="Replication slot {slot_name} on {target} can fall only {value} further behind before "
+                    "max_slot_wal_keep_size invalidates it (alert below {level}).",
+        scenario=gauge("pg_replication_slot_safe_wal_size_bytes", SLOT),
+    ),
+    AlertSpec(
+        name="PostgresReplicationSlotLost",
+        threshold="replication_slot_lost",
+        group=GROUP,
+        value_expr='pg_replication_slot_wal_status{wal_status="lost"}',
+        summary="A PostgreSQL replication slot lost its WAL",
+        description="Replication slot {slot_name} on {target} is lost: the WAL its consumer needs was removed, "
+                    "so the replica or subscriber must be re-seeded.",
+        scenario=flag("pg_replication_slot_wal_status", {**SLOT, "wal_status": "lost"}),
+    ),
+    AlertSpec(
+        name="PostgresSubscriptionErrors",
+        threshold="subscription_errors",
+        group=GROUP,
+        value_expr="increase(pg_stat_subscription_stats_apply_errors_total[10m])"
+                   " + increase(pg_stat_subscription_stats_sync_errors_total[10m])",
+        summary="A PostgreSQL logical replication subscription keeps failing",
+        description="Subscription {subname} in database {datname} on {target} failed {value} times in the last "
+                    "10 minutes; changes stop flowing until the error is fixed.",
+        scenario=_subscription_errors,
+        whole_value=True,
+        kind=ValueKind.RATE,
+        window=10,
+        starts_at=1,
     ),
 )

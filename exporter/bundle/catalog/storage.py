@@ -1,4 +1,4 @@
-"""Storage and maintenance: database sizes against the allocation, dead tuples, missing indexes."""
+"""Storage and maintenance: database sizes against the allocation, dead tuples, missing indexes, long vacuums."""
 from __future__ import annotations
 
 from exporter.bundle.catalog.spec import APP_TABLE, BASE, AlertSpec, Case, Scenario, constant, gauge, selector
@@ -74,5 +74,15 @@ ALERTS = (
                     "and no index scan (alert above {level}).",
         scenario=_sequential_scans,
         guard="unless pg_stat_user_tables_idx_scan > 0",
+    ),
+    AlertSpec(
+        name="PostgresVacuumRunningLong",
+        threshold="vacuum_duration",
+        group=GROUP,
+        value_expr="pg_stat_progress_vacuum_duration_seconds",
+        summary="A PostgreSQL VACUUM has been running for a long time",
+        description="VACUUM of {relname} in database {datname} on {target} has been running for {value} "
+                    "(alert above {level}).",
+        scenario=gauge("pg_stat_progress_vacuum_duration_seconds", {"datname": "app", "relname": "public.orders"}),
     ),
 )
