@@ -103,8 +103,9 @@ def scrape_postgres_exporter(dsn: str) -> str:
         proc.wait(timeout=10)
 
 
-def scrape_pgvigil(dsn: str) -> str:
-    handle = start_server(parse_config(f"targets:\n  db:\n    dsn: {dsn}\n", source="dropin.yaml"))
+def scrape_pgvigil(dsn: str, collectors: str = "default") -> str:
+    config = f"collectors: [{collectors}]\ntargets:\n  db:\n    dsn: {dsn}\n"
+    handle = start_server(parse_config(config, source="dropin.yaml"))
     try:
         return get(handle.url + "/metrics")
     finally:
@@ -252,4 +253,19 @@ def test_current_release_default_names_are_declared():
     assert missing == []
     differ = {n: (labels, declared[n]) for n, labels in CURRENT_RELEASE.items()
               if n in declared and set(labels) != set(declared[n])}
+    assert differ == {}
+
+
+def test_settings_match_on_every_major(major_cluster):
+    """The settings pack lists each major's settings, under postgres_exporter's names and units."""
+    if POSTGRES_EXPORTER is None:
+        pytest.skip("postgres_exporter not installed (scripts/test.sh installs it)")
+    dsn = major_cluster.dsn()
+    theirs = series_by_name(scrape_postgres_exporter(dsn), own_label="server")
+    ours = series_by_name(scrape_pgvigil(dsn, collectors="settings"), own_label="target")
+    settings = [n for n in theirs if n.startswith("pg_settings_")]
+    assert len(settings) > 200
+    assert [n for n in settings if n not in ours] == []
+    differ = {n: (ours[n][2], theirs[n][2]) for n in settings if n not in SESSION_SETTINGS
+              and not math.isclose(*(next(iter(s[n][2].values())) for s in (ours, theirs)), rel_tol=1e-9)}
     assert differ == {}

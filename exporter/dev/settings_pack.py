@@ -4,9 +4,10 @@ postgres_exporter turns each row of pg_settings whose vartype is bool, integer o
 named `pg_settings_<name>` ('.' and '-' become '_'), adding `_seconds` for time units and `_bytes`
 for size units, and converting the value to that base unit (booleans are 1/0; -1 stays -1 because
 it means "disabled"). A pack names its metrics up front, so the list of settings is fixed here: the
-live server's (PostgreSQL 15 with pg_stat_statements and auto_explain loaded) plus the settings
-only older or newer releases have (OTHER_VERSIONS). A setting the scraped server lacks is NULL
-and simply not exported. Run `python -m exporter.dev.settings_pack` to regenerate.
+union of the settings of every supported major (exporter.dev.servers), each started with
+pg_stat_statements and auto_explain loaded. A setting the scraped server lacks is NULL and simply
+not exported. Run `python -m exporter.dev.settings_pack` to regenerate (it fetches the servers it
+lacks).
 """
 from __future__ import annotations
 
@@ -14,60 +15,10 @@ import json
 import sys
 from pathlib import Path
 
+from exporter.dev.servers import SUPPORTED_MAJORS, server_bindir
 from exporter.dev.throwaway import ThrowawayCluster
 
 PACK = Path(__file__).resolve().parent.parent / "packs" / "settings.yaml"
-
-# (name, vartype, unit, description) of settings the PostgreSQL 15 server does not have, from the
-# pg_settings of 12-14 (removed since) and 16-17 (added since).
-OTHER_VERSIONS: tuple[tuple[str, str, str, str], ...] = (
-    ("operator_precedence_warning", "bool", "",
-     "Emit a warning for constructs that changed meaning since PostgreSQL 9.4 (PG 12-13)."),
-    ("vacuum_cleanup_index_scale_factor", "real", "",
-     "Fraction of inserted tuples that triggers an index cleanup (PG 12-13)."),
-    ("wal_keep_segments", "integer", "", "Sets the number of WAL files held for standby servers (PG 12)."),
-    ("reserved_connections", "integer", "",
-     "Sets the number of connection slots reserved for roles with pg_use_reserved_connections (PG 16+)."),
-    ("vacuum_buffer_usage_limit", "integer", "kB",
-     "Sets the buffer pool size for VACUUM, ANALYZE, and autovacuum (PG 16+)."),
-    ("scram_iterations", "integer", "", "Sets the iteration count for SCRAM secret generation (PG 16+)."),
-    ("send_abort_for_crash", "bool", "", "Send SIGABRT not SIGQUIT to child processes after backend crash (PG 16+)."),
-    ("send_abort_for_kill", "bool", "", "Send SIGABRT not SIGKILL to stuck child processes (PG 16+)."),
-    ("gss_accept_delegation", "bool", "",
-     "Sets whether GSSAPI delegation should be accepted from the client (PG 16+)."),
-    ("enable_presorted_aggregate", "bool", "",
-     "Enables the planner's ability to produce plans that provide presorted input for ORDER BY / "
-     "DISTINCT aggregate functions (PG 16+)."),
-    ("max_parallel_apply_workers_per_subscription", "integer", "",
-     "Maximum number of parallel apply workers per subscription (PG 16+)."),
-    ("allow_alter_system", "bool", "", "Allows running the ALTER SYSTEM command (PG 17+)."),
-    ("commit_timestamp_buffers", "integer", "8kB",
-     "Sets the size of the dedicated buffer pool used for the commit timestamp cache (PG 17+)."),
-    ("multixact_member_buffers", "integer", "8kB",
-     "Sets the size of the dedicated buffer pool used for the MultiXact member cache (PG 17+)."),
-    ("multixact_offset_buffers", "integer", "8kB",
-     "Sets the size of the dedicated buffer pool used for the MultiXact offset cache (PG 17+)."),
-    ("notify_buffers", "integer", "8kB",
-     "Sets the size of the dedicated buffer pool used for the LISTEN/NOTIFY message cache (PG 17+)."),
-    ("serializable_buffers", "integer", "8kB",
-     "Sets the size of the dedicated buffer pool used for the serializable transaction cache (PG 17+)."),
-    ("subtransaction_buffers", "integer", "8kB",
-     "Sets the size of the dedicated buffer pool used for the subtransaction cache (PG 17+)."),
-    ("transaction_buffers", "integer", "8kB",
-     "Sets the size of the dedicated buffer pool used for the transaction status cache (PG 17+)."),
-    ("summarize_wal", "bool", "", "Starts the WAL summarizer process to enable incremental backup (PG 17+)."),
-    ("wal_summary_keep_time", "integer", "min", "Time for which WAL summary files should be kept (PG 17+)."),
-    ("transaction_timeout", "integer", "ms",
-     "Sets the maximum allowed duration of any transaction within a session (PG 17+)."),
-    ("max_notify_queue_pages", "integer", "",
-     "Sets the maximum number of allocated pages for NOTIFY / LISTEN queue (PG 17+)."),
-    ("io_combine_limit", "integer", "8kB", "Limit on the size of data reads and writes (PG 17+)."),
-    ("enable_group_by_reordering", "bool", "", "Enables reordering of GROUP BY keys (PG 17+)."),
-    ("sync_replication_slots", "bool", "",
-     "Enables a physical standby to synchronize logical failover replication slots from the primary server (PG 17+)."),
-    ("event_triggers", "bool", "", "Enables event triggers (PG 17+)."),
-    ("trace_connection_negotiation", "bool", "", "Logs details of pre-authentication connection handshake (PG 17+)."),
-)
 
 _SECONDS = {"ms": "0.001", "s": "1", "min": "60", "h": "3600", "d": "86400"}
 _BYTES = {"B": "1", "kB": "1024", "MB": "1048576", "GB": "1073741824", "TB": "1099511627776",
@@ -79,7 +30,7 @@ HEADER = """\
 description: >-
   Every numeric and boolean server setting as pg_settings_<name> in base units (seconds, bytes,
   1/0 for booleans; -1 kept as -1), the names and conversions postgres_exporter uses, plus
-  postmaster start time. Settings of PostgreSQL 12 to 17 and of pg_stat_statements and
+  postmaster start time. Settings of PostgreSQL 13 to 18 and of pg_stat_statements and
   auto_explain are covered; a setting the server does not have is not exported, and settings of
   other extensions are not exported (add a query for them).
 default: true
@@ -146,28 +97,59 @@ def help_text(description: str, vartype: str, unit: str) -> str:
     return text
 
 
-def render(settings: list[tuple[str, str, str, str]]) -> str:
-    rows = sorted({name: (name, vt, unit, desc) for name, vt, unit, desc in settings}.values())
-    named = [(metric_column(n, vt, u), n, vt, u, d) for n, vt, u, d in rows]
-    named = [row for row in named if row[0] is not None]
+Setting = tuple[str, str, str, str]  # name, vartype, unit, description
+
+
+def render(by_major: dict[int, list[Setting]]) -> str:
+    """The pack for the settings of these majors; a description comes from the newest major."""
+    majors: dict[tuple[str, str], list[int]] = {}
+    latest: dict[tuple[str, str], Setting] = {}
+    for major in sorted(by_major):
+        for setting in by_major[major]:
+            column = metric_column(*setting[:3])
+            if column is not None:
+                majors.setdefault((column, setting[0]), []).append(major)
+                latest[(column, setting[0])] = setting
+    ambiguous = {name for _, name in latest if sum(1 for _, n in latest if n == name) > 1}
+    columns, metrics = [], []
+    for column, name in sorted(latest):
+        _, vartype, unit, desc = latest[(column, name)]
+        # A setting whose unit changed kind between majors gets one column per kind.
+        where = f"name = '{name}'" + (f" AND {_unit_test(vartype, unit)}" if name in ambiguous else "")
+        columns.append(f"        max(value) FILTER (WHERE {where}) AS {column}")
+        text = help_text(desc, vartype, unit) + _versions(majors[(column, name)], sorted(by_major))
+        metrics.append(f"      {column}: {{type: gauge, help: {json.dumps(text)}}}\n")
     cases = [f"                   WHEN '{u}' THEN {f}" for u, f in {**_SECONDS, **_BYTES}.items()]
     cases.append("                   WHEN '' THEN 1")
-    columns = [f"        max(value) FILTER (WHERE name = '{n}') AS {col}" for col, n, _, _, _ in named]
-    text = HEADER.replace("{unit_cases}", "\n".join(cases)).replace("{columns}", ",\n".join(columns))
-    for col, _, vt, unit, desc in named:
-        text += f"      {col}: {{type: gauge, help: {json.dumps(help_text(desc, vt, unit))}}}\n"
-    return text
+    return (HEADER.replace("{unit_cases}", "\n".join(cases)).replace("{columns}", ",\n".join(columns))
+            + "".join(metrics))
 
 
-def live_settings() -> list[tuple[str, str, str, str]]:
-    with ThrowawayCluster(preload=("pg_stat_statements", "auto_explain")) as pg:
+def _unit_test(vartype: str, unit: str) -> str:
+    if vartype == "bool" or unit == "":
+        return "coalesce(unit, '') = ''"
+    units = _SECONDS if unit in _SECONDS else _BYTES
+    return "unit IN (" + ", ".join(f"'{u}'" for u in units) + ")"
+
+
+def _versions(present: list[int], supported: list[int]) -> str:
+    """' (PG 16+)', ' (PG 13-15)' or '' when the setting exists on every supported major."""
+    if present == supported:
+        return ""
+    if present[-1] == supported[-1]:
+        return f" (PG {present[0]}+)"
+    return f" (PG {present[0]}-{present[-1]})" if len(present) > 1 else f" (PG {present[0]})"
+
+
+def live_settings(major: int) -> list[Setting]:
+    with ThrowawayCluster(bindir=server_bindir(major), preload=("pg_stat_statements", "auto_explain")) as pg:
         rows = pg.execute("SELECT name, vartype, coalesce(unit, ''), short_desc FROM pg_settings "
                           "WHERE vartype IN ('bool', 'integer', 'real')")
     return [(str(n), str(v), str(u), str(d)) for n, v, u, d in rows]
 
 
 def main() -> int:
-    PACK.write_text(render(live_settings() + list(OTHER_VERSIONS)), encoding="utf-8")
+    PACK.write_text(render({major: live_settings(major) for major in SUPPORTED_MAJORS}), encoding="utf-8")
     print(f"wrote {PACK}")
     return 0
 
