@@ -1,9 +1,9 @@
 """The thresholds file: every number behind the alert rules, their tests and the dashboard bands.
 
-`load_thresholds()` reads `alerts/thresholds.yaml` (a copy ships inside the package as
-`default_thresholds.yaml`, so pip installs work) or a user's own file, validates it and returns
-frozen `Threshold` records keyed by name. Every validation error names the file, the line and the
-key, and all of them are reported at once.
+`load_thresholds()` reads the shipped `default_thresholds.yaml` (package data, so a plain
+`pip install .` finds it; `alerts/thresholds.yaml` in a clone is a symlink to it, one source) or a
+user's own file, validates it and returns frozen `Threshold` records keyed by name. Every
+validation error names the file, the line and the key, and all of them are reported at once.
 """
 from __future__ import annotations
 
