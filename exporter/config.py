@@ -7,7 +7,6 @@ once; nothing downstream re-validates.
 """
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from exporter.schema import MAX_DURATION_SECONDS as MAX_DURATION_SECONDS  # re-exported for callers
-from exporter.schema import Checker, Key, Section
+from exporter.schema import Checker, Key, Section, did_you_mean
 from exporter.schema import parse_duration as parse_duration
 from exporter.yamlsource import LocatedData, YamlSyntaxError, describe_value, load_located
 
@@ -423,10 +422,10 @@ class _Checker(Checker):
             elif name in packs:
                 chosen.append(name)
             else:
-                hint = difflib.get_close_matches(name, list(packs) + ["default"], n=1)
+                hint = did_you_mean(name, [*packs, "default"])
                 known = ", ".join(["default", *packs]) or "default"
                 self.error(("collectors", i), f"unknown query pack '{name}'" +
-                           (f"; did you mean '{hint[0]}'?" if hint else f"; expected one of: {known}"))
+                           (f"; did you mean '{hint}'?" if hint else f"; expected one of: {known}"))
         return tuple(dict.fromkeys(chosen))
 
     def pack_queries(self, pack: str, defaults: Defaults) -> list[QuerySpec]:
