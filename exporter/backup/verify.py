@@ -91,7 +91,8 @@ def check_files(directory: Path, entry: dict[str, Any]) -> dict[str, Any]:
 
 def check_archive(dump: Path, manifest: dict[str, Any]) -> int:
     """Step 3: pg_restore can read the table of contents and it has data for every table."""
-    proc = subprocess.run([client_program("pg_restore"), "--list", str(dump)], capture_output=True, text=True)
+    pg_restore = client_program("pg_restore", manifest.get("server_version_num"))
+    proc = subprocess.run([pg_restore, "--list", str(dump)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise BackupError(f"pg_restore --list cannot read {dump.name}: {tail(proc.stderr)}")
     listed = {line for line in proc.stdout.splitlines() if " TABLE DATA " in line}
@@ -137,7 +138,10 @@ def restore_and_compare(conninfo: Conninfo, dump: Path, manifest: dict[str, Any]
 def _restore_into(conninfo: Conninfo, scratch: str, dump: Path, manifest: dict[str, Any],
                   sanity_query: str | None) -> list[str]:
     passed = []
-    argv = [client_program("pg_restore"), "--no-owner", "--no-acl", "--exit-on-error",
+    # The pg_restore closest to the dumped server's version: a newer one emits settings an older server
+    # rejects (pg_restore 17+ sets transaction_timeout).
+    pg_restore = client_program("pg_restore", manifest.get("server_version_num"))
+    argv = [pg_restore, "--no-owner", "--no-acl", "--exit-on-error",
             f"--dbname={conninfo.without_password(dbname=scratch)}", str(dump)]
     proc = subprocess.run(argv, capture_output=True, text=True, env=conninfo.child_env())
     if proc.returncode != 0:
