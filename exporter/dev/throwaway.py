@@ -98,7 +98,7 @@ class ThrowawayCluster:
     @classmethod
     def standby_of(cls, primary: "ThrowawayCluster", slot: str) -> "ThrowawayCluster":
         """A started hot standby streaming from `primary` through a new physical slot (pg_basebackup -R)."""
-        standby = cls(preload=())
+        standby = cls(preload=(), bindir=primary.bindir)
         standby.server_owned_dir(standby.base)
         standby._run("pg_basebackup", "-D", str(standby.datadir), "-h", "127.0.0.1", "-p", str(primary.port),
                      "-U", SUPERUSER, "-R", "-X", "stream", "-C", "-S", slot, "-c", "fast")
