@@ -23,21 +23,24 @@ import click
 import psycopg2
 import yaml
 
-from exporter.dev import stack
 from exporter.config import Config, parse_config
-from exporter.server import ServerHandle, extra_collectors, start_server
+from exporter.dev import stack
 from exporter.dev.servers import demo_bindir, describe
 from exporter.dev.throwaway import ThrowawayCluster
+from exporter.server import ServerHandle, extra_collectors, start_server
 
 DATABASE = "shop"
 MONITOR_ROLE = "pgvigil_monitor"
 TARGET = "demo"
 REPLICA_TARGET = "demo-replica"
 REPLICA_SLOT = "demo_replica"
+REPORTING_DATABASE = "shop_reporting"
+SUBSCRIPTION = "shop_reporting"
 
 SCHEMA = """
 CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
-CREATE TABLE customers (id serial PRIMARY KEY, email text NOT NULL UNIQUE, created_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE customers (id serial PRIMARY KEY, email text NOT NULL UNIQUE,
+                        created_at timestamptz NOT NULL DEFAULT now());
 CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id int NOT NULL REFERENCES customers,
                      amount numeric(10, 2) NOT NULL, status text NOT NULL DEFAULT 'new',
                      created_at timestamptz NOT NULL DEFAULT now());
@@ -52,6 +55,9 @@ INSERT INTO customers (email) SELECT 'customer' || i || '@example.com' FROM gene
 INSERT INTO orders (customer_id, amount) SELECT 1 + i % 2000, (i % 500) / 3.0 FROM generate_series(1, 20000) i;
 INSERT INTO events (kind) SELECT 'page_view' FROM generate_series(1, 5000);
 INSERT INTO coupons VALUES (1), (1);
+-- Vacuumed slowly and over and over by the workload: the running-vacuum panels always have one.
+CREATE TABLE audit_log (id bigserial PRIMARY KEY, entry text NOT NULL);
+INSERT INTO audit_log (entry) SELECT repeat('audit ', 20) FROM generate_series(1, 20000);
 """
 # Both pgvector index kinds on a vector and a halfvec column, so the Vector Search dashboard
 # compares them; pg_buffercache reports how much of each index sits in shared buffers.
@@ -99,7 +105,7 @@ class Workload:
         return conn
 
     def start(self) -> "Workload":
-        for body in (self.traffic, self.long_report, self.idle_in_transaction_with_waiter):
+        for body in (self.traffic, self.long_report, self.idle_in_transaction_with_waiter, self.slow_vacuum):
             thread = threading.Thread(target=self.guard(body), name=f"demo-{body.__name__}", daemon=True)
             thread.start()
             self.threads.append(thread)
@@ -124,8 +130,8 @@ class Workload:
             step += 1
             customer = rng.randint(1, 2000)
             cur.execute("INSERT INTO orders (customer_id, amount) VALUES (%s, %s)", (customer, rng.randint(1, 900)))
-            cur.execute("UPDATE orders SET status = 'paid' WHERE id = (SELECT max(id) FROM orders WHERE customer_id = %s)",
-                        (customer,))
+            cur.execute("UPDATE orders SET status = 'paid'"
+                        " WHERE id = (SELECT max(id) FROM orders WHERE customer_id = %s)", (customer,))
             cur.execute("SELECT count(*), sum(amount) FROM orders WHERE customer_id = %s", (customer,))
             cur.execute("UPDATE events SET seen = seen + 1 WHERE id %% 50 = %s", (step % 50,))
             cur.execute("INSERT INTO events (kind) VALUES ('checkout')")
@@ -154,6 +160,14 @@ class Workload:
         waiter = self.connect()
         with waiter.cursor() as cur:
             cur.execute("UPDATE customers SET email = email WHERE id = 1")  # blocks behind the holder
+
+    def slow_vacuum(self) -> None:
+        """VACUUM of every page of audit_log, slowed by cost delays (about 10 s a run), again and again."""
+        conn = self.connect()
+        with conn.cursor() as cur:
+            cur.execute("SET vacuum_cost_delay = '20ms'; SET vacuum_cost_limit = 1")
+            while not self.stopping.is_set():
+                cur.execute("VACUUM (DISABLE_PAGE_SKIPPING) audit_log")
 
     def stop(self) -> None:
         self.stopping.set()
@@ -209,6 +223,19 @@ def prepare_database(dsn: str) -> bool:
     return has_table(dsn, "items")
 
 
+def start_subscription(cluster: ThrowawayCluster) -> None:
+    """A reporting database subscribed to the shop's orders (logical replication within the server).
+    The slot is created beforehand: CREATE SUBSCRIPTION would wait for itself on the same server."""
+    cluster.execute(f"CREATE PUBLICATION {SUBSCRIPTION} FOR TABLE orders", DATABASE)
+    cluster.execute(f"SELECT pg_create_logical_replication_slot('{SUBSCRIPTION}', 'pgoutput')", DATABASE)
+    cluster.create_database(REPORTING_DATABASE)
+    cluster.execute("CREATE TABLE orders (id bigint PRIMARY KEY, customer_id int NOT NULL, amount numeric(10, 2),"
+                    " status text, created_at timestamptz)", REPORTING_DATABASE)
+    cluster.execute(f"CREATE SUBSCRIPTION {SUBSCRIPTION} CONNECTION 'host=127.0.0.1 port={cluster.port} "
+                    f"dbname={DATABASE} user=postgres' PUBLICATION {SUBSCRIPTION} "
+                    f"WITH (create_slot = false, slot_name = '{SUBSCRIPTION}', copy_data = false)", REPORTING_DATABASE)
+
+
 def prepare_cluster(cluster: ThrowawayCluster) -> bool:
     """The demo database plus what only a whole server has: the monitoring role, slots, archiving."""
     cluster.execute(f"CREATE ROLE {MONITOR_ROLE} LOGIN; GRANT pg_monitor TO {MONITOR_ROLE}")
@@ -216,6 +243,7 @@ def prepare_cluster(cluster: ThrowawayCluster) -> bool:
     vector = prepare_database(cluster.dsn(DATABASE))
     # A standby that was decommissioned without dropping its slot: the slot retains WAL.
     cluster.execute("SELECT pg_create_physical_replication_slot('decommissioned_standby', true)")
+    start_subscription(cluster)
     cluster.execute("SELECT pg_switch_wal()")  # archive the first segment right away
     return vector
 
@@ -286,6 +314,10 @@ class Demo:
             "max_connections": "50",
             "archive_mode": "on",
             "track_io_timing": "on",
+            # logical replication for the reporting subscription; a cap on the WAL a slot may hold
+            # back, so slots report how much more they can fall behind (safe_wal_size)
+            "wal_level": "logical",
+            "max_slot_wal_keep_size": "10GB",
         })
         # Inside the cluster's own directory: the server (user postgres when we are root) can reach it.
         archive = self.cluster.server_owned_dir(self.cluster.base / "wal_archive")

@@ -77,6 +77,11 @@ def sessions(p: PanelFn) -> tuple[Panel, ...]:
             f"max by (target, datname, state) (pg_stat_activity_max_tx_duration{{{TD}}})",
             "{{target}} {{datname}} {{state}}")], "s", "Age of the oldest open transaction per state.",
           minimum=0),
+        p("Sessions by wait event type", "timeseries", [Query(
+            f"sum by (target, wait_event_type) (pg_stat_activity_wait_event_type_count{{{TD}}})",
+            "{{target}} {{wait_event_type}}")], "short",
+          "Client sessions by what they wait on (Lock, LWLock, IO, Client, Timeout ...); CPU: active and not "
+          "waiting.", minimum=0),
         p("Sessions waiting on locks", "timeseries", [
             Query(f"pg_stat_activity_waiting_count{{{TD}}}", "{{target}} {{datname}} waiting"),
             Query(f"pg_locks_blocked_sessions{{{TD}}}", "{{target}} {{datname}} blocked"),

@@ -1,4 +1,5 @@
-"""PostgreSQL Replication, WAL and Backups: replica lag, slots, WAL archiving against the RPO, backups."""
+"""PostgreSQL Replication, WAL and Backups: replica lag, slots and their WAL safety, logical
+subscriptions, WAL generation and archiving against the RPO, backups."""
 from __future__ import annotations
 
 from exporter.bundle.dashboards.panels import PanelBuilder, PanelFn, T
@@ -51,6 +52,38 @@ def replication_and_wal(p: PanelFn) -> tuple[Panel, ...]:
     )
 
 
+SUBSCRIPTION_LEGEND = "{{target}} {{datname}}.{{subname}}"
+SLOT_LEGEND = "{{target}} {{slot_name}}"
+
+
+def slots_and_subscriptions(p: PanelFn) -> tuple[Panel, ...]:
+    """How far each slot may still fall behind, its WAL status, subscription errors and freshness, WAL volume."""
+    return (
+        p("Slot WAL safety", "timeseries",
+          [Query(f"pg_replication_slot_safe_wal_size_bytes{{{T}}}", SLOT_LEGEND)], "bytes",
+          "WAL that can still be written before max_slot_wal_keep_size invalidates each slot "
+          "(absent while it is unlimited); bands are the alert levels.", "replication_slot_safe_wal", minimum=0),
+        p("Slot WAL status", "table",
+          [Query(f"pg_replication_slot_wal_status{{{T}}} == 1", SLOT_LEGEND + " {{slot_type}} {{wal_status}}")],
+          "none", "reserved or extended is fine; unreserved is lost at the next checkpoint unless the consumer "
+                  "catches up; lost needs a re-seeded consumer."),
+        p("Subscription errors", "timeseries", [Query(
+            f"increase(pg_stat_subscription_stats_apply_errors_total{{{T}}}[$__rate_interval])"
+            f" + increase(pg_stat_subscription_stats_sync_errors_total{{{T}}}[$__rate_interval])",
+            SUBSCRIPTION_LEGEND)], "short",
+          "Apply and initial-sync errors of each logical replication subscription per interval (PostgreSQL 15+).",
+          "subscription_errors", minimum=0),
+        p("Time since the publisher was heard", "timeseries",
+          [Query(f"pg_stat_subscription_last_msg_receipt_age_seconds{{{T}}}", SUBSCRIPTION_LEGEND)], "s",
+          "Age of the last message each subscription received; it grows while the publisher or the worker is "
+          "down.", minimum=0),
+        p("WAL generated", "timeseries",
+          [Query(f"rate(pg_stat_wal_bytes_total{{{T}}}[$__rate_interval])", "{{target}}")], "Bps",
+          "WAL written per second (pg_stat_wal, PostgreSQL 14+): what replicas, slots and the archive must keep "
+          "up with.", minimum=0),
+    )
+
+
 def backups(p: PanelFn) -> tuple[Panel, ...]:
     """Backup age, size, duration, results and failures."""
     return (
@@ -79,6 +112,7 @@ def backups(p: PanelFn) -> tuple[Panel, ...]:
 def dashboard(builder: PanelBuilder) -> Dashboard:
     """The dashboard, its bands from the thresholds `builder` holds."""
     p = builder.panel
-    panels = headline(p) + replication_and_wal(p) + backups(p)
+    panels = headline(p) + replication_and_wal(p) + slots_and_subscriptions(p) + backups(p)
     return Dashboard("pgvigil-replication", "PostgreSQL Replication, WAL and Backups",
-                     "Replica lag, replication slots, WAL archiving against the RPO, backups.", panels)
+                     "Replica lag, replication slots and their WAL safety, logical subscriptions, WAL generation "
+                     "and archiving against the RPO, backups.", panels)

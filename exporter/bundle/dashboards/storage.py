@@ -1,4 +1,5 @@
-"""PostgreSQL Storage and Maintenance: sizes and growth, bloat, vacuum and analyze, index health, scans."""
+"""PostgreSQL Storage and Maintenance: sizes and growth, bloat, vacuum and analyze, running vacuums,
+index health, scans, I/O by backend type."""
 from __future__ import annotations
 
 from exporter.bundle.dashboards.panels import INDEX_LEGEND, TABLE_LEGEND, TD, PanelBuilder, PanelFn, T
@@ -78,6 +79,31 @@ def maintenance(p: PanelFn) -> tuple[Panel, ...]:
     )
 
 
+VACUUM_LEGEND = "{{target}} {{datname}}.{{relname}}"
+IO_BYTES = "sum by (target, backend_type) (rate(pg_stat_io_{}_bytes_total{{" + T + "}}[$__rate_interval]))"
+
+
+def running_vacuums_and_io(p: PanelFn) -> tuple[Panel, ...]:
+    """Running vacuums, how long and how far along; reads and writes by backend type."""
+    return (
+        p("Running vacuums", "timeseries",
+          [Query(f"pg_stat_progress_vacuum_duration_seconds{{{TD}}}", VACUUM_LEGEND)], "s",
+          "How long each running VACUUM or autovacuum has been at its table; bands are the alert levels.",
+          "vacuum_duration", minimum=0),
+        p("Vacuum progress", "timeseries", [Query(
+            f"pg_stat_progress_vacuum_heap_blks_scanned{{{TD}}}"
+            f" / clamp_min(pg_stat_progress_vacuum_heap_blks{{{TD}}}, 1)",
+            VACUUM_LEGEND)], "percentunit",
+          "Share of the table's heap scanned by each running vacuum; index vacuum cycles start over the "
+          "index phase.", minimum=0, maximum=1),
+        p("I/O by backend type", "timeseries", [
+            Query(IO_BYTES.format("read"), "{{target}} {{backend_type}} read"),
+            Query(IO_BYTES.format("write"), "{{target}} {{backend_type}} write"),
+        ], "Bps", "Bytes read and written per second by client backends, the checkpointer, autovacuum ... "
+                  "(pg_stat_io, PostgreSQL 16+).", minimum=0),
+    )
+
+
 def indexes_and_scans(p: PanelFn) -> tuple[Panel, ...]:
     """Unused and invalid indexes, sequential scans, per-table cache hit ratio."""
     return (
@@ -104,7 +130,7 @@ def indexes_and_scans(p: PanelFn) -> tuple[Panel, ...]:
 def dashboard(builder: PanelBuilder) -> Dashboard:
     """The dashboard, its bands from the thresholds `builder` holds."""
     p = builder.panel
-    panels = sizes(builder) + maintenance(p) + indexes_and_scans(p)
+    panels = sizes(builder) + maintenance(p) + running_vacuums_and_io(p) + indexes_and_scans(p)
     return Dashboard("pgvigil-storage", "PostgreSQL Storage and Maintenance",
                      "Sizes and growth, days to full, bloat, vacuum and analyze, index health, scans.",
                      panels, ("target", "datname"))

@@ -1,13 +1,18 @@
-"""PostgreSQL Vector Search: pgvector index sizes and scans."""
+"""PostgreSQL Vector Search: pgvector index sizes, memory and scans, similarity search rate and latency."""
 from __future__ import annotations
 
 from exporter.bundle.dashboards.panels import TD, PanelBuilder, PanelFn
 from exporter.bundle.grafana import Dashboard, Panel, Query
 
 SIZE = f"pg_vector_index_size_bytes{{{TD}}}"
-SCANS = f"rate(pg_vector_index_scans_total{{{TD}}}[$__rate_interval])"
-TUPLES = f"rate(pg_vector_index_tuples_read_total{{{TD}}}[$__rate_interval])"
+# The vector pack refreshes index statistics every 30 s (its ttl): a shorter rate window, such as
+# $__rate_interval under a fast scrape, would see no change most of the time.
+SCANS = f"rate(pg_vector_index_scans_total{{{TD}}}[1m])"
+TUPLES = f"rate(pg_vector_index_tuples_read_total{{{TD}}}[1m])"
 LEGEND = "{{datname}}.{{indexrelname}} ({{method}})"
+CACHED = f"pg_vector_index_cached_bytes{{{TD}}}"
+CALLS = f"rate(pg_vector_search_calls_total{{{TD}}}[$__rate_interval])"
+SEARCH_SECONDS = f"rate(pg_vector_search_seconds_total{{{TD}}}[$__rate_interval])"
 
 
 def vector_indexes(p: PanelFn) -> tuple[Panel, ...]:
@@ -28,9 +33,30 @@ def vector_indexes(p: PanelFn) -> tuple[Panel, ...]:
     )
 
 
+def memory_and_searches(p: PanelFn) -> tuple[Panel, ...]:
+    """Index memory and operator classes (halfvec halves an index), similarity search rate and latency."""
+    return (
+        p("Vector index memory in shared buffers", "timeseries",
+          [Query(f"{CACHED} / ignoring(method) clamp_min({SIZE}, 1)", "{{datname}}.{{indexrelname}}")],
+          "percentunit", "Share of each index held in shared buffers (needs pg_buffercache); an HNSW index "
+                         "that does not fit reads from disk on every search.", minimum=0, maximum=1),
+        p("Vector index size by operator class", "table", [Query(
+            f"{SIZE} * on (target, datname, schemaname, relname, indexrelname) group_left (opclass) "
+            f"pg_vector_index_info{{{TD}}}", "{{datname}}.{{indexrelname}} {{opclass}}")], "bytes",
+          "Size of each index with its operator class: halfvec_* indexes take about half the space of vector_*."),
+        p("Similarity searches per second", "timeseries", [Query(CALLS, "{{target}} {{datname}}")], "ops",
+          "Statements ordering by a pgvector distance operator (from pg_stat_statements).", minimum=0),
+        p("Similarity search mean time", "timeseries",
+          [Query(f"{SEARCH_SECONDS} / {CALLS}", "{{target}} {{datname}}")], "s",
+          "Mean execution time of a similarity search; the efficiency alert compares it with a day earlier.",
+          minimum=0),
+    )
+
+
 def dashboard(builder: PanelBuilder) -> Dashboard:
     """The dashboard, its bands from the thresholds `builder` holds."""
     p = builder.panel
-    panels = vector_indexes(p)
-    return Dashboard("pgvigil-vector", "PostgreSQL Vector Search", "pgvector index sizes and scans.",
+    panels = vector_indexes(p) + memory_and_searches(p)
+    return Dashboard("pgvigil-vector", "PostgreSQL Vector Search",
+                     "pgvector index sizes, memory and scans, similarity search rate and latency.",
                      panels, ("target", "datname"))
