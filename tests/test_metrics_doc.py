@@ -92,19 +92,22 @@ def test_doc_states_the_measured_series_count():
     assert "5,000 tables" in doc and "**0 series**" not in doc
 
 
-@pytest.mark.parametrize("spans, expected", [
-    ([(None, None)], "all"),
-    ([(140000, None)], "14+"),
-    ([(None, 139999)], "12-13"),
-    ([(None, 129999), (130000, 169999), (170000, None)], "all (per-version SQL)"),
-    ([(None, 129999), (170000, None)], "12, 17+ (per-version SQL)"),
-    ([(160000, 160000)], "16"),
+@pytest.mark.parametrize("spans, help_text, expected", [
+    ([(None, None)], "", "13-18"),
+    ([(140000, None)], "", "14-18"),
+    ([(None, 139999)], "", "13"),
+    ([(None, 129999), (130000, 169999), (170000, None)], "", "13-18 (per-version SQL)"),
+    ([(None, 129999), (170000, None)], "", "17-18"),  # the PG 12 variant runs on no supported major
+    ([(None, 139999), (170000, None)], "", "13, 17-18 (per-version SQL)"),
+    ([(160000, 169999)], "", "16"),
+    ([(None, None)], "Sets the planner's X. (PG 16+)", "16-18"),  # a generated setting's help
+    ([(None, None)], "Enables per-database user names. (PG 13-16)", "13-16"),
 ])
-def test_version_range(spans, expected):
+def test_version_range(spans, help_text, expected):
     class Q:
         def __init__(self, low, high):
             self.min_server_version, self.max_server_version = low, high
-    assert version_range(Q(low, high) for low, high in spans) == expected
+    assert version_range([Q(low, high) for low, high in spans], help_text) == expected
 
 
 def test_source_views_lead_with_the_statistics_view():

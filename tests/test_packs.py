@@ -17,6 +17,7 @@ import psycopg2
 import pytest
 from packs.exposition import Sample, find, parse_samples, value
 
+from exporter.bundle.metrics_doc import pack_docs
 from exporter.config import parse_config
 from exporter.scrape.assembly import scrape_once
 
@@ -238,6 +239,23 @@ def test_every_query_succeeds_without_pg_stat_statements(cluster, fresh_db, role
     assert [s for s in find(samples, "pgvigil_query_errors_total") if s.value] == []
     assert not [s for s in samples if s.name.startswith("pg_stat_statements_")]
     assert value(samples, "pg_up") == 1
+
+
+def documented_family(name: str, majors: dict[str, tuple[int, ...]]) -> str:
+    """The docs/metrics.md row of a sample: histogram samples carry a suffix the row does not."""
+    for suffix in ("_bucket", "_gcount", "_gsum", "_count", "_sum"):
+        if name not in majors and name.endswith(suffix) and name[: -len(suffix)] in majors:
+            return name[: -len(suffix)]
+    return name
+
+
+def test_metrics_seen_live_are_documented_on_this_major(result, server_version):
+    """docs/metrics.md's PostgreSQL column agrees with what this major's server returned."""
+    _, samples = result
+    majors = {row.name: row.majors for doc in pack_docs() for row in doc.rows}
+    own = ("pgvigil_", "pg_exporter_", "pg_up")  # the exporter's own series, not a pack's
+    seen = {documented_family(s.name, majors) for s in samples if not s.name.startswith(own)}
+    assert sorted(name for name in seen if server_version // 10000 not in majors.get(name, ())) == []
 
 
 # -- tables ------------------------------------------------------------------

