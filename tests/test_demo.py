@@ -41,10 +41,15 @@ def test_demo_workload_feeds_the_dashboards_and_cleans_up():
     assert sample(text, "pg_up", target="demo-replica") == [1.0]
     assert sample(text, "pg_replication_is_replica", target="demo") == [0.0]
     assert sample(text, "pg_replication_is_replica", target="demo-replica") == [1.0]  # not mistaken for its primary
-    assert len(sample(text, "pg_stat_replication_pg_wal_lsn_diff", target="demo")) == 1
+    # the streaming replica and the reporting subscription's walsender
+    assert len(sample(text, "pg_stat_replication_pg_wal_lsn_diff", target="demo")) == 2
+    assert sample(text, "pg_stat_subscription_enabled", target="demo", subname="shop_reporting") == [1.0]
+    assert sample(text, "pg_replication_slot_safe_wal_size_bytes", target="demo", slot_name="shop_reporting")[0] > 0
+    assert sample(text, "pg_stat_progress_vacuum_heap_blks", target="demo", relname="audit_log")[0] > 0
     assert sample(text, "pg_stat_archiver_archived_count", target="demo")[0] >= 1
     assert sample(text, "pgvigil_backup_last_verify_success", target="demo") == [1.0]
-    failing = [line for line in text.splitlines() if line.startswith("pgvigil_query_success{") and line.endswith(" 0.0")]
+    failing = [line for line in text.splitlines()
+               if line.startswith("pgvigil_query_success{") and line.endswith(" 0.0")]
     assert not failing, "shipped queries fail on the demo:\n" + "\n".join(failing)
     assert not workdir.exists() and not cluster_dir.exists(), "the demo left files behind"
 
