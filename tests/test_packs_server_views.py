@@ -8,19 +8,27 @@ a checkpoint with dirty buffers. Then one scrape as the superuser and one as a p
 """
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
+from pathlib import Path
 from typing import Iterator
 
 import psycopg2
 import pytest
+import yaml
 from packs.exposition import Sample, find, parse_samples, value
 from test_packs import MONITOR_ROLE, ensure_monitor_role, wait_until
 
+from exporter.bundle.catalog import constant, selector
+from exporter.bundle.rules import alert_specs, render_description
+from exporter.bundle.thresholds import load_thresholds
 from exporter.config import parse_config
 from exporter.dev.servers import server_bindir
 from exporter.dev.throwaway import ThrowawayCluster
 from exporter.scrape.assembly import scrape_once
 
+ROOT = Path(__file__).resolve().parents[1]
 MAJORS = (13, 14, 15, 16, 17, 18)
 PACKS = ("io", "checkpointer", "wal", "logical_replication", "vacuum_progress", "wait_events")
 ROLES = ("superuser", "monitor")
@@ -249,3 +257,35 @@ def test_sessions_by_wait_event_type(result):
     assert value(samples, "pg_stat_activity_wait_event_type_count", datname=APP_DB, wait_event_type="Timeout") >= 1
     assert value(samples, "pg_stat_activity_wait_event_type_count", datname=APP_DB, wait_event_type="Client") >= 1
     assert find(samples, "pg_stat_activity_wait_event_type_count", wait_event_type="Lock") == []
+
+
+@pytest.mark.skipif(not shutil.which("promtool"), reason="promtool not installed (scripts/test.sh installs it)")
+def test_shipped_rule_fires_for_the_lost_slot(provoked, tmp_path):
+    """The wal_status series pgvigil exports for a really lost slot fire PostgresReplicationSlotLost,
+    and only for that slot."""
+    _, scrapes = provoked
+    status = find(scrapes["monitor"], "pg_replication_slot_wal_status")
+    thresholds = load_thresholds()
+    [spec] = [s for s in alert_specs(thresholds) if s.name == "PostgresReplicationSlotLost"]
+    threshold = thresholds[spec.threshold]
+    [(severity, level)] = threshold.levels().items()
+    scrape = {"job": "pgvigil", "instance": "127.0.0.1:9187"}
+    [lost] = [s for s in status if s.labels["wal_status"] == "lost"]
+    labels = {**lost.labels, **scrape}
+    expected = {"exp_labels": {**labels, "severity": severity},
+                "exp_annotations": {"summary": spec.summary, "runbook_url": spec.runbook_url,
+                                    "description": render_description(spec, threshold, level, labels, None)}}
+    tests = {
+        "rule_files": [str(ROOT / "alerts" / "pgvigil-rules.yml"), str(ROOT / "alerts" / "pgvigil-alerts.yml")],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m",
+                   "input_series": [{"series": selector(s.name, {**s.labels, **scrape}), "values": constant(s.value, 5)}
+                                    for s in status],
+                   "alert_rule_test": [{"eval_time": "2m", "alertname": spec.name, "exp_alerts": [expected]}]}],
+    }
+    test_file = tmp_path / "slot-lost.test.yml"
+    test_file.write_text(yaml.safe_dump(tests, sort_keys=False))
+
+    result = subprocess.run(["promtool", "test", "rules", str(test_file)], capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 0, result.stdout + result.stderr
