@@ -170,3 +170,25 @@ def test_run_as_a_pg_monitor_role_names_the_grant_it_needs(cluster, app_db, tmp_
     cluster.execute(f"GRANT pg_read_all_data TO {role}")
     code, out = pgvigil("run", "--dir", str(tmp_path / "b"), "--dsn", dsn, "--target", "app")
     assert code == 0, out
+
+
+@pytest.mark.timeout(120)
+def test_run_shows_the_servers_first_error(cluster, app_db, tmp_path):
+    """A table another session holds exclusively, with a short lock_timeout: the user reads the lock
+    timeout the server reported, not what failed after it (pg_dump's lost snapshot), and pg_dump,
+    which waits for locks without a timeout, is stopped instead of waiting forever."""
+    import psycopg2
+
+    holder = psycopg2.connect(app_db)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")  # held until rollback
+        dsn = app_db + "?options=-c%20lock_timeout%3D200"
+        code, out = pgvigil("run", "--dir", str(tmp_path / "b"), "--dsn", dsn, "--target", "app")
+    finally:
+        holder.rollback()
+        holder.close()
+    assert code == 1
+    message = out.strip()
+    assert "canceling statement due to lock timeout" in message.splitlines()[0], message
+    assert "snapshot" not in message and "Traceback" not in message

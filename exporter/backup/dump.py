@@ -164,6 +164,9 @@ class _RowCounter(threading.Thread):
         self.conn = conn
         self.tables = tables
         self.error: str | None = None
+        # Stops pg_dump when counting fails: the dump could no longer be vouched for, and pg_dump
+        # (which waits for locks without a timeout) might otherwise run for hours or forever.
+        self.on_error: Callable[[], None] = lambda: None
 
     def run(self) -> None:
         try:
@@ -174,6 +177,7 @@ class _RowCounter(threading.Thread):
                     table["rows"] = cur.fetchone()[0]
         except psycopg2.Error as exc:
             self.error = f"counting rows failed: {str(exc).strip()}"
+            self.on_error()
 
 
 def _snapshot_session(conninfo: Conninfo) -> tuple[Any, dict[str, Any]]:
@@ -199,7 +203,7 @@ def _snapshot_session(conninfo: Conninfo) -> tuple[Any, dict[str, Any]]:
 
 
 def _stream_dump(conninfo: Conninfo, snapshot: str, partial: Path, progress: Progress,
-                 on_start: Callable[[], None], pg_dump: str) -> tuple[int, str, str]:
+                 on_start: Callable[[subprocess.Popen], None], pg_dump: str) -> tuple[int, str, str]:
     """Run pg_dump -Fc into the partial file; returns (size, sha256, error or '')."""
     argv = [pg_dump, "--format=custom", "--verbose", f"--snapshot={snapshot}",
             f"--dbname={conninfo.without_password()}"]
@@ -207,7 +211,7 @@ def _stream_dump(conninfo: Conninfo, snapshot: str, partial: Path, progress: Pro
                             env=conninfo.child_env(), preexec_fn=_die_with_parent)
     reader = _StderrReader(proc.stderr, progress)
     reader.start()
-    on_start()
+    on_start(proc)
     digest, size = hashlib.sha256(), 0
     try:
         with open(partial, "wb") as out:
@@ -289,11 +293,16 @@ def _make_backup(conninfo: Conninfo, target: str, directory: Path, entry: dict[s
         conn.close()
         raise
     counter = _RowCounter(conn, facts["tables"])
+
+    def start_counting(dump: subprocess.Popen) -> None:
+        counter.on_error = dump.terminate
+        counter.start()
+
     try:
         show = stream.isatty() if progress is None else progress
         meter = Progress(stream, len(facts["tables"]), show)
         size, sha256, error = _stream_dump(conninfo, facts["snapshot"], directory / entry["partial"], meter,
-                                           on_start=counter.start, pg_dump=pg_dump)
+                                           on_start=start_counting, pg_dump=pg_dump)
         if error:
             counter.join(timeout=1.0)  # its error, if it had one, may still be on its way
         if error and counter.error:
