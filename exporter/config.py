@@ -89,6 +89,13 @@ TARGET_KEYS = Section(
     Key("labels", doc="constant labels on every series of this target"),
     Key("pool_size", "int", 1, doc="connections to this target, 1 to 64; queries are spread across them"),
     Key("storage_allocation", doc="disk or plan size such as `8GiB`, for the storage utilization alert"),
+    Key("databases", doc="`all`, or database names and glob patterns: monitor each matching database of the "
+                         "server, see [docs/discovery.md](docs/discovery.md)"),
+    Key("exclude_databases", doc="glob patterns of databases `databases` never monitors"),
+    Key("connection_budget", "int", 5, doc="with `databases`: connections open to the server at once, 1 to 64 "
+                                           "(discovery's own included); default 5"),
+    Key("discovery_interval", "duration", 60.0, doc="with `databases`: how often the database list is read "
+                                                     "again; default 60s"),
 )
 DEFAULT_KEYS = Section(
     "`defaults`",
@@ -167,6 +174,22 @@ class TargetSpec:
     labels: tuple[tuple[str, str], ...] = ()
     pool_size: int = TARGET_KEYS["pool_size"].default
     storage_allocation_bytes: float | None = None  # the disk or plan limit, for storage utilization alerts
+    databases: tuple[str, ...] = ()  # glob patterns ('*' for `all`): a discovery root (exporter/scrape/discovery.py)
+    exclude_databases: tuple[str, ...] = ()
+    connection_budget: int = TARGET_KEYS["connection_budget"].default
+    discovery_interval: float = TARGET_KEYS["discovery_interval"].default
+    parent: str | None = None  # a discovered database: the configured target it was found from
+    datname: str | None = None
+
+    @property
+    def discovers(self) -> bool:
+        return bool(self.databases)
+
+    @property
+    def configured_name(self) -> str:
+        """The name in the config: the `target` label, and what a query's `targets:` names."""
+        return self.parent or self.name
+
 
 
 @dataclass(frozen=True)
@@ -385,7 +408,36 @@ class _Checker(Checker):
                            "expected a size such as 8GB, 500MiB or a number of bytes, "
                            f"got {describe_value(raw['storage_allocation'])}")
         return TargetSpec(name=name, dsn=dsn or "", labels=tuple(labels), pool_size=pool,
-                          storage_allocation_bytes=allocation)
+                          storage_allocation_bytes=allocation, **self.discovery(raw, path, labels))
+
+    def discovery(self, raw: dict, path: tuple, labels: list[tuple[str, str]]) -> dict[str, Any]:
+        """The discovery keys of a target (databases, exclude_databases, connection_budget, discovery_interval)."""
+        found: dict[str, Any] = {}
+        if "databases" in raw:
+            value = raw["databases"]
+            if value == "all":
+                found["databases"] = ("*",)
+            elif isinstance(value, list):
+                found["databases"] = self.string_list(value, path + ("databases",))
+            else:
+                self.error(path + ("databases",), "expected 'all' or a list of database names or patterns, "
+                                                  f"got {describe_value(value)}")
+        if "exclude_databases" in raw:
+            found["exclude_databases"] = self.string_list(raw["exclude_databases"], path + ("exclude_databases",))
+        values = self.scalars(raw, path, TARGET_KEYS)
+        for key in ("connection_budget", "discovery_interval"):
+            if key in values:
+                found[key] = values[key]
+        if not 1 <= found.get("connection_budget", 1) <= 64:
+            self.error(path + ("connection_budget",), "expected a connection budget between 1 and 64")
+            found.pop("connection_budget")
+        if found.get("discovery_interval") == 0:
+            self.error(path + ("discovery_interval",), "expected a duration above 0, such as 60s")
+            found.pop("discovery_interval")
+        if found.get("databases") and any(key == "datname" for key, _ in labels):
+            self.error(path + ("labels", "datname"), "label 'datname' is set by pgvigil on discovered databases")
+        return found
+
 
     def target_dsn(self, raw: dict, path: tuple) -> str | None:
         if "dsn" in raw and "dsn_file" in raw:

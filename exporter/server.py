@@ -22,6 +22,7 @@ from exporter import __version__
 from exporter.config import Config
 from exporter.scrape.exposition import CONTENT_TYPE
 from exporter.scrape.assembly import ScrapeText
+from exporter.scrape.discovery import health_of, http_sd
 from exporter.scrape.runner import Runner
 from exporter.scrape.selfmetrics import process_registry, render_self_metrics
 
@@ -103,6 +104,7 @@ def _handler_class(exporter: Exporter, authorize: Callable[[str | None], bool] |
             params = urllib.parse.parse_qs(url.query)
             routes: dict[str, Callable[[dict], tuple[int, str, bytes | list[bytes]]]] = {
                 "/metrics": self.metrics, "/probe": self.probe, "/health": self.health, "/": self.landing,
+                "/sd": self.service_discovery,
             }
             route = routes.get(url.path)
             if route is None:
@@ -135,16 +137,25 @@ def _handler_class(exporter: Exporter, authorize: Callable[[str | None], bool] |
         def probe(self, params: dict) -> tuple[int, str, bytes | list[bytes]]:
             # Only configured target names are accepted: never an address from the request.
             name = (params.get("target") or [""])[0]
-            if name not in exporter.runner.targets:
-                known = ", ".join(sorted(exporter.runner.targets))
+            if not exporter.runner.known(name):
+                known = ", ".join(sorted({*exporter.runner.targets, *exporter.runner.roots}))
                 return 400, "text/plain; charset=utf-8", f"unknown target; configured targets: {known}\n".encode()
             return 200, CONTENT_TYPE, exporter.metrics_parts(self.budget(), only=[name])
 
         def health(self, params: dict) -> tuple[int, str, bytes]:
             targets = exporter.runner.health()
-            healthy = all(t["up"] for t in targets.values())
-            body = {"status": "ok" if healthy else "degraded", "version": __version__, "targets": targets}
+            discovery = {status.target: health_of(status) for status in exporter.runner.discovery_status()}
+            healthy = all(t["up"] for t in (*targets.values(), *discovery.values()))
+            body = {"status": "ok" if healthy else "degraded", "version": __version__, "targets": targets,
+                    **({"discovery": discovery} if discovery else {})}
             return (200 if healthy else 503), "application/json", json.dumps(body, indent=2).encode() + b"\n"
+
+        def service_discovery(self, params: dict) -> tuple[int, str, bytes]:
+            """Prometheus http_sd: each target and discovered database, probed through this exporter."""
+            exporter.runner.refresh_discovery()
+            address = self.headers.get("Host") or host_port(*self.connection.getsockname()[:2])
+            groups = http_sd(exporter.runner.targets.values(), address)
+            return 200, "application/json", json.dumps(groups, indent=2).encode() + b"\n"
 
         def landing(self, params: dict) -> tuple[int, str, bytes]:
             return 200, "text/html; charset=utf-8", render_landing(exporter).encode("utf-8")
@@ -164,12 +175,25 @@ def render_landing(exporter: Exporter) -> str:
                         f"<td>{status.rows}</td><td>{status.duration * 1000:.1f} ms</td><td>{html.escape(outcome)}</td></tr>")
     targets = "".join(
         f"<li>{html.escape(name)}: {'up' if state.up else ('down: ' + html.escape(state.error or '') if state.up is False else 'not yet scraped')}</li>"
-        for name, state in exporter.runner.targets.items())
+        for name, state in exporter.runner.targets.items()) + discovery_items(exporter)
     return (f"<!doctype html><html><head><title>pgvigil</title></head><body><h1>pgvigil {__version__}</h1>"
             f"<p><a href='/metrics'>/metrics</a> · <a href='/health'>/health</a></p><h2>Targets</h2><ul>{targets}</ul>"
             f"{queries_heading(exporter)}<table border='1' cellpadding='3'>"
             f"<tr><th>target</th><th>query</th><th>rows</th><th>duration</th><th>last status</th></tr>{''.join(rows)}</table>"
             "</body></html>\n")
+
+
+def discovery_items(exporter: Exporter) -> str:
+    """One line per discovery root: how many databases it monitors, and which it skipped and why."""
+    items = []
+    for status in exporter.runner.discovery_status():
+        skipped = ", ".join(f"{count} {outcome.replace('_', ' ')}"
+                            for outcome, count in status.skipped.items() if count)
+        found = (f"{status.monitored} databases discovered" + (f" (skipped: {skipped})" if skipped else "")
+                 if status.success else f"cannot list databases: {status.error or ''}"
+                 if status.success is False else "databases not listed yet")
+        items.append(f"<li>{html.escape(status.target)} (databases: {html.escape(found)})</li>")
+    return "".join(items)
 
 
 def queries_heading(exporter: Exporter) -> str:
@@ -183,6 +207,11 @@ def queries_heading(exporter: Exporter) -> str:
     return (f"<h2>Queries: {len(ran)} of {len(configured)} ran</h2><p>Not run yet on any target "
             f"({len(idle)}): {html.escape(', '.join(idle))}. A query runs only on servers within its "
             "min_server_version/max_server_version and on the targets it names; the others wait for a scrape.</p>")
+
+
+def host_port(host: str, port: int) -> str:
+    """`host:port`, an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def split_listen(listen: str) -> tuple[str, int]:

@@ -9,6 +9,10 @@ in the background, bounded by statement_timeout.
 
 Sessions come from a factory (TargetSession by default), so all of this is
 tested with a fake session and no database (tests/scrape/test_runner.py).
+
+A target with `databases:` is a discovery root (discovery.py): its databases join
+`targets` as `<target>/<datname>` when a scrape finds the list due for a refresh.
+`targets` is replaced, never changed in place, so a scrape iterating it is safe.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from exporter.config import Config, Defaults, QuerySpec, TargetSpec
+from exporter.scrape.discovery import Discovery, DiscoveryStatus
 from exporter.scrape.session import FetchResult, QueryFailed, ServerFacts, Session, TargetSession, prepare_sql
 from exporter.scrape.state import Fetched, QueryOutcome, Scrape, TargetState
 
@@ -37,16 +42,23 @@ class Runner:
 
     def __init__(self, config: Config, session_factory: SessionFactory = TargetSession) -> None:
         self.config = config
-        self.targets = {
+        self.roots = {spec.name: Discovery(spec, config.defaults, config.queries, session_factory)
+                      for spec in config.targets if spec.discovers}
+        self._configured = {
             spec.name: TargetState(spec, config.queries,
                                    [session_factory(spec, config.defaults) for _ in range(spec.pool_size)])
-            for spec in config.targets}
+            for spec in config.targets if not spec.discovers}
+        self.targets: dict[str, TargetState] = {}
+        self._assemble()
         self._lock = threading.Lock()
+        self._discovery_lock = threading.Lock()
         self._inflight: dict[str, tuple[concurrent.futures.Future[None], int]] = {}
+        # A root's databases run at most `connection_budget` at once: more workers would only wait for a slot.
+        width = len(self._configured) + sum(root.spec.connection_budget for root in self.roots.values())
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=min(128, max(4, len(self.targets) * 2)), thread_name_prefix="pgvigil-target")
+            max_workers=min(128, max(4, width * 2)), thread_name_prefix="pgvigil-target")
         self._render_pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=min(8, max(2, len(self.targets))), thread_name_prefix="pgvigil-render")
+            max_workers=min(8, max(2, width)), thread_name_prefix="pgvigil-render")
         self._closed = False
 
     # -- scraping ----------------------------------------------------------
@@ -54,16 +66,64 @@ class Runner:
         """Start (or join) a run on each target and wait for them until the scrape's deadline."""
         start = time.monotonic()
         budget = self.config.defaults.scrape_timeout if timeout is None else timeout
-        states = [self.targets[name] for name in (only or self.targets)]
+        self.refresh_discovery()
+        names = self.resolve(only) if only is not None else list(self.targets)
+        states = [self.targets[name] for name in names if name in self.targets]
         runs = {state.name: self._start_run(state) for state in states}
         concurrent.futures.wait([f for f, _ in runs.values()], timeout=max(0.0, budget - (time.monotonic() - start)))
+        # A database dropped since the list was read is gone, not down (its failed connect re-read the list).
+        present = [state for state in states if not state.removed]
+        moved = len(present) < len(states)
         outcomes = []
         now = time.monotonic()
-        for state in states:
+        for state in present:
             future, run_id = runs[state.name]
             for query in self.eligible_queries(state):
+                if moved and query.scope == "cluster" and state.statuses[query.name].success is None:
+                    continue  # it became this database's when the dropped one went, after this run began
                 outcomes.append(self._outcome(state, query, run_id, future.done(), now))
-        return Scrape(outcomes=outcomes, targets=states, duration=time.monotonic() - start)
+        states = present
+        roots = {state.spec.parent for state in states} | set(only or self.roots)
+        discovery = [root for name, root in self.roots.items() if name in roots]
+        return Scrape(outcomes=outcomes, targets=states, duration=time.monotonic() - start, discovery=discovery)
+
+    # -- discovery -----------------------------------------------------------
+    def resolve(self, names: Iterable[str]) -> list[str]:
+        """Target names to scrape: a discovery root's name stands for each of its databases."""
+        found: list[str] = []
+        for name in names:
+            root = self.roots.get(name)
+            found += [state.name for state in root.states.values()] if root is not None else [name]
+        return found
+
+    def known(self, name: str) -> bool:
+        """Whether /probe may ask for `name`: a configured target, a root, or a discovered database."""
+        self.refresh_discovery()
+        return name in self.targets or name in self.roots
+
+    def refresh_discovery(self) -> None:
+        """Read again each root's database list that is due; databases that went away are closed."""
+        if self._closed or not any(root.due for root in self.roots.values()):
+            return
+        with self._discovery_lock:
+            gone = [state for root in self.roots.values() for state in root.refresh()]
+            self._assemble()
+        for state in gone:
+            state.close()
+
+    def discovery_status(self) -> list[DiscoveryStatus]:
+        return [root.status for root in self.roots.values()]
+
+    def _assemble(self) -> None:
+        """`targets` in config order, each root's databases in its place (a new dict: scrapes may be iterating)."""
+        targets: dict[str, TargetState] = {}
+        for spec in self.config.targets:
+            root = self.roots.get(spec.name)
+            if root is None:
+                targets[spec.name] = self._configured[spec.name]
+            else:
+                targets.update((state.name, state) for state in root.states.values())
+        self.targets = targets
 
     def _start_run(self, state: TargetState) -> tuple[concurrent.futures.Future[None], int]:
         with self._lock:
@@ -102,7 +162,7 @@ class Runner:
 
     @staticmethod
     def _applies(query: QuerySpec, state: TargetState, facts: ServerFacts) -> bool:
-        if query.targets is not None and state.name not in query.targets:
+        if query.targets is not None and state.spec.configured_name not in query.targets:
             return False
         if query.requires_extension and query.requires_extension not in facts.extensions:
             return False
@@ -112,14 +172,29 @@ class Runner:
         """Cluster-wide queries run on the first eligible target of each server only."""
         if query.scope != "cluster":
             return True
+        if not self._speaks_for_root(state):
+            return False
         for other in self.targets.values():
+            if not self._speaks_for_root(other):
+                continue
             other_facts = other.facts
             if other_facts is not None and other_facts.identity == facts.identity and self._applies(query, other, other_facts):
                 return other is state
         return True
 
+    def _speaks_for_root(self, state: TargetState) -> bool:
+        """Of a root's databases (one server, known before any connects), only the first runs cluster-wide queries."""
+        root = self.roots.get(state.spec.parent or "")
+        return root is None or next(iter(root.states.values()), None) is state
+
     # -- running -------------------------------------------------------------
     def _run_target(self, state: TargetState, run_id: int) -> None:
+        try:
+            self._run_connected(state, run_id)
+        finally:
+            state.release_idle()
+
+    def _run_connected(self, state: TargetState, run_id: int) -> None:
         if not self._connect(state, 0):
             return
         eligible = self.eligible_queries(state)
@@ -146,7 +221,15 @@ class Runner:
 
     def _connect(self, state: TargetState, index: int) -> bool:
         # A run still going after close() (reload, shutdown) must not reconnect.
-        return not self._closed and state.connect(index, EXTENSION_REFRESH_SECONDS)
+        if self._closed:
+            return False
+        if state.connect(index, EXTENSION_REFRESH_SECONDS):
+            return True
+        root = self.roots.get(state.spec.parent or "")
+        if root is not None:  # the database may have been dropped: read the list now, not in a minute
+            root.request_refresh()
+            self.refresh_discovery()
+        return False
 
     def _run_queries(self, state: TargetState, index: int, queries: list[QuerySpec], run_id: int) -> None:
         # Each result is rendered on the render pool while the next query runs on the server:
@@ -199,6 +282,7 @@ class Runner:
     # -- health and lifecycle -----------------------------------------------
     def health(self, timeout: float = 2.0) -> dict[str, dict[str, Any]]:
         """Reachability and round-trip time of each target (a live SELECT 1 when the session is free)."""
+        self.refresh_discovery()
         return {name: state.health(timeout) for name, state in self.targets.items()}
 
     def close(self) -> None:
@@ -208,6 +292,8 @@ class Runner:
         self._render_pool.shutdown(wait=False, cancel_futures=True)
         for state in self.targets.values():
             state.close()
+        for root in self.roots.values():
+            root.close()
 
 
 def _finished() -> concurrent.futures.Future[None]:

@@ -14,6 +14,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.scrape.discovery import MONITORED, SKIP_OUTCOMES
 from exporter.scrape.exposition import escape_label_value, render_samples
 from exporter.scrape.state import ERROR_REASONS, Scrape
 
@@ -58,7 +59,7 @@ def render_self_metrics(scrape: Scrape, registry: CollectorRegistry | None = Non
     }
     for state in scrape.targets:
         families["pg_up"][2].append((state.label_text, 1 if state.up else 0))
-    failed = any(not state.up for state in scrape.targets)
+    failed = any(not state.up for state in scrape.targets) or any(not root.status.success for root in scrape.discovery)
     for outcome in scrape.outcomes:
         labels = f'{outcome.target.label_text},query="{escape_label_value(outcome.query.name)}"'
         status = outcome.status
@@ -77,6 +78,7 @@ def render_self_metrics(scrape: Scrape, registry: CollectorRegistry | None = Non
         "gauge", "Storage allocated to the target's server (config: storage_allocation)",
         [(state.label_text, state.spec.storage_allocation_bytes) for state in scrape.targets
          if state.spec.storage_allocation_bytes is not None])
+    families.update(discovery_families(scrape))
     families["pgvigil_scrape_duration_seconds"] = ("gauge", "Seconds this scrape took", [("", scrape.duration)])
     families["pg_exporter_last_scrape_error"] = (
         "gauge", "Whether the last scrape had any failed query or unreachable target (postgres_exporter compatible)",
@@ -85,3 +87,32 @@ def render_self_metrics(scrape: Scrape, registry: CollectorRegistry | None = Non
     if registry is not None:
         text += generate_latest(registry).decode("utf-8")
     return text
+
+
+def discovery_families(scrape: Scrape) -> dict[str, tuple[str, str, list]]:
+    """The database list and connection budget of each discovery root the scrape asked."""
+    databases, success, refreshed, budget, open_now = [], [], [], [], []
+    for root in scrape.discovery:
+        target = f'target="{escape_label_value(root.spec.name)}"'
+        status = root.status
+        counts = {MONITORED: status.monitored, **status.skipped}
+        databases += [(f'{target},outcome="{outcome}"', counts[outcome]) for outcome in (MONITORED, *SKIP_OUTCOMES)]
+        success.append((target, 1 if status.success else 0))
+        if status.refreshed_at is not None:
+            refreshed.append((target, status.refreshed_at))
+        budget.append((target, root.budget.limit))
+        open_now.append((target, root.budget.open))
+    if not scrape.discovery:
+        return {}
+    return {
+        "pgvigil_discovery_databases": ("gauge", "Databases of the target's server by outcome of the latest "
+                                        "discovery: monitored, or why not (excluded, template, "
+                                        "connections_not_allowed, no_connect_privilege)", databases),
+        "pgvigil_discovery_success": ("gauge", "Whether the latest reading of the server's database list succeeded",
+                                      success),
+        "pgvigil_discovery_last_success_timestamp_seconds": ("gauge", "Unix time of the latest successful reading "
+                                                             "of the server's database list", refreshed),
+        "pgvigil_connection_budget": ("gauge", "Connections pgvigil may open to the server at once "
+                                      "(config: connection_budget)", budget),
+        "pgvigil_connections_open": ("gauge", "Connections pgvigil has open to the server now", open_now),
+    }

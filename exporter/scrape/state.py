@@ -11,12 +11,15 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from exporter.config import QuerySpec, TargetSpec
 from exporter.scrape.exposition import label_text
 from exporter.scrape.render import Histogram, InvalidValue, RenderedRun, render_rows
 from exporter.scrape.session import ConnectFailed, FetchResult, QueryFailed, ServerFacts, Session
+
+if TYPE_CHECKING:
+    from exporter.scrape.discovery import Discovery
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,13 @@ class TargetState:
         self.spec = spec
         self.sessions = list(sessions)
         self.session_locks = [threading.Lock() for _ in self.sessions]
-        self.label_text = label_text([("target", spec.name), *spec.labels])
+        # A discovered database's series carry `datname` too, except those of queries that label rows
+        # with their own datname column, and cluster-wide ones (they speak for the whole server).
+        self.row_label_text = label_text([("target", spec.configured_name), *spec.labels])
+        self.label_text = self.row_label_text if spec.datname is None else label_text(
+            [("target", spec.configured_name), ("datname", spec.datname), *spec.labels])
+        self.close_when_idle = False  # set by discovery when the server's databases outnumber its connection budget
+        self.removed = False  # a discovered database that is gone (dropped, excluded): no longer reported
         self.up: bool | None = None
         self.error: str | None = None
         self.rtt: float | None = None
@@ -119,7 +128,21 @@ class TargetState:
                 self.mark_down(str(exc))
             finally:
                 lock.release()
+            self.release_idle()
         return {"up": bool(self.up), "rtt_seconds": self.rtt if self.up else None, "error": self.error}
+
+    def rows_labelled(self, query: QuerySpec) -> str:
+        """The constant labels of a query's series on this target."""
+        if query.scope == "cluster" or "datname" in query.labels:
+            return self.row_label_text
+        return self.label_text
+
+    def release_idle(self) -> None:
+        """After a run or a health check: close the sessions when discovery asks idle ones to be closed."""
+        if self.close_when_idle:
+            for lock, session in zip(self.session_locks, self.sessions):
+                with lock:
+                    session.close()
 
     def close(self) -> None:
         """Close every session; a running query is cancelled rather than waited for."""
@@ -145,7 +168,8 @@ class TargetState:
         layout = status.result.layout if status.result is not None else None
         result = fetched.result
         try:
-            run = render_rows(query, result.columns, result.rows, self.label_text, self.histograms[query.name], layout)
+            run = render_rows(query, result.columns, result.rows, self.rows_labelled(query),
+                              self.histograms[query.name], layout)
         except InvalidValue as exc:
             self.record_failure(query, run_id, "error", str(exc), fetched.start)
             return
@@ -207,3 +231,4 @@ class Scrape:
     outcomes: list[QueryOutcome]
     targets: list[TargetState]
     duration: float
+    discovery: list[Discovery] = field(default_factory=list)  # the discovery roots this scrape asked

@@ -36,6 +36,9 @@ class FakeServer:
         self.executed: list[str] = []
         self.connects = 0
         self.refuse_connections = False
+        self.missing_databases: set[str] = set()  # a session to one of these fails to connect (dropped database)
+        self.open = 0  # sessions connected now, and the most at once
+        self.peak = 0
         self.cancels = 0
         self.sessions: list[FakeSession] = []
         self._lock = threading.Lock()
@@ -76,7 +79,12 @@ class FakeSession:
         if self._facts is None:
             if self.server.refuse_connections:
                 raise ConnectFailed("connection refused")
-            self.server.connects += 1
+            if self.spec.datname in self.server.missing_databases:
+                raise ConnectFailed(f'database "{self.spec.datname}" does not exist')
+            with self.server._lock:
+                self.server.connects += 1
+                self.server.open += 1
+                self.server.peak = max(self.server.peak, self.server.open)
             self._facts = ServerFacts(self.server.version, self.server.identity, self.server.extensions,
                                       self.spec.name)
         return self._facts
@@ -93,7 +101,7 @@ class FakeSession:
             script.failures -= 1
             error = script.fail()
             if isinstance(error, QueryFailed) and error.connection_lost:
-                self._facts = None
+                self.close()
             raise error
         if script.gate is not None:
             self._cancelled.clear()
@@ -113,4 +121,7 @@ class FakeSession:
 
     def close(self) -> None:
         self.closed = True
+        if self._facts is not None:
+            with self.server._lock:
+                self.server.open -= 1
         self._facts = None

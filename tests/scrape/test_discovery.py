@@ -1,0 +1,182 @@
+"""Whole-cluster discovery with a fake session: databases appearing and going, the connection
+budget per server, idle connections closed. tests/scrape/test_discovery_postgres.py proves it
+against real PostgreSQL.
+"""
+from __future__ import annotations
+
+import threading
+
+import pytest
+from conftest import parse_exposition, sample
+from fake_session import FakeServer, Script
+
+from exporter.config import Config, parse_config
+from exporter.scrape.assembly import ScrapeText
+from exporter.scrape.discovery import classify
+from exporter.scrape.runner import Runner
+from exporter.scrape.selfmetrics import render_self_metrics
+
+QUERIES = """queries:
+  - {name: per_db, sql: "SELECT 1 AS x -- per_db", metrics: {x: {}}}
+  - {name: per_db_named, sql: "SELECT current_database() AS datname, 2 AS x -- named", labels: [datname],
+     metrics: {x: {}}}
+  - {name: server, sql: "SELECT 3 AS x -- server", scope: cluster, metrics: {x: {}}}
+"""
+
+
+def config(options: str = "", interval: str = "60s") -> Config:
+    return parse_config("collectors: []\ntargets:\n  prod:\n    dsn: postgresql://monitor@127.0.0.1:1/postgres\n"
+                        f"    databases: all\n    discovery_interval: {interval}\n{options}" + QUERIES)
+
+
+def catalog(*names: str, template: tuple[str, ...] = (), closed: tuple[str, ...] = (),
+            forbidden: tuple[str, ...] = ()) -> Script:
+    rows = [(n, n in template, n not in closed, n not in forbidden) for n in (*names, *template, *closed, *forbidden)]
+    return Script("pg_database", columns=["datname", "datistemplate", "datallowconn", "may_connect"], rows=rows)
+
+
+def server_for(databases: Script) -> FakeServer:
+    # The per-database query answers with the name of the database the session is on.
+    return FakeServer(databases, Script("named", columns=["datname", "x"], rows=[("?", 2)]), Script("-- per_db"),
+                      Script("-- server", rows=[(3,)]))
+
+
+@pytest.fixture
+def run():
+    runners: list[Runner] = []
+
+    def make(conf: Config, server: FakeServer) -> Runner:
+        runners.append(Runner(conf, session_factory=server.factory))
+        return runners[-1]
+
+    yield make
+    for runner in runners:
+        runner.close()
+
+
+def scrape(runner: Runner, only: list[str] | None = None) -> dict:
+    result = runner.scrape(timeout=5, only=only)
+    return parse_exposition(ScrapeText(runner.config.queries).text(result) + render_self_metrics(result))
+
+
+@pytest.mark.parametrize("include, exclude, monitored, excluded", [
+    (["*"], [], ("app", "billing", "postgres"), 0),
+    (["app", "bill*"], [], ("app", "billing"), 1),
+    (["*"], ["post*"], ("app", "billing"), 1),
+    (["*"], ["*"], (), 3),
+])
+def test_patterns_choose_the_databases(include, exclude, monitored, excluded):
+    rows = [(n, False, True, True) for n in ("postgres", "billing", "app")]
+    found = classify(rows, include, exclude)
+    assert found.monitored == monitored
+    assert found.skipped["excluded"] == excluded
+
+
+def test_templates_closed_and_forbidden_databases_are_skipped_and_counted(run):
+    server = server_for(catalog("app", template=("template0", "template1"), closed=("frozen",), forbidden=("hr",)))
+    samples = scrape(run(config(), server))
+    assert sample(samples, "pg_up", target="prod", datname="app") == 1
+    assert [n for n, ls in samples if n == "pg_up"] == ["pg_up"]  # only app
+    counts = {o: sample(samples, "pgvigil_discovery_databases", target="prod", outcome=o)
+              for o in ("monitored", "excluded", "template", "connections_not_allowed", "no_connect_privilege")}
+    assert counts == {"monitored": 1, "excluded": 0, "template": 2, "connections_not_allowed": 1,
+                      "no_connect_privilege": 1}
+    assert sample(samples, "pgvigil_discovery_success", target="prod") == 1
+    assert all(sample(samples, "pgvigil_query_errors_total", query=q, reason="error") == 0
+               for q in ("per_db", "per_db_named", "server"))
+
+
+def test_series_carry_target_and_datname_and_cluster_queries_run_once_per_server(run):
+    server = server_for(catalog("app", "billing", "postgres"))
+    samples = scrape(run(config(), server))
+    for datname in ("app", "billing", "postgres"):
+        assert sample(samples, "per_db_x", target="prod", datname=datname) == 1
+        assert sample(samples, "pg_up", target="prod", datname=datname) == 1
+    # A query labelling rows with its own datname keeps it (no second datname label).
+    assert sample(samples, "per_db_named_x", target="prod", datname="?") == 2
+    assert sample(samples, "server_x", target="prod") == 3
+    assert server.runs_of("-- server") == 1
+    assert server.runs_of("-- per_db") == 3
+
+
+def test_a_new_database_appears_after_the_refresh_interval_and_a_dropped_one_goes_without_errors(run):
+    databases = catalog("app", "postgres")
+    server = server_for(databases)
+    runner = run(config(interval="50ms"), server)
+    scrape(runner)
+    databases.rows = catalog("app", "postgres", "fresh").rows
+    threading.Event().wait(0.06)
+    samples = scrape(runner)
+    assert sample(samples, "per_db_x", datname="fresh") == 1
+    # Dropped between two readings: its failed connect reads the list again in the same scrape.
+    databases.rows = catalog("postgres", "fresh").rows
+    server.missing_databases.add("app")
+    for session in server.sessions:
+        session.close()
+    samples = scrape(runner)
+    assert sample(samples, "pg_up", datname="app") is None
+    assert sample(samples, "per_db_x", datname="app") is None
+    assert sample(samples, "pg_exporter_last_scrape_error") == 0
+    assert set(runner.targets) == {"prod/fresh", "prod/postgres"}
+
+
+def test_a_database_list_within_its_interval_is_not_read_again(run):
+    server = server_for(catalog("app"))
+    runner = run(config(), server)
+    scrape(runner)
+    scrape(runner)
+    assert server.runs_of("pg_database") == 1
+
+
+def test_connections_stay_within_the_budget_and_idle_ones_are_closed(run):
+    names = [f"db{i:02}" for i in range(20)]
+    gate = threading.Event()
+    server = server_for(catalog(*names))
+    server.scripts.insert(0, Script("-- per_db", gate=gate))
+    runner = run(config("    connection_budget: 3\n"), server)
+    done = threading.Thread(target=lambda: scrape(runner))
+    done.start()
+    while server.runs_of("-- per_db") < 3:
+        threading.Event().wait(0.005)
+    threading.Event().wait(0.05)
+    assert server.open == 3  # the others wait for a slot
+    gate.set()
+    done.join()
+    assert server.peak == 3
+    assert server.open == 0  # 20 databases, budget 3: nothing stays open between runs
+    assert server.runs_of("-- per_db") == 20
+
+
+def test_with_room_in_the_budget_connections_are_kept_between_runs(run):
+    server = server_for(catalog("app", "billing"))
+    runner = run(config("    connection_budget: 3\n"), server)
+    scrape(runner)
+    scrape(runner)
+    assert server.open == 2  # discovery's own connection closed, one free slot for it
+    assert server.connects == 3  # discovery once, each database once
+
+
+def test_probe_names_a_root_or_one_discovered_database(run):
+    server = server_for(catalog("app", "billing"))
+    runner = run(config(), server)
+    assert runner.known("prod/app") and runner.known("prod") and not runner.known("prod/nope")
+    one = scrape(runner, only=["prod/app"])
+    assert sample(one, "pg_up", datname="app") == 1 and sample(one, "pg_up", datname="billing") is None
+    both = scrape(runner, only=["prod"])
+    assert sample(both, "pg_up", datname="billing") == 1
+
+
+def test_an_unreachable_server_is_a_failed_discovery_not_a_crash(run):
+    server = server_for(catalog("app"))
+    server.refuse_connections = True
+    samples = scrape(run(config(), server))
+    assert sample(samples, "pgvigil_discovery_success", target="prod") == 0
+    assert sample(samples, "pg_exporter_last_scrape_error") == 1
+    assert sample(samples, "pg_up", target="prod") is None  # no database known yet
+    assert sample(samples, "pgvigil_connections_open", target="prod") == 0
+
+
+def test_health_lists_discovered_databases(run):
+    server = server_for(catalog("app", "billing"))
+    runner = run(config(), server)
+    assert set(runner.health()) == {"prod/app", "prod/billing"}
