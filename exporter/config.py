@@ -25,6 +25,11 @@ DEFAULT_LISTEN = "127.0.0.1:9187"
 SCOPES = ("database", "cluster")
 PREVIOUS_RUN_PLACEHOLDER = "{{previous_run}}"
 RESERVED_LABELS = ("target",)
+# What a target is: a PostgreSQL server, or PgBouncer's admin console (exporter/scrape/console.py).
+KINDS = ("postgres", "pgbouncer")
+# The only text a `kind: pgbouncer` query may hold: each is a read-only console command.
+CONSOLE_COMMANDS = ("SHOW VERSION", "SHOW POOLS", "SHOW STATS", "SHOW STATS_TOTALS", "SHOW DATABASES",
+                    "SHOW LISTS", "SHOW CONFIG")
 
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -87,6 +92,8 @@ TARGET_KEYS = Section(
     Key("dsn", doc="libpq URL or key=value string; `${VAR}` and `${VAR:-default}` are expanded"),
     Key("dsn_file", doc="a file holding the DSN (e.g. a mounted secret), instead of `dsn`"),
     Key("labels", doc="constant labels on every series of this target"),
+    Key("kind", "str", "postgres", doc="`postgres` (the default), or `pgbouncer`: the DSN names PgBouncer's admin "
+                                        "console (`dbname=pgbouncer`), see [docs/pgbouncer.md](docs/pgbouncer.md)"),
     Key("pool_size", "int", 1, doc="connections to this target, 1 to 64; queries are spread across them"),
     Key("storage_allocation", doc="disk or plan size such as `8GiB`, for the storage utilization alert"),
     Key("databases", doc="`all`, or database names and glob patterns: monitor each matching database of the "
@@ -112,7 +119,9 @@ QUERY_KEYS = Section(
     "`queries[]`",
     Key("name", "str", required=True, doc="metric names are `<name>_<column>`"),
     Key("help", "str", doc="HELP text of its metrics; default: the name"),
-    Key("sql", "str", required=True, doc="one `SELECT`, `WITH`, `VALUES` or `TABLE` query"),
+    Key("sql", "str", required=True, doc="one `SELECT`, `WITH`, `VALUES` or `TABLE` query (with `kind: pgbouncer`: "
+                                         "one of " + ", ".join(f"`{c}`" for c in CONSOLE_COMMANDS) + ")"),
+    Key("kind", "str", "postgres", doc="the kind of target it runs on: `postgres` (the default) or `pgbouncer`"),
     Key("labels", doc="columns that become labels"),
     Key("metrics", required=True, doc="column name -> metric (below)"),
     Key("ttl", "duration", FROM_DEFAULTS, doc="default: `defaults.ttl`"),
@@ -171,6 +180,7 @@ class ConfigError(Exception):
 class TargetSpec:
     name: str
     dsn: str = field(repr=False)  # may hold a password: never log or render it
+    kind: str = TARGET_KEYS["kind"].default  # postgres, or pgbouncer: its admin console
     labels: tuple[tuple[str, str], ...] = ()
     pool_size: int = TARGET_KEYS["pool_size"].default
     storage_allocation_bytes: float | None = None  # the disk or plan limit, for storage utilization alerts
@@ -219,6 +229,7 @@ class QuerySpec:
     requires_extension: str | None
     max_series: int
     pack: str | None = None
+    kind: str = QUERY_KEYS["kind"].default  # the kind of target it runs on
 
     @property
     def uses_previous_run(self) -> bool:
@@ -407,7 +418,10 @@ class _Checker(Checker):
                 self.error(path + ("storage_allocation",),
                            "expected a size such as 8GB, 500MiB or a number of bytes, "
                            f"got {describe_value(raw['storage_allocation'])}")
-        return TargetSpec(name=name, dsn=dsn or "", labels=tuple(labels), pool_size=pool,
+        kind = self.choice(raw.get("kind", TARGET_KEYS["kind"].default), path + ("kind",), KINDS) or "postgres"
+        if kind == "pgbouncer" and "databases" in raw:
+            self.error(path + ("databases",), "a pgbouncer target is one admin console: it has no databases to discover")
+        return TargetSpec(name=name, dsn=dsn or "", labels=tuple(labels), pool_size=pool, kind=kind,
                           storage_allocation_bytes=allocation, **self.discovery(raw, path, labels))
 
     def discovery(self, raw: dict, path: tuple, labels: list[tuple[str, str]]) -> dict[str, Any]:
@@ -521,6 +535,7 @@ class _Checker(Checker):
         scope = self.choice(raw.get("scope", QUERY_KEYS["scope"].default), path + ("scope",), SCOPES, doc)
         targets = self.string_list(raw["targets"], path + ("targets",), doc) if "targets" in raw else None
         self._check_query_shape(labels, metrics, sql, path, doc)
+        self._check_kind(raw, sql, path, doc)
         if len(self.errors) > before:
             return None
         options = {key.name: _option(key, values, defaults) for key in QUERY_KEYS.keys if key.kind is not None}
@@ -581,6 +596,13 @@ class _Checker(Checker):
         if PREVIOUS_RUN_PLACEHOLDER in sql and not any(m.type is MetricType.HISTOGRAM for m in metrics):
             self.error(path + ("sql",), f"{PREVIOUS_RUN_PLACEHOLDER} only makes sense for histogram metrics", doc)
 
+    def _check_kind(self, raw: dict, sql: str, path: tuple, doc: LocatedData) -> None:
+        """A pgbouncer query sends one of the console's allowed SHOW commands, nothing else."""
+        kind = self.choice(raw.get("kind", QUERY_KEYS["kind"].default), path + ("kind",), KINDS, doc)
+        if kind == "pgbouncer" and " ".join(sql.replace(";", " ").split()).upper() not in CONSOLE_COMMANDS:
+            self.error(path + ("sql",), "a pgbouncer query sends one of the console's commands: "
+                                        f"{', '.join(CONSOLE_COMMANDS)}", doc)
+
     def backup(self, value: Any) -> BackupConfig | None:
         raw = self.mapping(value, ("backup",), BACKUP_KEYS)
         if not isinstance(value, dict) or not self.missing(raw, ("backup",), BACKUP_KEYS):
@@ -604,6 +626,7 @@ class _Checker(Checker):
     def cross_check(self, queries: list[QuerySpec], targets: tuple[TargetSpec, ...],
                     backup: BackupConfig | None) -> None:
         names = {t.name for t in targets}
+        kinds = {t.name: t.kind for t in targets}
         seen_queries: dict[str, QuerySpec] = {}
         families: dict[str, tuple[QuerySpec, MetricSpec]] = {}
         for index, query in enumerate(queries):
@@ -615,6 +638,9 @@ class _Checker(Checker):
                 if wanted not in names:
                     self.error(where + ("targets",),
                                f"unknown target '{wanted}'; configured: {', '.join(sorted(names))}")
+                elif kinds[wanted] != query.kind:
+                    self.error(where + ("targets",), f"target '{wanted}' is a {kinds[wanted]} target; "
+                                                     f"this query runs on {query.kind} targets (its `kind`)")
             for metric in query.metrics:
                 other = families.get(metric.name)
                 if other and _versions_overlap(other[0], query):

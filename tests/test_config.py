@@ -236,3 +236,23 @@ def test_unknown_keys_get_a_hint_in_every_section():
         "c.yaml:6: queries[0].max_serie: unknown key 'max_serie'; did you mean 'max_series'?",
         "c.yaml:6: queries[0].metrics.v.tpye: unknown key 'tpye'; did you mean 'type'?",
     ]
+
+
+def test_pgbouncer_targets_and_queries():
+    config = parse_config("collectors: [pgbouncer]\ntargets:\n  db: {dsn: x}\n"
+                          "  pool: {kind: pgbouncer, dsn: 'host=h port=6432 dbname=pgbouncer'}\n")
+    assert [t.kind for t in config.targets] == ["postgres", "pgbouncer"]
+    assert {q.kind for q in config.queries} == {"pgbouncer"}
+    assert errors_of("collectors: []\ntargets:\n  pool: {kind: pgbouncr, dsn: x}\n") == [
+        "c.yaml:3: targets.pool.kind: expected one of postgres, pgbouncer, got the string 'pgbouncr'; "
+        "did you mean 'pgbouncer'?"]
+    assert errors_of("collectors: []\ntargets:\n  pool: {kind: pgbouncer, dsn: x, databases: all}\n") == [
+        "c.yaml:3: targets.pool.databases: a pgbouncer target is one admin console: it has no databases to discover"]
+    assert errors_of("collectors: []\nqueries:\n  - {name: q, kind: pgbouncer, sql: 'SHOW POOLS; PAUSE', "
+                     "metrics: {x: {}}}\n") == [
+        "c.yaml:3: queries[0].sql: a pgbouncer query sends one of the console's commands: SHOW VERSION, "
+        "SHOW POOLS, SHOW STATS, SHOW STATS_TOTALS, SHOW DATABASES, SHOW LISTS, SHOW CONFIG"]
+    assert errors_of("collectors: []\ntargets: {db: {dsn: x}}\n"
+                     "queries:\n  - {name: q, kind: pgbouncer, sql: SHOW POOLS, targets: [db], metrics: {x: {}}}\n") == [
+        "c.yaml:4: queries[0].targets: target 'db' is a postgres target; this query runs on pgbouncer targets "
+        "(its `kind`)"]
