@@ -7,9 +7,8 @@ run one after another on its session(s). A scrape waits until its deadline;
 queries not finished by then are reported as timeouts while the run goes on
 in the background, bounded by statement_timeout.
 
-Sessions come from a factory (`open_session` by default: a TargetSession, or a
-ConsoleSession for a `kind: pgbouncer` target), so all of this is tested with a
-fake session and no database (tests/scrape/test_runner.py).
+Sessions come from a factory (TargetSession by default), so all of this is
+tested with a fake session and no database (tests/scrape/test_runner.py).
 
 A target with `databases:` is a discovery root (discovery.py): its databases join
 `targets` as `<target>/<datname>` when a scrape finds the list due for a refresh.
@@ -24,8 +23,8 @@ import time
 from typing import Any, Callable, Iterable
 
 from exporter.config import Config, Defaults, QuerySpec, TargetSpec
+from exporter.scrape.capability import CAPABILITY_REFRESH_SECONDS, probe
 from exporter.scrape.discovery import Discovery, DiscoveryStatus
-from exporter.scrape.console import ConsoleSession
 from exporter.scrape.session import FetchResult, QueryFailed, ServerFacts, Session, TargetSession, prepare_sql
 from exporter.scrape.state import Fetched, QueryOutcome, Scrape, TargetState
 
@@ -35,11 +34,6 @@ SessionFactory = Callable[[TargetSpec, Defaults], Session]
 _run_ids = itertools.count(1)
 
 
-def open_session(spec: TargetSpec, defaults: Defaults) -> Session:
-    """The session class of the target's kind: PostgreSQL, or PgBouncer's admin console."""
-    return ConsoleSession(spec, defaults) if spec.kind == "pgbouncer" else TargetSession(spec, defaults)
-
-
 class SessionLost(Exception):
     """A session's connection is gone and cannot be re-established: its remaining queries wait for the next run."""
 
@@ -47,7 +41,7 @@ class SessionLost(Exception):
 class Runner:
     """Runs the configured queries against the configured targets for scrapes."""
 
-    def __init__(self, config: Config, session_factory: SessionFactory = open_session) -> None:
+    def __init__(self, config: Config, session_factory: SessionFactory = TargetSession) -> None:
         self.config = config
         self.roots = {spec.name: Discovery(spec, config.defaults, config.queries, session_factory)
                       for spec in config.targets if spec.discovers}
@@ -160,17 +154,17 @@ class Runner:
             return QueryOutcome(state, query, status, included=False, timed_out=True)
         return QueryOutcome(state, query, status, included=False, timed_out=False)
 
-    def eligible_queries(self, state: TargetState) -> list[QuerySpec]:
-        """Queries that run on this target given its server's version, extensions and scope."""
+    def eligible_queries(self, state: TargetState, with_skipped: bool = False) -> list[QuerySpec]:
+        """Queries that run on this target given its server's version, extensions and scope, and
+        the role's privileges (unless `with_skipped`: the ones capability.probe checks)."""
         facts = state.facts
         if facts is None:
             return []
-        return [q for q in self.config.queries if self._applies(q, state, facts) and self._owns(q, state, facts)]
+        return [q for q in self.config.queries if self._applies(q, state, facts) and self._owns(q, state, facts)
+                and (with_skipped or q.name not in state.skipped)]
 
     @staticmethod
     def _applies(query: QuerySpec, state: TargetState, facts: ServerFacts) -> bool:
-        if query.kind != state.spec.kind:  # postgres packs never run on a PgBouncer console, nor the reverse
-            return False
         if query.targets is not None and state.spec.configured_name not in query.targets:
             return False
         if query.requires_extension and query.requires_extension not in facts.extensions:
@@ -206,6 +200,9 @@ class Runner:
     def _run_connected(self, state: TargetState, run_id: int) -> None:
         if not self._connect(state, 0):
             return
+        if state.probe_due(CAPABILITY_REFRESH_SECONDS):
+            defaults = self.config.defaults
+            probe(state, self.eligible_queries(state, with_skipped=True), defaults.timeout, defaults.lock_timeout)
         eligible = self.eligible_queries(state)
         due = [q for q in eligible if state.due(q)]
         for query in eligible:

@@ -49,7 +49,6 @@ def render_self_metrics(scrape: Scrape, registry: CollectorRegistry | None = Non
     """pgvigil's metrics of one scrape: reachability, each query's health, then the registry's."""
     families: dict[str, tuple[str, str, list]] = {
         "pg_up": ("gauge", "Whether the target's database could be reached (1) or not (0)", []),
-        "pgbouncer_up": ("gauge", "Whether the PgBouncer admin console could be reached (1) or not (0)", []),
         "pgvigil_query_success": ("gauge", "Whether the query's latest run succeeded in this scrape", []),
         "pgvigil_query_duration_seconds": ("gauge", "Duration of the query's latest run", []),
         "pgvigil_query_rows": ("gauge", "Rows returned by the query's latest successful run", []),
@@ -59,8 +58,7 @@ def render_self_metrics(scrape: Scrape, registry: CollectorRegistry | None = Non
                                        "(error, timeout, invalid_value, duplicate, cardinality)", []),
     }
     for state in scrape.targets:
-        up = "pgbouncer_up" if state.spec.kind == "pgbouncer" else "pg_up"
-        families[up][2].append((state.label_text, 1 if state.up else 0))
+        families["pg_up"][2].append((state.label_text, 1 if state.up else 0))
     failed = any(not state.up for state in scrape.targets) or any(not root.status.success for root in scrape.discovery)
     for outcome in scrape.outcomes:
         labels = f'{outcome.target.label_text},query="{escape_label_value(outcome.query.name)}"'
@@ -80,6 +78,11 @@ def render_self_metrics(scrape: Scrape, registry: CollectorRegistry | None = Non
         "gauge", "Storage allocated to the target's server (config: storage_allocation)",
         [(state.label_text, state.spec.storage_allocation_bytes) for state in scrape.targets
          if state.spec.storage_allocation_bytes is not None])
+    families["pgvigil_query_skipped"] = (
+        "gauge", "Queries skipped on the target because its role may not run them or an object they read is "
+        "absent (reason: permission_denied, missing_relation, missing_function, missing_schema); never errors",
+        [(f'{state.label_text},query="{escape_label_value(query)}",reason="{reason}"', 1)
+         for state in scrape.targets for query, reason in state.skipped.items()])
     families.update(discovery_families(scrape))
     families["pgvigil_scrape_duration_seconds"] = ("gauge", "Seconds this scrape took", [("", scrape.duration)])
     families["pg_exporter_last_scrape_error"] = (

@@ -37,12 +37,15 @@ _DSN_PARSE_ERROR = re.compile(r"invalid dsn|connection info string|connection op
 
 
 class QueryFailed(Exception):
-    """A query failed; `reason` is 'error' or 'timeout'; `connection_lost` asks for a reconnect."""
+    """A query failed; `reason` is 'error' or 'timeout'; `connection_lost` asks for a reconnect;
+    `sqlstate` is PostgreSQL's error code when the server answered (capability.py reads it)."""
 
-    def __init__(self, message: str, reason: str = "error", connection_lost: bool = False) -> None:
+    def __init__(self, message: str, reason: str = "error", connection_lost: bool = False,
+                 sqlstate: str | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.connection_lost = connection_lost
+        self.sqlstate = sqlstate
 
 
 class ConnectFailed(Exception):
@@ -266,7 +269,8 @@ class TargetSession:
                 lost = True
         if lost:
             self.close()
-        return QueryFailed(self.clean_message(exc), reason="timeout" if timeout else "error", connection_lost=lost)
+        return QueryFailed(self.clean_message(exc), reason="timeout" if timeout else "error", connection_lost=lost,
+                           sqlstate=exc.pgcode)
 
     @staticmethod
     def _cut_socket(conn: Any) -> None:

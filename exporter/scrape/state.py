@@ -73,6 +73,8 @@ class TargetState:
         self.histograms: dict[str, dict[str, dict[tuple[Any, ...], Histogram]]] = {q.name: {} for q in queries}
         self.previous_run: dict[str, str] = {}
         self.extensions_checked = float("-inf")
+        self.probed_at = float("-inf")  # monotonic: when capability.probe last went through the queries
+        self.skipped: dict[str, str] = {}  # query name -> why the role cannot run it here (capability.py)
         self.last_facts: ServerFacts | None = None
         self._logged: dict[str, str] = {}
 
@@ -205,6 +207,24 @@ class TargetState:
         status.duration = time.monotonic() - start
         status.finished_at = time.monotonic()
         status.run_id = run_id
+
+    # -- capabilities ----------------------------------------------------------
+    def probe_due(self, refresh: float) -> bool:
+        return time.monotonic() - self.probed_at > refresh
+
+    def mark_probed(self) -> None:
+        self.probed_at = time.monotonic()
+
+    def skip(self, query: QuerySpec, reason: str, message: str) -> None:
+        """The role cannot run this query here: skipped (logged once), its old result and status dropped."""
+        if self.skipped.get(query.name) != reason:
+            log.info("query %s on target %s is skipped (%s): %s", query.name, self.name, reason, message)
+        self.skipped[query.name] = reason
+        self.statuses[query.name] = QueryStatus()
+
+    def unskip(self, query: QuerySpec) -> None:
+        if self.skipped.pop(query.name, None) is not None:
+            log.info("query %s on target %s can run now", query.name, self.name)
 
     def _log_problem(self, query: QuerySpec, message: str) -> None:
         """Log a query's problem once, and again only when the message changes."""

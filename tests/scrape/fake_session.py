@@ -24,6 +24,10 @@ class Script:
     fail: Callable[[], Exception] | None = None  # raised instead of answering, once per entry in `failures`
     failures: int = 0
     prelude_value: str = "2026-12-01T00:00:00.000000+00:00"
+    # Raised to capability.probe's LIMIT 0 run while `probe_failures` lasts; probes otherwise succeed,
+    # are not gated and are not in `executed` (they read no rows), but are counted in `probes`.
+    probe_fail: Callable[[], Exception] | None = None
+    probe_failures: int = 0
 
 
 class FakeServer:
@@ -34,6 +38,7 @@ class FakeServer:
         self.scripts = list(scripts)
         self.version, self.extensions, self.identity = version, extensions, identity
         self.executed: list[str] = []
+        self.probes: list[str] = []
         self.connects = 0
         self.refuse_connections = False
         self.missing_databases: set[str] = set()  # a session to one of these fails to connect (dropped database)
@@ -95,8 +100,10 @@ class FakeSession:
     def run(self, prepared: PreparedSql, timeout: float, lock_timeout: float) -> FetchResult:
         if self._facts is None:
             raise QueryFailed("not connected", connection_lost=True)
-        self.server.log(prepared.sql)
         script = self.server.script_for(prepared.sql)
+        if prepared.limit == 0:
+            return self._probe(prepared, script)
+        self.server.log(prepared.sql)
         if script.fail is not None and script.failures > 0:
             script.failures -= 1
             error = script.fail()
@@ -110,6 +117,14 @@ class FakeSession:
                     raise QueryFailed("canceling statement due to user request")
         rows = script.rows[:prepared.limit] if prepared.limit is not None else script.rows
         return FetchResult(script.columns, rows, script.prelude_value if prepared.prelude else None)
+
+    def _probe(self, prepared: PreparedSql, script: Script) -> FetchResult:
+        with self.server._lock:
+            self.server.probes.append(prepared.sql)
+        if script.probe_fail is not None and script.probe_failures > 0:
+            script.probe_failures -= 1
+            raise script.probe_fail()
+        return FetchResult(script.columns, [])
 
     def ping(self) -> float:
         self.ensure_connected()
