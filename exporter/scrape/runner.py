@@ -7,8 +7,9 @@ run one after another on its session(s). A scrape waits until its deadline;
 queries not finished by then are reported as timeouts while the run goes on
 in the background, bounded by statement_timeout.
 
-Sessions come from a factory (TargetSession by default), so all of this is
-tested with a fake session and no database (tests/scrape/test_runner.py).
+Sessions come from a factory (`open_session` by default: a TargetSession, or a
+ConsoleSession for a `kind: pgbouncer` target), so all of this is tested with a
+fake session and no database (tests/scrape/test_runner.py).
 
 A target with `databases:` is a discovery root (discovery.py): its databases join
 `targets` as `<target>/<datname>` when a scrape finds the list due for a refresh.
@@ -25,6 +26,7 @@ from typing import Any, Callable, Iterable
 from exporter.config import Config, Defaults, QuerySpec, TargetSpec
 from exporter.scrape.capability import CAPABILITY_REFRESH_SECONDS, probe
 from exporter.scrape.discovery import Discovery, DiscoveryStatus
+from exporter.scrape.console import ConsoleSession
 from exporter.scrape.session import FetchResult, QueryFailed, ServerFacts, Session, TargetSession, prepare_sql
 from exporter.scrape.state import Fetched, QueryOutcome, Scrape, TargetState
 
@@ -34,6 +36,11 @@ SessionFactory = Callable[[TargetSpec, Defaults], Session]
 _run_ids = itertools.count(1)
 
 
+def open_session(spec: TargetSpec, defaults: Defaults) -> Session:
+    """The session class of the target's kind: PostgreSQL, or PgBouncer's admin console."""
+    return ConsoleSession(spec, defaults) if spec.kind == "pgbouncer" else TargetSession(spec, defaults)
+
+
 class SessionLost(Exception):
     """A session's connection is gone and cannot be re-established: its remaining queries wait for the next run."""
 
@@ -41,7 +48,7 @@ class SessionLost(Exception):
 class Runner:
     """Runs the configured queries against the configured targets for scrapes."""
 
-    def __init__(self, config: Config, session_factory: SessionFactory = TargetSession) -> None:
+    def __init__(self, config: Config, session_factory: SessionFactory = open_session) -> None:
         self.config = config
         self.roots = {spec.name: Discovery(spec, config.defaults, config.queries, session_factory)
                       for spec in config.targets if spec.discovers}
@@ -165,6 +172,8 @@ class Runner:
 
     @staticmethod
     def _applies(query: QuerySpec, state: TargetState, facts: ServerFacts) -> bool:
+        if query.kind != state.spec.kind:  # postgres packs never run on a PgBouncer console, nor the reverse
+            return False
         if query.targets is not None and state.spec.configured_name not in query.targets:
             return False
         if query.requires_extension and query.requires_extension not in facts.extensions:

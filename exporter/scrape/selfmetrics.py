@@ -49,6 +49,7 @@ def render_self_metrics(scrape: Scrape, registry: CollectorRegistry | None = Non
     """pgvigil's metrics of one scrape: reachability, each query's health, then the registry's."""
     families: dict[str, tuple[str, str, list]] = {
         "pg_up": ("gauge", "Whether the target's database could be reached (1) or not (0)", []),
+        "pgbouncer_up": ("gauge", "Whether the PgBouncer admin console could be reached (1) or not (0)", []),
         "pgvigil_query_success": ("gauge", "Whether the query's latest run succeeded in this scrape", []),
         "pgvigil_query_duration_seconds": ("gauge", "Duration of the query's latest run", []),
         "pgvigil_query_rows": ("gauge", "Rows returned by the query's latest successful run", []),
@@ -58,7 +59,8 @@ def render_self_metrics(scrape: Scrape, registry: CollectorRegistry | None = Non
                                        "(error, timeout, invalid_value, duplicate, cardinality)", []),
     }
     for state in scrape.targets:
-        families["pg_up"][2].append((state.label_text, 1 if state.up else 0))
+        up = "pgbouncer_up" if state.spec.kind == "pgbouncer" else "pg_up"
+        families[up][2].append((state.label_text, 1 if state.up else 0))
     failed = any(not state.up for state in scrape.targets) or any(not root.status.success for root in scrape.discovery)
     for outcome in scrape.outcomes:
         labels = f'{outcome.target.label_text},query="{escape_label_value(outcome.query.name)}"'
