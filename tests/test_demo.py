@@ -1,14 +1,20 @@
-"""`pgvigil demo` without Prometheus: the workload shows up in pgvigil's metrics, and stop() leaves nothing."""
+"""`pgvigil demo`: the workload shows up in pgvigil's metrics, stop() leaves nothing, and with
+Prometheus and Alertmanager installed the first alert fires within 90 s and is printed pending, then firing."""
 from __future__ import annotations
 
 import re
+import shutil
 import time
 import urllib.request
 
+import pytest
 from click.testing import CliRunner
 
+from exporter.bundle.rules import alert_specs
+from exporter.bundle.thresholds import load_thresholds
 from exporter.cli import main
-from exporter.dev.demo import Demo
+from exporter.dev import stack
+from exporter.dev.demo import INCIDENTS, AlertWatch, Demo, alert_changes, demo_thresholds, planned_alerts
 
 
 def sample(text: str, name: str, **labels: str) -> list[float]:
@@ -60,3 +66,64 @@ def test_demo_command_prints_urls_and_stops_after_duration():
     assert re.search(r"^pgvigil\s+http://127\.0\.0\.1:\d+/metrics$", result.output, re.M)
     assert re.search(r"^PostgreSQL\s+postgresql://postgres@127\.0\.0\.1:\d+/shop$", result.output, re.M)
     assert "demo stopped" in result.output
+
+
+needs_prometheus = pytest.mark.skipif(
+    not (shutil.which("prometheus") and any(map(shutil.which, stack.ALERTMANAGER_BINARIES))),
+    reason="Prometheus or Alertmanager not installed (scripts/test.sh installs them)")
+
+
+def alert(name: str, state: str, severity: str = "warning", **labels: str) -> dict:
+    """An alert as Prometheus' /api/v1/alerts returns it."""
+    return {"labels": {"alertname": name, "severity": severity, "job": "pgvigil", "target": "demo", **labels},
+            "annotations": {"summary": f"{name} summary"}, "state": state}
+
+
+def test_alert_changes_prints_pending_firing_and_resolved_once():
+    slot = alert("PostgresReplicationSlotInactive", "pending", "critical", slot_name="old")
+    states, lines = alert_changes({}, [slot])
+    assert lines == ["PENDING  PostgresReplicationSlotInactive (critical) slot_name=old target=demo: "
+                     "PostgresReplicationSlotInactive summary"]
+    assert alert_changes(states, [slot])[1] == []  # unchanged: nothing printed
+    states, lines = alert_changes(states, [{**slot, "state": "firing"}, alert("PostgresDeadTuplesHigh", "pending")])
+    assert [line.split()[:2] for line in lines] == [["FIRING", "PostgresReplicationSlotInactive"],
+                                                   ["PENDING", "PostgresDeadTuplesHigh"]]
+    states, lines = alert_changes(states, [alert("PostgresDeadTuplesHigh", "pending")])
+    assert lines == ["RESOLVED PostgresReplicationSlotInactive (critical) slot_name=old target=demo: "
+                     "PostgresReplicationSlotInactive summary"]
+
+
+def test_the_plan_names_shipped_alerts_soonest_first():
+    thresholds = demo_thresholds()
+    names = {spec.name: spec.threshold for spec in alert_specs(thresholds)}
+    for incident in INCIDENTS:
+        assert names.get(incident.alert) == incident.threshold, f"{incident.alert} is not a shipped alert"
+    plan = planned_alerts(thresholds, scrape_seconds=5, workload_age=10)
+    assert [eta for eta, _ in plan] == sorted(eta for eta, _ in plan)
+    assert plan[0][0] <= 30 and plan[-1][0] <= 120, plan  # the first within half a minute, all within two
+    # production waits stay in the thresholds file: only the demo's rules get the short ones
+    assert load_thresholds()["idle_in_transaction"].for_ == "1m"
+    assert thresholds["idle_in_transaction"].for_ == "10s" and thresholds["idle_in_transaction"].warning == 20
+
+
+@needs_prometheus
+def test_demo_fires_its_first_alert_within_90_seconds():
+    running = Demo().start()  # the command's own scrape interval (5 s)
+    try:
+        assert running.prometheus is not None and running.alertmanager is not None
+        watch = AlertWatch(running)
+        lines: list[str] = []
+        while time.monotonic() - watch.started < 120 and not any(" notified firing: " in line for line in lines):
+            time.sleep(1)
+            lines += watch.poll()
+    finally:
+        running.stop()
+    provoked = {incident.alert for incident in INCIDENTS}
+    firing = [line for line in lines if " FIRING " in line and line.split()[2] in provoked]
+    assert firing, "none of the provoked alerts fired within 120 s:\n" + "\n".join(lines)
+    first = float(firing[0].split("s")[0])
+    assert first <= 90, "\n".join(lines)
+    name = firing[0].split()[2]
+    pending = [line for line in lines if " PENDING " in line and line.split()[2] == name]
+    assert pending and float(pending[0].split("s")[0]) <= first, "the alert was not shown pending first"
+    assert any(" notified firing: " in line for line in lines), "Alertmanager's webhook received nothing"

