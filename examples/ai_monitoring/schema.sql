@@ -1,4 +1,4 @@
--- Seed 000 ("Cardinal"): one row per AI generation.
+-- One row per AI generation, written by the application.
 CREATE TABLE IF NOT EXISTS ai_monitoring (
   id                     bigserial PRIMARY KEY,
   session_id             text,

@@ -1,4 +1,4 @@
--- Seed 004 ("ShowTrackAI"): an audit trail of data access, written by triggers or the API.
+-- An audit trail of data access, written by triggers or the API.
 CREATE TABLE IF NOT EXISTS data_access_audit (
   id               bigserial PRIMARY KEY,
   user_id          uuid        NOT NULL,  -- who read

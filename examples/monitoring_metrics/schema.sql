@@ -1,4 +1,4 @@
--- Seed 000 ("Cardinal"): the application records each database operation it performs.
+-- The application records each database operation it performs.
 CREATE TABLE IF NOT EXISTS monitoring_metrics (
   id             bigserial PRIMARY KEY,
   metric_type    text        NOT NULL,  -- 'database_operation'

@@ -1,4 +1,4 @@
--- Seed 000 ("Cardinal"): security events, including failed logins with the email in details.
+-- Security events written by the application, including failed logins with the email in details.
 CREATE TABLE IF NOT EXISTS security_events (
   id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
   event_type  text NOT NULL,  -- 'auth_failure', 'login', ...

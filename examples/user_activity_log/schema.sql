@@ -1,4 +1,4 @@
--- Seed 000 ("Cardinal"): business events per user.
+-- Business events per user, written by the application.
 CREATE TABLE IF NOT EXISTS user_activity_log (
   id            bigserial PRIMARY KEY,
   user_id       uuid        NOT NULL,
