@@ -2,8 +2,8 @@
 
 Routing follows the reference documents' channels by severity: critical pages (PagerDuty) and
 also goes to email and Slack; warning goes to Slack and email. Alerts are grouped per alert name
-and target. Two inhibit rules keep the noise down: a critical alert mutes the warning of the same
-alert on the same object, and PostgresDown mutes every other alert of that target.
+and target. Three inhibit rules keep the noise down: a critical alert mutes the warning of the same
+alert on the same object, and PostgresDown (PostgresPgBouncerDown) mutes every other alert of that target.
 
 Alertmanager does not expand environment variables, so every secret is read from a file
 (`*_file` fields) that the deployment mounts (docker secrets, Kubernetes secrets, ...): nothing
@@ -51,6 +51,12 @@ def inhibit_rules() -> list[dict]:
             # nothing else about a target is meaningful while it cannot be reached
             "source_matchers": ['alertname="PostgresDown"'],
             "target_matchers": ['alertname!="PostgresDown"'],
+            "equal": ["target"],
+        },
+        {
+            # nor about a PgBouncer whose admin console cannot be reached
+            "source_matchers": ['alertname="PostgresPgBouncerDown"'],
+            "target_matchers": ['alertname=~"PostgresPgBouncer.+"', 'alertname!="PostgresPgBouncerDown"'],
             "equal": ["target"],
         },
     ]

@@ -17,6 +17,7 @@ from exporter.bundle.catalog import (
     backups,
     connections,
     exporter_health,
+    pgbouncer,
     queries,
     replication,
     security,
@@ -40,12 +41,13 @@ from exporter.bundle.catalog.spec import (
 )
 
 # In this order in pgvigil-alerts.yml: each area is one rule group.
-AREAS = (availability, connections, queries, storage, replication, security, vector, exporter_health, backups)
+AREAS = (availability, connections, queries, storage, replication, security, vector, pgbouncer, exporter_health,
+         backups)
 
 # Labels that tell two alerts of the same name apart (the inhibit rules compare them).
 IDENTIFYING_LABELS = [
     "alertname", "target", "instance", "datname", "schemaname", "relname", "indexrelname",
-    "slot_name", "database", "query", "subname",
+    "slot_name", "database", "user", "query", "subname",
 ]
 
 
