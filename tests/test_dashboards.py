@@ -25,6 +25,7 @@ STABLE_UIDS = {  # uids are part of every bookmarked URL: never change them
     "security.json": "pgvigil-security",
     "vector.json": "pgvigil-vector",
     "exporter.json": "pgvigil-exporter",
+    "slos.json": "pgvigil-slos",
 }
 ANGULAR_TYPES = {"graph", "singlestat", "table-old", "grafana-piechart-panel", "grafana-worldmap-panel",
                  "natel-discrete-panel", "grafana-polystat-panel", "heatmap-old"}
@@ -76,7 +77,7 @@ def test_committed_dashboards_equal_generator_output(tmp_path, thresholds):
             f"dashboards/{path.name} differs from the generator output: run `pgvigil bundle`, never hand-edit"
 
 
-def test_seven_dashboards_with_stable_uids(committed):
+def test_eight_dashboards_with_stable_uids(committed):
     assert {name: model["uid"] for name, model in committed.items()} == STABLE_UIDS
     titles = [model["title"] for model in committed.values()]
     assert len(set(titles)) == len(titles)

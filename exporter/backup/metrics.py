@@ -11,6 +11,10 @@ pgvigil_backup_last_duration_seconds               how long that run took
 pgvigil_backup_last_run_success                    1 if the most recent finished run succeeded
 pgvigil_backup_last_verify_success                 1 if the most recent verification passed
 pgvigil_backup_last_verify_timestamp_seconds       when that verification ran
+pgvigil_backup_last_restore_duration_seconds       how long the last successful `verify --restore` took
+                                                   to restore and check the backup (the RTO objective)
+pgvigil_backup_verified_backup_timestamp_seconds   end of the newest backup that passed verification
+                                                   (the RPO objective's backup age)
 pgvigil_backup_failures_total                      failed or interrupted runs (counter)
 =================================================  ==========================================
 
@@ -29,7 +33,7 @@ from typing import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from exporter.backup.pgclient import BackupError
-from exporter.backup.state import StateFile, reap_interrupted
+from exporter.backup.state import State, StateFile, backups_of, reap_interrupted
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,9 @@ GAUGES = (
      ("last_verify", "success")),
     ("pgvigil_backup_last_verify_timestamp_seconds", "Unix time of the most recent backup verification.",
      ("last_verify", "at")),
+    ("pgvigil_backup_last_restore_duration_seconds",
+     "Seconds the last successful restore test (verify --restore) took to restore and check the backup.",
+     ("last_restore", "duration_seconds")),
 )
 
 
@@ -97,7 +104,23 @@ class BackupStateCollector:
                 family = GaugeMetricFamily(name, help_text, labels=["target"])
                 family.add_metric([self.target], value)
                 yield family
+        verified = verified_backup_finished(state, self.target)
+        if verified is not None:
+            family = GaugeMetricFamily("pgvigil_backup_verified_backup_timestamp_seconds",
+                                       "Unix time the newest backup that passed verification finished.",
+                                       labels=["target"])
+            family.add_metric([self.target], verified)
+            yield family
         failures = CounterMetricFamily("pgvigil_backup_failures", "Backup runs that failed or were interrupted.",
                                        labels=["target"])
         failures.add_metric([self.target], float(record.get("failures_total", 0)))
         yield failures
+
+
+def verified_backup_finished(state: State, target: str) -> float | None:
+    """When the newest complete backup whose last verification passed finished: the newest point
+    a restore is known to reach (without WAL replay)."""
+    for entry in backups_of(state, target=target, status="complete"):
+        if (entry.get("verify") or {}).get("success") and entry.get("finished") is not None:
+            return float(entry["finished"])
+    return None

@@ -36,6 +36,7 @@ class Verification:
     restore: bool
     checks: list[str] = field(default_factory=list)  # what passed, in order, for the user
     failure: str | None = None
+    restore_seconds: float | None = None  # how long restoring and comparing took (restore only)
 
     @property
     def success(self) -> bool:
@@ -195,8 +196,11 @@ def verify_backup(directory: Path, name: str | None = None, target: str | None =
         count = check_archive(directory / entry["files"]["dump"], manifest)
         result.checks.append(f"pg_restore --list reads the archive ({count} table data entries)")
         if restore and conninfo is not None:
+            started = time.monotonic()
             result.checks.extend(restore_and_compare(conninfo, directory / entry["files"]["dump"], manifest,
                                                      sanity_query))
+            # the recovery time a real restore of this backup would need: the RTO objective reads it
+            result.restore_seconds = time.monotonic() - started
     except BackupError as exc:
         result.failure = conninfo.redact(str(exc)) if conninfo else str(exc)
     record_verification(directory, result)
@@ -210,5 +214,9 @@ def record_verification(directory: Path, result: Verification) -> None:
         entry = find_backup(state, result.backup)
         if entry is not None:
             entry["verify"] = outcome
-        target_record(state, result.target)["last_verify"] = outcome
+        record = target_record(state, result.target)
+        record["last_verify"] = outcome
+        if result.restore_seconds is not None:
+            record["last_restore"] = {"at": outcome["at"], "duration_seconds": result.restore_seconds,
+                                      "backup": result.backup}
 

@@ -5,7 +5,10 @@
   alerts/pgvigil-alerts.yml             alerting rules, one per alert and severity
   alerts/alertmanager.yml               routing by severity, grouping, inhibition (secrets from files)
   alerts/tests/pgvigil-alerts.test.yml  promtool unit tests placed around every threshold
-and the Grafana dashboards (`exporter.bundle.dashboards`). With `with_examples`,
+  alerts/pgvigil-slos.yml               the objectives' error ratios, budgets and burn-rate alerts
+  alerts/tests/pgvigil-slos.test.yml    their promtool tests (fast burn, slow burn, healthy, blip)
+(the last two from the objectives file, `exporter.bundle.slos`) and the Grafana dashboards
+(`exporter.bundle.dashboards`). With `with_examples`,
 also the optional group of the application-level examples (see `exporter.bundle.examples`):
   alerts/pgvigil-examples-rules.yml              copied from examples/alerts/app-rules.yml
   alerts/tests/pgvigil-examples-rules.test.yml   its promtool tests
@@ -15,7 +18,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from exporter.bundle import alertmanager, dashboards, examples, promtests, rules
+from exporter.bundle import alertmanager, dashboards, examples, promtests, rules, runbooks, slos_rules, slos_tests
+from exporter.bundle.catalog import RUNBOOK_BASE
+from exporter.bundle.profiles import apply_profile, load_profile
+from exporter.bundle.slos import DEFAULT_OBJECTIVES, Objective, load_objectives
 from exporter.bundle.thresholds import DEFAULT_THRESHOLDS, load_thresholds
 
 ALERT_FILES = {
@@ -23,26 +29,52 @@ ALERT_FILES = {
     "alerts": Path("alerts/pgvigil-alerts.yml"),
     "alertmanager": Path("alerts/alertmanager.yml"),
     "tests": Path("alerts/tests/pgvigil-alerts.test.yml"),
+    "slos": Path("alerts/pgvigil-slos.yml"),
+    "slo_tests": Path("alerts/tests/pgvigil-slos.test.yml"),
 }
 
 
-def render_alert_files(thresholds: dict, source: str) -> dict[Path, str]:
-    """Relative path -> text of every alerting file of the bundle."""
+def render_alert_files(thresholds: dict, source: str, objectives: dict[str, Objective] | None = None,
+                       objectives_source: str = "alerts/objectives.yaml") -> dict[Path, str]:
+    """Relative path -> text of every alerting file of the bundle (the shipped objectives by default)."""
+    if objectives is None:
+        objectives = load_objectives()
     return {
         ALERT_FILES["rules"]: rules.render_yaml(rules.recording_groups(), source),
         ALERT_FILES["alerts"]: rules.render_yaml(rules.alert_groups(thresholds), source),
         ALERT_FILES["alertmanager"]: alertmanager.render(alertmanager.production_config(thresholds)),
         ALERT_FILES["tests"]: rules.render_yaml(promtests.unit_test_file(thresholds), source),
+        **render_slo_files(objectives, objectives_source),
     }
 
 
-def write_bundle(thresholds_path: str | Path | None, out_dir: str | Path, with_examples: bool = False) -> list[Path]:
-    """Generate the bundle for a thresholds file into `out_dir`; returns the files written.
-    `with_examples` adds the application examples' alert group (off by default)."""
+def render_slo_files(objectives: dict[str, Objective], source: str) -> dict[Path, str]:
+    """The objectives' rule file and its promtool tests."""
+    header = slos_rules.HEADER.format(source=source)
+    return {
+        ALERT_FILES["slos"]: header + rules.dump_yaml(slos_rules.slo_groups(objectives)),
+        ALERT_FILES["slo_tests"]: header + rules.dump_yaml(slos_tests.unit_test_file(objectives)),
+    }
+
+
+def write_bundle(thresholds_path: str | Path | None, out_dir: str | Path, with_examples: bool = False,
+                 objectives_path: str | Path | None = None, *, profile: str | None = None,
+                 runbook_base: str = RUNBOOK_BASE) -> list[Path]:
+    """Generate the bundle for a thresholds file (and an objectives file) into `out_dir`; returns the
+    files written. `with_examples` adds the application examples' alert group (off by default);
+    `profile` applies a declared override to the thresholds (`exporter.bundle.profiles`, e.g. the
+    demo's short waits); `runbook_base` is where the alerts' runbook links point."""
     path = Path(thresholds_path) if thresholds_path is not None else DEFAULT_THRESHOLDS
     thresholds = load_thresholds(path)
+    if profile is not None:
+        thresholds = apply_profile(thresholds, load_profile(profile))
+    runbooks.check_base(runbook_base)
+    objectives_file = Path(objectives_path) if objectives_path is not None else DEFAULT_OBJECTIVES
+    objectives = load_objectives(objectives_file)
     out_dir = Path(out_dir)
-    files = render_alert_files(thresholds, source_name(path))
+    source = source_name(path) + (f", profile {profile}" if profile is not None else "")
+    files = render_alert_files(thresholds, source, objectives,
+                               source_name(objectives_file, DEFAULT_OBJECTIVES, "alerts/objectives.yaml"))
     if with_examples:
         # read before writing anything, so a missing examples directory leaves no half bundle
         files.update(examples.render_example_files())
@@ -50,15 +82,15 @@ def write_bundle(thresholds_path: str | Path | None, out_dir: str | Path, with_e
     for relative, text in files.items():
         target = out_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
+        target.write_text(runbooks.rebase(text, runbook_base), encoding="utf-8")
         written.append(target)
     written.extend(dashboards.write_dashboards(thresholds, out_dir))
     return written
 
 
-def source_name(path: Path) -> str:
-    """How generated files name their thresholds file: the shipped defaults read as the repo file."""
-    if Path(path).read_bytes() == DEFAULT_THRESHOLDS.read_bytes():
-        return "alerts/thresholds.yaml"
+def source_name(path: Path, default: Path = DEFAULT_THRESHOLDS, shown: str = "alerts/thresholds.yaml") -> str:
+    """How generated files name their source file: the shipped defaults read as the repo file."""
+    if Path(path).read_bytes() == default.read_bytes():
+        return shown
     return Path(path).name
 

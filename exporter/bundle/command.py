@@ -6,7 +6,10 @@ from pathlib import Path
 import click
 
 from exporter.bundle import write_bundle
+from exporter.bundle.catalog import RUNBOOK_BASE
+from exporter.bundle.profiles import profile_names
 from exporter.bundle.rules import BundleError
+from exporter.bundle.slos import ObjectiveError
 from exporter.bundle.thresholds import ThresholdError
 
 
@@ -19,16 +22,30 @@ def _default_out() -> Path:
 @click.command("bundle")
 @click.option("--thresholds", "thresholds_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Thresholds YAML (default: the shipped alerts/thresholds.yaml).")
+@click.option("--objectives", "objectives_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Service level objectives YAML (default: the shipped alerts/objectives.yaml; see docs/slos.md).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory to write alerts/ and dashboards/ into (default: the repository root).")
 @click.option("--with-examples", is_flag=True, default=False,
               help="Also write the alert group of the application examples (examples/alerts/app-rules.yml) "
                    "as alerts/pgvigil-examples-rules.yml, with its promtool tests.")
-def bundle(thresholds_path: Path | None, out_dir: Path | None, with_examples: bool) -> None:
-    """Generate alert rules, their promtool tests, the Alertmanager config and dashboards."""
+@click.option("--runbook-base", default=RUNBOOK_BASE, show_default=True, metavar="URL",
+              help="Where the alerts' runbook_url links point (each alert adds #<its name in lower case>): "
+                   "your wiki's copy of docs/runbooks.md, for example.")
+@click.option("--profile", type=click.Choice(profile_names()), default=None,
+              help="Apply a thresholds profile (exporter/bundle/profiles/; `demo`: short waits, as "
+                   "`pgvigil demo` runs). Needs --out: the repository's files stay the production ones.")
+def bundle(thresholds_path: Path | None, objectives_path: Path | None, out_dir: Path | None,
+           with_examples: bool, runbook_base: str, profile: str | None) -> None:
+    """Generate alert rules, objectives' burn-rate alerts, their promtool tests, the Alertmanager
+    config and dashboards."""
+    if profile is not None and out_dir is None:
+        raise click.UsageError("--profile writes a variant of the bundle: give --out DIR, so the files in "
+                               "alerts/ and dashboards/ stay the production ones")
     try:
-        written = write_bundle(thresholds_path, out_dir or _default_out(), with_examples=with_examples)
-    except ThresholdError as exc:
+        written = write_bundle(thresholds_path, out_dir or _default_out(), with_examples=with_examples,
+                               objectives_path=objectives_path, profile=profile, runbook_base=runbook_base)
+    except (ThresholdError, ObjectiveError) as exc:
         for line in exc.errors:
             click.echo(f"error: {line}", err=True)
         raise SystemExit(1) from None

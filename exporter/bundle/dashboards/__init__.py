@@ -12,11 +12,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from exporter.bundle.dashboards import exporter_health, overview, queries, replication, security, storage, vector
+from exporter.bundle.dashboards import (
+    exporter_health,
+    overview,
+    queries,
+    replication,
+    security,
+    slos,
+    storage,
+    vector,
+)
 from exporter.bundle.dashboards.panels import PanelBuilder, levels
 from exporter.bundle.grafana import Dashboard, render_dashboard
 
-DASHBOARDS = (overview, queries, storage, replication, security, vector, exporter_health)
+DASHBOARDS = (overview, queries, storage, replication, security, vector, exporter_health, slos)
 
 # Panels whose queries can only return data where the environment has something the live test
 # (tests/e2e/test_dashboards_live.py) and `pgvigil demo` cannot have. Key: "<dashboard uid>/<panel title>".

@@ -1,0 +1,187 @@
+"""The objectives file: service level objectives as error budgets over a period.
+
+`load_objectives()` reads the shipped `default_objectives.yaml` (package data; `alerts/objectives.yaml`
+in a clone is a symlink to it) or a user's own file, validates it with the shared located-error
+`Checker` and returns frozen `Objective` records keyed by name. `slos_rules` turns them into
+recording rules and burn-rate alerts, `slos_tests` into promtool tests.
+
+Every objective is judged over the burn windows of the Google SRE workbook (5m, 30m, 1h, 2h, 6h, 1d
+and 3d for a 30-day period). A shorter or longer period scales the windows with it, so a burn factor
+always means the same share of the budget spent: 14.4 over 1h is 2 % of a 30-day budget.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from exporter.config import ConfigError
+from exporter.schema import Checker, Key, Section, parse_duration
+from exporter.yamlsource import YamlSyntaxError, describe_value, load_located
+
+DEFAULT_OBJECTIVES = Path(__file__).with_name("default_objectives.yaml")
+REFERENCE_PERIOD = 30 * 86400  # the period the workbook's windows and factors are written for
+# The standard windows, in seconds of a 30-day period.
+STANDARD_WINDOWS = (300, 1800, 3600, 7200, 21600, 86400, 259200)
+# Smallest period whose shortest window (5m of 30d) is still a whole second.
+MIN_PERIOD = REFERENCE_PERIOD / STANDARD_WINDOWS[0]
+
+_COMMON = (
+    Key("kind", required=True, doc="availability, latency, cache_hit, rpo or rto: what is measured"),
+    Key("objective", "number", required=True, doc="share of good events (or minutes), e.g. 0.999"),
+    Key("period", "duration", default="30d", doc="the period the error budget covers (default 30d)"),
+    Key("description", "text", required=True, doc="what is promised and where the number comes from"),
+)
+KIND_KEYS: dict[str, Section] = {
+    "availability": Section("availability objective", *_COMMON),
+    "latency": Section(
+        "latency objective", *_COMMON,
+        Key("bound", "duration", required=True, doc="a query is good when it takes at most this long"),
+        Key("source", default="statements", doc="statements (pg_stat_statements) or application (a histogram)"),
+        Key("metric", doc="source application: the histogram's name, without _bucket"),
+        Key("metric_labels", doc="source application: the histogram's own labels, summed away"),
+    ),
+    "cache_hit": Section("cache hit objective", *_COMMON),
+    "rpo": Section(
+        "rpo objective", *_COMMON,
+        Key("bound", "duration", required=True, doc="the oldest the last archived WAL segment may be"),
+        Key("backup_age", "duration", required=True, doc="the oldest the newest verified backup may be"),
+    ),
+    "rto": Section(
+        "rto objective", *_COMMON,
+        Key("bound", "duration", required=True, doc="the longest `pgvigil backup verify --restore` may take"),
+    ),
+}
+SOURCES = ("statements", "application")
+FASTEST_BURN = 14.4  # the fast page's burn factor (slos_rules.PAGE), as a share of the budget per hour
+
+
+class ObjectiveError(ConfigError):
+    """An invalid objectives file; `.errors` lists every problem as `file:line: key: message`."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One service level objective. `bound`, `backup_age` and `period` are seconds."""
+
+    name: str
+    kind: str
+    objective: float
+    period: float
+    description: str
+    bound: float | None = None
+    backup_age: float | None = None
+    source: str = "statements"
+    metric: str | None = None
+    metric_labels: tuple[str, ...] = ()
+
+    @property
+    def budget(self) -> float:
+        """The error budget: the share of events (or minutes) allowed to be bad."""
+        return round(1 - self.objective, 12)
+
+    @property
+    def alert_name(self) -> str:
+        return "Postgres" + "".join(part.capitalize() for part in self.name.split("_")) + "BudgetBurn"
+
+    def windows(self) -> dict[int, str]:
+        """Standard window (seconds of a 30-day period) -> this objective's window as a PromQL duration."""
+        scale = self.period / REFERENCE_PERIOD
+        return {standard: promql_duration(standard * scale) for standard in STANDARD_WINDOWS}
+
+
+def promql_duration(seconds: float) -> str:
+    """Seconds as one PromQL duration in the largest unit that divides them (rounded to a millisecond)."""
+    millis = int(round(seconds * 1000))
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if millis % size == 0:
+            return f"{millis // size}{unit}"
+    return f"{millis}ms"
+
+
+def load_objectives(path: str | Path | None = None) -> dict[str, Objective]:
+    """Read and validate an objectives file (the shipped defaults when `path` is None)."""
+    path = Path(path) if path is not None else DEFAULT_OBJECTIVES
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ObjectiveError([f"{path}: cannot read objectives file: {exc.strerror}"]) from None
+    return parse_objectives(text, str(path))
+
+
+def parse_objectives(text: str, source: str = "<string>") -> dict[str, Objective]:
+    """Validate objectives YAML text; `source` names it in error messages. Every error is reported."""
+    try:
+        located = load_located(text, source)
+    except YamlSyntaxError as exc:
+        raise ObjectiveError([str(exc)]) from None
+    checker = _ObjectiveChecker(located)
+    data = located.data
+    if not isinstance(data, dict) or not data:
+        checker.error((), "expected a mapping of objective names to {kind, objective, description, ...}")
+        raise ObjectiveError(checker.errors)
+    objectives = {}
+    for name, entry in data.items():
+        objective = checker.entry(str(name), entry)
+        if objective is not None:
+            objectives[objective.name] = objective
+    if checker.errors:
+        raise ObjectiveError(checker.located.in_file_order())
+    return objectives
+
+
+class _ObjectiveChecker(Checker):
+    def entry(self, name: str, entry: Any) -> Objective | None:
+        before = len(self.errors)
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            self.error((name,), "objective names are lower_snake_case (they name the alert and the recording rules)")
+        if not isinstance(entry, dict):
+            self.error((name,), f"expected a mapping with kind, objective and description, got {describe_value(entry)}")
+            return None
+        kind = self.choice(entry.get("kind"), (name, "kind"), KIND_KEYS) if "kind" in entry else None
+        # Without a valid kind the allowed keys are unknown: check only what every kind has.
+        section = KIND_KEYS[kind] if kind else Section("objective", *_COMMON)
+        self.mapping(entry, (name,), section if kind else None)
+        self.missing(entry, (name,), section)
+        values = self.scalars(entry, (name,), section)
+        self._check_objective(name, values.get("objective"))
+        period: float = values.get("period") or parse_duration(section["period"].default) or REFERENCE_PERIOD
+        if "period" in values and period < MIN_PERIOD:
+            self.error((name, "period"), "must be at least 2h24m: its shortest burn window (5m of 30d) "
+                                         "would be under a second")
+        if kind == "latency":
+            self._check_source(name, entry)
+        if kind is None or len(self.errors) != before:
+            return None
+        return Objective(
+            name=name, kind=kind, objective=float(values["objective"]), period=float(period),
+            description=values["description"].strip(), bound=values.get("bound"),
+            backup_age=values.get("backup_age"), source=entry.get("source", "statements"),
+            metric=entry.get("metric"), metric_labels=tuple(entry.get("metric_labels") or ()),
+        )
+
+    def _check_objective(self, name: str, value: float | None) -> None:
+        if value is not None and not (0 < value < 1):
+            self.error((name, "objective"), f"must be between 0 and 1 (a share such as 0.999), got {value!r}")
+        elif value is not None and (1 - value) * FASTEST_BURN >= 1:
+            # the fast page needs an error ratio of 14.4 budgets over an hour: more than all events
+            self.error((name, "objective"), f"must be above {1 - 1 / FASTEST_BURN:.4f}: with a budget of "
+                                            f"{(1 - value) * 100:g} % even a total failure cannot burn it "
+                                            f"{FASTEST_BURN:g} times too fast, so the fast burn could never page")
+
+    def _check_source(self, name: str, entry: dict) -> None:
+        source = entry.get("source", "statements")
+        if self.choice(source, (name, "source"), SOURCES) is None:
+            return
+        if source == "application":
+            metric = entry.get("metric")
+            if not (isinstance(metric, str) and re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", metric)):
+                self.error((name, "metric") if "metric" in entry else (name,),
+                           "source application needs metric: the name of a histogram, without _bucket")
+            if "metric_labels" in entry:
+                self.string_list(entry["metric_labels"], (name, "metric_labels"))
+        else:
+            for key in ("metric", "metric_labels"):
+                if key in entry:
+                    self.error((name, key), "only for source application")
