@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import pytest
+import yaml
+from click.testing import CliRunner
 
 from exporter.bundle.profiles import ProfileError, apply_profile, load_profile, parse_profile, profile_names
 from exporter.bundle.thresholds import load_thresholds
+from exporter.cli import main
 
 
 def test_the_demo_profile_caps_every_wait_and_lowers_the_ages():
@@ -57,3 +60,14 @@ def test_an_unknown_profile_is_named_with_a_suggestion():
     with pytest.raises(ProfileError) as raised:
         load_profile("dmeo")
     assert raised.value.errors == ["unknown profile 'dmeo'; did you mean 'demo'?"]
+
+
+def test_bundle_writes_the_demo_profile_only_where_asked(tmp_path):
+    result = CliRunner().invoke(main, ["bundle", "--profile", "demo"])
+    assert result.exit_code == 2 and "--profile writes a variant of the bundle: give --out DIR" in result.output
+    result = CliRunner().invoke(main, ["bundle", "--profile", "demo", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "alerts" / "pgvigil-alerts.yml").read_text()
+    assert "(alerts/thresholds.yaml, profile demo)" in text.splitlines()[0]
+    waits = {rule.get("for") for group in yaml.safe_load(text)["groups"] for rule in group["rules"]}
+    assert waits <= {"10s", None}, waits
