@@ -210,10 +210,9 @@ def test_the_issue_bands_come_from_the_right_thresholds(thresholds, uid, title, 
 
 
 def test_changed_thresholds_move_the_bands():
-    text = THRESHOLDS_FILE.read_text(encoding="utf-8").replace(
-        "connection_utilization:     # seed 001 \"Monitoring Thresholds\": Connection Pool 80 % / 95 %\n"
-        "  warning: 0.80\n  critical: 0.95",
-        "connection_utilization:\n  warning: 0.70\n  critical: 0.90")
+    text = re.sub(r"connection_utilization:.*\n  warning: 0.80\n  critical: 0.95",
+                  "connection_utilization:\n  warning: 0.70\n  critical: 0.90",
+                  THRESHOLDS_FILE.read_text(encoding="utf-8"))
     changed = parse_thresholds(text, "changed.yaml")
     assert changed["connection_utilization"].warning == 0.70, "the test's replacement no longer matches the file"
     overview = build_dashboards(changed)["overview.json"]
