@@ -420,7 +420,8 @@ class _Checker(Checker):
                            f"got {describe_value(raw['storage_allocation'])}")
         kind = self.choice(raw.get("kind", TARGET_KEYS["kind"].default), path + ("kind",), KINDS) or "postgres"
         if kind == "pgbouncer" and "databases" in raw:
-            self.error(path + ("databases",), "a pgbouncer target is one admin console: it has no databases to discover")
+            self.error(path + ("databases",),
+                       "a pgbouncer target is one admin console: it has no databases to discover")
         return TargetSpec(name=name, dsn=dsn or "", labels=tuple(labels), pool_size=pool, kind=kind,
                           storage_allocation_bytes=allocation, **self.discovery(raw, path, labels))
 

@@ -24,6 +24,7 @@ STABLE_UIDS = {  # uids are part of every bookmarked URL: never change them
     "replication.json": "pgvigil-replication",
     "security.json": "pgvigil-security",
     "vector.json": "pgvigil-vector",
+    "pgbouncer.json": "pgvigil-pgbouncer",
     "exporter.json": "pgvigil-exporter",
     "slos.json": "pgvigil-slos",
 }
@@ -77,7 +78,7 @@ def test_committed_dashboards_equal_generator_output(tmp_path, thresholds):
             f"dashboards/{path.name} differs from the generator output: run `pgvigil bundle`, never hand-edit"
 
 
-def test_eight_dashboards_with_stable_uids(committed):
+def test_every_dashboard_has_its_stable_uid(committed):
     assert {name: model["uid"] for name, model in committed.items()} == STABLE_UIDS
     titles = [model["title"] for model in committed.values()]
     assert len(set(titles)) == len(titles)
@@ -147,7 +148,8 @@ def test_every_datasource_reference_resolves_to_the_variable(committed):
 def test_variables_used_in_queries_are_defined(committed):
     for name, model in committed.items():
         defined = {v["name"] for v in model["templating"]["list"]}
-        assert {"datasource", "target"} <= defined
+        # PostgreSQL dashboards pick targets; the PgBouncer dashboard picks poolers (kind: pgbouncer targets).
+        assert "datasource" in defined and len(defined & {"target", "pooler"}) == 1
         texts = [t["expr"] for _, _, panel in panels_of({name: model}) for t in panel["targets"]]
         texts += [v["definition"] for v in model["templating"]["list"] if v["type"] == "query"]
         for text in texts:
@@ -236,7 +238,8 @@ def test_needs_environment_names_existing_panels(committed):
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (scripts/test.sh installs it)")
 def test_every_panel_query_is_valid_promql(committed, tmp_path):
     """promtool parses each expression as a recording rule; the live test then runs them."""
-    substitutes = {"target": ".*", "datname": ".*", "__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
+    substitutes = {"target": ".*", "datname": ".*", "pooler": ".*", "__rate_interval": "1m", "__interval": "15s",
+                   "__range": "1h"}
     rules = []
     for _name, _, panel in panels_of(committed):
         for target in panel["targets"]:

@@ -30,6 +30,8 @@ def sample(text: str, name: str, **labels: str) -> list[float]:
 def test_demo_workload_feeds_the_dashboards_and_cleans_up():
     running = Demo(with_prometheus=False).start()
     workdir, cluster_dir = running.workdir, running.cluster.base
+    assert running.pooler is not None, "pgbouncer is installed (scripts/test.sh installs it)"
+    pooler_dir = running.pooler.base
     try:
         time.sleep(2)  # the lock waiter and the idle transaction settle
         with urllib.request.urlopen(running.urls()["pgvigil"], timeout=30) as answer:
@@ -54,10 +56,14 @@ def test_demo_workload_feeds_the_dashboards_and_cleans_up():
     assert sample(text, "pg_stat_progress_vacuum_heap_blks", target="demo", relname="audit_log")[0] > 0
     assert sample(text, "pg_stat_archiver_archived_count", target="demo")[0] >= 1
     assert sample(text, "pgvigil_backup_last_verify_success", target="demo") == [1.0]
+    # PgBouncer in front of the primary: its console is a third target, the pooled traffic shows
+    assert sample(text, "pgbouncer_up", target="demo-pgbouncer") == [1.0]
+    assert sample(text, "pgbouncer_databases_pool_size", target="demo-pgbouncer", database="shop") == [5.0]
+    assert sample(text, "pgbouncer_stats_totals_queries_pooled_total", target="demo-pgbouncer", database="shop")[0] >= 1
     failing = [line for line in text.splitlines()
                if line.startswith("pgvigil_query_success{") and line.endswith(" 0.0")]
     assert not failing, "shipped queries fail on the demo:\n" + "\n".join(failing)
-    assert not workdir.exists() and not cluster_dir.exists(), "the demo left files behind"
+    assert not workdir.exists() and not cluster_dir.exists() and not pooler_dir.exists(), "the demo left files behind"
 
 
 def test_demo_command_prints_urls_and_stops_after_duration():

@@ -212,7 +212,7 @@ def expected_queries(cluster, dbname: str) -> set[str]:
     version = int(cluster.execute("SHOW server_version_num")[0][0])
     extensions = {row[0] for row in cluster.execute("SELECT extname FROM pg_extension", dbname)}
     config = parse_config("collectors: [default]\n")
-    return {q.name for q in config.queries if q.runs_on_version(version)
+    return {q.name for q in config.queries if q.kind == "postgres" and q.runs_on_version(version)
             and (q.requires_extension is None or q.requires_extension in extensions)}
 
 

@@ -236,6 +236,7 @@ def datasource_variable() -> dict[str, Any]:
 VARIABLE_QUERIES = {
     "target": ("Target", "label_values(pg_up, target)"),
     "datname": ("Database", 'label_values(pg_database_size_bytes{target=~"$target"}, datname)'),
+    "pooler": ("PgBouncer", "label_values(pgbouncer_up, target)"),
 }
 
 

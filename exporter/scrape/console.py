@@ -26,8 +26,15 @@ import psycopg2
 import psycopg2.extensions
 
 from exporter.config import CONSOLE_COMMANDS, Defaults, TargetSpec
-from exporter.scrape.session import (STALL_GRACE_SECONDS, ConnectFailed, FetchResult, PreparedSql, QueryFailed,
-                                     ServerFacts, TargetSession)
+from exporter.scrape.session import (
+    STALL_GRACE_SECONDS,
+    ConnectFailed,
+    FetchResult,
+    PreparedSql,
+    QueryFailed,
+    ServerFacts,
+    TargetSession,
+)
 
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 

@@ -25,8 +25,8 @@ from typing import Any, Callable, Iterable
 
 from exporter.config import Config, Defaults, QuerySpec, TargetSpec
 from exporter.scrape.capability import CAPABILITY_REFRESH_SECONDS, probe
-from exporter.scrape.discovery import Discovery, DiscoveryStatus
 from exporter.scrape.console import ConsoleSession
+from exporter.scrape.discovery import Discovery, DiscoveryStatus
 from exporter.scrape.session import FetchResult, QueryFailed, ServerFacts, Session, TargetSession, prepare_sql
 from exporter.scrape.state import Fetched, QueryOutcome, Scrape, TargetState
 

@@ -27,7 +27,8 @@ from exporter.dev.demo import Demo
 from exporter.dev.servers import WHEEL_MAJOR, server_bindir
 
 # What Grafana would put in for the variables, with the 1 s scrape interval of this test.
-VARIABLES = {"target": ".*", "datname": ".*", "__rate_interval": "10s", "__interval": "2s", "__range": "60s"}
+VARIABLES = {"target": ".*", "datname": ".*", "pooler": ".*", "__rate_interval": "10s", "__interval": "2s",
+             "__range": "60s"}
 HISTORY_SECONDS = 25  # enough samples for every rate/deriv window above
 VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
 

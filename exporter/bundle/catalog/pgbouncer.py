@@ -17,8 +17,9 @@ _DATABASE = {"name": "app", "host": "db", "port": "5432", "database": "app_produ
 POOL_UTILIZATION = (
     "pgbouncer_pools_server_active_connections"
     " / on (job, instance, target, database) group_left"
-    ' max by (job, instance, target, database) (label_replace(pgbouncer_databases_pool_size > 0,'
-    ' "database", "$1", "name", "(.+)"))'
+    # label_join with one source copies SHOW DATABASES' `name` into `database`, the pool's key
+    ' max by (job, instance, target, database) (label_join(pgbouncer_databases_pool_size > 0,'
+    ' "database", "", "name"))'
 )
 
 

@@ -1,4 +1,4 @@
-"""The seven pgvigil Grafana dashboards: what each panel shows, with bands from the alert thresholds.
+"""The pgvigil Grafana dashboards: what each panel shows, with bands from the alert thresholds.
 
 One module per dashboard, each a `dashboard(builder)` made of a few short functions, one per
 group of panels (in the order Grafana lays them out). `panels.py` holds what they share.
@@ -15,6 +15,7 @@ from typing import Any
 from exporter.bundle.dashboards import (
     exporter_health,
     overview,
+    pgbouncer,
     queries,
     replication,
     security,
@@ -25,7 +26,7 @@ from exporter.bundle.dashboards import (
 from exporter.bundle.dashboards.panels import PanelBuilder, levels
 from exporter.bundle.grafana import Dashboard, render_dashboard
 
-DASHBOARDS = (overview, queries, storage, replication, security, vector, exporter_health, slos)
+DASHBOARDS = (overview, queries, storage, replication, security, vector, pgbouncer, exporter_health, slos)
 
 # Panels whose queries can only return data where the environment has something the live test
 # (tests/e2e/test_dashboards_live.py) and `pgvigil demo` cannot have. Key: "<dashboard uid>/<panel title>".
