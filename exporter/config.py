@@ -24,6 +24,16 @@ PACKS_DIR = Path(__file__).parent / "packs"
 DEFAULT_LISTEN = "127.0.0.1:9187"
 SCOPES = ("database", "cluster")
 PREVIOUS_RUN_PLACEHOLDER = "{{previous_run}}"
+# In a query's SQL, the text[] of `defaults.exclude_schemas`: `WHERE schemaname <> ALL ({{excluded_schemas}})`.
+EXCLUDED_SCHEMAS_PLACEHOLDER = "{{excluded_schemas}}"
+# Schemas managed platforms create in the user's databases: their tables are the platform's, not the user's.
+PLATFORM_SCHEMAS = (
+    # Supabase
+    "auth", "storage", "realtime", "_realtime", "supabase_functions", "supabase_migrations", "graphql",
+    "graphql_public", "vault", "pgsodium", "pgsodium_masks", "extensions", "net", "cron", "pgbouncer",
+    # Amazon RDS and Aurora extensions (aws_s3, aws_lambda)
+    "aws_commons", "aws_s3", "aws_lambda",
+)
 RESERVED_LABELS = ("target",)
 # What a target is: a PostgreSQL server, or PgBouncer's admin console (exporter/scrape/console.py).
 KINDS = ("postgres", "pgbouncer")
@@ -112,6 +122,9 @@ DEFAULT_KEYS = Section(
     Key("ttl", "duration", 0.0, doc="0: run on every scrape; more: serve the last results that long; default 0s"),
     Key("max_series", "int", 10000, doc="rows per query (label sets for histograms); more are dropped, "
                                           "`reason=\"cardinality\"`; default 10000"),
+    Key("exclude_schemas", default=PLATFORM_SCHEMAS,
+        doc="schemas the per-table, index and security packs leave out (`{{excluded_schemas}}` in a query); "
+            "default: the managed platforms' own, see [docs/platforms.md](docs/platforms.md)"),
     Key("scrape_timeout", "duration", 10.0, doc="upper bound of a scrape; Prometheus' "
                                                 "`X-Prometheus-Scrape-Timeout-Seconds` lowers it; default 10s"),
 )
@@ -251,6 +264,7 @@ class Defaults:
     ttl: float = DEFAULT_KEYS["ttl"].default
     max_series: int = DEFAULT_KEYS["max_series"].default
     scrape_timeout: float = DEFAULT_KEYS["scrape_timeout"].default
+    exclude_schemas: tuple[str, ...] = PLATFORM_SCHEMAS
 
 
 @dataclass(frozen=True)
@@ -370,6 +384,8 @@ class _Checker(Checker):
     def defaults(self, value: Any) -> Defaults:
         raw = self.mapping(value, ("defaults",), DEFAULT_KEYS)
         values = self.scalars(raw, ("defaults",), DEFAULT_KEYS)
+        if "exclude_schemas" in raw:
+            values["exclude_schemas"] = self.string_list(raw["exclude_schemas"], ("defaults", "exclude_schemas"))
         if values.get("max_series") == 0:
             self.error(("defaults", "max_series"), "expected at least 1")
             values.pop("max_series")
@@ -524,6 +540,8 @@ class _Checker(Checker):
         name = values.get("name", "")
         if name and not _METRIC_NAME.match(name):
             self.error(path + ("name",), "expected a name matching [a-zA-Z_:][a-zA-Z0-9_:]*", doc)
+        if isinstance(values.get("sql"), str):
+            values["sql"] = values["sql"].replace(EXCLUDED_SCHEMAS_PLACEHOLDER, schema_array(defaults.exclude_schemas))
         sql = values.get("sql", "")
         labels = self.string_list(raw.get("labels", []), path + ("labels",), doc)
         for i, label in enumerate(labels):
@@ -671,6 +689,12 @@ def _option(key: Key, values: dict[str, Any], defaults: Defaults) -> Any:
         inherit = value is None or (key.default.zero_too and value == 0)
         return getattr(defaults, key.name) if inherit else value
     return key.default if value is None else value
+
+
+def schema_array(schemas: tuple[str, ...]) -> str:
+    """A text[] literal of schema names (what `{{excluded_schemas}}` becomes)."""
+    quoted = ", ".join("'" + name.replace("'", "''") + "'" for name in schemas)
+    return f"ARRAY[{quoted}]::text[]"
 
 
 def _valid_listen(listen: str) -> bool:

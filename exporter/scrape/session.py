@@ -82,6 +82,12 @@ class FetchResult:
 # started, read in the same transaction as the query so no row falls between two runs.
 PREVIOUS_RUN = "{{previous_run}}"
 _NOW_UTC = "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
+# The schemas of installed extensions not yet on the search path, appended to it (_extend_search_path).
+_EXTENSION_SEARCH_PATH = (
+    "SELECT set_config('search_path', concat_ws(', ', nullif(current_setting('search_path'), ''),"
+    " string_agg(DISTINCT quote_ident(n.nspname), ', ')), false)"
+    " FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
+    " WHERE n.nspname <> ALL (current_schemas(true))")
 
 
 def prepare_sql(query: QuerySpec, previous_run: str | None) -> PreparedSql:
@@ -151,10 +157,26 @@ class TargetSession:
         self._conn = conn
         try:
             self._facts = self._read_facts()
+            self._extend_search_path(conn)
         except QueryFailed as exc:
             self.close()
             raise ConnectFailed(str(exc)) from None
         return self._facts
+
+    def _extend_search_path(self, conn: Any) -> None:
+        """Put the schemas of installed extensions on this session's search_path, after the role's own.
+
+        Managed platforms keep extensions in a schema of their own (Supabase: pg_stat_statements in
+        `extensions`), which a monitoring role's search_path often lacks: the packs name extension
+        views unqualified and find them wherever they live. Committed, so it lasts the session."""
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT set_config('statement_timeout', %s, true)",
+                            (f"{int(self.defaults.timeout * 1000)}ms",))
+                cur.execute(_EXTENSION_SEARCH_PATH)
+            conn.commit()
+        except psycopg2.Error as exc:
+            raise self._failure(conn, exc) from None
 
     def _read_facts(self) -> ServerFacts:
         rows = self.fetch(
