@@ -68,7 +68,7 @@ VIEWS: dict[str, View] = {view.command: view for view in (
          columns=("query_count", "requests", "xact_count", "bytes_received", "bytes_sent", "query_time",
                   "wait_time", "xact_time", "server_assignment_count", "client_parse_count", "server_parse_count",
                   "bind_count"), microseconds=_TIMES),
-    # PgBouncer 1.24 names the per-database server connection limit max_db_connections.
+    # The per-database server connection limit, should a release call it max_db_connections.
     View("SHOW DATABASES", labels=("name", "host", "port", "database", "force_user", "pool_mode"),
          columns=("pool_size", "min_pool_size", "reserve_pool", "max_connections", "current_connections",
                   "paused", "disabled"), renamed={"max_db_connections": "max_connections"}),
