@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-from exporter.yamlsource import LocatedData, LocatedErrors, describe_value
+from exporter.yamlsource import LocatedData, LocatedErrors, describe_value, format_key_path, shown_key
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -109,6 +109,12 @@ class Checker:
         self.doc = doc
         self.located = LocatedErrors(doc)
         self.errors = self.located.messages
+        self.report_duplicates(doc)
+
+    def report_duplicates(self, doc: LocatedData) -> None:
+        for path, first, again in doc.duplicates:
+            self.located.messages.append(f"{doc.source}:{again}: {format_key_path(path)}: "
+                                         f"key given twice (first on line {first}); give it once")
 
     def error(self, path: tuple, message: str, doc: LocatedData | None = None) -> None:
         self.located.add(path, message, doc)
@@ -117,7 +123,7 @@ class Checker:
         """The message for a key not in the section; files with a published message format override it."""
         hint = did_you_mean(str(key), allowed)
         suggestion = f"did you mean '{hint}'?" if hint else f"expected one of: {', '.join(allowed)}"
-        return f"unknown key '{key}'; {suggestion}"
+        return f"unknown key '{shown_key(key)}'; {suggestion}"
 
     def mapping(self, value: Any, path: tuple, allowed: Section | tuple[str, ...] | None,
                 doc: LocatedData | None = None) -> dict:

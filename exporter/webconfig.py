@@ -126,7 +126,7 @@ class WebConfig:
 def load_web_config(path: str | os.PathLike) -> WebConfig:
     """Read, validate and try out a web config file; raises WebConfigError listing every problem."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")  # bad bytes: located by load_located
     except OSError as exc:
         raise WebConfigError([f"{path}: cannot read web config: {exc.strerror}"]) from None
     return parse_web_config(text, source=str(path), base_dir=Path(path).resolve().parent)

@@ -5,10 +5,13 @@ loader returns plain Python data plus a map from key path to line number.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+
+from exporter.redaction import may_hold_secret
 
 Path_ = tuple  # a key path such as ("queries", 3, "metrics", "count", "type")
 MAX_NODES = 1_000_000  # values in one document after alias expansion
@@ -27,6 +30,8 @@ class LocatedData:
     data: Any
     source: str
     lines: dict = field(default_factory=dict)
+    # (key path, line of its first occurrence, line of the repeat): YAML would silently keep the last
+    duplicates: list = field(default_factory=list)
 
     def line_of(self, path: Path_) -> int | None:
         """The line of `path`, or of its nearest ancestor that has one."""
@@ -46,19 +51,27 @@ def describe_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return f"the number {value!r}" if abs(value) < 1e15 else "a huge number"
     if isinstance(value, str):
+        if may_hold_secret(value):  # a DSN where a name or number was expected: its password must not be echoed
+            return "a string that may be a connection string (not shown)"
         shown = value if len(value) <= 40 else value[:37] + "..."
         return f"the string {shown!r}"
     if isinstance(value, list):
-        return "a list"
+        return "a list" if value else "an empty list"
     if isinstance(value, dict):
-        return "a mapping"
+        return "a mapping" if value else "an empty mapping"
     return type(value).__name__
+
+
+def shown_key(key: Any) -> Any:
+    """A mapping key as messages show it: a key that may be a connection string is not echoed."""
+    return "<key not shown>" if isinstance(key, str) and may_hold_secret(key) else key
 
 
 def format_key_path(path: Path_) -> str:
     """`queries[3].metrics.count` for ("queries", 3, "metrics", "count")."""
     out = ""
     for part in path:
+        part = shown_key(part)
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"
 
@@ -87,6 +100,7 @@ def _position(message: str) -> tuple[str, int]:
 
 
 def load_located(text: str, source: str) -> LocatedData:
+    _reject_undecodable(text, source)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -103,7 +117,7 @@ def load_located(text: str, source: str) -> LocatedData:
         located.lines[()] = 1
         return located
     try:
-        located.data = _convert(node, (), located.lines, [MAX_NODES])
+        located.data = _convert(node, (), located.lines, [MAX_NODES], located.duplicates)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         raise YamlSyntaxError(source, mark.line + 1 if mark else 1, f"invalid YAML: {exc.problem or exc}") from None
@@ -115,7 +129,21 @@ def load_located(text: str, source: str) -> LocatedData:
     return located
 
 
-def _convert(node: yaml.Node, path: Path_, lines: dict, budget: list[int]) -> Any:
+def _reject_undecodable(text: str, source: str) -> None:
+    """Files are read with errors="surrogateescape": a byte that is not UTF-8 arrives here as a lone
+    surrogate, and is reported with its line instead of a UnicodeDecodeError traceback."""
+    bad = _UNDECODED.search(text)
+    if bad:
+        line = text.count("\n", 0, bad.start()) + 1
+        column = bad.start() - text.rfind("\n", 0, bad.start())
+        raise YamlSyntaxError(source, line, f"not UTF-8 text: byte 0x{ord(bad.group()) - 0xDC00:02x} at column "
+                                            f"{column}; save the file as UTF-8")
+
+
+_UNDECODED = re.compile("[\udc80-\udcff]")
+
+
+def _convert(node: yaml.Node, path: Path_, lines: dict, budget: list[int], duplicates: list) -> Any:
     # Aliases are expanded, so a few lines can stand for billions of values ("billion laughs"):
     # `budget` counts the values built and stops the expansion long before memory runs out.
     budget[0] -= 1
@@ -129,11 +157,13 @@ def _convert(node: yaml.Node, path: Path_, lines: dict, budget: list[int]) -> An
             key = _scalar(key_node)
             key = key if isinstance(key, (str, int, float, bool)) or key is None else str(key)
             child = path + (key,)
+            if key in result:  # `dsn:` twice: YAML keeps the last silently; the checker reports it
+                duplicates.append((child, lines[child], key_node.start_mark.line + 1))
             lines[child] = key_node.start_mark.line + 1
-            result[key] = _convert(value_node, child, lines, budget)
+            result[key] = _convert(value_node, child, lines, budget, duplicates)
         return result
     if isinstance(node, yaml.SequenceNode):
-        return [_convert(item, path + (i,), lines, budget) for i, item in enumerate(node.value)]
+        return [_convert(item, path + (i,), lines, budget, duplicates) for i, item in enumerate(node.value)]
     return _scalar(node)
 
 

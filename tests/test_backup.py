@@ -99,7 +99,8 @@ def test_metrics_after_successful_runs(app_db, tmp_path):
     assert metrics["pgvigil_backup_last_run_success"] == 1.0
     assert metrics["pgvigil_backup_failures_total"] == 0.0
     assert "pgvigil_backup_last_verify_success" not in metrics  # never verified: absent, not 0
-    assert backup_metrics(tmp_path, "other") == {"pgvigil_backup_configured": 1.0, "pgvigil_backup_failures_total": 0.0}
+    assert backup_metrics(tmp_path, "other") == {"pgvigil_backup_configured": 1.0, "pgvigil_backup_failures_total": 0.0,
+                                                 "pgvigil_backup_state_errors_total": 0.0}
 
 
 def test_flipped_byte_fails_verification(app_db, tmp_path):

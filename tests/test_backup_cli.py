@@ -129,7 +129,8 @@ def test_serve_exports_the_backup_state(config_file, tmp_path):
         "pgvigil_backup_configured", "pgvigil_backup_failures_total", "pgvigil_backup_last_duration_seconds",
         "pgvigil_backup_last_run_success", "pgvigil_backup_last_size_bytes",
         "pgvigil_backup_last_success_timestamp_seconds", "pgvigil_backup_last_verify_success",
-        "pgvigil_backup_last_verify_timestamp_seconds"]
+        "pgvigil_backup_last_verify_timestamp_seconds", "pgvigil_backup_state_errors_total",
+        "pgvigil_backup_verified_backup_timestamp_seconds"]
     assert all(s.labels == {"target": "primary"} for s in samples.values())
     assert samples["pgvigil_backup_last_verify_success"].value == 1.0
 

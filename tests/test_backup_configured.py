@@ -54,6 +54,7 @@ def test_never_run_backup_dir_yields_configured(fresh_db, tmp_path):
         "pg_up": ({"target": "primary"}, 1.0),
         "pgvigil_backup_configured": ({"target": "primary"}, 1.0),
         "pgvigil_backup_failures_total": ({"target": "primary"}, 0.0),
+        "pgvigil_backup_state_errors_total": ({"target": "primary"}, 0.0),
     }
     assert not backups.exists()  # scraping reads the state, it never creates the directory
 
@@ -66,13 +67,15 @@ def test_only_failed_runs_yield_configured_without_a_success(cluster, tmp_path):
         "pgvigil_backup_configured": 1.0,
         "pgvigil_backup_failures_total": 1.0,
         "pgvigil_backup_last_run_success": 0.0,
+        "pgvigil_backup_state_errors_total": 0.0,
     }
 
 
 def test_damaged_state_file_still_yields_configured(tmp_path, caplog):
     (tmp_path / STATE_NAME).write_text("{not json")
 
-    assert backup_metrics(tmp_path, "primary") == {"pgvigil_backup_configured": 1.0}
+    assert backup_metrics(tmp_path, "primary") == {"pgvigil_backup_configured": 1.0,
+                                                   "pgvigil_backup_state_errors_total": 1.0}
     assert "backup metrics unavailable for target primary" in caplog.text
 
 

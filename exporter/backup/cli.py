@@ -104,9 +104,9 @@ def run(config_path: str | None, directory: str | None, target: str | None, dsn:
     settings = resolve(config_path, directory, target, dsn)
     if settings.dsn is None:
         raise click.UsageError("give --dsn, or --config and --target naming one of its targets")
-    target = settings.target or Conninfo.parse(settings.dsn).dbname or "default"
     backup_cfg = settings.backup
     try:
+        target = settings.target or Conninfo.parse(settings.dsn).dbname or "default"
         places = offsite_places(Path(offsite_dir) if offsite_dir else getattr(backup_cfg, "offsite_dir", None),
                                 getattr(backup_cfg, "s3", None))
         entry = run_backup(settings.dsn, target, settings.dir, progress=progress, offsite=places)

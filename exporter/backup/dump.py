@@ -226,9 +226,11 @@ def _stream_dump(conninfo: Conninfo, snapshot: str, partial: Path, progress: Pro
             out.flush()
             os.fsync(out.fileno())
         rc = proc.wait()
-    except BaseException:
+    except BaseException as exc:
         proc.kill()
         proc.wait()
+        if isinstance(exc, OSError):  # ENOSPC, EDQUOT, EROFS: a write carries no file name of its own
+            raise BackupError(f"cannot write {partial}: {exc.strerror}") from None
         raise
     reader.join()
     progress.show(size, final=True)
@@ -253,7 +255,6 @@ def run_backup(dsn: str, target: str, directory: Path, progress: bool | None = N
                offsite: Sequence[Any] = (), stream: Any = None) -> dict[str, Any]:
     """Make one backup of the database behind dsn; returns its state entry. Raises BackupError."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     stream = stream or sys.stderr
     conninfo = Conninfo.parse(dsn)
     client_program("pg_dump")  # fail before recording a run when the binary is missing
@@ -273,7 +274,10 @@ def run_backup(dsn: str, target: str, directory: Path, progress: bool | None = N
         result = _make_backup(conninfo, target, directory, entry, progress, offsite, stream)
     except BaseException as exc:
         message = str(exc) if isinstance(exc, (BackupError, _Terminated)) else f"{type(exc).__name__}: {exc}"
-        _record_failure(state_file, directory, entry, conninfo.redact(message))
+        try:
+            _record_failure(state_file, directory, entry, conninfo.redact(message))
+        except BackupError as unrecorded:  # the disk is still full: the files are gone, say the state is behind
+            message += f" (the failure is not recorded in the state: {unrecorded})"
         if isinstance(exc, (BackupError, _Terminated)):
             raise BackupError(conninfo.redact(message)) from None
         raise

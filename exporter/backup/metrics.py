@@ -16,6 +16,7 @@ pgvigil_backup_last_restore_duration_seconds       how long the last successful 
 pgvigil_backup_verified_backup_timestamp_seconds   end of the newest backup that passed verification
                                                    (the RPO objective's backup age)
 pgvigil_backup_failures_total                      failed or interrupted runs (counter)
+pgvigil_backup_state_errors_total                  scrapes where the state file was unreadable or damaged
 =================================================  ==========================================
 
 A value that does not exist yet (no successful run) is absent rather than 0, so that
@@ -33,7 +34,7 @@ from typing import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from exporter.backup.pgclient import BackupError
-from exporter.backup.state import State, StateFile, backups_of, reap_interrupted
+from exporter.backup.state import STATE_NAME, State, StateFile, backups_of, reap_interrupted
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class BackupStateCollector:
         self.dir = Path(dir)
         self.target = target
         self._complained = False
+        self.errors = 0  # scrapes that found the state file unreadable or damaged
 
     def describe(self) -> list[Metric]:
         # Nothing: registering must not read the state file.
@@ -86,14 +88,31 @@ class BackupStateCollector:
                                        labels=["target"])
         configured.add_metric([self.target], 1.0)
         yield configured
+        # Built whole before anything is yielded: a damaged state file fails this collector alone,
+        # never the scrape (an exception out of collect() turns all of /metrics into a 500).
         try:
-            state = StateFile(self.dir).read()
+            families = list(self.state_families(StateFile(self.dir).read()))
             self._complained = False
         except BackupError as exc:
-            if not self._complained:
-                log.warning("backup metrics unavailable for target %s: %s", self.target, exc)
-                self._complained = True
-            return
+            families = self.failed(str(exc))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a shape the state check missed
+            families = self.failed(f"the backup state {self.dir / STATE_NAME} is damaged ({type(exc).__name__})")
+        errors = CounterMetricFamily("pgvigil_backup_state_errors",
+                                     "Scrapes where the backup state file could not be read or was damaged.",
+                                     labels=["target"])
+        errors.add_metric([self.target], float(self.errors))
+        yield from families
+        yield errors
+
+    def failed(self, message: str) -> list[Metric]:
+        """Count the failure, log it once until the file is readable again: a scrape every 15 s must not flood."""
+        self.errors += 1
+        if not self._complained:
+            log.warning("backup metrics unavailable for target %s: %s", self.target, message)
+            self._complained = True
+        return []
+
+    def state_families(self, state: State) -> Iterator[Metric]:
         # A run killed since the last write counts as failed now, as the next writer will record it.
         reap_interrupted(state)
         # With no record yet the failure counter still starts at 0, so that increase() sees the first one.

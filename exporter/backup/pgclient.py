@@ -20,6 +20,8 @@ from typing import Mapping
 import psycopg2
 import psycopg2.extensions
 
+from exporter.redaction import dsn_secrets, redact
+
 
 class BackupError(Exception):
     """A failure the user can act on; the message is printed as is, without a traceback."""
@@ -31,6 +33,7 @@ class Conninfo:
 
     params: Mapping[str, str]
     password: str | None
+    secrets: tuple[str, ...] = ()  # the password as parsed and as written (exporter/redaction.py)
 
     @classmethod
     def parse(cls, dsn: str) -> "Conninfo":
@@ -40,7 +43,7 @@ class Conninfo:
             # psycopg2's message quotes the DSN, password included: do not pass it on.
             raise BackupError("the DSN is not a valid PostgreSQL connection string") from None
         password = params.pop("password", None)
-        return cls(params=params, password=password)
+        return cls(params=params, password=password, secrets=tuple(dsn_secrets(dsn)))
 
     @property
     def dbname(self) -> str:
@@ -73,9 +76,7 @@ class Conninfo:
         return f"{host}:{port}/{params.get('dbname', '')}"
 
     def redact(self, text: str) -> str:
-        if self.password:
-            text = text.replace(self.password, "***")
-        return text
+        return redact(text, self.secrets or ([self.password] if self.password else []))
 
 
 def client_program(name: str, server_version_num: int | None = None) -> str:

@@ -52,10 +52,12 @@ def write_file_atomically(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:  # a full disk, a read-only mount: name the file, not the temporary one
+        raise BackupError(f"cannot write {path}: {exc.strerror}") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    fsync_dir(path.parent)
 
 
 def fsync_dir(directory: Path) -> None:
@@ -77,27 +79,37 @@ class StateFile:
     def read(self) -> State:
         """The current state; an empty one when no backup ever ran here."""
         try:
-            text = self.path.read_text()
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return empty_state()
         except OSError as exc:
             raise BackupError(f"cannot read the backup state {self.path}: {exc.strerror}") from None
+        damaged = "it is rewritten whole on every change, so this file was edited or damaged"
         try:
-            state = json.loads(text)
+            state = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise BackupError(f"the backup state {self.path} is not UTF-8 (byte {exc.start}); {damaged}") from None
         except ValueError as exc:
-            raise BackupError(f"the backup state {self.path} is not valid JSON ({exc}); "
-                              "it is rewritten whole on every change, so this file was edited or damaged") from None
+            raise BackupError(f"the backup state {self.path} is not valid JSON ({exc}); {damaged}") from None
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise BackupError(f"the backup state {self.path} has an unknown format")
         state.setdefault("targets", {})
         state.setdefault("backups", [])
+        problems = shape_problems(state)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise BackupError(f"the backup state {self.path} is damaged: {problems[0]}{more}; {damaged}")
         return state
 
     @contextlib.contextmanager
     def update(self) -> Iterator[State]:
         """Lock, read, let the caller change the state, write it back atomically."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / LOCK_NAME, "a") as lock:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            lock = open(self.directory / LOCK_NAME, "a")
+        except OSError as exc:
+            raise BackupError(f"cannot write the backup state in {self.directory}: {exc.strerror}") from None
+        with lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             try:
                 state = self.read()
@@ -106,6 +118,89 @@ class StateFile:
                 write_file_atomically(self.path, (json.dumps(state, indent=2, sort_keys=True) + "\n").encode())
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+# -- shape: what every reader of the state relies on, checked once when the file is read ----------
+
+_NUMBER = "a number"
+_OPTIONAL_NUMBER = "a number or null"
+_FLAG = "true, false or null"
+_TEXT = "a string"
+_FILE = "a file name in the backup directory"
+_RECORD_FIELDS = {
+    "failures_total": "a count",
+    "previous_size_bytes": _OPTIONAL_NUMBER,
+    "last_run": {"started": _OPTIONAL_NUMBER, "finished": _OPTIONAL_NUMBER, "success": _FLAG},
+    "last_success": {"finished": _OPTIONAL_NUMBER, "size_bytes": _OPTIONAL_NUMBER,
+                     "duration_seconds": _OPTIONAL_NUMBER},
+    "last_verify": {"at": _OPTIONAL_NUMBER, "success": _FLAG},
+    "last_restore": {"at": _OPTIONAL_NUMBER, "duration_seconds": _OPTIONAL_NUMBER},
+}
+_ENTRY_REQUIRED = {"name": _FILE, "target": _TEXT, "status": "running, complete, failed or interrupted",
+                   "started": _NUMBER}
+_ENTRY_OPTIONAL = {"finished": _OPTIONAL_NUMBER, "pid": "a process id", "host": _TEXT, "partial": _FILE,
+                   "size_bytes": _OPTIONAL_NUMBER, "files": "a mapping of file names", "offsite": "a list",
+                   "verify": "a mapping or null"}
+_STATUSES = ("running", "complete", "failed", "interrupted")
+
+
+def _fits(value: Any, kind: str) -> bool:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return {
+        _NUMBER: number,
+        _OPTIONAL_NUMBER: value is None or number,
+        _FLAG: value is None or isinstance(value, bool),
+        _TEXT: isinstance(value, str),
+        # joined to the directory by prune and verify: a path elsewhere ('/etc/passwd', '../x') is damage
+        _FILE: value is None or (isinstance(value, str) and value not in ("", ".", "..") and "/" not in value),
+        "a count": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+        "a process id": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+        "a mapping of file names": isinstance(value, dict) and all(_fits(v, _FILE) and v for v in value.values()),
+        "a list": isinstance(value, list),
+        "a mapping or null": value is None or isinstance(value, dict),
+        _ENTRY_REQUIRED["status"]: value in _STATUSES,
+    }[kind]
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def shape_problems(state: State) -> list[str]:
+    """What is wrong with a parsed state document, each naming the place (`targets.primary.failures_total`)."""
+    problems: list[str] = []
+    if not isinstance(state["targets"], dict):
+        problems.append(f"targets: expected a mapping of target name to record, got {_shown(state['targets'])}")
+    else:
+        for target, record in state["targets"].items():
+            problems += _record_problems(f"targets.{target}", record, _RECORD_FIELDS)
+    if not isinstance(state["backups"], list):
+        problems.append(f"backups: expected a list, got {_shown(state['backups'])}")
+        return problems
+    for i, entry in enumerate(state["backups"]):
+        where = f"backups[{i}]"
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: expected a mapping, got {_shown(entry)}")
+            continue
+        problems += [f"{where}: missing {key}" for key in _ENTRY_REQUIRED if key not in entry]
+        problems += _record_problems(where, entry, {**_ENTRY_REQUIRED, **_ENTRY_OPTIONAL})
+    return problems
+
+
+def _record_problems(where: str, record: Any, fields: dict[str, Any]) -> list[str]:
+    if not isinstance(record, dict):
+        return [f"{where}: expected a mapping, got {_shown(record)}"]
+    problems = []
+    for key, kind in fields.items():
+        if key not in record:
+            continue
+        if isinstance(kind, dict):
+            if record[key] is not None:
+                problems += _record_problems(f"{where}.{key}", record[key], kind)
+        elif not _fits(record[key], kind):
+            problems.append(f"{where}.{key}: expected {kind}, got {_shown(record[key])}")
+    return problems
 
 
 def target_record(state: State, target: str) -> dict[str, Any]:

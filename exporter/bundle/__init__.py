@@ -16,9 +16,20 @@ docs/metrics.md is generated here too, by `exporter.bundle.metrics_doc` (`pgvigi
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from exporter.bundle import alertmanager, dashboards, examples, promtests, rules, runbooks, slos_rules, slos_tests
+from exporter.bundle import (
+    alertmanager,
+    dashboards,
+    examples,
+    output,
+    promtests,
+    rules,
+    runbooks,
+    slos_rules,
+    slos_tests,
+)
 from exporter.bundle.catalog import RUNBOOK_BASE
 from exporter.bundle.profiles import apply_profile, load_profile
 from exporter.bundle.slos import DEFAULT_OBJECTIVES, Objective, load_objectives
@@ -78,14 +89,10 @@ def write_bundle(thresholds_path: str | Path | None, out_dir: str | Path, with_e
     if with_examples:
         # read before writing anything, so a missing examples directory leaves no half bundle
         files.update(examples.render_example_files())
-    written = []
-    for relative, text in files.items():
-        target = out_dir / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(runbooks.rebase(text, runbook_base), encoding="utf-8")
-        written.append(target)
-    written.extend(dashboards.write_dashboards(thresholds, out_dir))
-    return written
+    texts = {relative: runbooks.rebase(text, runbook_base) for relative, text in files.items()}
+    texts.update({f"dashboards/{name}": json.dumps(model, indent=2, ensure_ascii=False) + "\n"
+                  for name, model in dashboards.build_dashboards(thresholds).items()})
+    return output.write_all(out_dir, texts)  # all or nothing: a full disk leaves no half bundle
 
 
 def source_name(path: Path, default: Path = DEFAULT_THRESHOLDS, shown: str = "alerts/thresholds.yaml") -> str:

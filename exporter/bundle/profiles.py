@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exporter.bundle.thresholds import Threshold, ThresholdError
+from exporter.bundle.thresholds import Threshold, ThresholdError, duration_problem
 from exporter.schema import Checker, Key, Section, did_you_mean
 from exporter.yamlsource import YamlSyntaxError, load_located
 
@@ -38,7 +38,6 @@ OVERRIDE_KEYS = Section(
     Key("for", doc="Prometheus duration"),
 )
 _DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
-_DURATION = re.compile(r"^(0|([0-9]+(ms|s|m|h|d|w|y))+)$")
 _SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 
 
@@ -108,8 +107,9 @@ def parse_profile(text: str, name: str, source: str = "<string>") -> Profile:
 
 
 def _check_duration(checker: Checker, value: Any, path: tuple) -> None:
-    if not (isinstance(value, str) and _DURATION.match(value)):
-        checker.error(path, f"expected a Prometheus duration such as 10s or 1m, got {value!r}")
+    problem = duration_problem(value, example="10s or 1m")
+    if problem:
+        checker.error(path, problem)
 
 
 def duration_seconds(duration: str) -> float:

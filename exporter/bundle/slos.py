@@ -104,7 +104,7 @@ def load_objectives(path: str | Path | None = None) -> dict[str, Objective]:
     """Read and validate an objectives file (the shipped defaults when `path` is None)."""
     path = Path(path) if path is not None else DEFAULT_OBJECTIVES
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")  # bad bytes: located by load_located
     except OSError as exc:
         raise ObjectiveError([f"{path}: cannot read objectives file: {exc.strerror}"]) from None
     return parse_objectives(text, str(path))

@@ -31,7 +31,27 @@ THRESHOLD_KEYS = Section(
     Key("min_rate", doc="traffic floor below which the alert stays quiet"),
     Key("description", required=True, doc="what is measured and where the number comes from"),
 )
-_DURATION = re.compile(r"^(0|([0-9]+(ms|s|m|h|d|w|y))+)$")
+# Prometheus' own grammar (model.ParseDuration): units from the largest to the smallest, each at most
+# once; the total must fit Go's time.Duration (int64 nanoseconds, about 292 years) or promtool fails.
+_DURATION = re.compile(r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?")
+_DURATION_PARTS = re.compile(r"(?:\d+(?:ms|s|m|h|d|w|y))+")
+_UNIT_MILLISECONDS = (365 * 86_400_000, 7 * 86_400_000, 86_400_000, 3_600_000, 60_000, 1000, 1)
+MAX_DURATION_NANOSECONDS = 2**63 - 1
+
+
+def duration_problem(value: Any, example: str = "5m or 1h30m") -> str | None:
+    """Why `value` is not a duration Prometheus accepts (None when it is one)."""
+    match = _DURATION.fullmatch(value) if isinstance(value, str) and value else None
+    if value == "0":
+        return None
+    if match is None and isinstance(value, str) and _DURATION_PARTS.fullmatch(value):
+        return f"units go from the largest to the smallest, each at most once (y, w, d, h, m, s, ms), got {value!r}"
+    if match is None:
+        return f"expected a Prometheus duration such as {example}, got {value!r}"
+    milliseconds = sum(int(amount) * unit for amount, unit in zip(match.groups(), _UNIT_MILLISECONDS) if amount)
+    if milliseconds * 1_000_000 > MAX_DURATION_NANOSECONDS:
+        return f"{value!r} is longer than Prometheus can represent (about 292 years)"
+    return None
 
 
 class ThresholdError(ConfigError):
@@ -65,7 +85,7 @@ def load_thresholds(path: str | Path | None = None) -> dict[str, Threshold]:
     """Read and validate a thresholds file (the shipped defaults when `path` is None)."""
     path = Path(path) if path is not None else DEFAULT_THRESHOLDS
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")  # bad bytes: located by load_located
     except OSError as exc:
         raise ThresholdError([f"{path}: cannot read thresholds file: {exc.strerror}"]) from None
     return parse_thresholds(text, str(path))
@@ -116,8 +136,9 @@ class _Checker(Checker):
         if "warning" in entry and "critical" in entry and warning is None and critical is None:
             self.error((name,), "at least one of warning and critical must be a number")
         duration = entry.get("for")
-        if "for" in entry and not (isinstance(duration, str) and _DURATION.match(duration)):
-            self.error((name, "for"), f"expected a Prometheus duration such as 5m or 1h30m, got {duration!r}")
+        problem = duration_problem(duration) if "for" in entry else None
+        if problem:
+            self.error((name, "for"), problem)
         unit = entry.get("unit")
         if "unit" in entry and unit not in UNITS:
             self.error((name, "unit"), f"expected one of {', '.join(UNITS)}, got {unit!r}")
