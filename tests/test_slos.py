@@ -21,7 +21,7 @@ from exporter.bundle import ALERT_FILES, render_slo_files, write_bundle
 from exporter.bundle.catalog import BASE, RUNBOOK_BASE
 from exporter.bundle.slos import DEFAULT_OBJECTIVES, ObjectiveError, load_objectives, parse_objectives
 from exporter.bundle.slos_rules import slo_groups
-from exporter.bundle.slos_tests import detection_minutes
+from exporter.bundle.slos_tests import HEALTHY_PREFIX, detection_minutes
 from exporter.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,3 +232,28 @@ def test_bundle_writes_the_slo_files(tmp_path):
     written = write_bundle(None, tmp_path)
     assert tmp_path / ALERT_FILES["slos"] in written and tmp_path / ALERT_FILES["slo_tests"] in written
     assert tmp_path / "dashboards" / "slos.json" in written
+
+
+@needs_promtool
+@pytest.mark.parametrize("objective, threshold_alert", [
+    ("cache_hit_ratio", "PostgresCacheHitRatioLow"),
+    ("rpo", "PostgresWalArchiveStale"),
+])
+def test_the_blip_pages_the_threshold_alert_but_not_the_objective(tmp_path, objective, threshold_alert):
+    """The blip scenario, run against the shipped threshold rules too: the threshold alert on the same
+    signal reaches critical, while the objective's checks (no page) hold."""
+    spec = load_objectives()[objective]
+    blip = next(t for t in committed_tests() if t["name"].startswith(f"{spec.alert_name} blip"))
+    # the last minute of the blip (it starts after HEALTHY_PREFIX minutes)
+    minutes = int(re.search(r"blip: (\d+)m", blip["name"]).group(1))
+    end = f"{HEALTHY_PREFIX + minutes - 1}m"
+    firing = f'count(ALERTS{{alertname="{threshold_alert}", alertstate="firing", severity="critical"}})'
+    document = {
+        "rule_files": [str(ROOT / ALERT_FILES[key]) for key in ("rules", "alerts", "slos")],
+        "evaluation_interval": "1m",
+        "tests": [{**blip, "promql_expr_test": [{"expr": firing, "eval_time": end,
+                                                 "exp_samples": [{"labels": "{}", "value": 1}]}]}],
+    }
+    (tmp_path / "blip.test.yml").write_text(yaml.safe_dump(document, sort_keys=False))
+    result = run("promtool", "test", "rules", "blip.test.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]

@@ -82,7 +82,7 @@ def _availability(objective: Objective, bad: list[float], interval: float) -> di
 
 def _cache_hit(objective: Objective, bad: list[float], interval: float) -> dict[str, str]:
     labels = {**BASE, "datid": "16384", "datname": "app"}
-    blocks = 1000
+    blocks = 6000  # per sample: 100 a second at 1m, above the cache_hit_ratio threshold's traffic floor
     return {
         selector("pg_stat_database_blks_hit", labels): _counter(1e8, [blocks * (1 - b) for b in bad]),
         selector("pg_stat_database_blks_read", labels): _counter(1e6, [blocks * b for b in bad]),
