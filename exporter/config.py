@@ -147,6 +147,9 @@ QUERY_KEYS = Section(
                                          "when several targets share it"),
     Key("requires_extension", "str", doc="skipped, not failed, where this extension is absent"),
     Key("max_series", "int", NONZERO_FROM_DEFAULTS, doc="default: `defaults.max_series`"),
+    Key("top_changed", doc="`{by: <counter column>, limit: K}`: export the K rows whose `by` grew most since the "
+                           "previous run, the rest summed into rows whose last label is `other` "
+                           "(see [docs/statements.md](docs/statements.md))"),
 )
 METRIC_KEYS = Section(
     "`queries[].metrics.<column>`",
@@ -226,6 +229,14 @@ class MetricSpec:
 
 
 @dataclass(frozen=True)
+class TopChanged:
+    """A query's `top_changed`: the `limit` rows whose counter `by` grew most since the previous run."""
+
+    by: str
+    limit: int
+
+
+@dataclass(frozen=True)
 class QuerySpec:
     name: str
     help: str
@@ -242,6 +253,7 @@ class QuerySpec:
     requires_extension: str | None
     max_series: int
     pack: str | None = None
+    top_changed: TopChanged | None = None
     kind: str = QUERY_KEYS["kind"].default  # the kind of target it runs on
 
     @property
@@ -554,12 +566,34 @@ class _Checker(Checker):
         scope = self.choice(raw.get("scope", QUERY_KEYS["scope"].default), path + ("scope",), SCOPES, doc)
         targets = self.string_list(raw["targets"], path + ("targets",), doc) if "targets" in raw else None
         self._check_query_shape(labels, metrics, sql, path, doc)
+        top_changed = self.top_changed(raw, labels, metrics, path, doc) if "top_changed" in raw else None
         self._check_kind(raw, sql, path, doc)
         if len(self.errors) > before:
             return None
         options = {key.name: _option(key, values, defaults) for key in QUERY_KEYS.keys if key.kind is not None}
         return QuerySpec(**{**options, "help": help_text, "labels": labels, "metrics": metrics,
-                            "targets": targets, "scope": scope, "pack": pack})
+                            "targets": targets, "scope": scope, "pack": pack,
+                            "top_changed": top_changed})
+
+    def top_changed(self, raw: dict, labels: tuple[str, ...], metrics: tuple[MetricSpec, ...], path: tuple,
+                    doc: LocatedData) -> TopChanged | None:
+        path = path + ("top_changed",)
+        body = self.mapping(raw["top_changed"], path, ("by", "limit"), doc)
+        if not isinstance(raw["top_changed"], dict):
+            return None
+        counters = [m.column for m in metrics if m.type is MetricType.COUNTER]
+        by = self.typed(body.get("by"), path + ("by",), "str", doc)
+        limit = self.typed(body.get("limit"), path + ("limit",), "int", doc)
+        if by is not None and by not in counters:
+            self.error(path + ("by",), f"expected one of the query's counter columns ({', '.join(counters) or 'none'}), "
+                                       f"got '{by}'", doc)
+            by = None
+        if limit == 0:
+            self.error(path + ("limit",), "expected at least 1", doc)
+            limit = None
+        if not labels:
+            self.error(path, "needs labels: the last one is set to 'other' on the remainder rows", doc)
+        return TopChanged(by, limit) if by is not None and limit is not None and labels else None
 
     def metrics(self, value: Any, path: tuple, query: str, query_help: str, doc: LocatedData) -> tuple[MetricSpec, ...]:
         if not isinstance(value, dict) or not value:

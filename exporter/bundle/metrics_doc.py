@@ -33,6 +33,8 @@ MEASURED = {
 }
 _RELATION = re.compile(r"\b(?:FROM|JOIN)\s+(pg_[a-z_]+)\b(?!\s*\()", re.IGNORECASE)
 _FUNCTION = re.compile(r"\b(pg_[a-z_]+)\s*\(", re.IGNORECASE)
+# A set-returning function read as a relation: `FROM pg_stat_statements(false) s`.
+_TABLE_FUNCTION = re.compile(r"\b(?:FROM|JOIN)\s+(pg_[a-z_]+)\s*\(", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,8 @@ class PackDoc:
 
 def source_views(sql: str) -> tuple[str, ...]:
     """The pg_* views a query reads; queries without a FROM name the functions they call."""
-    found = _RELATION.findall(sql) or _FUNCTION.findall(sql)
+    relations = _RELATION.findall(sql)
+    found = relations + _TABLE_FUNCTION.findall(sql) if relations else _FUNCTION.findall(sql)
     ordered = list(dict.fromkeys(name.lower() for name in found))
     # the statistics view a metric comes from first, catalogs used for joins and guards after
     ordered.sort(key=lambda name: not name.startswith(("pg_stat", "pg_statio")))

@@ -17,6 +17,7 @@ from exporter.config import QuerySpec, TargetSpec
 from exporter.scrape.exposition import label_text
 from exporter.scrape.render import Histogram, InvalidValue, RenderedRun, render_rows
 from exporter.scrape.session import ConnectFailed, FetchResult, QueryFailed, ServerFacts, Session
+from exporter.scrape.topchanged import TopChangedRows
 
 if TYPE_CHECKING:
     from exporter.scrape.discovery import Discovery
@@ -71,6 +72,7 @@ class TargetState:
         self.rtt: float | None = None
         self.statuses: dict[str, QueryStatus] = {q.name: QueryStatus() for q in queries}
         self.histograms: dict[str, dict[str, dict[tuple[Any, ...], Histogram]]] = {q.name: {} for q in queries}
+        self.top_changed = {q.name: TopChangedRows(q) for q in queries if q.top_changed is not None}
         self.previous_run: dict[str, str] = {}
         self.extensions_checked = float("-inf")
         self.probed_at = float("-inf")  # monotonic: when capability.probe last went through the queries
@@ -170,7 +172,8 @@ class TargetState:
         layout = status.result.layout if status.result is not None else None
         result = fetched.result
         try:
-            run = render_rows(query, result.columns, result.rows, self.rows_labelled(query),
+            rows = self._top_changed(query, result.columns, result.rows)
+            run = render_rows(query, result.columns, rows, self.rows_labelled(query),
                               self.histograms[query.name], layout)
         except InvalidValue as exc:
             self.record_failure(query, run_id, "error", str(exc), fetched.start)
@@ -189,6 +192,12 @@ class TargetState:
         status.rows, status.series = run.rows, run.series
         status.last_success = time.time()
         self._finish(status, fetched.start, run_id)
+
+    def _top_changed(self, query: QuerySpec, columns: list[str],
+                     rows: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:
+        """The rows of a `top_changed` query this run exports (topchanged.py); others as they came."""
+        selector = self.top_changed.get(query.name)
+        return rows if selector is None else selector.select(columns, rows)
 
     def record_failure(self, query: QuerySpec, run_id: int, reason: str, message: str, start: float) -> None:
         status = self.statuses[query.name]
