@@ -599,6 +599,7 @@ def print_plan(running: Demo) -> None:
                " they turn PENDING, then FIRING, below:")
     for eta, line in plan:
         click.echo(f"  in about {eta:3.0f}s  {line}")
+    click.echo("  (every shipped rule runs, so others the workload sets off show up too)")
 
 
 def run_until_stopped(running: Demo, duration: Optional[float]) -> None:
