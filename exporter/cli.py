@@ -98,6 +98,8 @@ def serve(config_path: str | None, dsn: str | None, listen: str | None, log_form
             click.echo(f"  {line}", err=True)
         sys.exit(1)
     setup_logging(log_level, log_format, secrets_of(config))
+    for warning in config.warnings:
+        log.warning("%s", warning)
     exporter = Exporter(config, extra_collectors(config))
     address = listen or config.listen
     try:
@@ -112,11 +114,23 @@ def serve(config_path: str | None, dsn: str | None, listen: str | None, log_form
         except ConfigError as exc:
             log.error("config reload rejected, still serving the previous config:\n  %s", "\n  ".join(exc.errors))
             return
-        exporter.reload(new, extra_collectors(new))
+        if not exporter.reload(new, extra_collectors(new)):
+            log.info("config reloaded: unchanged")
+            return
         log.info("config reloaded: %s, %s", counted(len(new.targets), "target"),
                  counted(len(new.queries), "query", "queries"))
 
-    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload_config, daemon=True).start())
+    # One reloader thread: a burst of SIGHUPs becomes one or two reloads, never a thread each.
+    reload_wanted = threading.Event()
+
+    def reloader() -> None:
+        while True:
+            reload_wanted.wait()
+            reload_wanted.clear()
+            reload_config()
+
+    threading.Thread(target=reloader, name="pgvigil-reload", daemon=True).start()
+    signal.signal(signal.SIGHUP, lambda *_: reload_wanted.set())
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     log.info("pgvigil %s listening on %s with %s and %s", __version__, address,
@@ -146,6 +160,8 @@ def counted(number: int, noun: str, plural: str = "") -> str:
 def check(config_path: str | None, dsn: str | None, connect: bool) -> None:
     """Validate the config (exit 1 listing every error); with --connect, run each query once."""
     config = read_config(config_path, dsn)
+    for warning in config.warnings:
+        click.echo(f"warning: {warning}", err=True)
     packs = ", ".join(config.collectors) or "none"
     click.echo(f"config OK: {counted(len(config.targets), 'target')}, "
                f"{counted(len(config.queries), 'query', 'queries')} (packs: {packs})")

@@ -15,10 +15,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
 
+from exporter import sqlshape
 from exporter.schema import MAX_DURATION_SECONDS as MAX_DURATION_SECONDS  # re-exported for callers
 from exporter.schema import Checker, Key, Section, did_you_mean
 from exporter.schema import parse_duration as parse_duration
-from exporter.yamlsource import LocatedData, YamlSyntaxError, describe_value, load_located
+from exporter.yamlsource import LocatedData, LocatedErrors, YamlSyntaxError, describe_value, load_located
 
 PACKS_DIR = Path(__file__).parent / "packs"
 DEFAULT_LISTEN = "127.0.0.1:9187"
@@ -122,6 +123,10 @@ DEFAULT_KEYS = Section(
     Key("ttl", "duration", 0.0, doc="0: run on every scrape; more: serve the last results that long; default 0s"),
     Key("max_series", "int", 10000, doc="rows per query (label sets for histograms); more are dropped, "
                                           "`reason=\"cardinality\"`; default 10000"),
+    Key("max_label_bytes", "int", 2048, doc="longest label value in bytes; a row with a longer one is dropped, "
+                                            "`reason=\"cardinality\"`; default 2048"),
+    Key("max_query_bytes", "int", 16 * 1024 * 1024, doc="a query's exposition text per target in bytes; series past "
+                                                        "it are dropped, `reason=\"cardinality\"`; default 16MiB"),
     Key("exclude_schemas", default=PLATFORM_SCHEMAS,
         doc="schemas the per-table, index and security packs leave out (`{{excluded_schemas}}` in a query); "
             "default: the managed platforms' own, see [docs/platforms.md](docs/platforms.md)"),
@@ -147,6 +152,8 @@ QUERY_KEYS = Section(
                                          "when several targets share it"),
     Key("requires_extension", "str", doc="skipped, not failed, where this extension is absent"),
     Key("max_series", "int", NONZERO_FROM_DEFAULTS, doc="default: `defaults.max_series`"),
+    Key("max_label_bytes", "int", NONZERO_FROM_DEFAULTS, doc="default: `defaults.max_label_bytes`"),
+    Key("max_query_bytes", "int", NONZERO_FROM_DEFAULTS, doc="default: `defaults.max_query_bytes`"),
     Key("top_changed", doc="`{by: <counter column>, limit: K}`: export the K rows whose `by` grew most since the "
                            "previous run, the rest summed into rows whose last label is `other` "
                            "(see [docs/statements.md](docs/statements.md))"),
@@ -252,6 +259,8 @@ class QuerySpec:
     scope: str
     requires_extension: str | None
     max_series: int
+    max_label_bytes: int = DEFAULT_KEYS["max_label_bytes"].default
+    max_query_bytes: int = DEFAULT_KEYS["max_query_bytes"].default
     pack: str | None = None
     top_changed: TopChanged | None = None
     kind: str = QUERY_KEYS["kind"].default  # the kind of target it runs on
@@ -275,6 +284,8 @@ class Defaults:
     connect_timeout: float = DEFAULT_KEYS["connect_timeout"].default
     ttl: float = DEFAULT_KEYS["ttl"].default
     max_series: int = DEFAULT_KEYS["max_series"].default
+    max_label_bytes: int = DEFAULT_KEYS["max_label_bytes"].default
+    max_query_bytes: int = DEFAULT_KEYS["max_query_bytes"].default
     scrape_timeout: float = DEFAULT_KEYS["scrape_timeout"].default
     exclude_schemas: tuple[str, ...] = PLATFORM_SCHEMAS
 
@@ -300,6 +311,7 @@ class Config:
     defaults: Defaults
     backup: BackupConfig | None
     source: str
+    warnings: tuple[str, ...] = ()  # located, like errors: what `pgvigil check` prints as warnings
 
     def target(self, name: str) -> TargetSpec:
         for spec in self.targets:
@@ -375,8 +387,11 @@ def expand_env(value: str, environ: Mapping[str, str] | None = None) -> tuple[st
 class _Checker(Checker):
     """Walks one config document (and the packs it names), converting it and collecting located errors."""
 
+    warnings: LocatedErrors
+
     # -- sections ---------------------------------------------------------
     def config(self, dsn: str | None) -> Config:
+        self.warnings = LocatedErrors(self.doc)
         top = self.mapping(self.doc.data, (), TOP_KEYS)
         listen = top.get("listen", TOP_KEYS["listen"].default)
         if self.typed(listen, ("listen",), "str") is not None and not _valid_listen(listen):
@@ -391,16 +406,18 @@ class _Checker(Checker):
         self.cross_check(queries, targets, backup)
         return Config(listen=listen if isinstance(listen, str) else DEFAULT_LISTEN, targets=targets,
                       queries=tuple(queries), collectors=collectors, defaults=defaults,
-                      backup=backup, source=self.doc.source)
+                      backup=backup, source=self.doc.source,
+                      warnings=tuple(self.warnings.in_file_order()))
 
     def defaults(self, value: Any) -> Defaults:
         raw = self.mapping(value, ("defaults",), DEFAULT_KEYS)
         values = self.scalars(raw, ("defaults",), DEFAULT_KEYS)
         if "exclude_schemas" in raw:
             values["exclude_schemas"] = self.string_list(raw["exclude_schemas"], ("defaults", "exclude_schemas"))
-        if values.get("max_series") == 0:
-            self.error(("defaults", "max_series"), "expected at least 1")
-            values.pop("max_series")
+        for key in ("max_series", "max_label_bytes", "max_query_bytes"):
+            if values.get(key) == 0:
+                self.error(("defaults", key), "expected at least 1")
+                values.pop(key)
         return Defaults(**values)
 
     def targets(self, value: Any, dsn: str | None) -> tuple[TargetSpec, ...]:
@@ -568,6 +585,8 @@ class _Checker(Checker):
         self._check_query_shape(labels, metrics, sql, path, doc)
         top_changed = self.top_changed(raw, labels, metrics, path, doc) if "top_changed" in raw else None
         self._check_kind(raw, sql, path, doc)
+        if raw.get("kind", QUERY_KEYS["kind"].default) == "postgres" and isinstance(sql, str):
+            self._check_sql(sql, path + ("sql",), doc)
         if len(self.errors) > before:
             return None
         options = {key.name: _option(key, values, defaults) for key in QUERY_KEYS.keys if key.kind is not None}
@@ -648,6 +667,18 @@ class _Checker(Checker):
                 self.error(path + ("labels",), "label 'le' is reserved for histogram buckets", doc)
         if PREVIOUS_RUN_PLACEHOLDER in sql and not any(m.type is MetricType.HISTOGRAM for m in metrics):
             self.error(path + ("sql",), f"{PREVIOUS_RUN_PLACEHOLDER} only makes sense for histogram metrics", doc)
+
+    def _check_sql(self, sql: str, path: tuple, doc: LocatedData) -> None:
+        """PostgreSQL's grammar decides that the SQL is one read-only query (exporter/sqlshape.py);
+        calls of functions whose effects read-only does not stop are warnings."""
+        try:
+            shape = sqlshape.inspect(sql.replace(PREVIOUS_RUN_PLACEHOLDER, "now()"))
+        except sqlshape.NotAQuery as exc:
+            self.error(path, str(exc), doc)
+            return
+        if shape.side_effect_calls:
+            self.warnings.add(path, f"calls {', '.join(shape.side_effect_calls)}: effects a read-only transaction "
+                                    "does not stop (see docs/security.md)", doc)
 
     def _check_kind(self, raw: dict, sql: str, path: tuple, doc: LocatedData) -> None:
         """A pgbouncer query sends one of the console's allowed SHOW commands, nothing else."""

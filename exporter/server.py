@@ -11,6 +11,7 @@ import logging
 import socket
 import sys
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,27 +21,38 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.config import Config
-from exporter.scrape.exposition import CONTENT_TYPE
 from exporter.scrape.assembly import ScrapeText
 from exporter.scrape.discovery import health_of, http_sd
-from exporter.scrape.runner import Runner
+from exporter.scrape.exposition import CONTENT_TYPE
+from exporter.scrape.runner import Runner, SessionFactory, open_session
 from exporter.scrape.selfmetrics import process_registry, render_self_metrics
+from exporter.scrape.session import shorten
+from exporter.scrape.state import TargetState
 
 log = logging.getLogger(__name__)
 
 # Leave Prometheus this much of its scrape timeout to receive the answer.
 SCRAPE_TIMEOUT_MARGIN = 0.5
+# A client silent this long (waiting for its next request, or mid-read) is dropped.
 CLIENT_IO_TIMEOUT = 30.0
+# From a connection's first byte (or its accept, for the TLS handshake) to the end of the request's
+# headers, however slowly the bytes trickle in: a slow-header client holds a thread no longer than this.
+HEADER_DEADLINE = 10.0
+# Sending one answer, however slowly the client reads.
+RESPONSE_DEADLINE = 60.0
 
 
 class Exporter:
     """The running state behind the HTTP server; `reload()` swaps in a new config atomically."""
 
-    def __init__(self, config: Config, extra_collectors: Iterable[Collector] = ()) -> None:
+    def __init__(self, config: Config, extra_collectors: Iterable[Collector] = (),
+                 session_factory: SessionFactory = open_session) -> None:
         self.config = config
+        self._session_factory = session_factory
         # Swapped as one value on reload, so a scrape never pairs one config's runner with another's families.
-        self._serving = (Runner(config), ScrapeText(config.queries))
+        self._serving = (Runner(config, session_factory), ScrapeText(config.queries))
         self.registry = process_registry(extra_collectors)
+        self._reload_lock = threading.Lock()
 
     @property
     def runner(self) -> Runner:
@@ -57,11 +69,20 @@ class Exporter:
         parts.append(render_self_metrics(scrape, self.registry).encode("utf-8"))
         return parts
 
-    def reload(self, config: Config, extra_collectors: Iterable[Collector] = ()) -> None:
-        old = self.runner
-        self.config, self._serving = config, (Runner(config), ScrapeText(config.queries))
-        self.registry = process_registry(extra_collectors)
-        old.close()
+    def reload(self, config: Config, extra_collectors: Iterable[Collector] = ()) -> bool:
+        """Serve `config` from now on; False when it equals the config being served (nothing to do).
+
+        Reloads run one at a time. A scrape that took the old runner finishes on it: close() cancels
+        the old runner's queries on the server and ends its runs at once, so that scrape answers
+        (200, without the abandoned queries) instead of waiting or failing."""
+        with self._reload_lock:
+            if config == self.config:
+                return False
+            old = self.runner
+            self.config, self._serving = config, (Runner(config, self._session_factory), ScrapeText(config.queries))
+            self.registry = process_registry(extra_collectors)
+            old.close()
+            return True
 
     def close(self) -> None:
         self.runner.close()
@@ -90,7 +111,32 @@ def _handler_class(exporter: Exporter, authorize: Callable[[str | None], bool] |
         def log_message(self, fmt: str, *args: object) -> None:  # route to logging, at debug
             log.debug("%s %s", self.address_string(), fmt % args)
 
+        def setup(self) -> None:
+            super().setup()
+            _REAPER.watch(self.connection, HEADER_DEADLINE)  # the TLS handshake and the first request's headers
+
+        def handle_one_request(self) -> None:
+            if not _REAPER.watching(self.connection) and not self._next_request_started():
+                self.close_connection = True
+                return
+            try:
+                super().handle_one_request()
+            finally:
+                _REAPER.release(self.connection)
+
+        def _next_request_started(self) -> bool:
+            """Wait (up to the socket timeout) for a kept-alive connection's next request; its headers
+            then have HEADER_DEADLINE."""
+            try:
+                if not self.rfile.peek(1):  # type: ignore[attr-defined]  # a BufferedReader
+                    return False
+            except OSError:
+                return False
+            _REAPER.watch(self.connection, HEADER_DEADLINE)
+            return True
+
         def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+            _REAPER.release(self.connection)  # the headers are in
             if authorize is not None and not authorize(self.headers.get("Authorization")):
                 self.send_response(401)
                 self.send_header("WWW-Authenticate", 'Basic realm="pgvigil", charset="UTF-8"')
@@ -111,19 +157,29 @@ def _handler_class(exporter: Exporter, authorize: Callable[[str | None], bool] |
                 self.reply(404, "text/plain; charset=utf-8", b"not found\n")
                 return
             try:
-                self.reply(*route(params))
+                answer = route(params)
             except Exception:  # a bug, not the database: log it, answer 500
                 log.exception("error serving %s", url.path)
-                self.reply(500, "text/plain; charset=utf-8", b"internal error\n")
+                answer = 500, "text/plain; charset=utf-8", b"internal error\n"
+            self.reply(*answer)
 
         def reply(self, code: int, content_type: str, body: bytes | list[bytes]) -> None:
+            """Send an answer; a client that hung up or reads too slowly is dropped (a debug line)."""
             chunks = [body] if isinstance(body, bytes) else body
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(sum(map(len, chunks))))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.writelines(chunks)
+            _REAPER.watch(self.connection, RESPONSE_DEADLINE)
+            try:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(sum(map(len, chunks))))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.writelines(chunks)
+                    self.wfile.flush()
+            except OSError as exc:  # BrokenPipe, ConnectionReset, a timeout, an SSL error
+                log.debug("%s went away during the answer to %s: %s", self.address_string(), self.path, exc)
+                self.close_connection = True
+            finally:
+                _REAPER.release(self.connection)
 
         do_HEAD = do_GET
 
@@ -170,12 +226,11 @@ def render_landing(exporter: Exporter) -> str:
             status = state.statuses[query.name]
             if status.success is None:
                 continue
-            outcome = "ok" if status.success else f"failed: {status.error or ''}"
+            outcome = "ok" if status.success else f"failed: {shorten(status.error or '')}"
             rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(query.name)}</td>"
                         f"<td>{status.rows}</td><td>{status.duration * 1000:.1f} ms</td><td>{html.escape(outcome)}</td></tr>")
-    targets = "".join(
-        f"<li>{html.escape(name)}: {'up' if state.up else ('down: ' + html.escape(state.error or '') if state.up is False else 'not yet scraped')}</li>"
-        for name, state in exporter.runner.targets.items()) + discovery_items(exporter)
+    targets = "".join(f"<li>{html.escape(name)}: {target_status(state)}</li>"
+                      for name, state in exporter.runner.targets.items()) + discovery_items(exporter)
     return (f"<!doctype html><html><head><title>pgvigil</title></head><body><h1>pgvigil {__version__}</h1>"
             f"<p><a href='/metrics'>/metrics</a> · <a href='/health'>/health</a></p><h2>Targets</h2><ul>{targets}</ul>"
             f"{queries_heading(exporter)}<table border='1' cellpadding='3'>"
@@ -190,10 +245,18 @@ def discovery_items(exporter: Exporter) -> str:
         skipped = ", ".join(f"{count} {outcome.replace('_', ' ')}"
                             for outcome, count in status.skipped.items() if count)
         found = (f"{status.monitored} databases discovered" + (f" (skipped: {skipped})" if skipped else "")
-                 if status.success else f"cannot list databases: {status.error or ''}"
+                 if status.success else f"cannot list databases: {shorten(status.error or '')}"
                  if status.success is False else "databases not listed yet")
         items.append(f"<li>{html.escape(status.target)} (databases: {html.escape(found)})</li>")
     return "".join(items)
+
+
+def target_status(state: TargetState) -> str:
+    if state.up:
+        return "up"
+    if state.up is False:
+        return "down: " + html.escape(shorten(state.error or ""))
+    return "not yet scraped"
 
 
 def queries_heading(exporter: Exporter) -> str:
@@ -207,6 +270,59 @@ def queries_heading(exporter: Exporter) -> str:
     return (f"<h2>Queries: {len(ran)} of {len(configured)} ran</h2><p>Not run yet on any target "
             f"({len(idle)}): {html.escape(', '.join(idle))}. A query runs only on servers within its "
             "min_server_version/max_server_version and on the targets it names; the others wait for a scrape.</p>")
+
+
+class _Reaper:
+    """Drops connections that pass their deadline, whatever their thread is blocked on.
+
+    A socket timeout bounds each read, not a request: a client sending one byte every 29 s would
+    hold its thread forever. One thread for all connections, woken at the earliest deadline."""
+
+    def __init__(self) -> None:
+        self._deadlines: dict[socket.socket, float] = {}
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, sock: socket.socket, seconds: float) -> None:
+        with self._changed:
+            self._deadlines[sock] = time.monotonic() + seconds
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pgvigil-reaper", daemon=True)
+                self._thread.start()
+            self._changed.notify()
+
+    def watching(self, sock: socket.socket) -> bool:
+        return sock in self._deadlines
+
+    def release(self, sock: socket.socket) -> None:
+        with self._changed:
+            self._deadlines.pop(sock, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                now = time.monotonic()
+                late = [sock for sock, deadline in self._deadlines.items() if deadline <= now]
+                for sock in late:
+                    del self._deadlines[sock]
+                if not late:
+                    self._changed.wait(min(self._deadlines.values(), default=now + 60) - now)
+            for sock in late:
+                _drop(sock)
+
+
+def _drop(sock: socket.socket) -> None:
+    """Unblock the thread serving `sock`: its read or write ends with an error and the handler returns."""
+    log.debug("dropping a connection past its deadline")
+    try:
+        # The plain socket's shutdown, also for TLS: SSLSocket.shutdown would pull the SSL object
+        # from under the thread using it.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+_REAPER = _Reaper()
 
 
 def host_port(host: str, port: int) -> str:

@@ -27,7 +27,7 @@ def write_config(tmp_path, dsn: str, queries: str = "") -> str:
 
 def test_check_lists_every_error_and_exits_1(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("listen: 9187\nqueries:\n  - {name: q, sql: s, metrics: {x: {type: gauge2}}}\n")
+    path.write_text("listen: 9187\nqueries:\n  - {name: q, sql: SELECT 1, metrics: {x: {type: gauge2}}}\n")
     result = pgvigil("check", "--config", str(path))
     assert result.returncode == 1
     assert result.stderr.splitlines() == [

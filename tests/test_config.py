@@ -107,19 +107,19 @@ def test_every_error_is_reported_with_file_line_and_key():
 
 @pytest.mark.parametrize("text, expected", [
     ("queries:\n  - name: q\n    sql: select 1 x\n", "c.yaml:2: queries[0]: missing required key 'metrics'"),
-    ("queries:\n  - {name: q, sql: s, metrics: {x: {type: histogram}}}\n",
+    ("queries:\n  - {name: q, sql: SELECT 1, metrics: {x: {type: histogram}}}\n",
      "c.yaml:2: queries[0].metrics.x.buckets: expected a non-empty list of upper bounds, e.g. [0.1, 0.5, 1]"),
-    ("queries:\n  - {name: q, sql: s, metrics: {x: {type: histogram, buckets: [2, 1]}}}\n",
+    ("queries:\n  - {name: q, sql: SELECT 1, metrics: {x: {type: histogram, buckets: [2, 1]}}}\n",
      "c.yaml:2: queries[0].metrics.x.buckets: expected bucket bounds in strictly increasing order"),
-    ("queries:\n  - {name: q, sql: s, targets: [nope], metrics: {x: {}}}\n",
+    ("queries:\n  - {name: q, sql: SELECT 1, targets: [nope], metrics: {x: {}}}\n",
      "c.yaml:2: queries[0].targets: unknown target 'nope'; configured: default"),
-    ("queries:\n  - {name: q, sql: s, labels: [target], metrics: {x: {}}}\n",
+    ("queries:\n  - {name: q, sql: SELECT 1, labels: [target], metrics: {x: {}}}\n",
      "c.yaml:2: queries[0].labels[0]: label 'target' is set by pgvigil; rename the column"),
-    ("queries:\n  - {name: q, sql: s, metrics: {x: {}}}\n  - {name: q, sql: s, metrics: {y: {}}}\n",
+    ("queries:\n  - {name: q, sql: SELECT 1, metrics: {x: {}}}\n  - {name: q, sql: SELECT 1, metrics: {y: {}}}\n",
      "c.yaml:3: queries[1]: query name 'q' is used twice"),
-    ("queries:\n  - {name: a, sql: s, metrics: {x: {name: m}}}\n  - {name: b, sql: s, metrics: {y: {name: m}}}\n",
+    ("queries:\n  - {name: a, sql: SELECT 1, metrics: {x: {name: m}}}\n  - {name: b, sql: SELECT 1, metrics: {y: {name: m}}}\n",
      "c.yaml:3: queries[1].metrics.y: metric 'm' is also produced by query 'a'"),
-    ("queries:\n  - {name: 1bad, sql: s, metrics: {x: {}}}\n",
+    ("queries:\n  - {name: 1bad, sql: SELECT 1, metrics: {x: {}}}\n",
      "c.yaml:2: queries[0].name: expected a name matching [a-zA-Z_:][a-zA-Z0-9_:]*"),
     ("queries:\n  - {name: q, sql: 'select {{previous_run}}', metrics: {x: {}}}\n",
      "c.yaml:2: queries[0].sql: {{previous_run}} only makes sense for histogram metrics"),
@@ -146,8 +146,8 @@ def test_versioned_variants_may_share_metric_names():
     config = parse_config(textwrap.dedent("""
         collectors: []
         queries:
-          - {name: old, sql: s, max_server_version: 129999, metrics: {x: {name: m}}}
-          - {name: new, sql: s, min_server_version: 130000, metrics: {y: {name: m}}}
+          - {name: old, sql: SELECT 1, max_server_version: 129999, metrics: {x: {name: m}}}
+          - {name: new, sql: SELECT 1, min_server_version: 130000, metrics: {y: {name: m}}}
     """))
     old, new = config.queries
     assert old.runs_on_version(120000) and not old.runs_on_version(130000)

@@ -6,12 +6,15 @@ every output pgvigil produces for the password itself.
 from __future__ import annotations
 
 import base64
+import dataclasses
+import http.client
 import os
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -22,9 +25,11 @@ import pytest
 from conftest import config_for, parse_exposition, sample
 from tls_support import make_certificates
 
-from exporter.scrape.assembly import scrape_once
-from exporter.server import start_server
 from exporter.dev.throwaway import ThrowawayCluster, free_port
+from exporter.scrape.assembly import scrape_once
+from exporter.scrape.runner import Runner
+from exporter.scrape.session import QueryFailed, TargetSession
+from exporter.server import start_server
 from exporter.webconfig import hash_password, parse_web_config
 
 # -- user SQL cannot write ---------------------------------------------------------------------------
@@ -48,19 +53,50 @@ BEGIN
 END $$;
 """
 
-WRITES = {
+# Refused by `pgvigil check` (PostgreSQL's grammar says they are not one read-only query) and by the
+# session again if they get that far.
+NOT_A_QUERY = {
     "delete": "DELETE FROM precious RETURNING id AS n",
     "update": "UPDATE precious SET v = 'pwned' RETURNING id AS n",
     "drop": "DROP TABLE precious",
     "insert_cte": "WITH w AS (INSERT INTO precious VALUES (99, 'x') RETURNING id) SELECT id AS n FROM w",
+    "nested_delete_cte": "SELECT * FROM (WITH w AS (DELETE FROM precious RETURNING id) SELECT id AS n FROM w) s",
     "smuggled_statement": "SELECT 1 AS n; DELETE FROM precious",
     "commit_then_write": "SELECT 1 AS n; COMMIT; TRUNCATE precious",
+    # The subquery wrapper is closed early and reopened: balanced as a whole, three statements inside.
+    "wrapper_escape": "SELECT 1 AS n) AS q; COMMIT; BEGIN READ WRITE; DELETE FROM precious WHERE id = 1; COMMIT;"
+                      " SELECT * FROM (SELECT 1 AS n",
+    "wrapper_escape_timeout": "SELECT 1 AS n) AS q; SET LOCAL statement_timeout = 0; SELECT * FROM (SELECT 1 AS n",
+    "set_local": "SET LOCAL statement_timeout = 0",
+    "select_into": "SELECT 1 AS n INTO copy_of_precious",
+    "for_update": "SELECT id AS n FROM precious FOR UPDATE",
+}
+# One query each, though they look like more: they run, and what looks like a second statement is text.
+ONE_QUERY_IN_DISGUISE = {
+    "comment_hides_close": "SELECT 1 AS n /* ) AS q; DELETE FROM precious; SELECT * FROM ( */",
+    # Two statements to a server with standard_conforming_strings=off, one to the check: the session pins it on.
+    "backslash_quote": "SELECT 'a\\', '; DELETE FROM precious; SELECT 1 AS n --' AS x, 1 AS n",
+    "dollar_quote": "SELECT $q$) AS q; DELETE FROM precious; SELECT * FROM ($q$ AS x, 1 AS n",
+}
+# Valid queries whose functions try to write: the read-only transaction stops them at run time.
+WRITES_AT_RUN_TIME = {
     "function_with_delete": "SELECT wipe() AS n",
     "function_turning_off_read_only": "SELECT sneaky() AS n",
     "function_set_transaction_read_write": "SELECT escalate() AS n",
     "nextval": "SELECT nextval('precious_seq') AS n",
-    "select_into": "SELECT 1 AS n INTO copy_of_precious",
 }
+
+
+def _attempt(sql: str) -> str:
+    quoted = sql.replace("'", "''")
+    return f"  - {{name: attempt, sql: '{quoted}', metrics: {{n: {{}}}}}}\n"
+
+
+def _assert_intact(cluster, name: str) -> None:
+    """Same rows, same values, the sequence untouched, nothing created."""
+    assert cluster.execute("SELECT count(*), count(*) FILTER (WHERE v LIKE 'row %') FROM precious", name) == [(5, 5)]
+    assert cluster.execute("SELECT last_value, is_called FROM precious_seq", name) == [(1, False)]
+    assert cluster.execute("SELECT to_regclass('copy_of_precious') IS NULL", name) == [(True,)]
 
 
 @pytest.fixture(scope="module")
@@ -73,19 +109,67 @@ def victim_db(cluster):
     cluster.execute(f'DROP DATABASE "{name}"')
 
 
-@pytest.mark.parametrize("sql", WRITES.values(), ids=WRITES.keys())
+@pytest.mark.parametrize("sql", WRITES_AT_RUN_TIME.values(), ids=WRITES_AT_RUN_TIME.keys())
 def test_user_sql_cannot_write(cluster, victim_db, sql):
     name, dsn = victim_db
-    quoted = sql.replace("'", "''")
-    config = config_for(dsn, f"  - {{name: attempt, sql: '{quoted}', metrics: {{n: {{}}}}}}\n")
+    config = config_for(dsn, _attempt(sql))
     samples = parse_exposition(scrape_once(config))
     assert sample(samples, "pgvigil_query_success", query="attempt") == 0
     assert sample(samples, "pgvigil_query_errors_total", query="attempt", reason="error") == 1
     assert sample(samples, "attempt_n") is None
-    # The data is intact: same rows, same values, the sequence untouched, nothing created.
-    assert cluster.execute("SELECT count(*), count(*) FILTER (WHERE v LIKE 'row %') FROM precious", name) == [(5, 5)]
-    assert cluster.execute("SELECT last_value, is_called FROM precious_seq", name) == [(1, False)]
-    assert cluster.execute("SELECT to_regclass('copy_of_precious') IS NULL", name) == [(True,)]
+    _assert_intact(cluster, name)
+
+
+@pytest.mark.parametrize("sql", NOT_A_QUERY.values(), ids=NOT_A_QUERY.keys())
+def test_check_rejects_sql_that_is_not_one_query(victim_db, tmp_path, sql):
+    _, dsn = victim_db
+    path = tmp_path / "pgvigil.yaml"
+    path.write_text(f"collectors: []\ntargets:\n  db:\n    dsn: {dsn}\nqueries:\n{_attempt(sql)}")
+    done = subprocess.run([sys.executable, "-m", "exporter", "check", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stdout
+    assert f"{path}:6: queries[0].sql: " in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("sql", NOT_A_QUERY.values(), ids=NOT_A_QUERY.keys())
+def test_the_session_refuses_sql_that_is_not_one_query(cluster, victim_db, sql):
+    """Defence in depth: a QuerySpec built in code, past the config check, is still never sent."""
+    name, dsn = victim_db
+    config = config_for(dsn, _attempt("SELECT 1 AS n"))
+    config = dataclasses.replace(config, queries=(dataclasses.replace(config.queries[0], sql=sql),))
+    samples = parse_exposition(scrape_once(config))
+    assert sample(samples, "pgvigil_query_errors_total", query="attempt", reason="error") == 1
+    assert sample(samples, "attempt_n") is None
+    _assert_intact(cluster, name)
+    # Nothing of it reached the server: no statement pgvigil sent writes or ends a transaction.
+    assert cluster.execute("SELECT count(*) FROM pg_stat_statements WHERE query LIKE '%pgvigil_query%' "
+                           "AND query ~* '(delete|update|insert|truncate|drop|commit|set local|into|for update)' "
+                           f"AND dbid = (SELECT oid FROM pg_database WHERE datname = '{name}')") == [(0,)]
+
+
+@pytest.mark.parametrize("sql", ONE_QUERY_IN_DISGUISE.values(), ids=ONE_QUERY_IN_DISGUISE.keys())
+def test_a_second_statement_in_a_comment_or_string_is_text(cluster, victim_db, sql):
+    name, dsn = victim_db
+    config = config_for(dsn, _attempt(sql))
+    samples = parse_exposition(scrape_once(config))
+    assert sample(samples, "attempt_n") == 1
+    _assert_intact(cluster, name)
+
+
+def test_check_warns_about_side_effect_functions(victim_db, tmp_path):
+    _, dsn = victim_db
+    path = tmp_path / "pgvigil.yaml"
+    path.write_text(f"collectors: []\ntargets:\n  db:\n    dsn: {dsn}\nqueries:\n"
+                    + _attempt("SELECT 1 AS n FROM (SELECT pg_advisory_lock(1), pg_notify('c', 'x')) s")
+                    + _attempt("SELECT count(*) AS n FROM pg_stat_activity").replace("attempt", "fine"))
+    done = subprocess.run([sys.executable, "-m", "exporter", "check", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1, done.stderr
+    assert f"{path}:6: queries[0].sql: " in warnings[0]
+    assert "pg_advisory_lock, pg_notify" in warnings[0]
 
 
 def test_read_only_session_leaves_no_transaction_open(cluster, victim_db):
@@ -99,6 +183,350 @@ def test_read_only_session_leaves_no_transaction_open(cluster, victim_db):
         assert states == [("idle",)]  # never "idle in transaction": every run is rolled back
     finally:
         handle.stop()
+
+
+# -- abandoned queries are cancelled on the server ------------------------------------------------------
+
+# Tries to outlive pgvigil: switches the statement timeout off for the session, then sleeps.
+SLEEPER = ("SELECT 1 AS n FROM (SELECT set_config('statement_timeout', '0', false), "
+           "set_config('lock_timeout', '0', false)) s, pg_sleep(120)")
+
+
+def _active(cluster, dbname: str) -> int:
+    rows = cluster.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgvigil' "
+                           f"AND state = 'active' AND datname = '{dbname}'")
+    return rows[0][0]
+
+
+def _wait_for_active(cluster, dbname: str, count: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if _active(cluster, dbname) == count:
+            return True
+        time.sleep(0.05)
+    return _active(cluster, dbname) == count
+
+
+def _sleeper_config(dsn: str, timeout: str = "60s", scrape_timeout: str = "30s"):
+    return config_for(dsn, f"  - {{name: sleeper, sql: \"{SLEEPER}\", timeout: {timeout}, metrics: {{n: {{}}}}}}\n",
+                      extra=f"defaults: {{scrape_timeout: {scrape_timeout}}}\n")
+
+
+def test_a_query_past_the_scrape_deadline_ends_at_its_own_timeout(cluster, fresh_db):
+    """set_config inside the query cannot lift the statement timeout already running for it."""
+    dbname = fresh_db.rsplit("/", 1)[-1]
+    runner = Runner(_sleeper_config(fresh_db, timeout="1s"))
+    try:
+        start = time.monotonic()
+        scrape = runner.scrape(0.3)
+        assert time.monotonic() - start < 1.0
+        assert [o.timed_out for o in scrape.outcomes] == [True]
+        assert _wait_for_active(cluster, dbname, 0, within=3.0)
+    finally:
+        runner.close()
+
+
+def test_the_socket_watchdog_cancels_the_query_before_cutting_the_socket(cluster, fresh_db):
+    dbname = fresh_db.rsplit("/", 1)[-1]
+    config = _sleeper_config(fresh_db)
+    session = TargetSession(config.targets[0], config.defaults)
+    session.ensure_connected()
+    conn = session._conn
+    failed: list[Exception] = []
+
+    def run() -> None:
+        try:
+            session.fetch("SELECT pg_sleep(120)", timeout=120, lock_timeout=1, wrap=False)
+        except QueryFailed as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert _wait_for_active(cluster, dbname, 1, within=5.0)
+    session._abandon(conn)  # what the watchdog does when the server's answer does not come
+    thread.join(5)
+    assert failed and not thread.is_alive()
+    assert _wait_for_active(cluster, dbname, 0, within=3.0)
+    session.close()
+
+
+def test_a_reload_cancels_the_old_config_queries_and_the_waiting_scrape_answers(cluster, fresh_db):
+    dbname = fresh_db.rsplit("/", 1)[-1]
+    handle = start_server(_sleeper_config(fresh_db))
+    try:
+        answers: list[tuple[int, float]] = []
+
+        def scrape() -> None:
+            start = time.monotonic()
+            with urllib.request.urlopen(handle.url + "/metrics", timeout=60) as response:
+                response.read()
+                answers.append((response.status, time.monotonic() - start))
+
+        thread = threading.Thread(target=scrape)
+        thread.start()
+        assert _wait_for_active(cluster, dbname, 1, within=10.0)
+        handle.exporter.reload(config_for(fresh_db, "  - {name: quick, sql: 'SELECT 1 AS n', metrics: {n: {}}}\n"))
+        thread.join(10)
+        assert answers and answers[0][0] == 200 and answers[0][1] < 10, answers
+        assert _wait_for_active(cluster, dbname, 0, within=3.0)
+    finally:
+        handle.stop()
+
+
+def test_shutdown_cancels_running_queries(cluster, fresh_db, tmp_path):
+    dbname = fresh_db.rsplit("/", 1)[-1]
+    path = tmp_path / "pgvigil.yaml"
+    path.write_text(f"collectors: []\ndefaults: {{scrape_timeout: 30s}}\ntargets:\n  db:\n    dsn: {fresh_db}\n"
+                    f"queries:\n  - {{name: sleeper, sql: \"{SLEEPER}\", timeout: 60s, metrics: {{n: {{}}}}}}\n")
+    port = free_port()
+    serve = subprocess.Popen([sys.executable, "-m", "exporter", "serve", "--config", str(path),
+                              "--listen", f"127.0.0.1:{port}"], stderr=subprocess.PIPE, text=True)
+    try:
+        scraper = threading.Thread(target=_ignore_errors, args=(f"http://127.0.0.1:{port}/metrics",), daemon=True)
+        deadline = time.monotonic() + 20
+        while _active(cluster, dbname) == 0 and time.monotonic() < deadline:
+            if not scraper.is_alive():
+                scraper = threading.Thread(target=_ignore_errors, args=(f"http://127.0.0.1:{port}/metrics",),
+                                           daemon=True)
+                scraper.start()
+            time.sleep(0.1)
+        assert _active(cluster, dbname) == 1
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(20) == 0
+        assert "Traceback" not in serve.stderr.read()
+        assert _wait_for_active(cluster, dbname, 0, within=3.0)
+    finally:
+        serve.kill()
+        serve.wait()
+
+
+def _ignore_errors(url: str) -> None:
+    try:
+        urllib.request.urlopen(url, timeout=60).read()
+    except (OSError, urllib.error.URLError):
+        pass
+
+
+# -- memory is bounded in bytes -------------------------------------------------------------------------
+
+def test_label_values_past_max_label_bytes_never_leave_the_server(fresh_db):
+    config = config_for(fresh_db, "  - {name: w, max_series: 1000, labels: [l], metrics: {v: {}}, sql: \"SELECT"
+                                  " CASE WHEN g % 2 = 0 THEN repeat('x', 500000) ELSE 'short' || g END AS l, g AS v"
+                                  " FROM generate_series(1, 1000) g\"}\n")
+    text = scrape_once(config)
+    samples = parse_exposition(text)
+    assert len(text) < 100_000
+    assert sample(samples, "w_v", l="short1") == 1 and sample(samples, "w_v", l="short999") == 999
+    assert len([k for k in samples if k[0] == "w_v"]) == 500
+    assert sample(samples, "pgvigil_query_errors_total", query="w", reason="cardinality") == 500
+
+
+def test_max_label_bytes_and_max_query_bytes_are_overridable(fresh_db):
+    rows = "SELECT repeat('y', 900) || g AS l, g AS v FROM generate_series(1, 1000) g"
+    config = config_for(fresh_db, f"  - {{name: cut, max_query_bytes: 100000, labels: [l], metrics: {{v: {{}}}},"
+                                  f" sql: \"{rows}\"}}\n"
+                                  f"  - {{name: roomy, max_label_bytes: 10000, labels: [l], metrics: {{v: {{}}}},"
+                                  f" sql: \"{rows.replace('900', '5000')}\"}}\n")
+    text = scrape_once(config)
+    samples = parse_exposition(text)
+    cut = "".join(line + "\n" for line in text.splitlines() if line.startswith("cut_v{"))
+    assert 90_000 < len(cut) <= 100_000
+    assert sample(samples, "pgvigil_query_errors_total", query="cut", reason="cardinality") == 1
+    assert len([k for k in samples if k[0] == "roomy_v"]) == 1000
+    assert sample(samples, "pgvigil_query_errors_total", query="roomy", reason="cardinality") in (None, 0)
+
+
+PEAK_RSS = """
+import resource, sys
+from exporter.config import parse_config
+from exporter.scrape.assembly import scrape_once
+config = parse_config(sys.stdin.read())
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+text = scrape_once(config)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024, len(text))
+sys.stdout.write(text)
+"""
+
+
+def _peak_rss_growth(config_text: str) -> tuple[int, str]:
+    """MiB the peak RSS of a fresh process grows by during one scrape, and the scrape's text."""
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS], input=config_text, capture_output=True, text=True,
+                          timeout=300, check=True)
+    first, _, text = done.stdout.partition("\n")
+    return int(first.split()[0]), text
+
+
+def test_histogram_observations_are_streamed_not_held(fresh_db):
+    """2,000,000 observations with max_series 100 (issue 11: 5,000,000 took 1.6 GB)."""
+    config = (f"collectors: []\ndefaults: {{scrape_timeout: 120s}}\ntargets:\n  db:\n    dsn: {fresh_db}\nqueries:\n"
+              "  - {name: h, max_series: 100, timeout: 120s, labels: [l], metrics: {v: {type: histogram,"
+              " buckets: [0.25, 0.5]}}, sql: \"SELECT (g % 150)::text AS l, (g % 4) / 4.0 AS v"
+              " FROM generate_series(1, 2000000) g\"}\n")
+    growth, text = _peak_rss_growth(config)
+    samples = parse_exposition(text)
+    counts = {labels: v for (name, labels), v in samples.items() if name == "h_v_count"}
+    # The first 100 label sets seen (1 to 100) are kept, with every one of their observations.
+    assert len(counts) == 100 and sum(counts.values()) == sum(len(range(k, 2_000_001, 150)) for k in range(1, 101))
+    assert sample(samples, "h_v_bucket", l="7", le="0.25") == sample(samples, "h_v_count", l="7") // 2
+    assert sample(samples, "pgvigil_query_errors_total", query="h", reason="cardinality") > 0
+    assert growth < 100, f"peak RSS grew by {growth} MiB"
+
+
+def test_a_query_at_every_byte_bound_stays_within_the_stated_memory(fresh_db):
+    """10,000 rows of three labels just under max_label_bytes and five metrics: 300 MB of series text
+    unbounded; bounded by max_query_bytes (16 MiB) and the fetch batch (docs/security.md)."""
+    config = (f"collectors: []\ntargets:\n  db:\n    dsn: {fresh_db}\nqueries:\n"
+              "  - {name: b, labels: [l1, l2, l3], metrics: {v1: {}, v2: {}, v3: {}, v4: {}, v5: {}}, sql: \"SELECT"
+              " repeat('a', 2000) || g AS l1, repeat('b', 2040) AS l2, repeat('c', 2040) AS l3, g AS v1, g AS v2,"
+              " g AS v3, g AS v4, g AS v5 FROM generate_series(1, 10000) g\"}\n")
+    growth, text = _peak_rss_growth(config)
+    assert len(text) < 17 * 1024 * 1024
+    assert growth < 160, f"peak RSS grew by {growth} MiB"
+
+
+# -- nothing outside a query takes a scrape down ------------------------------------------------------
+
+def _serve(path, port: int) -> subprocess.Popen:
+    serve = subprocess.Popen([sys.executable, "-m", "exporter", "serve", "--config", str(path),
+                              "--listen", f"127.0.0.1:{port}"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read()
+            return serve
+        except (OSError, urllib.error.URLError):
+            time.sleep(0.1)
+    serve.kill()
+    raise AssertionError("pgvigil serve did not start")
+
+
+def test_sighup_storm_with_concurrent_scrapers(fresh_db, tmp_path):
+    """SIGHUP every 10 ms, the config alternating between two versions, 8 scrapers: every answer a 200
+    and none waits longer than its own queries take."""
+    path = tmp_path / "pgvigil.yaml"
+    versions = [f"collectors: [default]\ntargets:\n  db:\n    dsn: {fresh_db}\n",
+                f"collectors: [default]\ntargets:\n  db:\n    dsn: {fresh_db}\n"
+                "queries:\n  - {name: extra, sql: 'SELECT 1 AS n', metrics: {n: {}}}\n"]
+    path.write_text(versions[0])
+    port = free_port()
+    serve = _serve(path, port)
+    statuses: list[int] = []
+    durations: list[float] = []
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.is_set():
+            start = time.monotonic()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+                    response.read()
+                    statuses.append(response.status)
+            except urllib.error.HTTPError as exc:
+                statuses.append(exc.code)
+            durations.append(time.monotonic() - start)
+
+    scrapers = [threading.Thread(target=scrape) for _ in range(8)]
+    try:
+        for thread in scrapers:
+            thread.start()
+        deadline, sent = time.monotonic() + 4, 0
+        while time.monotonic() < deadline:
+            if sent % 10 == 0:
+                path.write_text(versions[(sent // 10) % 2])
+            serve.send_signal(signal.SIGHUP)
+            sent += 1
+            time.sleep(0.01)
+        stop.set()
+        for thread in scrapers:
+            thread.join(30)
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(20) == 0
+        log = serve.stderr.read()
+    finally:
+        stop.set()
+        serve.kill()
+        serve.wait()
+    assert len(statuses) > 20 and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    assert max(durations) < 5, max(durations)
+    assert "config reloaded" in log and "Traceback" not in log and "ERROR" not in log
+
+
+def test_clients_hanging_up_early_log_no_error(fresh_db, tmp_path):
+    path = tmp_path / "pgvigil.yaml"
+    path.write_text(f"collectors: [default]\ntargets:\n  db:\n    dsn: {fresh_db}\n")
+    port = free_port()
+    serve = _serve(path, port)
+    try:
+        for _ in range(100):
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).status == 200
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(20) == 0
+        log = serve.stderr.read()
+    finally:
+        serve.kill()
+        serve.wait()
+    assert "Traceback" not in log and "ERROR" not in log, log[-2000:]
+
+
+def test_a_slow_header_client_is_dropped_at_the_header_deadline(fresh_db, monkeypatch):
+    import exporter.server
+
+    monkeypatch.setattr(exporter.server, "HEADER_DEADLINE", 1.0)
+    handle = start_server(config_for(fresh_db, "  - {name: q, sql: 'SELECT 1 AS n', metrics: {n: {}}}\n"))
+    host, port = urllib.parse.urlsplit(handle.url).netloc.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            start = time.monotonic()
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+            closed = False
+            while time.monotonic() - start < 8:  # a header byte every 0.2 s: each read is quick, the whole is not
+                try:
+                    sock.sendall(b"X")
+                    if sock.recv(1, socket.MSG_DONTWAIT) == b"":
+                        closed = True
+                        break
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    closed = True
+                    break
+                time.sleep(0.2)
+            assert closed and time.monotonic() - start < 3
+        # Kept-alive connections are not cut between requests by the header deadline.
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        sockets = []
+        for _ in range(2):
+            connection.request("GET", "/health")
+            response = connection.getresponse()
+            assert response.status == 200 and response.read()
+            sockets.append(connection.sock)
+            time.sleep(1.5)
+        connection.close()
+        assert sockets[0] is sockets[1]  # the same connection served both, 1.5 s apart
+    finally:
+        handle.stop()
+
+
+def test_a_huge_postgresql_error_is_truncated_everywhere(fresh_db, caplog):
+    """invalid input syntax for type integer quotes the whole 20 MB value."""
+    config = config_for(fresh_db, "  - {name: huge, sql: \"SELECT repeat('x', 20000000)::int AS n\","
+                                  " metrics: {n: {}}}\n")
+    handle = start_server(config)
+    try:
+        metrics = urllib.request.urlopen(handle.url + "/metrics", timeout=60).read()
+        landing = urllib.request.urlopen(handle.url + "/", timeout=60).read()
+        health = urllib.request.urlopen(handle.url + "/health", timeout=60).read()
+    finally:
+        handle.stop()
+    assert b'pgvigil_query_errors_total{target="db",query="huge",reason="error"} 1.0' in metrics
+    assert b"xxxxxxxxxx" in landing and b"more characters" in landing
+    for body in (metrics, landing, health):
+        assert len(body) < 20_000
+    logged = [record.getMessage() for record in caplog.records if "huge" in record.getMessage()]
+    assert logged and max(map(len, logged)) < 2_000
 
 
 # -- secrets never leak --------------------------------------------------------------------------------

@@ -7,10 +7,18 @@ text before each value is kept between runs while the label sets are unchanged,
 and only values that changed since the last run are formatted again. Histograms
 and results with duplicate label sets take the row-by-row path. Both give the
 bytes prometheus_client would (tests/test_render_equivalence.py).
+
+Memory is bounded in bytes (docs/security.md): the session's SQL nulls out label values
+longer than max_label_bytes and adds a ROW_BYTES column (the row's label bytes, -1 when a
+value was too long), so a query's rendered size is known from the rows before any text is
+built: rows past max_query_bytes are dropped and counted, with C-level work only on the
+gauge/counter path. Histogram observations are folded batch by batch into a RowSink while
+they are fetched, so they are never all in memory.
 """
 from __future__ import annotations
 
 import array
+import bisect
 import datetime as dt
 import decimal
 import itertools
@@ -24,6 +32,11 @@ from exporter.config import MetricSpec, QuerySpec
 from exporter.scrape.exposition import escape_label_value, format_value
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+MAX_PROBLEM_CHARS = 300
+# The column the session's SQL adds: the row's label bytes, or -1 when a value was over a bound.
+ROW_BYTES = "pgvigil_row_bytes"
+# Per series line beyond its label values: metric name, label names, quotes, value (an estimate).
+LINE_OVERHEAD_BYTES = 64
 
 
 class InvalidValue(Exception):
@@ -75,10 +88,11 @@ class RowProblems:
     cardinality: int = 0
     messages: list[str] = field(default_factory=list)
 
-    def note(self, reason: str, message: str) -> None:
-        setattr(self, reason, getattr(self, reason) + 1)
+    def note(self, reason: str, message: str, count: int = 1) -> None:
+        setattr(self, reason, getattr(self, reason) + count)
         if len(self.messages) < 3:
-            self.messages.append(message)
+            # A message may quote label values: kept short, as it goes to the log and the landing page.
+            self.messages.append(message if len(message) <= MAX_PROBLEM_CHARS else message[:MAX_PROBLEM_CHARS] + "...")
 
 
 @dataclass
@@ -161,7 +175,7 @@ class RenderedColumn:
 def render_rows(
     query: QuerySpec,
     columns: Sequence[str],
-    rows: Sequence[tuple],
+    rows: Sequence[tuple] | RowSink,
     target_labels: str,
     histograms: dict[str, dict[tuple, Histogram]],
     previous: RowLayout | None = None,
@@ -173,11 +187,16 @@ def render_rows(
     and is updated in place; `previous` is the layout of the previous run, reused
     when the label sets have not changed.
     """
+    if isinstance(rows, RowSink):  # a histogram query, folded while it was fetched
+        return rows.finish(target_labels, histograms)
     index = {name: i for i, name in enumerate(columns)}
     missing = [c for c in (*query.labels, *(m.column for m in query.metrics)) if c not in index]
     if missing:
-        raise InvalidValue(f"the result has no column(s) {', '.join(missing)}; it has {', '.join(columns) or 'none'}")
+        shown = ", ".join(c for c in columns if c != ROW_BYTES) or "none"
+        raise InvalidValue(f"the result has no column(s) {', '.join(missing)}; it has {shown}")
     problems = RowProblems()
+    if ROW_BYTES in index and rows:
+        rows = _within_bytes(query, rows, index[ROW_BYTES], target_labels, problems)
     # Rows of a histogram are observations, not series: there max_series bounds label sets (observe_row).
     plain_only = all(m.type in ("gauge", "counter") for m in query.metrics)
     if plain_only and len(rows) > query.max_series:
@@ -350,50 +369,193 @@ def _invalid_reason(value: Any) -> str:
 def _render_by_row(query: QuerySpec, index: dict[str, int], rows: Sequence[tuple], target_labels: str,
                    histograms: dict[str, dict[tuple, Histogram]], problems: RowProblems) -> RenderedRun:
     """The general path: histograms, duplicate label sets; row by row, in result order."""
-    label_idx = [index[name] for name in query.labels]
-    label_names = query.labels
-    plain: list[tuple[MetricSpec, int, list[str]]] = [
-        (m, index[m.column], []) for m in query.metrics if m.type in ("gauge", "counter")]
-    snapshot: list[tuple[MetricSpec, int, dict[tuple, Histogram]]] = [
-        (m, index[m.column], {}) for m in query.metrics if m.type == "gauge_histogram"]
-    cumulative = [(m, index[m.column], histograms.setdefault(m.name, {})) for m in query.metrics if m.type == "histogram"]
-    seen: set[tuple] = set()
-    for row in rows:
-        key = tuple([row[i] for i in label_idx])
-        try:
-            hash(key)
-        except TypeError:  # an array or json label value: its text is the label
-            key = tuple([to_label(v) if isinstance(v, (list, dict)) else v for v in key])
-        if snapshot or cumulative:
-            observe_row(row, key, snapshot, cumulative, problems, query.max_series)
-            if not plain:
+    sink = RowSink(query, histograms, problems)
+    sink.start(index)
+    sink.feed(rows)
+    return sink.finish(target_labels, histograms)
+
+
+class RowSink:
+    """Rows folded one batch at a time: histogram observations and the first row of each label set.
+
+    The session feeds it each batch as it is fetched (a histogram query may return millions of
+    rows), so only label sets are kept, never observations. The cumulative histograms are read
+    while rows come in (a label set they hold is always observed) and changed only by finish(),
+    so a query that fails half-way leaves them as they were.
+    """
+
+    def __init__(self, query: QuerySpec, histograms: dict[str, dict[tuple, Histogram]],
+                 problems: RowProblems | None = None) -> None:
+        self.query = query
+        self.problems = problems or RowProblems()
+        self.rows = 0
+        self._existing = histograms
+        self._index: dict[str, int] = {}
+        self._first: dict[tuple, tuple] = {}  # label set -> its first row, for gauges and counters
+        self._deltas: dict[str, dict[tuple, Histogram]] = {}
+        self._new_keys: set[tuple] = set()  # label sets not yet in the cumulative histograms
+        self._label_bytes = 0  # of the label sets kept, for max_query_bytes
+
+    def start(self, index: dict[str, int]) -> None:
+        """The result's columns (name -> position), known once the first batch arrives."""
+        missing = [c for c in (*self.query.labels, *(m.column for m in self.query.metrics)) if c not in index]
+        if missing:
+            raise InvalidValue(f"the result has no column(s) {', '.join(missing)}")
+        self._index = index
+        self._label_idx = [index[name] for name in self.query.labels]
+        self._bytes_idx = index.get(ROW_BYTES)
+        self._plain = [m for m in self.query.metrics if m.type in ("gauge", "counter")]
+        self._observed = [(m, index[m.column], self._deltas.setdefault(m.name, {}), self._existing.get(m.name, {}))
+                          for m in self.query.metrics if m.type in ("gauge_histogram", "histogram")]
+        # Lines one label set renders to: each histogram's buckets, +Inf, _count and _sum, and the gauges.
+        self._lines_per_series = max(1, sum(len(m.buckets) + 3 for m, *_ in self._observed) + len(self._plain))
+
+    def feed(self, rows: Sequence[tuple]) -> None:
+        self.rows += len(rows)
+        for row in rows:
+            if self._bytes_idx is not None and (row[self._bytes_idx] or 0) < 0:
+                self.problems.note("cardinality", f"a label value is longer than max_label_bytes "
+                                                  f"{self.query.max_label_bytes}; row dropped")
                 continue
-        if key in seen:
-            problems.note("duplicate", f"duplicate label set {dict(zip(label_names, map(to_label, key)))}; kept the first row")
-            continue
-        seen.add(key)
-        labels = target_labels + "".join(
-            [f',{n}="{escape_label_value(to_label(v))}"' for n, v in zip(label_names, key)])
-        for metric, col, out in plain:
+            key = tuple([row[i] for i in self._label_idx])
+            try:
+                hash(key)
+            except TypeError:  # an array or json label value: its text is the label
+                key = tuple([to_label(v) if isinstance(v, (list, dict)) else v for v in key])
+            if self._observed:
+                self._observe(row, key)
+            if self._plain:
+                self._keep_first(row, key)
+
+    def _observe(self, row: tuple, key: tuple) -> None:
+        limit = self.query.max_series
+        for metric, col, deltas, existing in self._observed:
             value = _cell(row, col, metric)
             if value is None:
                 continue
             try:
-                out.append(f"{metric.name}{{{labels}}} {format_value(to_number(value))}\n")
+                number = float(to_number(value))
             except InvalidValue as exc:
-                problems.note("invalid_value", f"column {metric.column}: {exc}")
-    lines = {metric.name: "".join(out) for metric, _, out in plain}
-    series = sum(len(out) for _, _, out in plain)
-    for metric, _, groups in snapshot:
-        lines[metric.name], count = _render_histograms(metric, groups, label_names, target_labels, "_gcount", "_gsum",
-                                                       always=not label_names)
-        series += count
-    for metric, _, state in cumulative:
-        lines[metric.name], count = _render_histograms(metric, state, label_names, target_labels, "_count", "_sum",
-                                                       always=not label_names)
-        series += count
-    encoded = {name: text.encode("utf-8") for name, text in lines.items()}
-    return RenderedRun(lines=encoded, rows=len(rows), series=series, problems=problems)
+                self.problems.note("invalid_value", f"column {metric.column}: {exc}")
+                continue
+            if math.isnan(number):
+                self.problems.note("invalid_value", f"column {metric.column}: NaN cannot be observed in a histogram")
+                continue
+            hist = deltas.get(key)
+            if hist is None:
+                if key not in existing and not self._admit(key, metric, len(existing), limit):
+                    continue
+                hist = deltas[key] = new_histogram(metric.buckets)
+            hist.observe(number)
+
+    def _admit(self, key: tuple, metric: MetricSpec, existing: int, limit: int) -> bool:
+        """Whether a label set new to the cumulative histogram fits max_series and max_query_bytes."""
+        if key in self._new_keys:
+            return True
+        if existing + len(self._new_keys) >= limit:
+            self.problems.note("cardinality", f"more than {limit} label sets in histogram {metric.name}")
+            return False
+        if not self._fits(key):
+            return False
+        self._new_keys.add(key)
+        return True
+
+    def _fits(self, key: tuple) -> bool:
+        """Whether a new label set's lines still fit max_query_bytes (escaping at most doubles a value)."""
+        line = 2 * sum(len(to_label(v).encode("utf-8", "surrogatepass")) for v in key) + LINE_OVERHEAD_BYTES \
+            + sum(len(n) + 4 for n in self.query.labels)
+        size = line * self._lines_per_series
+        if self._label_bytes + size > self.query.max_query_bytes:
+            self.problems.note("cardinality", f"the text would pass max_query_bytes {self.query.max_query_bytes}")
+            return False
+        self._label_bytes += size
+        return True
+
+    def _keep_first(self, row: tuple, key: tuple) -> None:
+        if key in self._first:
+            labels = dict(zip(self.query.labels, map(to_label, key)))
+            self.problems.note("duplicate", f"duplicate label set {labels}; kept the first row")
+            return
+        if len(self._first) >= self.query.max_series:  # beside a histogram, rows are observations, not series
+            self.problems.note("cardinality", f"more than max_series {self.query.max_series} label sets")
+            return
+        self._first[key] = row
+
+    def finish(self, target_labels: str, histograms: dict[str, dict[tuple, Histogram]]) -> RenderedRun:
+        """The run's lines; the observations join the cumulative histograms (in `histograms`) now."""
+        label_names = self.query.labels
+        lines: dict[str, str] = {}
+        series = 0
+        for metric in self._plain:
+            col = self._index[metric.column]
+            out = []
+            for key, row in self._first.items():
+                value = _cell(row, col, metric)
+                if value is None:
+                    continue
+                try:
+                    text = format_value(to_number(value))
+                except InvalidValue as exc:
+                    self.problems.note("invalid_value", f"column {metric.column}: {exc}")
+                    continue
+                out.append(f"{metric.name}{{{_labels(target_labels, label_names, key)}}} {text}\n")
+            lines[metric.name] = "".join(out)
+            series += len(out)
+        for metric, _, deltas, _ in self._observed:
+            if metric.type == "gauge_histogram":
+                groups, suffixes = deltas, ("_gcount", "_gsum")
+            else:
+                groups, suffixes = _merge(histograms.setdefault(metric.name, {}), deltas), ("_count", "_sum")
+            lines[metric.name], count = _render_histograms(metric, groups, label_names, target_labels, *suffixes,
+                                                           always=not label_names)
+            series += count
+        encoded = {name: text.encode("utf-8") for name, text in lines.items()}
+        return RenderedRun(lines=encoded, rows=self.rows, series=series, problems=self.problems)
+
+
+def _merge(cumulative: dict[tuple, Histogram], deltas: dict[tuple, Histogram]) -> dict[tuple, Histogram]:
+    for key, delta in deltas.items():
+        hist = cumulative.get(key)
+        if hist is None:
+            cumulative[key] = delta
+            continue
+        hist.counts = [a + b for a, b in zip(hist.counts, delta.counts)]
+        hist.total += delta.total
+        hist.count += delta.count
+    return cumulative
+
+
+def _labels(target_labels: str, label_names: Sequence[str], key: tuple) -> str:
+    return target_labels + "".join([f',{n}="{escape_label_value(to_label(v))}"' for n, v in zip(label_names, key)])
+
+
+def _within_bytes(query: QuerySpec, rows: Sequence[tuple], col: int, target_labels: str,
+                  problems: RowProblems) -> Sequence[tuple]:
+    """The rows whose series fit max_query_bytes, without the ones with a value past its bound.
+
+    ROW_BYTES holds each row's label bytes; everything here runs in C (map, accumulate, bisect),
+    never Python code per row, as this is on the gauge/counter path."""
+    sizes = list(map(operator.itemgetter(col), rows))
+    if min(sizes) < 0:
+        dropped = sizes.count(-1)
+        problems.note("cardinality", f"{dropped} row(s) with a label value longer than max_label_bytes "
+                                     f"{query.max_label_bytes}; dropped", dropped)
+        rows = list(itertools.compress(rows, map((-1).__ne__, sizes)))
+        sizes = list(itertools.compress(sizes, map((-1).__ne__, sizes)))
+    metrics = max(1, len(query.metrics))
+    per_line = len(target_labels) + LINE_OVERHEAD_BYTES + sum(len(n) + 4 for n in query.labels) + \
+        max((len(m.name) for m in query.metrics), default=0)
+    budget = query.max_query_bytes // metrics
+    if sum(sizes) + per_line * len(sizes) <= budget:  # the usual case: everything fits
+        return rows
+    ends = list(itertools.accumulate(map(operator.add, sizes, itertools.repeat(per_line))))
+    fit = bisect.bisect_right(ends, budget)
+    if fit < len(rows):
+        # Counted once per run, like rows past max_series: the rest of the result is not even fetched.
+        problems.note("cardinality", f"the query's text would pass max_query_bytes {query.max_query_bytes}; "
+                                     "the rest of the rows are dropped")
+        rows = rows[:fit]
+    return rows
 
 
 def _cell(row: tuple, col: int, metric: MetricSpec) -> Any:
@@ -402,35 +564,11 @@ def _cell(row: tuple, col: int, metric: MetricSpec) -> Any:
     return metric.default if value is None else value
 
 
-def observe_row(row: tuple, key: tuple, snapshot: list, cumulative: list, problems: RowProblems, limit: int) -> None:
-    for metric, col, groups in (*snapshot, *cumulative):
-        value = _cell(row, col, metric)
-        if value is None:
-            continue
-        try:
-            number = float(to_number(value))
-        except InvalidValue as exc:
-            problems.note("invalid_value", f"column {metric.column}: {exc}")
-            continue
-        if math.isnan(number):
-            problems.note("invalid_value", f"column {metric.column}: NaN cannot be observed in a histogram")
-            continue
-        hist = groups.get(key)
-        if hist is None:
-            if len(groups) >= limit:
-                problems.note("cardinality", f"more than {limit} label sets in histogram {metric.name}")
-                continue
-            hist = groups[key] = new_histogram(metric.buckets)
-        hist.observe(number)
-
-
 def _render_histograms(metric: MetricSpec, groups: dict, label_names: Sequence[str], target_labels: str,
                        count_suffix: str, sum_suffix: str, always: bool) -> tuple[str, int]:
     if always and not groups:
         groups = {(): new_histogram(metric.buckets)}
     lines: list[str] = []
     for key, hist in groups.items():
-        labels = target_labels + "".join(
-            [f',{n}="{escape_label_value(to_label(v))}"' for n, v in zip(label_names, key)])
-        lines += hist.render(metric.name, labels, count_suffix, sum_suffix)
+        lines += hist.render(metric.name, _labels(target_labels, label_names, key), count_suffix, sum_suffix)
     return "".join(lines), len(lines)

@@ -252,6 +252,8 @@ class Runner:
         rendering: concurrent.futures.Future[None] | None = None
         try:
             for query in queries:
+                if self._closed:  # reload or shutdown: the rest of this run is abandoned, not started
+                    break
                 fetched = self._fetch(state, index, query, run_id)
                 if fetched is None:
                     continue
@@ -290,7 +292,7 @@ class Runner:
 
     @staticmethod
     def _query(state: TargetState, index: int, query: QuerySpec) -> FetchResult:
-        prepared = prepare_sql(query, state.previous_run.get(query.name))
+        prepared = prepare_sql(query, state.previous_run.get(query.name), state.histograms[query.name])
         with state.session_locks[index]:
             return state.sessions[index].run(prepared, timeout=query.timeout, lock_timeout=query.lock_timeout)
 
@@ -302,8 +304,11 @@ class Runner:
 
     def close(self) -> None:
         """Stop: no new runs, no reconnects; running queries are cancelled on the server."""
-        self._closed = True
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:  # a scrape's _start_run submits either before this or not at all
+            self._closed = True
+        # Queued runs are not cancelled: a cancelled future never wakes a scrape waiting on it.
+        # They start, find the runner closed and end at once.
+        self._pool.shutdown(wait=False)
         self._render_pool.shutdown(wait=False, cancel_futures=True)
         for state in self.targets.values():
             state.close()

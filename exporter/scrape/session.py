@@ -3,8 +3,10 @@ and the preparation of a query's SQL for a run (`{{previous_run}}`, the row cap)
 
 Every query runs in its own READ ONLY transaction that is always rolled back,
 so a session is never left idle in transaction and user SQL cannot write.
-The SQL is wrapped as a subquery, which rejects multi-statement text such as
-"SELECT 1; COMMIT; DELETE ..." at parse time.
+Before anything is sent, PostgreSQL's own grammar (exporter/sqlshape.py) decides
+that the SQL is exactly one read-only query: config validation rejects anything
+else, and the session refuses it again here, so a second statement ("... ; COMMIT;
+DELETE ...", "SET LOCAL statement_timeout = 0") never reaches a server.
 
 The runner sees a session only through the `Session` protocol, so its scheduling
 is tested with a fake session and no database.
@@ -12,6 +14,7 @@ is tested with a fake session and no database.
 from __future__ import annotations
 
 import logging
+import operator
 import re
 import socket
 import threading
@@ -24,12 +27,19 @@ import psycopg2.extensions
 
 from exporter.config import Defaults, MetricType, QuerySpec, TargetSpec
 from exporter.redaction import dsn_password, redact
+from exporter.scrape.render import ROW_BYTES, Histogram, InvalidValue, RowSink
+from exporter.sqlshape import NotAQuery, inspect
 
 log = logging.getLogger(__name__)
 
 # Seconds a blocked socket read may outlast statement_timeout before we cut the socket:
 # covers a network stall, where the server's own timeout can never reach us.
 STALL_GRACE_SECONDS = 2.0
+# Seconds the watchdog lets its cancel request try to reach the server before it cuts the socket.
+CANCEL_GRACE_SECONDS = 1.0
+# Characters of a server or driver message kept (logs, landing page, /health): PostgreSQL can
+# send an error of any size (a RAISE with a 20 MB message).
+MAX_MESSAGE_CHARS = 1000
 
 # A double-quoted fragment of an error message; group 1 marks a libpq option name (kept).
 _QUOTED = re.compile(r'(option )?"([^"]*)"')
@@ -60,22 +70,43 @@ class ServerFacts:
     database: str
 
 
+# Rows are fetched through a cursor in batches of about this many bytes of Python objects (each
+# row's size is bounded by the SQL around the query: label values by max_label_bytes, values by
+# MAX_VALUE_BYTES), so no result is ever held whole by libpq or the driver.
+BATCH_BYTES = 16 * 1024 * 1024
+# A metric column's value larger than this (pg_column_size: a float8 is 8) drops its row.
+MAX_VALUE_BYTES = 64
+# A Python object per value: what a value costs in memory beyond its bytes.
+VALUE_OVERHEAD_BYTES = 100
+_ROWS_CURSOR = "pgvigil_rows"
+
+
 @dataclass(frozen=True)
 class PreparedSql:
-    """What one run of a query sends: its SQL, an optional prelude SELECT and a row cap."""
+    """What one run of a query sends: its SQL, an optional prelude SELECT and a row cap.
+
+    `columns` is the select list around the query's result, `batch_rows` the rows fetched at once
+    through a cursor (None: all at once), `byte_budget` the label bytes after which no more rows are
+    fetched, and `sink` folds each batch as it comes (histograms: the rows are not kept)."""
 
     sql: str
     prelude: str | None = None
     limit: int | None = None
+    columns: str = "*"
+    batch_rows: int | None = None
+    byte_budget: int | None = None
+    sink: RowSink | None = None
 
 
 @dataclass(frozen=True)
 class FetchResult:
-    """A query's columns and rows, and the prelude's value when one was run."""
+    """A query's columns and rows, the prelude's value when one was run, and the sink the rows were
+    folded into instead of being kept (then `rows` is empty)."""
 
     columns: list[str]
     rows: list[tuple]
     prelude: Any = None
+    folded: RowSink | None = None
 
 
 # `{{previous_run}}` becomes the server time at which the query's previous successful run
@@ -90,15 +121,42 @@ _EXTENSION_SEARCH_PATH = (
     " WHERE n.nspname <> ALL (current_schemas(true))")
 
 
-def prepare_sql(query: QuerySpec, previous_run: str | None) -> PreparedSql:
-    """The SQL of one run of `query`; `previous_run` is the prelude value of its last successful run."""
+def prepare_sql(query: QuerySpec, previous_run: str | None,
+                histograms: dict[str, dict[tuple, Histogram]] | None = None) -> PreparedSql:
+    """The SQL of one run of `query`; `previous_run` is the prelude value of its last successful run,
+    `histograms` the query's cumulative histograms on the target (read while its rows are folded)."""
     sql, prelude = query.sql, None
     if query.uses_previous_run:
         literal = f"'{previous_run}'::timestamptz" if previous_run else "now()"
         sql, prelude = sql.replace(PREVIOUS_RUN, literal), _NOW_UTC
     # One row past max_series tells that the result was cut; histogram rows are observations, not series.
     plain = all(m.type in (MetricType.GAUGE, MetricType.COUNTER) for m in query.metrics)
-    return PreparedSql(sql, prelude, query.max_series + 1 if plain else None)
+    limit = query.max_series + 1 if plain else None
+    row_bytes = len(query.labels) * query.max_label_bytes + \
+        (len(query.labels) + len(query.metrics) + 1) * (MAX_VALUE_BYTES + VALUE_OVERHEAD_BYTES)
+    batch = max(1, BATCH_BYTES // row_bytes)
+    sink = None if plain else RowSink(query, histograms if histograms is not None else {})
+    return PreparedSql(sql, prelude, limit, columns=bounded_columns(query), batch_rows=batch,
+                       byte_budget=query.max_query_bytes // max(1, len(query.metrics)) if plain else None, sink=sink)
+
+
+def bounded_columns(query: QuerySpec) -> str:
+    """The select list around a query's result: its label and metric columns, each value within its
+    bound, and ROW_BYTES (the row's label bytes, or -1 when a value is over its bound: the row is
+    dropped, and that value never leaves the server)."""
+    labels = [f"pgvigil_query.{_identifier(name)}" for name in query.labels]
+    values = [f"pgvigil_query.{_identifier(m.column)}" for m in query.metrics]
+    too_long = [f"octet_length({c}::text) > {int(query.max_label_bytes)}" for c in labels]
+    too_large = [f"pg_column_size({c}) > {MAX_VALUE_BYTES}" for c in values]
+    over = " OR ".join([*too_long, *too_large]) or "false"
+    kept = [f"CASE WHEN {bound} THEN NULL ELSE {c} END AS {c.split('.', 1)[1]}"
+            for c, bound in zip([*labels, *values], [*too_long, *too_large])]
+    size = " + ".join(f"coalesce(octet_length({c}::text), 0)" for c in labels) or "0"
+    return ", ".join([*kept, f"CASE WHEN {over} THEN -1 ELSE {size} END AS {ROW_BYTES}"])
+
+
+def _identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 class Session(Protocol):
@@ -149,7 +207,10 @@ class TargetSession:
                 connect_timeout=max(1, int(round(self.defaults.connect_timeout))),
                 application_name="pgvigil",
                 keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
-                options="-c default_transaction_read_only=on -c idle_in_transaction_session_timeout=60000",
+                # standard_conforming_strings pinned to on, the setting the SQL check parses with:
+                # with it off, 'a\\', '; DELETE ...' would be one statement to the check, two to the server.
+                options="-c default_transaction_read_only=on -c idle_in_transaction_session_timeout=60000"
+                        " -c standard_conforming_strings=on",
             )
         except psycopg2.Error as exc:
             raise ConnectFailed(self.connect_message(exc)) from None
@@ -230,11 +291,20 @@ class TargetSession:
 
     # -- queries ---------------------------------------------------------
     def run(self, prepared: PreparedSql, timeout: float, lock_timeout: float) -> FetchResult:
-        """Run a prepared query: wrapped as a subquery, capped at its row limit."""
-        return self.fetch(prepared.sql, timeout, lock_timeout, prelude=prepared.prelude, limit=prepared.limit)
+        """Run a prepared query: wrapped as a subquery, capped at its row limit.
+
+        SQL that is not exactly one read-only query is refused before anything is sent (the config
+        check already rejects it: this is the second line of defence, e.g. for a query built in code)."""
+        try:
+            inspect(prepared.sql)
+        except NotAQuery as exc:
+            raise QueryFailed(f"refused to run: {exc}") from None
+        return self.fetch(prepared.sql, timeout, lock_timeout, prelude=prepared.prelude, limit=prepared.limit,
+                          prepared=prepared)
 
     def fetch(self, sql: str, timeout: float, lock_timeout: float, wrap: bool = True,
-              prelude: str | None = None, limit: int | None = None) -> FetchResult:
+              prelude: str | None = None, limit: int | None = None,
+              prepared: PreparedSql | None = None) -> FetchResult:
         """Run one query in a read-only transaction.
 
         `limit` caps the rows the server sends (a wrapped query only), so a runaway
@@ -245,10 +315,11 @@ class TargetSession:
             raise QueryFailed("not connected", connection_lost=True)
         conn = self._conn
         assert conn is not None
-        text = f"SELECT * FROM (\n{sql.strip().rstrip(';')}\n) AS pgvigil_query" if wrap else sql
+        columns = prepared.columns if prepared is not None else "*"
+        text = f"SELECT {columns} FROM (\n{sql.strip().rstrip(';')}\n) AS pgvigil_query" if wrap else sql
         if wrap and limit is not None:
             text += f" LIMIT {int(limit)}"
-        watchdog = threading.Timer(timeout + STALL_GRACE_SECONDS, self._cut_socket, args=(conn,))
+        watchdog = threading.Timer(timeout + STALL_GRACE_SECONDS, self._abandon, args=(conn,))
         watchdog.daemon = True
         watchdog.start()
         try:
@@ -261,13 +332,19 @@ class TargetSession:
                 if prelude:
                     cur.execute(prelude)
                     prelude_value = cur.fetchone()[0]
-                cur.execute(text)
-                columns = [d.name for d in cur.description] if cur.description else []
-                rows = cur.fetchall() if cur.description else []
+                if wrap and prepared is not None and prepared.batch_rows is not None:
+                    result = self._fetch_batches(cur, text, prepared)
+                else:
+                    cur.execute(text)
+                    result = FetchResult([d.name for d in cur.description] if cur.description else [],
+                                         cur.fetchall() if cur.description else [])
             conn.rollback()
-            return FetchResult(columns, rows, prelude_value)
+            return FetchResult(result.columns, result.rows, prelude_value, result.folded)
         except psycopg2.Error as exc:
             raise self._failure(conn, exc) from None
+        except InvalidValue as exc:
+            self._rollback(conn)
+            raise QueryFailed(str(exc), connection_lost=self._conn is None) from None
         except (ValueError, OverflowError) as exc:
             # The driver could not convert a value (year 294276, an interval of 10^8 years):
             # the query fails, the session stays usable.
@@ -279,6 +356,41 @@ class TargetSession:
                               "(e.g. extract(epoch FROM ...))", connection_lost=self._conn is None) from None
         finally:
             watchdog.cancel()
+
+    @staticmethod
+    def _fetch_batches(cur: Any, text: str, prepared: PreparedSql) -> FetchResult:
+        """The rows through a cursor, `batch_rows` at a time: a batch is folded into the sink, or kept
+        until the rows' label bytes pass the byte budget (the renderer drops the excess and counts it)."""
+        cur.execute(f"DECLARE {_ROWS_CURSOR} NO SCROLL CURSOR FOR {text}")
+        size = int(prepared.batch_rows or 1)
+        fetch = f"FETCH FORWARD {size} FROM {_ROWS_CURSOR}"
+        rows: list[tuple] = []
+        label_bytes = 0
+        cur.execute(fetch)
+        columns = [d.name for d in cur.description]
+        if prepared.sink is not None:
+            prepared.sink.start({name: i for i, name in enumerate(columns)})
+        sizes = operator.itemgetter(columns.index(ROW_BYTES)) if ROW_BYTES in columns else None
+        while True:
+            batch = cur.fetchall()
+            if prepared.sink is not None:
+                prepared.sink.feed(batch)
+            else:
+                rows += batch
+                if sizes is not None and prepared.byte_budget is not None and batch:
+                    label_bytes += sum(map(sizes, batch))
+                    if label_bytes > prepared.byte_budget:
+                        break
+            if len(batch) < size:
+                break
+            cur.execute(fetch)
+        return FetchResult(columns, rows, folded=prepared.sink)
+
+    def _rollback(self, conn: Any) -> None:
+        try:
+            conn.rollback()
+        except psycopg2.Error:
+            self.close()
 
     def _failure(self, conn: Any, exc: psycopg2.Error) -> QueryFailed:
         lost = conn.closed != 0 or isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)) and (
@@ -293,6 +405,18 @@ class TargetSession:
             self.close()
         return QueryFailed(self.clean_message(exc), reason="timeout" if timeout else "error", connection_lost=lost,
                            sqlstate=exc.pgcode)
+
+    @classmethod
+    def _abandon(cls, conn: Any) -> None:
+        """Give up on a query: cancel it on the server, then unblock our read by cutting the socket.
+
+        The cancel goes first, on its own connection: once the socket is cut the backend can no
+        longer be reached through this connection, and would run on after pgvigil gave up. It runs
+        in its own thread, as connecting for it may hang as long as the network stall itself."""
+        canceller = threading.Thread(target=_send_cancel, args=(conn,), name="pgvigil-cancel", daemon=True)
+        canceller.start()
+        canceller.join(CANCEL_GRACE_SECONDS)
+        cls._cut_socket(conn)
 
     @staticmethod
     def _cut_socket(conn: Any) -> None:
@@ -325,4 +449,18 @@ class TargetSession:
     def clean_message(self, exc: BaseException) -> str:
         message = getattr(exc, "pgerror", None) or str(exc)
         first = " ".join(line.strip() for line in message.strip().splitlines()[:2])
-        return redact(first, self._secrets)
+        return shorten(redact(first, self._secrets))  # redacted first, so no cut leaves a secret's prefix
+
+
+def shorten(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """At most `limit` characters of a message, saying how much was left out."""
+    if len(message) <= limit:
+        return message
+    return f"{message[:limit]}... ({len(message) - limit} more characters)"
+
+
+def _send_cancel(conn: Any) -> None:
+    try:
+        conn.cancel()
+    except psycopg2.Error:
+        pass

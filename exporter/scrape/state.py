@@ -172,7 +172,8 @@ class TargetState:
         layout = status.result.layout if status.result is not None else None
         result = fetched.result
         try:
-            rows = self._top_changed(query, result.columns, result.rows)
+            # Histogram rows were folded into a sink while they were fetched (render.RowSink).
+            rows = self._top_changed(query, result.columns, result.rows) if result.folded is None else result.folded
             run = render_rows(query, result.columns, rows, self.rows_labelled(query),
                               self.histograms[query.name], layout)
         except InvalidValue as exc:

@@ -6,6 +6,7 @@ same runner against real PostgreSQL.
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from fake_session import FakeServer, Script
@@ -209,3 +210,68 @@ def test_health_reports_reachability_and_round_trip(run):
     server.sessions[0].close()
     server.refuse_connections = True
     assert runner.health() == {"db": {"up": False, "rtt_seconds": None, "error": "connection refused"}}
+
+
+def test_close_wakes_every_waiting_scrape_at_once(run):
+    """A reload closes the runner a scrape is waiting on: the scrape answers then, not at its deadline."""
+    gate = threading.Event()
+    server = FakeServer(Script("slow", gate=gate))
+    runner = run(config('  - {name: q, sql: "SELECT 1 AS x -- slow", metrics: {x: {}}}\n'), server)
+    durations: list[float] = []
+
+    def scrape() -> None:
+        start = time.monotonic()
+        runner.scrape(timeout=30)
+        durations.append(time.monotonic() - start)
+
+    threads = [threading.Thread(target=scrape) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    while server.runs_of("slow") == 0:
+        time.sleep(0.005)
+    runner.close()
+    for thread in threads:
+        thread.join(5)
+    assert len(durations) == 8 and max(durations) < 2, durations
+    assert server.cancels == 1
+    runner.scrape(timeout=30)  # a scrape that took the runner just before close() still answers
+
+
+def test_reload_storm_under_concurrent_scrapes(run):
+    """Reloads every millisecond while 16 threads scrape: no error, and no scrape waits past its queries."""
+    from exporter.server import Exporter
+
+    server = FakeServer(Script("SELECT", columns=["x"], rows=[(1,)]))
+    configs = [config('  - {name: a, sql: "SELECT 1 AS x", metrics: {x: {}}}\n'),
+               config('  - {name: b, sql: "SELECT 2 AS x", metrics: {x: {}}}\n')]
+    exporter = Exporter(configs[0], session_factory=server.factory)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    durations: list[float] = []
+
+    def scrape() -> None:
+        while not stop.is_set():
+            start = time.monotonic()
+            try:
+                text = exporter.metrics(5.0)
+            except BaseException as exc:  # noqa: B036 (any failure is what this test looks for)
+                failures.append(exc)
+                return
+            durations.append(time.monotonic() - start)
+            assert "pgvigil_scrape_duration_seconds" in text or "pg_up" in text
+
+    threads = [threading.Thread(target=scrape) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    reloads = 0
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        reloads += exporter.reload(configs[(reloads + 1) % 2])
+        time.sleep(0.001)
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    exporter.close()
+    assert not failures, failures[:3]
+    assert reloads > 100 and len(durations) > 100
+    assert max(durations) < 1.0, max(durations)
