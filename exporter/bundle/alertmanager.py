@@ -1,6 +1,6 @@
 """The Alertmanager configuration: who hears about which alert, and which alerts mute others.
 
-Routing follows the reference documents' channels by severity: critical pages (PagerDuty) and
+Routing by severity: critical pages (PagerDuty) and
 also goes to email and Slack; warning goes to Slack and email. Alerts are grouped per alert name
 and target. Three inhibit rules keep the noise down: a critical alert mutes the warning of the same
 alert on the same object, and PostgresDown (PostgresPgBouncerDown) mutes every other alert of that target.

@@ -74,7 +74,7 @@ ALERTS = (
         has_quiet_case=True,
     ),
     # PostgreSQL exposes no recall or graph quality: searches getting slower against the same
-    # window a day earlier (same time of day) is the efficiency signal (seed 002). Speed, not
+    # window a day earlier (same time of day) is the efficiency signal. Speed, not
     # slowdown, so the value is a ratio in (0, 1] when things get worse, like the other ratios.
     AlertSpec(
         name="PostgresVectorIndexEfficiencyDegraded",
