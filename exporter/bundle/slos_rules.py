@@ -100,17 +100,25 @@ def _application_latency(objective: Objective, window: str) -> str:
 def breach_expr(objective: Objective) -> str | None:
     """rpo/rto: 1 while out of bounds, 0 while within, per target."""
     if objective.kind == "rto":
-        return f"pgvigil_backup_last_restore_duration_seconds > bool {number(objective.bound or 0)}"
+        return _target_labels(
+            f"pgvigil_backup_last_restore_duration_seconds > bool {number(objective.bound or 0)}")
     if objective.kind == "rpo":
+        backup = _target_labels(
+            f"time() - pgvigil_backup_verified_backup_timestamp_seconds > bool {number(objective.backup_age or 0)}")
         return (
             "max without(slo_input) (\n"
             f'  label_replace(pg_stat_archiver_last_archive_age > bool {number(objective.bound or 0)}, '
             '"slo_input", "wal", "", "")\n'
-            "  or label_replace(time() - pgvigil_backup_verified_backup_timestamp_seconds"
-            f' > bool {number(objective.backup_age or 0)}, "slo_input", "backup", "", "")\n'
+            f'  or label_replace({backup}, "slo_input", "backup", "", "")\n'
             ")"
         )
     return None
+
+
+def _target_labels(expr: str) -> str:
+    """`expr` with the labels of the target's pg_up: the backup metrics lack the target's constant
+    labels (env, cluster, ...), which every other objective's series carry."""
+    return f"0 * pg_up + on(job, instance, target) ({expr})"
 
 
 def recording_rules(objective: Objective) -> list[dict]:

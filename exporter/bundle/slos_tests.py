@@ -112,20 +112,28 @@ def _latency(objective: Objective, bad: list[float], interval: float) -> dict[st
     }
 
 
+# The backup collector's series carry job, instance and target only, not the target's constant labels.
+_BACKUP = {key: BASE[key] for key in ("job", "instance", "target")}
+
+
 def _rpo(objective: Objective, bad: list[float], interval: float) -> dict[str, str]:
     bound, backup_age = objective.bound or 0.0, objective.backup_age or 0.0
     # the newest verified backup stays half the allowed age old: a new one verifies as time passes
     stamps = [k * interval - backup_age / 2 for k in range(len(bad))]
     return {
+        selector("pg_up", BASE): _values([1.0] * len(bad)),
         selector("pg_stat_archiver_last_archive_age", BASE): _values([bound * 2 if b else bound / 3 for b in bad]),
-        selector("pgvigil_backup_verified_backup_timestamp_seconds", BASE): _values(stamps),
+        selector("pgvigil_backup_verified_backup_timestamp_seconds", _BACKUP): _values(stamps),
     }
 
 
 def _rto(objective: Objective, bad: list[float], interval: float) -> dict[str, str]:
     bound = objective.bound or 0.0
-    return {selector("pgvigil_backup_last_restore_duration_seconds", BASE):
-            _values([bound * 1.5 if b else bound / 2 for b in bad])}
+    return {
+        selector("pg_up", BASE): _values([1.0] * len(bad)),
+        selector("pgvigil_backup_last_restore_duration_seconds", _BACKUP):
+            _values([bound * 1.5 if b else bound / 2 for b in bad]),
+    }
 
 
 SIGNALS = {
