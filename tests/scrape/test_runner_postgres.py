@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+import time
 
 import pytest
 from conftest import config_for, parse_exposition, sample
@@ -146,6 +147,25 @@ def test_no_session_is_left_idle_in_transaction(fresh_db, cluster):
         runner.close()
     assert cluster.execute(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{dbname}'"
                            " AND application_name = 'pgvigil'") == [(0,)]
+
+
+def test_successful_queries_do_not_count_as_rolled_back_transactions(fresh_db, cluster):
+    """pgvigil's transactions end in COMMIT: its own scrapes must not raise the rollback ratio it alerts on."""
+    dbname = fresh_db.rsplit("/", 1)[1]
+    counts = f"SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = '{dbname}'"
+    commits_before, rollbacks_before = cluster.execute(counts)[0]
+    runner = Runner(config_for(fresh_db, '  - {name: ok, sql: "SELECT 1 AS x", metrics: {x: {}}}\n'))
+    try:
+        for _ in range(5):
+            assert sample(scrape(runner), "ok_x") == 1
+    finally:
+        runner.close()  # the backend's exit flushes its statistics
+    deadline = time.monotonic() + 10
+    while cluster.execute(counts)[0][0] - commits_before < 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    commits, rollbacks = cluster.execute(counts)[0]
+    assert commits - commits_before >= 5
+    assert rollbacks == rollbacks_before
 
 
 def test_series_no_longer_returned_disappear(fresh_db, cluster):
