@@ -338,8 +338,6 @@ class TargetSession:
                     cur.execute(text)
                     result = FetchResult([d.name for d in cur.description] if cur.description else [],
                                          cur.fetchall() if cur.description else [])
-            # COMMIT, not ROLLBACK: the transaction is read-only, so the two are the same for the data,
-            # but pg_stat_database counts every ROLLBACK, and pgvigil's own would fire the rollback-ratio alert.
             conn.rollback()
             return FetchResult(result.columns, result.rows, prelude_value, result.folded)
         except psycopg2.Error as exc:
@@ -367,7 +365,9 @@ class TargetSession:
         fetch = f"FETCH FORWARD {size} FROM {_ROWS_CURSOR}"
         rows: list[tuple] = []
         label_bytes = 0
-        cur.execute(fetch)
+        # One round trip for the cursor and its first batch, as for a plain query: most results fit
+        # one batch. Both statements are ours; the user's SQL inside was checked to be one query.
+        cur.execute(f"DECLARE {_ROWS_CURSOR} NO SCROLL CURSOR FOR {text}; {fetch}")
         columns = [d.name for d in cur.description]
         if prepared.sink is not None:
             prepared.sink.start({name: i for i, name in enumerate(columns)})
