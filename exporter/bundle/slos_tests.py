@@ -274,12 +274,21 @@ def test_group(objective: Objective, title: str, segments: list[tuple[float, flo
         title = f"{title} within {alert_checks[-1]['_minutes']}m (workbook: {detection_minutes(objective)}m)"
     for checked in alert_checks:
         checked.pop("_minutes", None)
-    return {
+    group = {
         "name": f"{objective.alert_name} {title}",
         "interval": promql_duration(timeline.interval),
         "input_series": [{"series": name, "values": values} for name, values in timeline.series().items()],
         "alert_rule_test": alert_checks,
     }
+    if title.startswith("healthy"):
+        # exactly one series per target, with the target's constant labels, and budget left
+        group["promql_expr_test"] = [{
+            "expr": f'count by (target, cluster) (pgvigil:slo_budget_remaining:ratio{{slo="{objective.name}"}} > 0)',
+            "eval_time": alert_checks[-1]["eval_time"],
+            "exp_samples": [{"labels": selector("", {"target": BASE["target"], "cluster": BASE["cluster"]}),
+                             "value": 1}],
+        }]
+    return group
 
 
 def _alert_check(objective: Objective, timeline: Timeline, check: Check, scale: float) -> dict:
