@@ -15,10 +15,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import jsonschema
+import psycopg2
 import pytest
 import yaml
 
@@ -26,7 +28,8 @@ from exporter.bundle.alertmanager import webhook_config
 from exporter.bundle.dashboards import build_dashboards
 from exporter.bundle.thresholds import load_thresholds
 from exporter.config import parse_config
-from exporter.dev.throwaway import ThrowawayCluster
+from exporter.dev.pgbouncer import pgbouncer_binary
+from exporter.dev.throwaway import ThrowawayCluster, free_port
 from exporter.scrape.assembly import scrape_once
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,9 +39,10 @@ SECRETS_MOUNT = "/run/secrets"
 # What each service may read: its own secrets volume and nothing else (generate.sh writes them).
 OWN_SECRETS = {
     "postgres": ("postgres-secrets", "postgres", {"postgres_password", "monitor_password"}),
-    "pgvigil": ("pgvigil-secrets", "pgvigil", {"pgvigil_dsn"}),
+    "pgvigil": ("pgvigil-secrets", "pgvigil", {"pgvigil_dsn", "pgbouncer_dsn"}),
     "demo-workload": ("demo-secrets", "demo", {"postgres_dsn"}),
     "grafana": ("grafana-secrets", "grafana", {"grafana_admin_password"}),
+    "pgbouncer": ("pgbouncer-secrets", "pgbouncer", {"userlist.txt"}),
 }
 
 
@@ -230,6 +234,7 @@ def test_every_secret_path_a_service_reads_is_in_its_own_volume(compose):
     init_scripts = "".join(path.read_text() for path in
                            repo_path_for(compose, "postgres", "/docker-entrypoint-initdb.d").glob("*.sh"))
     extra = {"pgvigil": stack_config,
+             "pgbouncer": repo_path_for(compose, "pgbouncer", "/etc/pgbouncer/pgbouncer.ini").read_text(),
              "postgres": init_scripts.replace("${PGVIGIL_SECRETS:-/run/secrets}", SECRETS_MOUNT)}
     for name, (_, _, files) in OWN_SECRETS.items():
         text = json.dumps(compose["services"][name]) + extra.get(name, "")
@@ -240,7 +245,7 @@ def test_every_secret_path_a_service_reads_is_in_its_own_volume(compose):
 def test_demo_workload_runs_the_image_pgvigil_builds(compose):
     services = compose["services"]
     builders = [name for name, service in services.items() if "build" in service]
-    assert builders == ["pgvigil"]
+    assert sorted(builders) == ["pgbouncer", "pgvigil"]  # PgBouncer's image: deploy/pgbouncer
     workload = services["demo-workload"]
     assert workload["image"] == services["pgvigil"]["image"] and workload["pull_policy"] == "never"
     assert "pgvigil" in workload["depends_on"], "`up demo-workload` alone must still build the image"
@@ -278,6 +283,39 @@ def start_demo_workload(compose: dict, secrets: Path) -> subprocess.Popen:
     return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def start_stack_pgbouncer(compose: dict, userlist: Path, server_port: int,
+                          workdir: Path) -> tuple[subprocess.Popen, int]:
+    """PgBouncer from the stack's own pgbouncer.ini and generated userlist, in front of this server."""
+    port = free_port()
+    ini = repo_path_for(compose, "pgbouncer", "/etc/pgbouncer/pgbouncer.ini").read_text()
+    for compose_value, local in (("host=postgres port=5432", f"host=127.0.0.1 port={server_port}"),
+                                 ("listen_addr = 0.0.0.0", "listen_addr = 127.0.0.1"),
+                                 ("listen_port = 6432", f"listen_port = {port}"),
+                                 (f"{SECRETS_MOUNT}/userlist.txt", str(workdir / "userlist.txt"))):
+        assert compose_value in ini
+        ini = ini.replace(compose_value, local)
+    (workdir / "pgbouncer.ini").write_text(ini)
+    shutil.copy(userlist, workdir / "userlist.txt")
+    binary = pgbouncer_binary()
+    assert binary is not None, "pgbouncer is not installed (scripts/test.sh installs it)"
+    argv = [binary, str(workdir / "pgbouncer.ini")]
+    if os.geteuid() == 0:  # PgBouncer refuses to run as root
+        shutil.chown(workdir, "postgres", "postgres")
+        for path in workdir.iterdir():
+            shutil.chown(path, "postgres", "postgres")
+        argv = ["runuser", "-u", "postgres", "--", *argv]
+    return subprocess.Popen(argv, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), port
+
+
+def console_answers(dsn: str, bouncer: subprocess.Popen) -> bool:
+    assert bouncer.poll() is None, f"pgbouncer exited: {bouncer.stderr.read() if bouncer.stderr else ''}"
+    try:
+        psycopg2.connect(dsn, connect_timeout=2).close()
+        return True
+    except psycopg2.OperationalError:
+        return False
+
+
 def wait_until(condition, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -308,7 +346,9 @@ def test_secrets_script_makes_passwords_once_one_directory_per_service(tmp_path)
     assert re.fullmatch(r"[A-Za-z0-9]{32}", monitor) and re.fullmatch(r"[A-Za-z0-9]{32}", superuser)
     assert first["pgvigil/pgvigil_dsn"].strip() == f"postgresql://pgvigil:{monitor}@postgres:5432/app"
     assert first["demo/postgres_dsn"].strip() == f"postgresql://postgres:{superuser}@postgres:5432/app"
-    for subdir in ("pgvigil", "grafana"):
+    assert first["pgvigil/pgbouncer_dsn"].strip() == f"postgresql://pgvigil:{monitor}@pgbouncer:6432/pgbouncer"
+    assert first["pgbouncer/userlist.txt"].strip() == f'"pgvigil" "{monitor}"'
+    for subdir in ("pgvigil", "grafana", "pgbouncer"):
         assert superuser not in "".join(secret_files(tmp_path / subdir).values())
     for path in tmp_path.rglob("*"):
         mode = path.stat().st_mode & 0o777
@@ -329,7 +369,7 @@ def test_secrets_script_moves_the_old_shared_volume_apart(tmp_path):
     assert files["postgres/postgres_password"] == "P" * 32 and files["postgres/monitor_password"] == "M" * 32
     assert files["grafana/grafana_admin_password"] == "G" * 32
     assert files["pgvigil/pgvigil_dsn"].strip() == f"postgresql://pgvigil:{'M' * 32}@postgres:5432/app"
-    assert set(secret_files(old)) == {"pgvigil_dsn"}
+    assert set(secret_files(old)) == {"pgvigil_dsn", "pgbouncer_dsn"}
 
 
 @pytest.mark.skipif(shutil.which("psql") is None, reason="psql not installed")
@@ -356,16 +396,32 @@ def test_init_script_role_runs_the_stack_config(compose, tmp_path):
         for name in ("pgvigil/pgvigil_dsn", "demo/postgres_dsn"):
             dsn = (secrets / name).read_text().replace("@postgres:5432/", f"@127.0.0.1:{pg.port}/")
             (secrets / name).write_text(dsn)
-        workload = start_demo_workload(compose, secrets / "demo")
+        # Not under tmp_path: as root PgBouncer runs as postgres, which cannot enter pytest's directories.
+        bouncer_dir = Path(tempfile.mkdtemp(prefix="pgvigil-stack-pgbouncer-"))
+        bouncer, bouncer_port = start_stack_pgbouncer(compose, secrets / "pgbouncer" / "userlist.txt", pg.port,
+                                                      bouncer_dir)
         try:
-            wait_until(lambda: pg.execute("SELECT count(*) FROM orders WHERE id > 20000", compose_db)[0][0] > 0)
-            config_text = repo_path_for(compose, "pgvigil", "/etc/pgvigil/pgvigil.yaml").read_text()
-            config = parse_config(config_text.replace(SECRETS_MOUNT, str(secrets / "pgvigil")),
-                                  "deploy/pgvigil/pgvigil.yaml")
-            text = scrape_once(config)
+            dsn = (secrets / "pgvigil/pgbouncer_dsn").read_text().replace("@pgbouncer:6432/",
+                                                                          f"@127.0.0.1:{bouncer_port}/")
+            (secrets / "pgvigil/pgbouncer_dsn").write_text(dsn)
+            wait_until(lambda: console_answers(dsn.strip(), bouncer), timeout=15)
+            workload = start_demo_workload(compose, secrets / "demo")
+            try:
+                wait_until(lambda: pg.execute("SELECT count(*) FROM orders WHERE id > 20000", compose_db)[0][0] > 0)
+                config_text = repo_path_for(compose, "pgvigil", "/etc/pgvigil/pgvigil.yaml").read_text()
+                config = parse_config(config_text.replace(SECRETS_MOUNT, str(secrets / "pgvigil")),
+                                      "deploy/pgvigil/pgvigil.yaml")
+                text = scrape_once(config)
+            finally:
+                workload.send_signal(signal.SIGTERM)
+                assert workload.wait(timeout=30) == 0, workload.stderr.read()
         finally:
-            workload.send_signal(signal.SIGTERM)
-            assert workload.wait(timeout=30) == 0, workload.stderr.read()
+            bouncer.terminate()
+            bouncer.wait(timeout=30)
+            shutil.rmtree(bouncer_dir, ignore_errors=True)
+    # the stack's PgBouncer, its console read with the generated password as a stats user
+    assert 'pgbouncer_up{target="pgbouncer",env="compose"} 1' in text
+    assert 'pgbouncer_databases_pool_size{target="pgbouncer",env="compose",name="app"' in text
     assert 'pg_stat_user_tables_n_live_tup{target="app",env="compose",datname="app",schemaname="public",' \
            'relname="customers"}' in text
     assert 'pg_up{target="app",env="compose"} 1' in text
@@ -445,6 +501,10 @@ def test_secret_files_belong_to_the_users_the_services_run_as(compose):
     script = (ROOT / "deploy/secrets/generate.sh").read_text()
     owners = dict(re.findall(r"^owner (\w+) (\d+)$", script, re.M))
     image_uid = re.search(r"useradd .*--uid (\d+)", (ROOT / "Dockerfile").read_text()).group(1)
-    assert owners == {"postgres": "999", "pgvigil": image_uid, "demo": image_uid, "grafana": "472"}
+    bouncer = (ROOT / "deploy/pgbouncer/Dockerfile").read_text()
+    bouncer_uid = re.search(r"useradd .*--uid (\d+)", bouncer).group(1)
+    assert re.search(rf"^USER {bouncer_uid}$", bouncer, re.M), "PgBouncer's image runs as the user it creates"
+    assert owners == {"postgres": "999", "pgvigil": image_uid, "demo": image_uid, "grafana": "472",
+                      "pgbouncer": bouncer_uid}
     # postgres:16 runs as postgres (999) and grafana/grafana as 472 unless told otherwise: nobody overrides it.
     assert all("user" not in compose["services"][name] for name in ("postgres", "pgvigil", "demo-workload", "grafana"))
