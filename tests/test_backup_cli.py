@@ -48,6 +48,9 @@ def test_commands_read_the_config(config_file, tmp_path):
     code, out = pgvigil("verify", "--config", str(config_file), "--restore")
     assert code == 0, out
     assert out.splitlines()[-1] == "  ok      sanity query returned True"
+    # the long steps announce themselves as they start (on stderr)
+    assert "  ...     restoring " in out and " MiB into scratch database pgvigil_verify_" in out
+    assert "  ...     comparing the row counts of " in out
 
     assert pgvigil("run", "--config", str(config_file))[0] == 0
     code, out = pgvigil("status", "--config", str(config_file), "--json")

@@ -134,7 +134,8 @@ def verify(config_path: str | None, directory: str | None, target: str | None, n
     sanity_query = sanity_query or getattr(settings.backup, "sanity_query", None)
     try:
         result = verify_backup(existing_dir(settings), name=name, target=settings.target if not name else None,
-                               restore=restore, dsn=settings.dsn, sanity_query=sanity_query)
+                               restore=restore, dsn=settings.dsn, sanity_query=sanity_query,
+                               progress=lambda step: click.echo(f"  ...     {step}", err=True))
     except BackupError as exc:
         raise _fail(exc) from None
     click.echo(f"backup {result.backup}:")

@@ -18,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import psycopg2
 from psycopg2 import sql
@@ -27,6 +27,8 @@ from exporter.backup.pgclient import BackupError, Conninfo, client_program, tail
 from exporter.backup.state import StateFile, backups_of, find_backup, target_record
 
 SCRATCH_PREFIX = "pgvigil_verify_"
+
+Progress = Callable[[str], None]  # told each long step as it starts
 
 
 @dataclass
@@ -118,7 +120,7 @@ def _drop_database(conninfo: Conninfo, name: str) -> None:
 
 
 def restore_and_compare(conninfo: Conninfo, dump: Path, manifest: dict[str, Any],
-                        sanity_query: str | None) -> list[str]:
+                        sanity_query: str | None, progress: Progress = lambda step: None) -> list[str]:
     """Step 4: restore into a scratch database on conninfo's server, compare, always drop it."""
     scratch = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
     conn = conninfo.connect(application_name="pgvigil verify")
@@ -131,19 +133,20 @@ def restore_and_compare(conninfo: Conninfo, dump: Path, manifest: dict[str, Any]
     finally:
         conn.close()
     try:
-        return _restore_into(conninfo, scratch, dump, manifest, sanity_query)
+        return _restore_into(conninfo, scratch, dump, manifest, sanity_query, progress)
     finally:
         _drop_database(conninfo, scratch)
 
 
 def _restore_into(conninfo: Conninfo, scratch: str, dump: Path, manifest: dict[str, Any],
-                  sanity_query: str | None) -> list[str]:
+                  sanity_query: str | None, progress: Progress) -> list[str]:
     passed = []
     # The pg_restore closest to the dumped server's version: a newer one emits settings an older server
     # rejects (pg_restore 17+ sets transaction_timeout).
     pg_restore = client_program("pg_restore", manifest.get("server_version_num"))
     argv = [pg_restore, "--no-owner", "--no-acl", "--exit-on-error",
             f"--dbname={conninfo.without_password(dbname=scratch)}", str(dump)]
+    progress(f"restoring {dump.stat().st_size / 1048576:.1f} MiB into scratch database {scratch} (pg_restore)")
     proc = subprocess.run(argv, capture_output=True, text=True, env=conninfo.child_env())
     if proc.returncode != 0:
         raise BackupError(conninfo.redact(f"pg_restore into {scratch} failed: {tail(proc.stderr)}"))
@@ -151,6 +154,7 @@ def _restore_into(conninfo: Conninfo, scratch: str, dump: Path, manifest: dict[s
     conn = conninfo.connect(dbname=scratch, application_name="pgvigil verify")
     try:
         with conn.cursor() as cur:
+            progress(f"comparing the row counts of {len(manifest['tables'])} tables with the manifest")
             for table in manifest["tables"]:
                 cur.execute(sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(
                     sql.Identifier(table["schema"]), sql.Identifier(table["name"])))
@@ -182,8 +186,9 @@ def _run_sanity_query(cur: Any, query: str) -> str:
 
 def verify_backup(directory: Path, name: str | None = None, target: str | None = None,
                   restore: bool = False, dsn: str | None = None,
-                  sanity_query: str | None = None) -> Verification:
-    """Run the checks on one backup and record the outcome in the state file."""
+                  sanity_query: str | None = None, progress: Progress = lambda step: None) -> Verification:
+    """Run the checks on one backup and record the outcome in the state file; `progress` hears each
+    long step as it starts (a restore of a large backup takes minutes)."""
     directory = Path(directory)
     entry = choose_backup(directory, name, target)
     if restore and not dsn:
@@ -191,6 +196,7 @@ def verify_backup(directory: Path, name: str | None = None, target: str | None =
     conninfo = Conninfo.parse(dsn) if dsn else None
     result = Verification(backup=entry["name"], target=entry["target"], restore=restore)
     try:
+        progress(f"checking the files of {entry['name']} (sha256)")
         manifest = check_files(directory, entry)
         result.checks.append(f"sha256 {entry['sha256'][:16]}... matches")
         count = check_archive(directory / entry["files"]["dump"], manifest)
@@ -198,7 +204,7 @@ def verify_backup(directory: Path, name: str | None = None, target: str | None =
         if restore and conninfo is not None:
             started = time.monotonic()
             result.checks.extend(restore_and_compare(conninfo, directory / entry["files"]["dump"], manifest,
-                                                     sanity_query))
+                                                     sanity_query, progress))
             # the recovery time a real restore of this backup would need: the RTO objective reads it
             result.restore_seconds = time.monotonic() - started
     except BackupError as exc:
