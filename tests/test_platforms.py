@@ -59,7 +59,7 @@ def test_every_pack_runs_as_a_restricted_role_without_errors(cluster, supabase_l
         # Without USAGE on `extensions`, its views are invisible to the role: skipped, not failed.
         skipped = {dict(labels)["query"]: dict(labels)["reason"] for (name, labels) in samples
                    if name == "pgvigil_query_skipped"}
-        assert skipped.get("pg_stat_statements") == "missing_relation"
+        assert skipped.get("pg_stat_statements") == "missing_function"  # pg_stat_statements(false)
         assert skipped.get("pg_wal") == "permission_denied"  # pg_ls_waldir needs pg_monitor
         cluster.execute(f"GRANT USAGE ON SCHEMA extensions TO {dsn.split('://')[1].split('@')[0]}", dbname)
         monkeypatch.setattr(runner_module, "CAPABILITY_REFRESH_SECONDS", 0.0)
