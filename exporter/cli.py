@@ -7,13 +7,18 @@ import logging
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 import click
 
 from exporter import __version__
-from exporter.config import Config, ConfigError, load_config
+from exporter.config import LISTEN_EXPECTED, Config, ConfigError, load_config, parse_listen
 from exporter.logs import LEVELS, setup_logging
-from exporter.redaction import dsn_password
+from exporter.redaction import dsn_secrets
+from exporter.yamlsource import describe_value
+
+if TYPE_CHECKING:
+    from exporter.scrape.state import QueryStatus
 
 log = logging.getLogger("pgvigil")
 
@@ -71,7 +76,7 @@ def tune_thread_switching() -> None:
 
 
 def secrets_of(config: Config) -> list[str]:
-    return [p for p in (dsn_password(t.dsn) for t in config.targets) if p]
+    return [secret for target in config.targets for secret in dsn_secrets(target.dsn)]
 
 
 @main.command()
@@ -102,6 +107,9 @@ def serve(config_path: str | None, dsn: str | None, listen: str | None, log_form
         log.warning("%s", warning)
     exporter = Exporter(config, extra_collectors(config))
     address = listen or config.listen
+    if parse_listen(address) is None:  # the config's own listen was checked with the config
+        click.echo(f"invalid --listen (or PGVIGIL_LISTEN): {LISTEN_EXPECTED}, got {describe_value(address)}", err=True)
+        sys.exit(2)
     try:
         server = make_server(exporter, address, web.wrap_socket() if web else None, web.authorizer() if web else None)
     except OSError as exc:
@@ -169,6 +177,19 @@ def check(config_path: str | None, dsn: str | None, connect: bool) -> None:
         sys.exit(0 if print_connect_table(config) else 1)
 
 
+# Rows a query returned that pgvigil could not export: the query "works" but Prometheus misses series.
+ROW_PROBLEMS = ("invalid_value", "duplicate", "cardinality")
+
+
+def row_problems(status: QueryStatus) -> str:
+    """'2 invalid_value, 1 duplicate: <the first messages>' for a query's run, or ''."""
+    counts = [f"{status.errors[reason]} {reason}" for reason in ROW_PROBLEMS if status.errors.get(reason)]
+    if not counts:
+        return ""
+    messages = status.result.problems.messages if status.result is not None else []
+    return ", ".join(counts) + (f": {'; '.join(messages)}" if messages else "")
+
+
 def print_connect_table(config: Config) -> bool:
     from exporter.scrape.runner import Runner
 
@@ -186,8 +207,9 @@ def print_connect_table(config: Config) -> bool:
             rows.append((state.spec.name, "-", "-", "-", "-", f"unreachable: {state.error}"))
     for outcome in scrape.outcomes:
         status = outcome.status
-        error = "timed out" if outcome.timed_out else (status.error or "")
-        ok = ok and outcome.included
+        problems = row_problems(status)
+        error = "timed out" if outcome.timed_out else (status.error or problems)
+        ok = ok and outcome.included and not problems
         rows.append((outcome.target.spec.name, outcome.query.name, str(status.rows), str(status.series),
                      f"{status.duration * 1000:.1f}ms", error))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]

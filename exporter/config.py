@@ -19,10 +19,11 @@ from exporter import sqlshape
 from exporter.schema import MAX_DURATION_SECONDS as MAX_DURATION_SECONDS  # re-exported for callers
 from exporter.schema import Checker, Key, Section, did_you_mean
 from exporter.schema import parse_duration as parse_duration
-from exporter.yamlsource import LocatedData, LocatedErrors, YamlSyntaxError, describe_value, load_located
+from exporter.yamlsource import LocatedData, LocatedErrors, YamlSyntaxError, describe_value, load_located, shown_key
 
 PACKS_DIR = Path(__file__).parent / "packs"
 DEFAULT_LISTEN = "127.0.0.1:9187"
+LISTEN_EXPECTED = "expected host:port such as 127.0.0.1:9187 (a port from 0 to 65535)"
 SCOPES = ("database", "cluster")
 PREVIOUS_RUN_PLACEHOLDER = "{{previous_run}}"
 # In a query's SQL, the text[] of `defaults.exclude_schemas`: `WHERE schemaname <> ALL ({{excluded_schemas}})`.
@@ -42,8 +43,12 @@ KINDS = ("postgres", "pgbouncer")
 CONSOLE_COMMANDS = ("SHOW VERSION", "SHOW POOLS", "SHOW STATS", "SHOW STATS_TOTALS", "SHOW DATABASES",
                     "SHOW LISTS", "SHOW CONFIG")
 
-_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# \Z, not $: `$` also matches before a trailing newline (a YAML `|` block), which Prometheus rejects.
+_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*\Z")
+# pgvigil's own series: a query producing one would make Prometheus reject the whole scrape.
+RESERVED_METRIC_NAMES = ("pg_up", "pgbouncer_up", "pg_exporter_last_scrape_error")
+RESERVED_METRIC_PREFIXES = ("pgvigil_", "process_", "python_")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?B|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"B": 1, **{f"{p}B": 1000 ** (i + 1) for i, p in enumerate("KMGTP")},
@@ -328,7 +333,7 @@ def load_config(path: str | os.PathLike | None, dsn: str | None = None) -> Confi
     if path is None:
         return parse_config("{}", source="<defaults>", dsn=dsn)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")  # bad bytes: located by load_located
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read config: {exc.strerror}"]) from None
     return parse_config(text, source=str(path), dsn=dsn)
@@ -384,18 +389,33 @@ def expand_env(value: str, environ: Mapping[str, str] | None = None) -> tuple[st
 # validation: one table per section declares its keys; a new option is one Key here plus its field
 
 
+@dataclass(frozen=True)
+class _QueryRef:
+    """What the cross-checks need of a query, kept even when the query itself has errors,
+    so a duplicated name or a mistyped target is reported in the same pass as everything else."""
+
+    where: tuple
+    name: str
+    targets: tuple[str, ...] | None
+    kind: Any
+
+
 class _Checker(Checker):
     """Walks one config document (and the packs it names), converting it and collecting located errors."""
 
+    query_refs: list[_QueryRef]
+    places: dict[int, tuple]  # id of a QuerySpec -> where its errors point (`queries[3]`, `pack tables.<name>`)
     warnings: LocatedErrors
 
     # -- sections ---------------------------------------------------------
     def config(self, dsn: str | None) -> Config:
+        self.query_refs = []
+        self.places = {}
         self.warnings = LocatedErrors(self.doc)
         top = self.mapping(self.doc.data, (), TOP_KEYS)
         listen = top.get("listen", TOP_KEYS["listen"].default)
         if self.typed(listen, ("listen",), "str") is not None and not _valid_listen(listen):
-            self.error(("listen",), f"expected host:port such as 127.0.0.1:9187, got {describe_value(listen)}")
+            self.error(("listen",), f"{LISTEN_EXPECTED}, got {describe_value(listen)}")
         defaults = self.defaults(top.get("defaults"))
         targets = self.targets(top.get("targets"), dsn)
         collectors = self.collectors(top.get("collectors", list(TOP_KEYS["collectors"].default)))
@@ -568,7 +588,8 @@ class _Checker(Checker):
         values = self.scalars(raw, path, QUERY_KEYS, doc)
         name = values.get("name", "")
         if name and not _METRIC_NAME.match(name):
-            self.error(path + ("name",), "expected a name matching [a-zA-Z_:][a-zA-Z0-9_:]*", doc)
+            self.error(path + ("name",), f"expected a name matching [a-zA-Z_:][a-zA-Z0-9_:]*, got {describe_value(name)}",
+                       doc)
         if isinstance(values.get("sql"), str):
             values["sql"] = values["sql"].replace(EXCLUDED_SCHEMAS_PLACEHOLDER, schema_array(defaults.exclude_schemas))
         sql = values.get("sql", "")
@@ -578,6 +599,8 @@ class _Checker(Checker):
                 self.error(path + ("labels", i), f"'{label}' is not a valid label name", doc)
             elif label in RESERVED_LABELS:
                 self.error(path + ("labels", i), f"label '{label}' is set by pgvigil; rename the column", doc)
+            elif label in labels[:i]:
+                self.error(path + ("labels", i), f"label '{label}' is listed twice", doc)
         help_text = values.get("help", name)
         metrics = self.metrics(raw.get("metrics"), path + ("metrics",), name, help_text, doc)
         scope = self.choice(raw.get("scope", QUERY_KEYS["scope"].default), path + ("scope",), SCOPES, doc)
@@ -587,12 +610,16 @@ class _Checker(Checker):
         self._check_kind(raw, sql, path, doc)
         if raw.get("kind", QUERY_KEYS["kind"].default) == "postgres" and isinstance(sql, str):
             self._check_sql(sql, path + ("sql",), doc)
+        self.query_refs.append(_QueryRef(path if pack is None else (f"pack {pack}", name), name, targets,
+                                         raw.get("kind", QUERY_KEYS["kind"].default)))
         if len(self.errors) > before:
             return None
         options = {key.name: _option(key, values, defaults) for key in QUERY_KEYS.keys if key.kind is not None}
-        return QuerySpec(**{**options, "help": help_text, "labels": labels, "metrics": metrics,
+        spec = QuerySpec(**{**options, "help": help_text, "labels": labels, "metrics": metrics,
                             "targets": targets, "scope": scope, "pack": pack,
                             "top_changed": top_changed})
+        self.places[id(spec)] = self.query_refs[-1].where
+        return spec
 
     def top_changed(self, raw: dict, labels: tuple[str, ...], metrics: tuple[MetricSpec, ...], path: tuple,
                     doc: LocatedData) -> TopChanged | None:
@@ -616,7 +643,8 @@ class _Checker(Checker):
 
     def metrics(self, value: Any, path: tuple, query: str, query_help: str, doc: LocatedData) -> tuple[MetricSpec, ...]:
         if not isinstance(value, dict) or not value:
-            self.error(path, f"expected a mapping of column name to metric, got {describe_value(value)}", doc)
+            self.error(path, "expected a mapping of column name to metric, with at least one metric, "
+                             f"got {describe_value(value)}", doc)
             return ()
         specs = []
         for column, body in value.items():
@@ -709,42 +737,78 @@ class _Checker(Checker):
 
     def cross_check(self, queries: list[QuerySpec], targets: tuple[TargetSpec, ...],
                     backup: BackupConfig | None) -> None:
-        names = {t.name for t in targets}
-        kinds = {t.name: t.kind for t in targets}
-        seen_queries: dict[str, QuerySpec] = {}
+        self.check_query_refs(targets)
         families: dict[str, tuple[QuerySpec, MetricSpec]] = {}
-        for index, query in enumerate(queries):
-            where = ("queries", index) if query.pack is None else (f"pack {query.pack}", query.name)
-            if query.name in seen_queries:
-                self.error(where, f"query name '{query.name}' is used twice")
-            seen_queries[query.name] = query
-            for wanted in query.targets or ():
-                if wanted not in names:
-                    self.error(where + ("targets",),
-                               f"unknown target '{wanted}'; configured: {', '.join(sorted(names))}")
-                elif kinds[wanted] != query.kind:
-                    self.error(where + ("targets",), f"target '{wanted}' is a {kinds[wanted]} target; "
-                                                     f"this query runs on {query.kind} targets (its `kind`)")
+        samples: dict[str, tuple[QuerySpec, MetricSpec]] = {}  # every sample name a family writes
+        for query in queries:
+            where = self.where(query)
             for metric in query.metrics:
-                other = families.get(metric.name)
-                if other and _versions_overlap(other[0], query):
-                    self.error(where + ("metrics", metric.column),
-                               f"metric '{metric.name}' is also produced by query '{other[0].name}'")
-                elif other and other[1].type != metric.type:
-                    self.error(where + ("metrics", metric.column),
-                               f"metric '{metric.name}' has type {metric.type} here "
-                               f"but {other[1].type} in query '{other[0].name}'")
-                families.setdefault(metric.name, (query, metric))
+                self.check_family(query, metric, where, families, samples)
             for target in targets:
                 clash = set(dict(target.labels)) & set(query.labels)
                 if clash:
                     self.error(where + ("labels",), f"label(s) {', '.join(sorted(clash))} clash with "
                                                     f"constant labels of target '{target.name}'")
-        if backup and backup.target and backup.target not in names:
-            self.error(("backup", "target"), f"unknown target '{backup.target}'")
+        if backup and backup.target and backup.target not in {t.name for t in targets}:
+            self.error(("backup", "target"), f"unknown target '{shown_key(backup.target)}'")
+
+    def where(self, query: QuerySpec) -> tuple:
+        return self.places.get(id(query), ("queries",))
+
+    def check_query_refs(self, targets: tuple[TargetSpec, ...]) -> None:
+        """Query names are unique and the targets a query names exist, for every query, even one with errors."""
+        names = {t.name for t in targets}
+        kinds = {t.name: t.kind for t in targets}
+        seen: set[str] = set()
+        for ref in self.query_refs:
+            if ref.name and ref.name in seen:
+                self.error(ref.where, f"query name '{ref.name}' is used twice")
+            seen.add(ref.name)
+            for wanted in ref.targets or ():
+                if wanted not in names:
+                    self.error(ref.where + ("targets",),
+                               f"unknown target '{shown_key(wanted)}'; configured: {', '.join(sorted(names))}")
+                elif kinds[wanted] != ref.kind:
+                    self.error(ref.where + ("targets",), f"target '{wanted}' is a {kinds[wanted]} target; "
+                                                         f"this query runs on {ref.kind} targets (its `kind`)")
+
+    def check_family(self, query: QuerySpec, metric: MetricSpec, where: tuple,
+                     families: dict[str, tuple[QuerySpec, MetricSpec]],
+                     samples: dict[str, tuple[QuerySpec, MetricSpec]]) -> None:
+        """A metric's name (and its samples' names) is pgvigil's own or another family's: Prometheus would
+        drop the whole scrape. The same family in two queries is fine when their server versions never overlap."""
+        path = where + ("metrics", metric.column)
+        own = _sample_names(metric)
+        reserved = [n for n in own if n in RESERVED_METRIC_NAMES or n.startswith(RESERVED_METRIC_PREFIXES)]
+        if reserved:
+            self.error(path, f"metric '{metric.name}' writes '{reserved[0]}', a name pgvigil itself exports "
+                             f"({', '.join(RESERVED_METRIC_NAMES)}, {'*, '.join(RESERVED_METRIC_PREFIXES)}*)")
+            return
+        other = families.get(metric.name)
+        if other and _versions_overlap(other[0], query):
+            self.error(path, f"metric '{metric.name}' is also produced by query '{other[0].name}'")
+        elif other and other[1].type != metric.type:
+            self.error(path, f"metric '{metric.name}' has type {metric.type} here "
+                             f"but {other[1].type} in query '{other[0].name}'")
+        elif not other:
+            clash = next((n for n in own if n in samples), None)
+            if clash:
+                writer = samples[clash]
+                self.error(path, f"metric '{metric.name}' writes series '{clash}', which {writer[1].type} "
+                                 f"'{writer[1].name}' of query '{writer[0].name}' also writes")
+        families.setdefault(metric.name, (query, metric))
+        for name in own:
+            samples.setdefault(name, (query, metric))
 
 
-_LABEL_VALUE_SAFE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+def _sample_names(metric: MetricSpec) -> tuple[str, ...]:
+    """The sample names a family writes: a histogram X writes X_bucket, X_count and X_sum."""
+    suffixes = {MetricType.HISTOGRAM: ("_bucket", "_count", "_sum"),
+                MetricType.GAUGE_HISTOGRAM: ("_bucket", "_gcount", "_gsum")}.get(metric.type, ("",))
+    return tuple(metric.name + suffix for suffix in suffixes)
+
+
+_LABEL_VALUE_SAFE = re.compile(r"^[A-Za-z0-9_.\-]+\Z")
 
 
 def _option(key: Key, values: dict[str, Any], defaults: Defaults) -> Any:
@@ -762,9 +826,18 @@ def schema_array(schemas: tuple[str, ...]) -> str:
     return f"ARRAY[{quoted}]::text[]"
 
 
-def _valid_listen(listen: str) -> bool:
+def parse_listen(listen: str) -> tuple[str, int] | None:
+    """`host:port` (`[::1]:9187` for IPv6) as (host, port); None when it is not one.
+
+    ASCII digits only: str.isdigit() accepts '²', which int() then rejects."""
     host, sep, port = listen.rpartition(":")
-    return bool(sep) and port.isdigit() and 0 <= int(port) <= 65535
+    if not sep or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        return None
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _valid_listen(listen: str) -> bool:
+    return parse_listen(listen) is not None
 
 
 def _versions_overlap(a: QuerySpec, b: QuerySpec) -> bool:

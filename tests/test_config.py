@@ -126,7 +126,7 @@ def test_every_error_is_reported_with_file_line_and_key():
     ("defaults: {max_series: -1}\n",
      "c.yaml:1: defaults.max_series: expected a non-negative integer, got the number -1"),
     ("targets: {a: {dsn: x, dsn_file: y}}\n", "c.yaml:1: targets.a: set either 'dsn' or 'dsn_file', not both"),
-    ("queries: {}\n", "c.yaml:1: queries: expected a list of queries, got a mapping"),
+    ("queries: {}\n", "c.yaml:1: queries: expected a list of queries, got an empty mapping"),
     ("collectors: [nosuchpack]\n", "c.yaml:1: collectors[0]: unknown query pack 'nosuchpack'"),
     ("a: [\n", "c.yaml:2: invalid YAML"),
 ])

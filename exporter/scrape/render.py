@@ -32,6 +32,8 @@ from exporter.config import MetricSpec, QuerySpec
 from exporter.scrape.exposition import escape_label_value, format_value
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_INFINITIES: dict[Any, float] = {dt.datetime.max: math.inf, dt.datetime.min: -math.inf,
+                                 dt.date.max: math.inf, dt.date.min: -math.inf}
 MAX_PROBLEM_CHARS = 300
 # The column the session's SQL adds: the row's label bytes, or -1 when a value was over a bound.
 ROW_BYTES = "pgvigil_row_bytes"
@@ -52,6 +54,10 @@ def to_number(value: Any) -> float | int:
         return 1 if value else 0
     if kind is decimal.Decimal:
         return float(value)
+    if kind is dt.datetime or kind is dt.date:
+        infinite = _INFINITIES.get(value.replace(tzinfo=None) if kind is dt.datetime else value)
+        if infinite is not None:  # psycopg2 reads 'infinity' as datetime.max: +Inf, not year 9999's 2.5e11
+            return infinite
     if kind is dt.datetime:
         return (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).timestamp()
     if kind is dt.date:
@@ -222,10 +228,14 @@ def _label_keys(rows: Sequence[tuple], label_idx: list[int], known: list[tuple] 
     if keys == known:
         return keys
     try:
-        unique = len(set(keys)) == len(keys)
+        distinct = set(keys)
     except TypeError:  # an unhashable label value (an array): let the row path report it
         return None
-    return keys if unique else None
+    has_null = (None,) in distinct if len(label_idx) == 1 else any(None in key for key in distinct)
+    if len(distinct) == len(keys) and has_null:
+        # NULL renders as the empty string: (NULL,) beside ('',) would be one series twice
+        distinct = {tuple("" if v is None else v for v in key) for key in distinct}
+    return keys if len(distinct) == len(keys) else None
 
 
 def _render_by_column(query: QuerySpec, index: dict[str, int], rows: Sequence[tuple], keys: list[tuple],
@@ -417,7 +427,8 @@ class RowSink:
                 self.problems.note("cardinality", f"a label value is longer than max_label_bytes "
                                                   f"{self.query.max_label_bytes}; row dropped")
                 continue
-            key = tuple([row[i] for i in self._label_idx])
+            # NULL renders as the empty string: one key for both, or they would be one series twice
+            key = tuple(["" if row[i] is None else row[i] for i in self._label_idx])
             try:
                 hash(key)
             except TypeError:  # an array or json label value: its text is the label

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import operator
-import re
 import socket
 import threading
 import time
@@ -26,7 +25,7 @@ import psycopg2
 import psycopg2.extensions
 
 from exporter.config import Defaults, MetricType, QuerySpec, TargetSpec
-from exporter.redaction import dsn_password, redact
+from exporter.redaction import connect_error, dsn_secrets, redact
 from exporter.scrape.render import ROW_BYTES, Histogram, InvalidValue, RowSink
 from exporter.sqlshape import NotAQuery, inspect
 
@@ -40,10 +39,6 @@ CANCEL_GRACE_SECONDS = 1.0
 # Characters of a server or driver message kept (logs, landing page, /health): PostgreSQL can
 # send an error of any size (a RAISE with a 20 MB message).
 MAX_MESSAGE_CHARS = 1000
-
-# A double-quoted fragment of an error message; group 1 marks a libpq option name (kept).
-_QUOTED = re.compile(r'(option )?"([^"]*)"')
-_DSN_PARSE_ERROR = re.compile(r"invalid dsn|connection info string|connection option|\bURI\b", re.IGNORECASE)
 
 
 class QueryFailed(Exception):
@@ -186,7 +181,7 @@ class TargetSession:
         self.defaults = defaults
         self._conn: psycopg2.extensions.connection | None = None
         self._facts: ServerFacts | None = None
-        self._secrets = [s for s in (dsn_password(spec.dsn), spec.dsn if "password" in spec.dsn.lower() else None) if s]
+        self._secrets = dsn_secrets(spec.dsn)
 
     # -- connection ------------------------------------------------------
     @property
@@ -439,13 +434,8 @@ class TargetSession:
         return time.perf_counter() - start
 
     def connect_message(self, exc: BaseException) -> str:
-        """A connect error without DSN fragments: libpq's parse errors quote pieces of the DSN,
-        e.g. `missing "=" after "word"` for an unquoted password containing a space."""
-        message = self.clean_message(exc)
-        if not _DSN_PARSE_ERROR.search(message):
-            return message  # a server's answer ('database "x" does not exist'): keep the names, they help
-        return _QUOTED.sub(lambda m: m.group(0) if m.group(1) or len(m.group(2)) < 2 or m.group(2) not in self.spec.dsn
-                           else '"***"', message)
+        """A connect error without DSN fragments (libpq's parse errors quote pieces of the DSN)."""
+        return connect_error(self.clean_message(exc), self.spec.dsn)
 
     def clean_message(self, exc: BaseException) -> str:
         message = getattr(exc, "pgerror", None) or str(exc)
