@@ -1,8 +1,9 @@
 """Connections to one target: read-only sessions bounded by timeouts, reconnects, server facts,
 and the preparation of a query's SQL for a run (`{{previous_run}}`, the row cap).
 
-Every query runs in its own READ ONLY transaction that is always rolled back,
-so a session is never left idle in transaction and user SQL cannot write.
+Every query runs in its own transaction begun READ ONLY (psycopg2 says so in each BEGIN,
+whatever the session's defaults) and ended at once, so a session is never left idle in
+transaction and user SQL cannot write.
 Before anything is sent, PostgreSQL's own grammar (exporter/sqlshape.py) decides
 that the SQL is exactly one read-only query: config validation rejects anything
 else, and the session refuses it again here, so a second statement ("... ; COMMIT;
@@ -333,7 +334,9 @@ class TargetSession:
                     cur.execute(text)
                     result = FetchResult([d.name for d in cur.description] if cur.description else [],
                                          cur.fetchall() if cur.description else [])
-            conn.rollback()
+            # COMMIT, not ROLLBACK: the transaction is read-only, so the two are the same for the data,
+            # but pg_stat_database counts every ROLLBACK, and pgvigil's own would fire the rollback-ratio alert.
+            conn.commit()
             return FetchResult(result.columns, result.rows, prelude_value, result.folded)
         except psycopg2.Error as exc:
             raise self._failure(conn, exc) from None
