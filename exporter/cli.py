@@ -181,6 +181,20 @@ def check(config_path: str | None, dsn: str | None, connect: bool) -> None:
 ROW_PROBLEMS = ("invalid_value", "duplicate", "cardinality")
 
 
+@main.command()
+@config_option
+@dsn_option
+def grants(config_path: str | None, dsn: str | None) -> None:
+    """Print, per target, the GRANTs that give the configured queries what they need, and what is missing today.
+
+    Exits 1 when a target cannot be reached. See docs/platforms.md."""
+    from exporter.grants import grants_text
+
+    text, reachable = grants_text(read_config(config_path, dsn))
+    click.echo(text, nl=False)
+    sys.exit(0 if reachable else 1)
+
+
 def row_problems(status: QueryStatus) -> str:
     """'2 invalid_value, 1 duplicate: <the first messages>' for a query's run, or ''."""
     counts = [f"{status.errors[reason]} {reason}" for reason in ROW_PROBLEMS if status.errors.get(reason)]

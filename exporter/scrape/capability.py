@@ -40,7 +40,7 @@ def probe(state: TargetState, queries: Sequence[QuerySpec], timeout: float, lock
         prepared = prepare_sql(query, state.previous_run.get(query.name))
         try:
             with state.session_locks[0]:
-                state.sessions[0].run(PreparedSql(_probe_sql(prepared.sql), limit=0), timeout=timeout,
+                state.sessions[0].run(PreparedSql(probe_sql(prepared.sql), limit=0), timeout=timeout,
                                       lock_timeout=lock_timeout)
         except QueryFailed as exc:
             if exc.connection_lost:
@@ -53,7 +53,8 @@ def probe(state: TargetState, queries: Sequence[QuerySpec], timeout: float, lock
     state.mark_probed()
 
 
-def _probe_sql(sql: str) -> str:
+def probe_sql(sql: str) -> str:
+    """The probe's text for a query's SQL (run with LIMIT 0)."""
     # One more subquery level: the probe gets its own pg_stat_statements entry (its text names
     # pgvigil_probe), so the query's own calls and rows there stay those of its real runs.
     return f"SELECT * FROM (\n{sql.strip().rstrip(';')}\n) AS pgvigil_probe"

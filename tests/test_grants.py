@@ -1,0 +1,59 @@
+"""`pgvigil grants` against a real PostgreSQL: a role with nothing but CONNECT gets the exact GRANTs its
+queries need (and nothing broader); once they are run, nothing is missing and nothing is skipped."""
+from __future__ import annotations
+
+import uuid
+
+from click.testing import CliRunner
+from conftest import parse_exposition
+
+from exporter.cli import main
+from exporter.config import parse_config
+from exporter.scrape.assembly import ScrapeText
+from exporter.scrape.runner import Runner
+from exporter.scrape.selfmetrics import render_self_metrics
+
+
+def test_grants_lists_what_a_connect_only_role_misses_and_running_them_is_enough(cluster, fresh_db, tmp_path):
+    dbname = fresh_db.rsplit("/", 1)[1]
+    role = "grants_" + uuid.uuid4().hex[:6]
+    cluster.execute(f"CREATE ROLE {role} LOGIN", dbname)
+    cluster.execute("CREATE SCHEMA extensions; CREATE EXTENSION pg_stat_statements WITH SCHEMA extensions", dbname)
+    config_file = tmp_path / "pgvigil.yaml"
+    config_file.write_text(f"targets:\n  app: {cluster.dsn(dbname, user=role)}\n")
+    try:
+        result = CliRunner().invoke(main, ["grants", "--config", str(config_file)])
+        assert result.exit_code == 0, result.output
+        statements = [line for line in result.output.splitlines() if line.startswith("GRANT")]
+        assert statements == [f"GRANT USAGE ON SCHEMA extensions TO {role};",
+                              f"GRANT EXECUTE ON FUNCTION pg_ls_waldir() TO {role};",
+                              f"GRANT pg_read_all_stats TO {role};"]
+        assert f"-- target app (role {role}, database {dbname})" in result.output
+        assert "-- missing today: pg_wal (permission_denied: permission denied for function pg_ls_waldir)" \
+            in result.output
+        assert "pg_monitor" not in result.output and "SUPERUSER" not in result.output.upper()
+
+        cluster.execute("".join(f"{statement}\n" for statement in statements), dbname)
+        again = CliRunner().invoke(main, ["grants", "--config", str(config_file)])
+        assert again.exit_code == 0 and "-- missing today: nothing" in again.output
+        assert "-- nothing to grant" in again.output
+
+        runner = Runner(parse_config(config_file.read_text()))
+        try:
+            scrape = runner.scrape(timeout=30)
+        finally:
+            runner.close()
+        samples = parse_exposition(ScrapeText(runner.config.queries).text(scrape) + render_self_metrics(scrape))
+        assert not [labels for name, labels in samples if name == "pgvigil_query_skipped"]
+        assert sum(v for (name, _), v in samples.items() if name == "pgvigil_query_errors_total") == 0
+    finally:
+        cluster.execute(f"DROP OWNED BY {role}", dbname)
+        cluster.execute(f"DROP ROLE {role}")
+
+
+def test_an_unreachable_target_exits_1(tmp_path):
+    config_file = tmp_path / "pgvigil.yaml"
+    config_file.write_text("targets:\n  gone: postgresql://nobody@127.0.0.1:1/x\n")
+    result = CliRunner().invoke(main, ["grants", "--config", str(config_file)])
+    assert result.exit_code == 1
+    assert result.output.startswith("-- target gone: cannot connect: ")
