@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 from exporter.bundle.catalog import BASE, number, selector
 from exporter.bundle.rules import BundleError
 from exporter.bundle.slos import REFERENCE_PERIOD, Objective, promql_duration
-from exporter.bundle.slos_rules import PAGE, SEVERITIES, TICKET, Burn, description, runbook_url, summary
+from exporter.bundle.slos_rules import PAGE, SEVERITIES, Burn, description, runbook_url, summary
 
 RULE_FILE = "../pgvigil-slos.yml"
 # Minutes (of a 30-day period). Two hours of history before trouble keep the 6-hour window's ratio
@@ -178,11 +178,10 @@ class Timeline:
 
     def firing(self, at: float) -> list[str] | None:
         """Severities firing at `at` seconds; None when a ratio is too close to its level to tell."""
-        windows = {standard: standard * self.scale for standard in (b.long for _, bs in SEVERITIES for b in bs)}
-        windows.update({b.short: b.short * self.scale for _, bs in SEVERITIES for b in bs})
         states = []
         for severity, burns in SEVERITIES:
-            state = _any(_all(self._above(at, windows[w], burn) for w in (burn.long, burn.short)) for burn in burns)
+            state = _any(_all(self._above(at, window * self.scale, burn) for window in (burn.long, burn.short))
+                         for burn in burns)
             if state is None:
                 return None
             if state:
@@ -198,24 +197,20 @@ class Timeline:
             return False
         return None
 
-    @property
-    def minutes(self) -> float:
-        return len(self.bad) * self.interval / 60
-
 
 def _spread(fraction: float, count: int) -> list[float]:
     """`count` good/bad samples with `fraction` of them bad, evenly spaced, the first one good."""
     return [1.0 if math.floor((j + 1) * fraction) > math.floor(j * fraction) else 0.0 for j in range(count)]
 
 
-def _all(states) -> bool | None:
+def _all(states: Iterable[bool | None]) -> bool | None:
     values = list(states)
     if False in values:
         return False
     return None if None in values else True
 
 
-def _any(states) -> bool | None:
+def _any(states: Iterable[bool | None]) -> bool | None:
     values = list(states)
     if True in values:
         return True
@@ -344,4 +339,4 @@ def unit_test_file(objectives: dict[str, Objective]) -> dict:
     return {"rule_files": [RULE_FILE], "evaluation_interval": promql_duration(eval_interval), "tests": groups}
 
 
-__all__ = ["PAGE", "TICKET", "Timeline", "detection_minutes", "scenarios", "unit_test_file"]
+__all__ = ["Timeline", "detection_minutes", "scenarios", "unit_test_file"]
