@@ -64,7 +64,10 @@ def describe_value(value: Any) -> str:
 
 def shown_key(key: Any) -> Any:
     """A mapping key as messages show it: a key that may be a connection string is not echoed."""
-    return "<key not shown>" if isinstance(key, str) and may_hold_secret(key) else key
+    if isinstance(key, str) and may_hold_secret(key):
+        return "<key not shown>"
+    # a newline in a key ("a\n" from a quoted key) would split the one-line message
+    return repr(key) if isinstance(key, str) and not key.isprintable() else key
 
 
 def format_key_path(path: Path_) -> str:

@@ -180,8 +180,8 @@ def test_a_dsn_in_a_target_key_is_not_echoed(key):
 def test_a_dsn_in_query_targets_and_as_target_name_is_not_echoed():
     errors = []
     for _, dsn in DSNS:
-        for text in (f"collectors: []\nqueries:\n  - name: q\n    sql: SELECT 1 AS v\n    targets: [{json.dumps(dsn)}]\n"
-                     "    metrics:\n      v: {}\n",
+        for text in (f"collectors: []\nqueries:\n  - name: q\n    sql: SELECT 1 AS v\n"
+                     f"    targets: [{json.dumps(dsn)}]\n    metrics:\n      v: {{}}\n",
                      f"collectors: []\ntargets:\n  {json.dumps(dsn)}: host=h\n"):
             with pytest.raises(ConfigError) as caught:
                 parse_config(text, source="c.yaml")
@@ -226,7 +226,8 @@ def test_every_config_error_is_reported_in_one_pass():
     ("queries:\n  - name: q\n    sql: SELECT 1 AS v\n    metrics:\n      v: {name: \"m\\n\"}\n",
      "c.yaml:6: queries[0].metrics.v.name: expected a metric name matching [a-zA-Z_:][a-zA-Z0-9_:]*, "
      "got the string 'm\\n'"),
-    ("targets:\n  \"a\\n\": host=h\n", "c.yaml:3: targets.a\n: expected a target name of letters, digits, '_', '-' or '.'"),
+    ("targets:\n  \"a\\n\": host=h\n",
+     "c.yaml:3: targets.'a\\n': expected a target name of letters, digits, '_', '-' or '.'"),
     ("queries:\n  - name: q\n    sql: SELECT 1 AS v\n    metrics: {}\n",
      "c.yaml:5: queries[0].metrics: expected a mapping of column name to metric, with at least one metric, "
      "got an empty mapping"),
@@ -356,7 +357,8 @@ DAMAGE = "it is rewritten whole on every change, so this file was edited or dama
 DAMAGED_STATES = {
     "count as text": (b'{"format": 1, "targets": {"primary": {"failures_total": "three"}}, "backups": []}',
                       'is damaged: targets.primary.failures_total: expected a count, got "three"'),
-    "empty entry": (b'{"format": 1, "targets": {}, "backups": [{}]}', "is damaged: backups[0]: missing name (and 3 more)"),
+    "empty entry": (b'{"format": 1, "targets": {}, "backups": [{}]}',
+                    "is damaged: backups[0]: missing name (and 3 more)"),
     "targets a list": (b'{"format": 1, "targets": [], "backups": []}',
                        "is damaged: targets: expected a mapping of target name to record, got []"),
     "pid as text": (b'{"format": 1, "targets": {}, "backups": [{"name": "b", "target": "primary", '

@@ -89,7 +89,7 @@ def write_bundle(thresholds_path: str | Path | None, out_dir: str | Path, with_e
     if with_examples:
         # read before writing anything, so a missing examples directory leaves no half bundle
         files.update(examples.render_example_files())
-    texts = {relative: runbooks.rebase(text, runbook_base) for relative, text in files.items()}
+    texts = {str(relative): runbooks.rebase(text, runbook_base) for relative, text in files.items()}
     texts.update({f"dashboards/{name}": json.dumps(model, indent=2, ensure_ascii=False) + "\n"
                   for name, model in dashboards.build_dashboards(thresholds).items()})
     return output.write_all(out_dir, texts)  # all or nothing: a full disk leaves no half bundle
