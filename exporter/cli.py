@@ -43,7 +43,8 @@ class CommandGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self.DEV_COMMANDS:
             module, attribute = self.DEV_COMMANDS[cmd_name]
-            return getattr(importlib.import_module(module), attribute)  # type: ignore[no-any-return]
+            command: click.Command = getattr(importlib.import_module(module), attribute)
+            return command
         return super().get_command(ctx, cmd_name)
 
 

@@ -213,6 +213,7 @@ def _stream_dump(conninfo: Conninfo, snapshot: str, partial: Path, progress: Pro
     reader.start()
     on_start(proc)
     digest, size = hashlib.sha256(), 0
+    assert proc.stdout is not None  # started with stdout=PIPE
     try:
         with open(partial, "wb") as out:
             while True:

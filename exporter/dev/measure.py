@@ -29,8 +29,8 @@ def measure_default_scrape(tables: int = 5000) -> dict:
     per_table = [s for s in series if s.startswith(("pg_stat_user_tables_", "pg_statio_user_tables_",
                                                     "pg_stat_user_indexes_", "pg_index_", "pg_security_table_",
                                                     "pg_vector_index_"))]
-    reported = {re.search(r'relname="([^"]*)"', s).group(1) for s in series
-                if s.startswith("pg_stat_user_tables_n_live_tup")}
+    relnames = (re.search(r'relname="([^"]*)"', s) for s in series if s.startswith("pg_stat_user_tables_n_live_tup"))
+    reported = {match.group(1) for match in relnames if match}
     return {"tables": tables, "series": len(series), "per_table_series": len(per_table),
             "tables_reported": len(reported)}
 
