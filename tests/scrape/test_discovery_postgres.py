@@ -135,8 +135,9 @@ def test_connections_stay_within_the_budget_and_idle_ones_are_closed(cluster, pr
         watcher.join()
     try:
         assert len([1 for name, _ in samples if name == "per_db_slow_x"]) == 8
-        assert 1 <= max(seen) <= 3
-        assert runner.roots["slow"].budget.peak == 3
+        assert runner.roots["slow"].budget.peak == 3  # never more open at once, by pgvigil's own count
+        # The server may still list a backend whose connection was just closed while it exits.
+        assert 1 <= max(seen) <= 4
         assert cluster.execute(count)[0][0] == 0  # 8 databases, budget 3: none left open between runs
     finally:
         runner.close()
