@@ -553,3 +553,9 @@ def test_292_years_is_still_a_duration():
 
     assert duration_problem("292y") is None and duration_problem("1y2w3d4h5m6s7ms") is None
     assert duration_problem("0") is None
+
+
+def test_backup_run_with_a_dsn_libpq_cannot_parse(tmp_path):
+    code, output = _backup_run('postgresql://u:7%Hq"Zx9Lm2Vb@127.0.0.1:1/db', tmp_path)
+    assert (code, output) == (1, "Error: the DSN is not a valid PostgreSQL connection string\n")
+    assert list(tmp_path.iterdir()) == []
