@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgvigil")
 
 config_option = click.option("--config", "config_path", envvar="PGVIGIL_CONFIG", type=click.Path(dir_okay=False),
-                             help="YAML config file (env PGVIGIL_CONFIG). Without it: one target from --dsn or PG* env.")
+                             help="YAML config file (env PGVIGIL_CONFIG). "
+                                  "Without it: one target from --dsn or PG* env.")
 dsn_option = click.option("--dsn", envvar="PGVIGIL_DSN",
                           help="DSN of the single default target when the config has no targets (env PGVIGIL_DSN).")
 
@@ -83,7 +84,8 @@ def secrets_of(config: Config) -> list[str]:
 @main.command()
 @config_option
 @dsn_option
-@click.option("--listen", envvar="PGVIGIL_LISTEN", help="host:port to listen on (env PGVIGIL_LISTEN; default 127.0.0.1:9187).")
+@click.option("--listen", envvar="PGVIGIL_LISTEN",
+              help="host:port to listen on (env PGVIGIL_LISTEN; default 127.0.0.1:9187).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True)
 @click.option("--web-config", "web_config_path", envvar="PGVIGIL_WEB_CONFIG", type=click.Path(dir_okay=False),

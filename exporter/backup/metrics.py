@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -59,7 +59,7 @@ GAUGES = (
 
 
 def _lookup(record: dict, path: tuple[str, ...]) -> float | None:
-    value = record
+    value: Any = record
     for key in path:
         if not isinstance(value, dict):
             return None
@@ -84,7 +84,8 @@ class BackupStateCollector:
 
     def collect(self) -> Iterator[Metric]:
         configured = GaugeMetricFamily("pgvigil_backup_configured",
-                                       "1: the exporter watches this target's backups (its config has a backup section).",
+                                       "1: the exporter watches this target's backups "
+                                       "(its config has a backup section).",
                                        labels=["target"])
         configured.add_metric([self.target], 1.0)
         yield configured

@@ -60,7 +60,8 @@ class Conninfo:
         try:
             return psycopg2.connect(**kwargs)
         except psycopg2.Error as exc:
-            raise BackupError(f"cannot connect to {self.describe(**override)}: {self.redact(str(exc)).strip()}") from None
+            reason = self.redact(str(exc)).strip()
+            raise BackupError(f"cannot connect to {self.describe(**override)}: {reason}") from None
 
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -262,7 +262,8 @@ def _render_by_column(query: QuerySpec, index: dict[str, int], rows: Sequence[tu
         column = layout.columns.get(metric.name)
         if column is None or column.values != values:
             texts = _format_numbers(values, kinds) if column is None else _update_texts(column, values, kinds)
-            column = layout.columns[metric.name] = RenderedColumn(values, texts, _join_lines(heads, texts).encode("utf-8"))
+            encoded = _join_lines(heads, texts).encode("utf-8")
+            column = layout.columns[metric.name] = RenderedColumn(values, texts, encoded)
         lines[metric.name] = column.lines
         series += len(values)
     return RenderedRun(lines=lines, rows=len(rows), series=series, problems=problems, layout=layout)

@@ -19,7 +19,7 @@ import operator
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import psycopg2
@@ -283,7 +283,7 @@ class TargetSession:
             return
         rows = self.fetch("SELECT ARRAY(SELECT extname::text FROM pg_extension)",
                           timeout=self.defaults.timeout, lock_timeout=self.defaults.lock_timeout, wrap=False).rows
-        self._facts = ServerFacts(self._facts.version, self._facts.identity, frozenset(rows[0][0]), self._facts.database)
+        self._facts = replace(self._facts, extensions=frozenset(rows[0][0]))
 
     # -- queries ---------------------------------------------------------
     def run(self, prepared: PreparedSql, timeout: float, lock_timeout: float) -> FetchResult:
