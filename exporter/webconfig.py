@@ -80,7 +80,7 @@ _UNSUPPORTED = {
     "headers": "extra response headers are not supported; set them in a reverse proxy",
 }
 # bcrypt's modular crypt format: $2a$/$2b$/$2y$, a two-digit cost, 53 characters of salt and hash.
-_BCRYPT_HASH = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
+_BCRYPT_HASH = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}\Z")  # \Z: no trailing newline
 
 
 class WebConfigError(ConfigError):

@@ -559,3 +559,12 @@ def test_backup_run_with_a_dsn_libpq_cannot_parse(tmp_path):
     code, output = _backup_run('postgresql://u:7%Hq"Zx9Lm2Vb@127.0.0.1:1/db', tmp_path)
     assert (code, output) == (1, "Error: the DSN is not a valid PostgreSQL connection string\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bcrypt_hash_with_a_trailing_newline_is_rejected_at_load():
+    from exporter.webconfig import WebConfigError, hash_password, parse_web_config
+
+    with pytest.raises(WebConfigError) as caught:
+        parse_web_config(f"basic_auth_users:\n  a: {json.dumps(hash_password('x', cost=4) + chr(10))}\n",
+                         source="web.yml")
+    assert len(caught.value.errors) == 1 and caught.value.errors[0].startswith("web.yml:2: basic_auth_users.a: ")
