@@ -195,7 +195,7 @@ class TargetState:
         self._finish(status, fetched.start, run_id)
 
     def _top_changed(self, query: QuerySpec, columns: list[str],
-                     rows: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:
+                     rows: Sequence[tuple[Any, ...]]) -> Sequence[tuple[Any, ...]]:
         """The rows of a `top_changed` query this run exports (topchanged.py); others as they came."""
         selector = self.top_changed.get(query.name)
         return rows if selector is None else selector.select(columns, rows)
