@@ -229,7 +229,6 @@ class TargetSpec:
         return self.parent or self.name
 
 
-
 @dataclass(frozen=True)
 class MetricSpec:
     column: str
@@ -518,7 +517,6 @@ class _Checker(Checker):
             self.error(path + ("labels", "datname"), "label 'datname' is set by pgvigil on discovered databases")
         return found
 
-
     def target_dsn(self, raw: dict, path: tuple) -> str | None:
         if "dsn" in raw and "dsn_file" in raw:
             self.error(path, "set either 'dsn' or 'dsn_file', not both")
@@ -588,8 +586,8 @@ class _Checker(Checker):
         values = self.scalars(raw, path, QUERY_KEYS, doc)
         name = values.get("name", "")
         if name and not _METRIC_NAME.match(name):
-            self.error(path + ("name",), f"expected a name matching [a-zA-Z_:][a-zA-Z0-9_:]*, got {describe_value(name)}",
-                       doc)
+            self.error(path + ("name",),
+                       f"expected a name matching [a-zA-Z_:][a-zA-Z0-9_:]*, got {describe_value(name)}", doc)
         if isinstance(values.get("sql"), str):
             values["sql"] = values["sql"].replace(EXCLUDED_SCHEMAS_PLACEHOLDER, schema_array(defaults.exclude_schemas))
         sql = values.get("sql", "")
@@ -631,8 +629,8 @@ class _Checker(Checker):
         by = self.typed(body.get("by"), path + ("by",), "str", doc)
         limit = self.typed(body.get("limit"), path + ("limit",), "int", doc)
         if by is not None and by not in counters:
-            self.error(path + ("by",), f"expected one of the query's counter columns ({', '.join(counters) or 'none'}), "
-                                       f"got '{by}'", doc)
+            choices = ", ".join(counters) or "none"
+            self.error(path + ("by",), f"expected one of the query's counter columns ({choices}), got '{by}'", doc)
             by = None
         if limit == 0:
             self.error(path + ("limit",), "expected at least 1", doc)

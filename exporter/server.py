@@ -228,13 +228,15 @@ def render_landing(exporter: Exporter) -> str:
                 continue
             outcome = "ok" if status.success else f"failed: {shorten(status.error or '')}"
             rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(query.name)}</td>"
-                        f"<td>{status.rows}</td><td>{status.duration * 1000:.1f} ms</td><td>{html.escape(outcome)}</td></tr>")
+                        f"<td>{status.rows}</td><td>{status.duration * 1000:.1f} ms</td>"
+                        f"<td>{html.escape(outcome)}</td></tr>")
     targets = "".join(f"<li>{html.escape(name)}: {target_status(state)}</li>"
                       for name, state in exporter.runner.targets.items()) + discovery_items(exporter)
     return (f"<!doctype html><html><head><title>pgvigil</title></head><body><h1>pgvigil {__version__}</h1>"
             f"<p><a href='/metrics'>/metrics</a> · <a href='/health'>/health</a></p><h2>Targets</h2><ul>{targets}</ul>"
             f"{queries_heading(exporter)}<table border='1' cellpadding='3'>"
-            f"<tr><th>target</th><th>query</th><th>rows</th><th>duration</th><th>last status</th></tr>{''.join(rows)}</table>"
+            "<tr><th>target</th><th>query</th><th>rows</th><th>duration</th><th>last status</th></tr>"
+            f"{''.join(rows)}</table>"
             "</body></html>\n")
 
 

@@ -11,10 +11,10 @@ from typing import Iterable
 
 from exporter.config import Config, MetricType, QuerySpec
 from exporter.scrape.exposition import family_header
+from exporter.scrape.outcome import Scrape
 from exporter.scrape.render import RenderedRun
 from exporter.scrape.runner import Runner
 from exporter.scrape.selfmetrics import render_self_metrics
-from exporter.scrape.state import Scrape
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,9 @@ from exporter.config import Config, Defaults, QuerySpec, TargetSpec
 from exporter.scrape.capability import CAPABILITY_REFRESH_SECONDS, probe
 from exporter.scrape.console import ConsoleSession
 from exporter.scrape.discovery import Discovery, DiscoveryStatus
+from exporter.scrape.outcome import QueryOutcome, Scrape
 from exporter.scrape.session import FetchResult, QueryFailed, ServerFacts, Session, TargetSession, prepare_sql
-from exporter.scrape.state import Fetched, QueryOutcome, Scrape, TargetState
+from exporter.scrape.state import Fetched, TargetState
 
 EXTENSION_REFRESH_SECONDS = 60.0
 
@@ -190,7 +191,9 @@ class Runner:
             if not self._speaks_for_root(other):
                 continue
             other_facts = other.facts
-            if other_facts is not None and other_facts.identity == facts.identity and self._applies(query, other, other_facts):
+            if other_facts is None or other_facts.identity != facts.identity:
+                continue
+            if self._applies(query, other, other_facts):
                 return other is state
         return True
 

