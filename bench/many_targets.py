@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 
 from exporter.config import available_packs, parse_config  # noqa: E402
-from exporter.server import Exporter  # noqa: E402
 from exporter.dev.throwaway import ThrowawayCluster  # noqa: E402
+from exporter.server import Exporter  # noqa: E402
 
 TEMPLATE = "bench_template"
 TARGET_RATIO = 2.0
@@ -121,7 +121,8 @@ def report(dsns: dict[str, str], args: argparse.Namespace, every_query: bool, ti
     first = next(iter(dsns))
     single, single_size, single_cpu, single_busy = timed_scrapes({first: dsns[first]}, args.rounds, every_query)
     together, all_size, all_cpu, all_busy = timed_scrapes(dsns, args.rounds, every_query)
-    serial = sum(statistics.median(timed_scrapes({name: dsn}, 3, every_query, warmup=1)[0]) for name, dsn in dsns.items())
+    serial = sum(statistics.median(timed_scrapes({name: dsn}, 3, every_query, warmup=1)[0])
+                 for name, dsn in dsns.items())
     med_single, med_all = statistics.median(single), statistics.median(together)
     ratio = med_all / med_single
     print(f"\n{title}")
@@ -131,7 +132,8 @@ def report(dsns: dict[str, str], args: argparse.Namespace, every_query: bool, ti
     print(f"{f'{args.targets} targets, one scrape':<34}{med_all * 1000:>8.1f}ms{min(together) * 1000:>8.1f}ms"
           f"{max(together) * 1000:>8.1f}ms{all_size:>11}{all_cpu * 1000:>11.1f}ms{all_busy:>11.0%}")
     print(f"{f'{args.targets} targets, one after another':<34}{serial * 1000:>8.1f}ms")
-    print(f"ratio all/single: {ratio:.2f} (target <= {TARGET_RATIO:.1f}: {'met' if ratio <= TARGET_RATIO else 'NOT met'})")
+    verdict = "met" if ratio <= TARGET_RATIO else "NOT met"
+    print(f"ratio all/single: {ratio:.2f} (target <= {TARGET_RATIO:.1f}: {verdict})")
     print(f"concurrency speed-up over one after another: {serial / med_all:.1f}x")
 
 

@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from exporter.config import parse_config  # noqa: E402
 from scrape_5000 import LABELS, QUERIES, pgvigil_config  # noqa: E402
+
+from exporter.config import parse_config  # noqa: E402
 
 TABLES = 5000
 TIMESTAMP_COLUMNS = {"last_vacuum", "last_autovacuum", "last_analyze", "last_autoanalyze"}

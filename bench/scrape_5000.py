@@ -44,7 +44,11 @@ from exporter.dev.throwaway import ThrowawayCluster, free_port  # noqa: E402
 DATABASE = "bench"
 # Each exporter connects as its own role, so pg_stat_statements shows how often each one
 # really ran the per-table query: every scrape must reach the database.
-ROLES = {"pgvigil": "bench_pgvigil", "postgres_exporter": "bench_postgres_exporter", "query-exporter": "bench_query_exporter"}
+ROLES = {
+    "pgvigil": "bench_pgvigil",
+    "postgres_exporter": "bench_postgres_exporter",
+    "query-exporter": "bench_query_exporter",
+}
 LABELS = ("datname", "schemaname", "relname")
 PEER_VENV = ROOT / "bench" / ".venv-peers"
 POSTGRES_EXPORTER = "prometheus-postgres-exporter"
@@ -147,8 +151,9 @@ def churn(conn: psycopg2.extensions.connection, tables: int, fraction: float, ro
     touched = list(range(round_no % step, tables, step))
     with conn.cursor() as cur:
         for start in range(0, len(touched), 250):  # one transaction per 250 tables: bounded lock table
-            cur.execute(f"""DO $$ DECLARE i int; BEGIN FOREACH i IN ARRAY %s LOOP
-                EXECUTE format('INSERT INTO t_%%s SELECT coalesce(max(id), 0) + 1, md5(random()::text) FROM t_%%s', i, i);
+            cur.execute("""DO $$ DECLARE i int; BEGIN FOREACH i IN ARRAY %s LOOP
+                EXECUTE format('INSERT INTO t_%%s SELECT coalesce(max(id), 0) + 1, md5(random()::text) \
+FROM t_%%s', i, i);
                 EXECUTE format('SELECT count(*) FROM t_%%s', i);
             END LOOP; END $$""", (touched[start:start + 250],))
         cur.execute("SELECT pg_stat_force_next_flush()")  # flushed before this statement returns
@@ -214,7 +219,8 @@ def ensure_query_exporter(venv: Path) -> Path:
     print(f"installing query-exporter into {venv} ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                    "query-exporter", "psycopg2-binary"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    "query-exporter", "psycopg2-binary"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return binary
 
 
@@ -304,7 +310,7 @@ def percentile(values: list[float], q: float) -> float:
 def expected_samples(raw: dict) -> dict[tuple, float]:
     """(metric name, labels) -> value for every sample the SQL returned."""
     expected = {}
-    for name, (sql, metrics) in QUERIES.items():
+    for name, (_sql, metrics) in QUERIES.items():
         columns, rows = raw[name]
         index = {c: i for i, c in enumerate(columns)}
         for row in rows:
@@ -361,8 +367,10 @@ def database_executions(dsn: str) -> dict[str, int]:
     conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT r.rolname, sum(s.calls)::int FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid"
-                        " WHERE position('FROM pg_stat_user_tables' IN s.query) > 0 AND r.rolname = ANY(%s) GROUP BY r.rolname",
+            cur.execute("SELECT r.rolname, sum(s.calls)::int"
+                        " FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid"
+                        " WHERE position('FROM pg_stat_user_tables' IN s.query) > 0 AND r.rolname = ANY(%s)"
+                        " GROUP BY r.rolname",
                         (list(ROLES.values()),))
             by_role = dict(cur.fetchall())
     finally:
@@ -373,7 +381,8 @@ def database_executions(dsn: str) -> dict[str, int]:
 def check_executions(executions: dict[str, int], names: list[str], scrapes: int) -> list[str]:
     print("  executions of the pg_stat_user_tables query (pg_stat_statements): "
           + ", ".join(f"{name} {executions[name]}" for name in names) + f" for {scrapes} scrapes each")
-    return [f"{name} ran the query {executions[name]} times for {scrapes} scrapes: some scrapes were served from a cache"
+    return [f"{name} ran the query {executions[name]} times for {scrapes} scrapes:"
+            " some scrapes were served from a cache"
             for name in names if executions[name] < scrapes]
 
 
@@ -483,15 +492,17 @@ def main() -> int:
             queries = workdir / "postgres_exporter.yaml"
             queries.write_text(yaml.safe_dump(postgres_exporter_queries(), sort_keys=False))
             port = free_port()
+            pe_dsn = cluster.dsn(DATABASE, ROLES["postgres_exporter"]) + "?sslmode=disable"
             procs["postgres_exporter"] = start_process("postgres_exporter", [
                 pe_binary, f"--web.listen-address=127.0.0.1:{port}", f"--extend.query-path={queries}",
                 "--disable-default-metrics", "--disable-settings-metrics",
                 "--no-collector.database", "--no-collector.bgwriter", "--log.level=warn",
-            ], dict(base_env, DATA_SOURCE_NAME=cluster.dsn(DATABASE, ROLES["postgres_exporter"]) + "?sslmode=disable"), workdir)
+            ], dict(base_env, DATA_SOURCE_NAME=pe_dsn), workdir)
             contenders.append(served("postgres_exporter", port, procs["postgres_exporter"]))
         if qe_binary:
             config = workdir / "query_exporter.yaml"
-            config.write_text(yaml.safe_dump(query_exporter_config(cluster.dsn(DATABASE, ROLES["query-exporter"])), sort_keys=False))
+            qe_dsn = cluster.dsn(DATABASE, ROLES["query-exporter"])
+            config.write_text(yaml.safe_dump(query_exporter_config(qe_dsn), sort_keys=False))
             port = free_port()
             # Without _created series its sample count matches the other two.
             env = dict(base_env, PROMETHEUS_DISABLE_CREATED_SERIES="True")

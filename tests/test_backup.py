@@ -7,8 +7,8 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from backup_support import EXPECTED_ROWS, SEED_SQL, backup_metrics, dbname_of, hold_lock, wait_for_blocked_pg_dump
+
 from exporter.backup.dump import run_backup
 from exporter.backup.pgclient import BackupError, client_program
 from exporter.backup.state import StateFile

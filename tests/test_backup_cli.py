@@ -5,9 +5,9 @@ import json
 from pathlib import Path
 
 import pytest
+from backup_support import SEED_SQL, backup_metrics, dbname_of
 from click.testing import CliRunner
 
-from backup_support import SEED_SQL, backup_metrics, dbname_of
 from exporter.cli import main
 
 
@@ -89,7 +89,8 @@ def test_failed_verification_exits_1(config_file, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["run", "--dir", "/tmp/x"], "Error: give --dsn, or --config and --target naming one of its targets"),
     (["status"], "Error: give --dir, or --config with a backup: section that sets dir"),
-    (["prune", "--dir", "/tmp/x", "--keep-last", "0"], "Error: Invalid value for '--keep-last': 0 is not in the range x>=1."),
+    (["prune", "--dir", "/tmp/x", "--keep-last", "0"],
+     "Error: Invalid value for '--keep-last': 0 is not in the range x>=1."),
     (["verify", "--dir", "/tmp"], "Error: no complete backup in /tmp"),
     *[([command, "--dir", "/tmp/pgvigil-no-such-dir"], "Error: backup directory /tmp/pgvigil-no-such-dir does not "
        "exist (give the --dir or backup.dir that `pgvigil backup run` writes to)")
@@ -114,9 +115,8 @@ def test_serve_exports_the_backup_state(config_file, tmp_path):
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from exporter.server import extra_collectors
     from exporter.config import load_config
-    from exporter.server import start_server
+    from exporter.server import extra_collectors, start_server
 
     assert pgvigil("run", "--config", str(config_file))[0] == 0
     assert pgvigil("verify", "--config", str(config_file))[0] == 0

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from backup_support import backup_metrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from backup_support import backup_metrics
 from exporter.backup.dump import run_backup
 from exporter.backup.pgclient import BackupError
 from exporter.backup.state import STATE_NAME
@@ -23,9 +23,8 @@ from exporter.bundle.catalog import constant, selector
 from exporter.bundle.promtests import duration_minutes
 from exporter.bundle.rules import alert_specs, render_description
 from exporter.bundle.thresholds import load_thresholds
-from exporter.server import extra_collectors
 from exporter.config import load_config
-from exporter.server import start_server
+from exporter.server import extra_collectors, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 ALERT = "PostgresBackupNeverSucceeded"

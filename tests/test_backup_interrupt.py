@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from backup_support import SEED_SQL, backup_metrics, dbname_of, hold_lock, wait_for_blocked_pg_dump
+
 from exporter.backup.prune import prune
 from exporter.backup.state import StateFile
 from exporter.backup.status import backup_statuses

@@ -4,8 +4,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from backup_support import SEED_SQL, backup_metrics, dbname_of
+
 from exporter.backup.dump import run_backup
 from exporter.backup.pgclient import BackupError
 from exporter.backup.prune import DAY, plan, prune

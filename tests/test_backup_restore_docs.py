@@ -6,14 +6,14 @@ import os
 import pwd
 import shutil
 import subprocess
-import tempfile
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
-
 from backup_support import SEED_SQL, dbname_of
+
 from exporter.backup.dump import run_backup
 from exporter.backup.pgclient import client_program
 from exporter.dev.throwaway import ThrowawayCluster

@@ -73,7 +73,8 @@ def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path, fresh_db, cluster)
     assert f'listening on 127.0.0.1:{port} with 1 target and 2 queries"' in stderr
     assert '"msg": "pgvigil stopped; database sessions closed"' in stderr
     dbname = fresh_db.rsplit("/", 1)[1]
-    assert cluster.execute(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{dbname}' AND application_name = 'pgvigil'") == [(0,)]
+    assert cluster.execute(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{dbname}'"
+                           " AND application_name = 'pgvigil'") == [(0,)]
 
 
 def _wait_for(url: str, timeout: float = 30) -> str:

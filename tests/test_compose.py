@@ -132,7 +132,8 @@ def test_postgres_preloads_pg_stat_statements_and_runs_the_init_script(compose):
 def test_prometheus_scrapes_pgvigil_and_loads_the_shipped_rules(compose, tmp_path):
     config_path = repo_path_for(compose, "prometheus", "/etc/prometheus/prometheus.yml")
     config = yaml.safe_load(config_path.read_text())
-    pgvigil_listen = yaml.safe_load(repo_path_for(compose, "pgvigil", "/etc/pgvigil/pgvigil.yaml").read_text())["listen"]
+    pgvigil_config_path = repo_path_for(compose, "pgvigil", "/etc/pgvigil/pgvigil.yaml")
+    pgvigil_listen = yaml.safe_load(pgvigil_config_path.read_text())["listen"]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["pgvigil"]["static_configs"][0]["targets"] == [f"pgvigil:{pgvigil_listen.rsplit(':', 1)[1]}"]
     rule_files = [repo_path_for(compose, "prometheus", path) for path in config["rule_files"]]

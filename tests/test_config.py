@@ -117,7 +117,8 @@ def test_every_error_is_reported_with_file_line_and_key():
      "c.yaml:2: queries[0].labels[0]: label 'target' is set by pgvigil; rename the column"),
     ("queries:\n  - {name: q, sql: SELECT 1, metrics: {x: {}}}\n  - {name: q, sql: SELECT 1, metrics: {y: {}}}\n",
      "c.yaml:3: queries[1]: query name 'q' is used twice"),
-    ("queries:\n  - {name: a, sql: SELECT 1, metrics: {x: {name: m}}}\n  - {name: b, sql: SELECT 1, metrics: {y: {name: m}}}\n",
+    ("queries:\n  - {name: a, sql: SELECT 1, metrics: {x: {name: m}}}\n"
+     "  - {name: b, sql: SELECT 1, metrics: {y: {name: m}}}\n",
      "c.yaml:3: queries[1].metrics.y: metric 'm' is also produced by query 'a'"),
     ("queries:\n  - {name: 1bad, sql: SELECT 1, metrics: {x: {}}}\n",
      "c.yaml:2: queries[0].name: expected a name matching [a-zA-Z_:][a-zA-Z0-9_:]*"),
@@ -253,6 +254,7 @@ def test_pgbouncer_targets_and_queries():
         "c.yaml:3: queries[0].sql: a pgbouncer query sends one of the console's commands: SHOW VERSION, "
         "SHOW POOLS, SHOW STATS, SHOW STATS_TOTALS, SHOW DATABASES, SHOW LISTS, SHOW CONFIG"]
     assert errors_of("collectors: []\ntargets: {db: {dsn: x}}\n"
-                     "queries:\n  - {name: q, kind: pgbouncer, sql: SHOW POOLS, targets: [db], metrics: {x: {}}}\n") == [
+                     "queries:\n  - {name: q, kind: pgbouncer, sql: SHOW POOLS, targets: [db], "
+                     "metrics: {x: {}}}\n") == [
         "c.yaml:4: queries[0].targets: target 'db' is a postgres target; this query runs on pgbouncer targets "
         "(its `kind`)"]

@@ -7,10 +7,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from packs.exposition import find, parse_samples, value
 
 from exporter.config import load_config
 from exporter.server import start_server
-from packs.exposition import find, parse_samples, value
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 U1, U2, U3, U4, U5 = (f"00000000-0000-0000-0000-00000000000{i}" for i in range(1, 6))

@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from packs.exposition import parse_samples, value
 
 from exporter.config import parse_config
-from exporter.scrape.assembly import scrape_once
 from exporter.dev.throwaway import ThrowawayCluster
-from packs.exposition import parse_samples, value
+from exporter.scrape.assembly import scrape_once
 
 SLOT = "pgvigil_standby"
 

@@ -8,8 +8,8 @@ import urllib.request
 import pytest
 from conftest import config_for, parse_exposition, sample
 
-from exporter.server import scrape_budget, start_server
 from exporter.dev.throwaway import free_port
+from exporter.server import scrape_budget, start_server
 
 QUERIES = """
   - {name: q, sql: "SELECT 1 AS x", metrics: {x: {}}}
@@ -80,6 +80,8 @@ def test_landing_page_lists_targets_and_queries(server):
     assert get(server.url + "/nope")[0] == 404
 
 
-@pytest.mark.parametrize("header, expected", [(None, 10.0), ("", 10.0), ("abc", 10.0), ("5", 4.5), ("60", 10.0), ("0.2", 0.1)])
+@pytest.mark.parametrize("header, expected", [
+    (None, 10.0), ("", 10.0), ("abc", 10.0), ("5", 4.5), ("60", 10.0), ("0.2", 0.1),
+])
 def test_scrape_budget(header, expected):
     assert scrape_budget(header, 10.0) == expected

@@ -18,12 +18,12 @@ import urllib.request
 import psycopg2
 import pytest
 
-from exporter.dev import stack
 from exporter.bundle import alertmanager, rules
 from exporter.bundle.thresholds import load_thresholds
 from exporter.config import parse_config
-from exporter.server import start_server
+from exporter.dev import stack
 from exporter.dev.throwaway import ThrowawayCluster
+from exporter.server import start_server
 
 MAX_CONNECTIONS = 20
 RESERVED = 3  # PostgreSQL's default superuser_reserved_connections

@@ -6,7 +6,6 @@ measures wall-clock time: each checks what the scrape reports and that it answer
 """
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -15,14 +14,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 
 import psycopg2
 import pytest
 from conftest import config_for, parse_exposition, sample
 
-from exporter.server import start_server
 from exporter.dev.throwaway import ThrowawayCluster, free_port
+from exporter.server import start_server
 
 QUERY = "  - {name: q, sql: 'SELECT 1 AS x', metrics: {x: {}}}\n"
 FAST = "defaults: {timeout: 1s, lock_timeout: 500ms, connect_timeout: 1s, scrape_timeout: 5s}\n"
@@ -357,7 +355,8 @@ def test_sighup_reloads_and_sigterm_closes_sessions(tmp_path, fresh_db, cluster)
         proc.send_signal(signal.SIGHUP)
         samples = wait_until(lambda: (s := scraped()) and sample(s, "second_x", target="db") == 1 and s)
         assert sample(samples, "first_x") is None
-        assert len(wait_until(lambda: len(pgvigil_sessions(cluster, dbname)) == 1 and pgvigil_sessions(cluster, dbname))) == 1
+        assert len(wait_until(
+            lambda: len(pgvigil_sessions(cluster, dbname)) == 1 and pgvigil_sessions(cluster, dbname))) == 1
         # An invalid one: rejected with its errors logged, the previous config keeps serving.
         write(config, "collectors: []\ntargets: {db: {dsn: x}}\nqueries:\n  - {name: third, sql: 1, metrics: {}}\n")
         proc.send_signal(signal.SIGHUP)

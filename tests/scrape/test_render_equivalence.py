@@ -20,8 +20,8 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import parse_config
-from exporter.scrape.exposition import family_header
 from exporter.scrape.assembly import scrape_once
+from exporter.scrape.exposition import family_header
 from exporter.scrape.render import RowProblems, _render_by_row, render_rows
 
 # Label names sort after "target", so prometheus_client's sorted label order is ours too.
@@ -97,10 +97,12 @@ numbers = st.one_of(
     st.sampled_from([0.0, -0.0, 1e6, 1.5e10, 1718000000.123456, 5e-324, 1e22, float("nan"), float("-inf")]),
     st.decimals(allow_nan=False, allow_infinity=False, places=3, min_value=-10 ** 12, max_value=10 ** 12),
     st.booleans(),
-    st.datetimes(min_value=dt.datetime(1971, 1, 1), max_value=dt.datetime(2100, 1, 1), timezones=st.just(dt.timezone.utc)),
+    st.datetimes(min_value=dt.datetime(1971, 1, 1), max_value=dt.datetime(2100, 1, 1),
+                 timezones=st.just(dt.timezone.utc)),
     st.timedeltas(min_value=dt.timedelta(0), max_value=dt.timedelta(days=3000)),
 )
-label_text = st.one_of(st.text(min_size=0, max_size=12), st.sampled_from(['q"uote', "back\\slash", "new\nline", "ünï", ""]))
+label_text = st.one_of(st.text(min_size=0, max_size=12),
+                       st.sampled_from(['q"uote', "back\\slash", "new\nline", "ünï", ""]))
 rows_strategy = st.lists(
     st.tuples(label_text, st.one_of(st.none(), st.sampled_from(["a", "b"])),
               st.one_of(st.none(), numbers), st.one_of(st.none(), numbers), numbers),
@@ -122,7 +124,8 @@ any_rows = st.one_of(rows_strategy, int_rows_strategy, float_rows_strategy)
 def test_fast_renderer_is_byte_identical_to_generate_latest(query, rows):
     run = render_rows(query, COLUMNS, rows, TARGET_LABELS, {})
     assert pgvigil_exposition(query, run) == reference_exposition(query, rows)
-    assert run.series == sum(1 for r in rows for v, m in zip(r[2:], query.metrics) if v is not None or m.default is not None)
+    assert run.series == sum(1 for r in rows for v, m in zip(r[2:], query.metrics)
+                             if v is not None or m.default is not None)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -131,7 +131,8 @@ def test_values_the_driver_cannot_represent_fail_the_query_cleanly(cluster, sql)
             scrape = runner.scrape(30)
             samples = parsed(ScrapeText(runner.config.queries).text(scrape) + render_self_metrics(scrape))
             assert samples[("pgvigil_query_success", (("query", "bad"), ("target", "db")))] == 0
-            assert samples[("pgvigil_query_errors_total", (("query", "bad"), ("reason", "error"), ("target", "db")))] >= 1
+            bad_errors = ("pgvigil_query_errors_total", (("query", "bad"), ("reason", "error"), ("target", "db")))
+            assert samples[bad_errors] >= 1
             assert samples[("pgvigil_query_success", (("query", "after"), ("target", "db")))] == 1
             assert samples[("after_value", (("target", "db"),))] == 1
         assert "cannot read the result" in runner.targets["db"].statuses["bad"].error

@@ -159,7 +159,8 @@ def test_version_and_extension_gates_decide_what_runs(run):
     server = FakeServer(Script("SELECT"), version=130000, extensions=frozenset({"pg_stat_statements"}))
     runner = run(config('  - {name: new, sql: "SELECT 1 AS x", min_server_version: 170000, metrics: {x: {}}}\n'
                         '  - {name: old, sql: "SELECT 2 AS x", max_server_version: 169999, metrics: {x: {}}}\n'
-                        '  - {name: ext, sql: "SELECT 3 AS x", requires_extension: pg_stat_statements, metrics: {x: {}}}\n'
+                        '  - {name: ext, sql: "SELECT 3 AS x", requires_extension: pg_stat_statements, '
+                        'metrics: {x: {}}}\n'
                         '  - {name: vec, sql: "SELECT 4 AS x", requires_extension: vector, metrics: {x: {}}}\n'),
                  server)
     assert sorted(o.query.name for o in runner.scrape().outcomes) == ["ext", "old"]

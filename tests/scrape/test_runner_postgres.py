@@ -28,7 +28,8 @@ def test_every_value_type_is_converted(fresh_db):
              true AS b, false AS bf, '1970-01-02 00:00:00+00'::timestamptz AS ts, '1970-01-03'::date AS d,
              interval '1 hour 30 seconds' AS iv, 'NaN'::float8 AS nan, 'Infinity'::numeric AS inf,
              '-Infinity'::float8 AS ninf, 1e-300::float8 AS tiny, 0.5::real AS r, 7::smallint AS s
-    metrics: {i: {}, big: {}, f: {}, n: {}, b: {}, bf: {}, ts: {}, d: {}, iv: {}, nan: {}, inf: {}, ninf: {}, tiny: {}, r: {}, s: {}}
+    metrics: {i: {}, big: {}, f: {}, n: {}, b: {}, bf: {}, ts: {}, d: {}, iv: {}, nan: {}, inf: {}, ninf: {}, \
+tiny: {}, r: {}, s: {}}
 """)
     samples = parse_exposition(scrape_once(config))
     expected = {"i": 42, "big": 9007199254740992.0, "f": 1.5, "n": 2.25, "b": 1, "bf": 0, "ts": 86400, "d": 172800,
@@ -56,7 +57,8 @@ def test_nulls_defaults_text_values_and_duplicates(fresh_db):
     assert sample(samples, "t_defaulted", k="a") == -1     # ... unless the metric has a default
     assert sample(samples, "t_plain", k="") == 3           # NULL label -> ""
     assert sample(samples, "t_txt", k="a") is None         # text is an error for that row only
-    errors = {r: sample(samples, "pgvigil_query_errors_total", query="t", reason=r) for r in ("duplicate", "invalid_value")}
+    errors = {r: sample(samples, "pgvigil_query_errors_total", query="t", reason=r)
+              for r in ("duplicate", "invalid_value")}
     assert errors == {"duplicate": 1, "invalid_value": 3}
     assert sample(samples, "pgvigil_query_success", query="t") == 1
 
@@ -191,7 +193,8 @@ def test_histogram_accumulates_only_new_rows(fresh_db, cluster):
                     "INSERT INTO request_log (route, ms) VALUES ('/old', 100)", dbname)
     config = config_for(fresh_db, """
   - name: request
-    sql: "SELECT route, ms / 1000.0 AS duration_seconds FROM request_log WHERE at > {{previous_run}} AND route LIKE '/%'"
+    sql: "SELECT route, ms / 1000.0 AS duration_seconds FROM request_log \
+WHERE at > {{previous_run}} AND route LIKE '/%'"
     labels: [route]
     metrics:
       duration_seconds: {type: histogram, buckets: [0.05, 0.1, 0.5, 1]}
@@ -220,7 +223,8 @@ def test_gauge_histogram_is_a_fresh_snapshot_each_run(fresh_db, cluster):
     dbname = fresh_db.rsplit("/", 1)[1]
     cluster.execute("CREATE TABLE ages (s float8); INSERT INTO ages VALUES (1), (20), (400)", dbname)
     config = config_for(fresh_db, """
-  - {name: tx, sql: "SELECT s AS age_seconds FROM ages", metrics: {age_seconds: {type: gauge_histogram, buckets: [5, 60, 300]}}}
+  - {name: tx, sql: "SELECT s AS age_seconds FROM ages", \
+metrics: {age_seconds: {type: gauge_histogram, buckets: [5, 60, 300]}}}
 """)
     runner = Runner(config)
     try:
@@ -293,7 +297,8 @@ def test_cluster_scope_runs_once_per_server_and_labels_are_constant(cluster, fre
 def test_target_constant_labels_on_every_series(fresh_db):
     from exporter.config import parse_config
 
-    config = parse_config(f"collectors: []\ntargets:\n  main:\n    dsn: {fresh_db}\n    labels: {{cluster: eu-1, env: prod}}\n"
+    config = parse_config(f"collectors: []\ntargets:\n  main:\n    dsn: {fresh_db}\n"
+                          "    labels: {cluster: eu-1, env: prod}\n"
                           "queries:\n  - {name: q, sql: 'SELECT 1 AS x', metrics: {x: {}}}\n")
     text = scrape_once(config)
     for line in text.splitlines():
@@ -335,13 +340,15 @@ def test_pool_size_spreads_queries_over_several_sessions(fresh_db, cluster):
     from exporter.config import parse_config
 
     dbname = fresh_db.rsplit("/", 1)[1]
-    queries = "".join(f"  - {{name: q{i}, sql: 'SELECT pg_backend_pid() AS pid', metrics: {{pid: {{}}}}}}\n" for i in range(4))
+    queries = "".join(f"  - {{name: q{i}, sql: 'SELECT pg_backend_pid() AS pid', metrics: {{pid: {{}}}}}}\n"
+                      for i in range(4))
     config = parse_config(f"collectors: []\ntargets:\n  db: {{dsn: '{fresh_db}', pool_size: 2}}\nqueries:\n{queries}")
     runner = Runner(config)
     try:
         samples = scrape(runner)
         pids = {sample(samples, f"q{i}_pid") for i in range(4)}
-        sessions = cluster.execute(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{dbname}' AND application_name = 'pgvigil'")
+        sessions = cluster.execute(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{dbname}'"
+                                   " AND application_name = 'pgvigil'")
     finally:
         runner.close()
     assert len(pids) == 2 and None not in pids
@@ -350,7 +357,8 @@ def test_pool_size_spreads_queries_over_several_sessions(fresh_db, cluster):
 
 def test_max_series_truncates_rows_but_bounds_histogram_label_sets(fresh_db):
     config = config_for(fresh_db, """
-  - {name: many, max_series: 5, sql: "SELECT g::text AS k, g AS v FROM generate_series(1, 8) g", labels: [k], metrics: {v: {}}}
+  - {name: many, max_series: 5, sql: "SELECT g::text AS k, g AS v FROM generate_series(1, 8) g", \
+labels: [k], metrics: {v: {}}}
   - name: obs
     max_series: 2
     sql: "SELECT (g % 3)::text AS k, g AS v FROM generate_series(1, 30) g"
@@ -376,8 +384,10 @@ def test_storage_allocation_is_exported_for_the_utilization_alert(fresh_db):
 
 def test_array_and_json_label_values(fresh_db):
     config = config_for(fresh_db, """
-  - {name: a, sql: "SELECT ARRAY['x','y'] AS arr, '{\\"k\\": 1}'::json AS j, 1 AS v", labels: [arr, j], metrics: {v: {}}}
-  - {name: b, sql: "SELECT ARRAY[1, 2] AS arr, 1 AS v", labels: [arr], metrics: {v: {type: gauge_histogram, buckets: [1]}}}
+  - {name: a, sql: "SELECT ARRAY['x','y'] AS arr, '{\\"k\\": 1}'::json AS j, 1 AS v", \
+labels: [arr, j], metrics: {v: {}}}
+  - {name: b, sql: "SELECT ARRAY[1, 2] AS arr, 1 AS v", labels: [arr], \
+metrics: {v: {type: gauge_histogram, buckets: [1]}}}
 """)
     samples = parse_exposition(scrape_once(config))
     assert sample(samples, "a_v", arr="{x,y}", j='{"k":1}') == 1
