@@ -19,6 +19,10 @@ venv_create
 venv_install test
 venv_activate
 
-# Static checks run here, before the tests, from the same venv.
+# Static checks first, from the same venv (settings in pyproject.toml): lint, then types.
+echo "ruff: lint" >&2
+ruff check exporter tests bench
+echo "mypy: type check of exporter/" >&2
+mypy
 
 exec python -m pytest "$@"
