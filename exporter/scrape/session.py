@@ -269,13 +269,12 @@ class TargetSession:
         self._facts = None
 
     def cancel(self) -> None:
-        """Ask the server to cancel the running query; safe from another thread (used at shutdown)."""
+        """Ask the server to cancel the running query; safe from another thread (reload, shutdown).
+
+        Returns within CANCEL_GRACE_SECONDS whatever the network does (see `_cancel_on_server`)."""
         conn = self._conn
         if conn is not None and not conn.closed:
-            try:
-                conn.cancel()
-            except psycopg2.Error:
-                pass
+            self._cancel_on_server(conn)
 
     def refresh_extensions(self) -> None:
         """Re-read pg_extension (an extension may be created while pgvigil runs)."""
@@ -405,17 +404,29 @@ class TargetSession:
         return QueryFailed(self.clean_message(exc), reason="timeout" if timeout else "error", connection_lost=lost,
                            sqlstate=exc.pgcode)
 
-    @classmethod
-    def _abandon(cls, conn: Any) -> None:
+    def _abandon(self, conn: Any) -> None:
         """Give up on a query: cancel it on the server, then unblock our read by cutting the socket.
 
         The cancel goes first, on its own connection: once the socket is cut the backend can no
-        longer be reached through this connection, and would run on after pgvigil gave up. It runs
-        in its own thread, as connecting for it may hang as long as the network stall itself."""
-        canceller = threading.Thread(target=_send_cancel, args=(conn,), name="pgvigil-cancel", daemon=True)
+        longer be reached through this connection, and would run on after pgvigil gave up."""
+        self._cancel_on_server(conn)
+        self._cut_socket(conn)
+
+    def _cancel_on_server(self, conn: Any) -> None:
+        """pg_cancel_backend of this session's backend, from a connection of its own, in a thread
+        given CANCEL_GRACE_SECONDS.
+
+        Not libpq's cancel request (`conn.cancel()`): psycopg2 holds the GIL while PQcancel connects,
+        so over a stalled network the whole exporter would freeze with it. psycopg2 releases the GIL
+        while it connects, so this thread can hang with the network without stopping anything else."""
+        try:
+            pid = conn.get_backend_pid()
+        except psycopg2.Error:
+            return
+        canceller = threading.Thread(target=_cancel_backend, args=(self.spec.dsn, pid), name="pgvigil-cancel",
+                                     daemon=True)
         canceller.start()
         canceller.join(CANCEL_GRACE_SECONDS)
-        cls._cut_socket(conn)
 
     @staticmethod
     def _cut_socket(conn: Any) -> None:
@@ -453,8 +464,21 @@ def shorten(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     return f"{message[:limit]}... ({len(message) - limit} more characters)"
 
 
-def _send_cancel(conn: Any) -> None:
+# Only a pgvigil backend of this role: behind a pooler the pid a session knows may be the pooler's.
+_CANCEL_BACKEND = ("SELECT pg_cancel_backend(pid) FROM pg_stat_activity"
+                   " WHERE pid = %s AND application_name = 'pgvigil' AND usename = current_user")
+
+
+def _cancel_backend(dsn: str, pid: int) -> None:
     try:
-        conn.cancel()
+        conn = psycopg2.connect(dsn, connect_timeout=2, application_name="pgvigil cancel")
+    except psycopg2.Error:
+        return
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(_CANCEL_BACKEND, (pid,))
     except psycopg2.Error:
         pass
+    finally:
+        conn.close()
