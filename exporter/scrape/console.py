@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import decimal
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from exporter.scrape.session import (
     QueryFailed,
     ServerFacts,
     TargetSession,
+    cut_socket,
 )
 
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
@@ -196,7 +196,7 @@ class ConsoleSession:
         conn = self._conn
         assert conn is not None and command in VIEWS
         # The console has no statement_timeout: a stalled PgBouncer is cut off at the socket.
-        watchdog = threading.Timer(timeout + STALL_GRACE_SECONDS, _cut_socket, args=(conn,))
+        watchdog = threading.Timer(timeout + STALL_GRACE_SECONDS, cut_socket, args=(conn,))
         watchdog.daemon = True
         watchdog.start()
         try:
@@ -224,7 +224,7 @@ class ConsoleSession:
         """The console runs no long commands: closing is the cancel (used at shutdown)."""
         conn = self._conn
         if conn is not None and not conn.closed:
-            _cut_socket(conn)
+            cut_socket(conn)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -234,15 +234,3 @@ class ConsoleSession:
                 pass
         self._conn = None
         self._facts = None
-
-
-def _cut_socket(conn: Any) -> None:
-    """Unblock a read stuck on a stalled PgBouncer by shutting the socket down."""
-    try:
-        sock = socket.socket(fileno=conn.fileno())
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        finally:
-            sock.detach()
-    except (OSError, psycopg2.Error, ValueError):
-        pass

@@ -410,7 +410,7 @@ class TargetSession:
         The cancel goes first, on its own connection: once the socket is cut the backend can no
         longer be reached through this connection, and would run on after pgvigil gave up."""
         self._cancel_on_server(conn)
-        self._cut_socket(conn)
+        cut_socket(conn)
 
     def _cancel_on_server(self, conn: Any) -> None:
         """pg_cancel_backend of this session's backend, from a connection of its own, in a thread
@@ -428,18 +428,6 @@ class TargetSession:
         canceller.start()
         canceller.join(CANCEL_GRACE_SECONDS)
 
-    @staticmethod
-    def _cut_socket(conn: Any) -> None:
-        """Unblock a read stuck on a stalled network by shutting the socket down."""
-        try:
-            sock = socket.socket(fileno=conn.fileno())
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            finally:
-                sock.detach()
-        except (OSError, psycopg2.Error, ValueError):
-            pass
-
     def ping(self) -> float:
         """Round-trip time of SELECT 1 in seconds (connecting first if needed)."""
         self.ensure_connected()
@@ -455,6 +443,18 @@ class TargetSession:
         message = getattr(exc, "pgerror", None) or str(exc)
         first = " ".join(line.strip() for line in message.strip().splitlines()[:2])
         return shorten(redact(first, self._secrets))  # redacted first, so no cut leaves a secret's prefix
+
+
+def cut_socket(conn: Any) -> None:
+    """Unblock a read stuck on a stalled network by shutting the connection's socket down."""
+    try:
+        sock = socket.socket(fileno=conn.fileno())
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.detach()
+    except (OSError, psycopg2.Error, ValueError):
+        pass
 
 
 def shorten(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
