@@ -53,6 +53,7 @@ class Exporter:
         self._serving = (Runner(config, session_factory), ScrapeText(config.queries))
         self.registry = process_registry(extra_collectors)
         self._reload_lock = threading.Lock()
+        self._scraped = False  # the first scrape is logged with its duration and size
 
     @property
     def runner(self) -> Runner:
@@ -64,9 +65,17 @@ class Exporter:
     def metrics_parts(self, scrape_timeout: float | None, only: list[str] | None = None) -> list[bytes]:
         """One scrape as UTF-8 chunks: sent as they are, a large scrape is never joined or encoded whole."""
         runner, text = self._serving
+        first = not self._scraped
+        self._scraped = True
+        if first:  # the first scrape of a large catalog takes seconds: say so while it runs
+            log.info("first scrape: running the queries of %d target(s)", len(runner.targets))
         scrape = runner.scrape(scrape_timeout, only=only)
         parts = text.parts(scrape)
         parts.append(render_self_metrics(scrape, self.registry).encode("utf-8"))
+        if first:
+            log.info("first scrape done in %.1f s: %d of %d queries succeeded, %d series, %d bytes",
+                     scrape.duration, sum(o.included for o in scrape.outcomes), len(scrape.outcomes),
+                     sum(o.status.series for o in scrape.outcomes if o.included), sum(map(len, parts)))
         return parts
 
     def reload(self, config: Config, extra_collectors: Iterable[Collector] = ()) -> bool:

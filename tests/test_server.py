@@ -85,3 +85,17 @@ def test_landing_page_lists_targets_and_queries(server):
 ])
 def test_scrape_budget(header, expected):
     assert scrape_budget(header, 10.0) == expected
+
+
+def test_the_first_scrape_is_logged_with_its_duration_and_size(fresh_db, caplog):
+    handle = start_server(config_for(fresh_db, '  - {name: q, sql: "SELECT 1 AS x", metrics: {x: {}}}\n'))
+    try:
+        with caplog.at_level("INFO", logger="exporter.server"):
+            get(handle.url + "/metrics")
+            get(handle.url + "/metrics")
+    finally:
+        handle.stop()
+    messages = [r.getMessage() for r in caplog.records if r.name == "exporter.server"]
+    assert messages[0] == "first scrape: running the queries of 1 target(s)"
+    assert messages[1].startswith("first scrape done in ") and ": 1 of 1 queries succeeded, 1 series, " in messages[1]
+    assert len([m for m in messages if m.startswith("first scrape")]) == 2  # the second scrape is not logged
