@@ -17,6 +17,7 @@ docs/metrics.md is generated here too, by `exporter.bundle.metrics_doc` (`pgvigi
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.bundle import (
@@ -33,7 +34,7 @@ from exporter.bundle import (
 from exporter.bundle.catalog import RUNBOOK_BASE
 from exporter.bundle.profiles import apply_profile, load_profile
 from exporter.bundle.slos import DEFAULT_OBJECTIVES, Objective, load_objectives
-from exporter.bundle.thresholds import DEFAULT_THRESHOLDS, load_thresholds
+from exporter.bundle.thresholds import DEFAULT_THRESHOLDS, Threshold, load_thresholds
 
 ALERT_FILES = {
     "rules": Path("alerts/pgvigil-rules.yml"),
@@ -75,24 +76,43 @@ def write_bundle(thresholds_path: str | Path | None, out_dir: str | Path, with_e
     files written. `with_examples` adds the application examples' alert group (off by default);
     `profile` applies a declared override to the thresholds (`exporter.bundle.profiles`, e.g. the
     demo's short waits); `runbook_base` is where the alerts' runbook links point."""
-    path = Path(thresholds_path) if thresholds_path is not None else DEFAULT_THRESHOLDS
-    thresholds = load_thresholds(path)
-    if profile is not None:
-        thresholds = apply_profile(thresholds, load_profile(profile))
+    inputs = load_inputs(thresholds_path, objectives_path, profile)
     runbooks.check_base(runbook_base)
-    objectives_file = Path(objectives_path) if objectives_path is not None else DEFAULT_OBJECTIVES
-    objectives = load_objectives(objectives_file)
     out_dir = Path(out_dir)
-    source = source_name(path) + (f", profile {profile}" if profile is not None else "")
-    files = render_alert_files(thresholds, source, objectives,
-                               source_name(objectives_file, DEFAULT_OBJECTIVES, "alerts/objectives.yaml"))
+    files = render_alert_files(inputs.thresholds, inputs.source, inputs.objectives, inputs.objectives_source)
     if with_examples:
         # read before writing anything, so a missing examples directory leaves no half bundle
         files.update(examples.render_example_files())
     texts = {str(relative): runbooks.rebase(text, runbook_base) for relative, text in files.items()}
     texts.update({f"dashboards/{name}": json.dumps(model, indent=2, ensure_ascii=False) + "\n"
-                  for name, model in dashboards.build_dashboards(thresholds).items()})
+                  for name, model in dashboards.build_dashboards(inputs.thresholds).items()})
     return output.write_all(out_dir, texts)  # all or nothing: a full disk leaves no half bundle
+
+
+@dataclass(frozen=True)
+class BundleInputs:
+    """The thresholds (with a profile applied) and objectives a bundle is generated from, and how
+    the generated files name them."""
+    thresholds: dict[str, Threshold]
+    objectives: dict[str, Objective]
+    source: str
+    objectives_source: str
+
+
+def load_inputs(thresholds_path: str | Path | None, objectives_path: str | Path | None,
+                profile: str | None = None) -> BundleInputs:
+    """Read the thresholds and objectives files (the shipped ones by default)."""
+    path = Path(thresholds_path) if thresholds_path is not None else DEFAULT_THRESHOLDS
+    thresholds = load_thresholds(path)
+    if profile is not None:
+        thresholds = apply_profile(thresholds, load_profile(profile))
+    objectives_file = Path(objectives_path) if objectives_path is not None else DEFAULT_OBJECTIVES
+    return BundleInputs(
+        thresholds=thresholds,
+        objectives=load_objectives(objectives_file),
+        source=source_name(path) + (f", profile {profile}" if profile is not None else ""),
+        objectives_source=source_name(objectives_file, DEFAULT_OBJECTIVES, "alerts/objectives.yaml"),
+    )
 
 
 def source_name(path: Path, default: Path = DEFAULT_THRESHOLDS, shown: str = "alerts/thresholds.yaml") -> str:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from exporter.bundle import write_bundle
+from exporter.bundle import kubernetes, load_inputs, write_bundle
 from exporter.bundle.catalog import RUNBOOK_BASE
 from exporter.bundle.profiles import profile_names
 from exporter.bundle.rules import BundleError
@@ -35,16 +35,26 @@ def _default_out() -> Path:
 @click.option("--profile", type=click.Choice(profile_names()), default=None,
               help="Apply a thresholds profile (exporter/bundle/profiles/; `demo`: short waits, as "
                    "`pgvigil demo` runs). Needs --out: the repository's files stay the production ones.")
+@click.option("--kubernetes", "kubernetes_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              metavar="DIR", help="Instead of alerts/ and dashboards/, write Kubernetes manifests into DIR: a "
+                                  "PrometheusRule with the same rule groups, a ServiceMonitor, a PodMonitor and "
+                                  "the exporter's ConfigMap, Deployment and Service (docs/kubernetes.md).")
+@click.option("--cluster-label", default=None, metavar="NAME",
+              help="With --kubernetes: add the label NAME (e.g. cluster) to every by (...) and on (...) of the "
+                   "rules, so aggregations never merge two clusters' series in a global view (Thanos, Mimir).")
 def bundle(thresholds_path: Path | None, objectives_path: Path | None, out_dir: Path | None,
-           with_examples: bool, runbook_base: str, profile: str | None) -> None:
+           with_examples: bool, runbook_base: str, profile: str | None, kubernetes_dir: Path | None,
+           cluster_label: str | None) -> None:
     """Generate alert rules, objectives' burn-rate alerts, their promtool tests, the Alertmanager
-    config and dashboards."""
-    if profile is not None and out_dir is None:
-        raise click.UsageError("--profile writes a variant of the bundle: give --out DIR, so the files in "
-                               "alerts/ and dashboards/ stay the production ones")
+    config and dashboards (or, with --kubernetes, the manifests for the Prometheus Operator)."""
+    _check_options(out_dir, with_examples, profile, kubernetes_dir, cluster_label)
     try:
-        written = write_bundle(thresholds_path, out_dir or _default_out(), with_examples=with_examples,
-                               objectives_path=objectives_path, profile=profile, runbook_base=runbook_base)
+        if kubernetes_dir is not None:
+            inputs = load_inputs(thresholds_path, objectives_path, profile)
+            written = kubernetes.write(inputs, kubernetes_dir, cluster_label, runbook_base)
+        else:
+            written = write_bundle(thresholds_path, out_dir or _default_out(), with_examples=with_examples,
+                                   objectives_path=objectives_path, profile=profile, runbook_base=runbook_base)
     except (ThresholdError, ObjectiveError) as exc:
         for line in exc.errors:
             click.echo(f"error: {line}", err=True)
@@ -54,3 +64,17 @@ def bundle(thresholds_path: Path | None, objectives_path: Path | None, out_dir: 
         raise SystemExit(1) from None
     for path in written:
         click.echo(str(path))
+
+
+def _check_options(out_dir: Path | None, with_examples: bool, profile: str | None, kubernetes_dir: Path | None,
+                   cluster_label: str | None) -> None:
+    if kubernetes_dir is not None:
+        if out_dir is not None or with_examples:
+            raise click.UsageError("--kubernetes DIR writes only the manifests, into DIR: drop --out and "
+                                   "--with-examples")
+        return
+    if cluster_label is not None:
+        raise click.UsageError("--cluster-label changes the rules of the Kubernetes manifests: give --kubernetes DIR")
+    if profile is not None and out_dir is None:
+        raise click.UsageError("--profile writes a variant of the bundle: give --out DIR, so the files in "
+                               "alerts/ and dashboards/ stay the production ones")
