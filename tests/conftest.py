@@ -6,12 +6,15 @@ parametrized over 13-18 and each major's cluster starts once per session.
 """
 from __future__ import annotations
 
+import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 
+from exporter.dev import stack
 from exporter.dev.servers import SUPPORTED_MAJORS, server_bindir
 from exporter.dev.throwaway import ThrowawayCluster
 from exporter.pgbin import find_bindir
@@ -95,3 +98,21 @@ def sample(samples: dict, name: str, **labels) -> float | None:
     found = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls]
     assert len(found) <= 1, f"{len(found)} samples of {name} match {labels}"
     return found[0] if found else None
+
+
+# Live alerting tests need both servers; scripts/test.sh installs them with apt.
+requires_prometheus_stack = pytest.mark.skipif(
+    not (any(map(shutil.which, stack.PROMETHEUS_BINARIES)) and any(map(shutil.which, stack.ALERTMANAGER_BINARIES))),
+    reason="prometheus/alertmanager not installed (scripts/test.sh installs them)",
+)
+
+
+def wait_until(check: Callable[[], object], timeout: float, what: str) -> object:
+    """Poll `check` every half second until it returns something true; that result, or fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")

@@ -25,6 +25,7 @@ import psycopg2
 import psycopg2.extensions
 
 from exporter.config import CONSOLE_COMMANDS, Defaults, TargetSpec
+from exporter.redaction import dsn_secrets
 from exporter.scrape.session import (
     STALL_GRACE_SECONDS,
     ConnectFailed,
@@ -32,7 +33,8 @@ from exporter.scrape.session import (
     PreparedSql,
     QueryFailed,
     ServerFacts,
-    TargetSession,
+    clean_message,
+    connect_message,
     cut_socket,
 )
 
@@ -141,7 +143,7 @@ class ConsoleSession:
         self.defaults = defaults
         self._conn: psycopg2.extensions.connection | None = None
         self._facts: ServerFacts | None = None
-        self._messages = TargetSession(spec, defaults)  # never connected: its DSN-safe error messages only
+        self._secrets = dsn_secrets(spec.dsn)
 
     @property
     def facts(self) -> ServerFacts | None:
@@ -161,7 +163,7 @@ class ConsoleSession:
             # The console has no transactions: psycopg2's implicit BEGIN would be refused.
             conn.autocommit = True
         except psycopg2.Error as exc:
-            raise ConnectFailed(self._messages.connect_message(exc)) from None
+            raise ConnectFailed(connect_message(exc, self.spec.dsn, self._secrets)) from None
         self._conn = conn
         try:
             version = self._send("SHOW VERSION", self.defaults.timeout).rows
@@ -209,7 +211,7 @@ class ConsoleSession:
             if lost:
                 self.close()
             reason = "timeout" if lost and "timeout" in str(exc).lower() else "error"
-            raise QueryFailed(self._messages.clean_message(exc), reason=reason, connection_lost=lost) from None
+            raise QueryFailed(clean_message(exc, self._secrets), reason=reason, connection_lost=lost) from None
         finally:
             watchdog.cancel()
 

@@ -436,13 +436,22 @@ class TargetSession:
         return time.perf_counter() - start
 
     def connect_message(self, exc: BaseException) -> str:
-        """A connect error without DSN fragments (libpq's parse errors quote pieces of the DSN)."""
-        return connect_error(self.clean_message(exc), self.spec.dsn)
+        return connect_message(exc, self.spec.dsn, self._secrets)
 
     def clean_message(self, exc: BaseException) -> str:
-        message = getattr(exc, "pgerror", None) or str(exc)
-        first = " ".join(line.strip() for line in message.strip().splitlines()[:2])
-        return shorten(redact(first, self._secrets))  # redacted first, so no cut leaves a secret's prefix
+        return clean_message(exc, self._secrets)
+
+
+def clean_message(exc: BaseException, secrets: list[str]) -> str:
+    """The first lines of a driver or server error, secrets masked, at most MAX_MESSAGE_CHARS."""
+    message = getattr(exc, "pgerror", None) or str(exc)
+    first = " ".join(line.strip() for line in message.strip().splitlines()[:2])
+    return shorten(redact(first, secrets))  # redacted first, so no cut leaves a secret's prefix
+
+
+def connect_message(exc: BaseException, dsn: str, secrets: list[str]) -> str:
+    """A connect error without DSN fragments (libpq's parse errors quote pieces of the DSN)."""
+    return connect_error(clean_message(exc, secrets), dsn)
 
 
 def cut_socket(conn: Any) -> None:

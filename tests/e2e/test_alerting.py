@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-import time
 import urllib.request
 
 import psycopg2
 import pytest
+from conftest import requires_prometheus_stack, wait_until
 
 from exporter.bundle import alertmanager, rules
 from exporter.bundle.thresholds import load_thresholds
@@ -29,20 +28,7 @@ MAX_CONNECTIONS = 20
 RESERVED = 3  # PostgreSQL's default superuser_reserved_connections
 ALERT = "PostgresConnectionUtilizationHigh"
 
-pytestmark = pytest.mark.skipif(
-    not (any(map(shutil.which, stack.PROMETHEUS_BINARIES)) and any(map(shutil.which, stack.ALERTMANAGER_BINARIES))),
-    reason="prometheus/alertmanager not installed (scripts/test.sh installs them)",
-)
-
-
-def wait_until(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+pytestmark = requires_prometheus_stack
 
 
 @pytest.fixture(scope="module")

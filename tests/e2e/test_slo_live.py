@@ -9,10 +9,10 @@ It goes through the same code path as the shipped file (`write_bundle(objectives
 """
 from __future__ import annotations
 
-import shutil
 import time
 
 import pytest
+from conftest import requires_prometheus_stack, wait_until
 
 from exporter.bundle import ALERT_FILES, alertmanager, write_bundle
 from exporter.config import parse_config
@@ -31,20 +31,7 @@ availability:
 """
 BUDGET = 'pgvigil:slo_budget_remaining:ratio{slo="availability", target="primary"}'
 
-pytestmark = pytest.mark.skipif(
-    not (any(map(shutil.which, stack.PROMETHEUS_BINARIES)) and any(map(shutil.which, stack.ALERTMANAGER_BINARIES))),
-    reason="prometheus/alertmanager not installed (scripts/test.sh installs them)",
-)
-
-
-def wait_until(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+pytestmark = requires_prometheus_stack
 
 
 @pytest.fixture(scope="module")
