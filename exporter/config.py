@@ -437,6 +437,11 @@ class _Checker(Checker):
             if values.get(key) == 0:
                 self.error(("defaults", key), "expected at least 1")
                 values.pop(key)
+        # 0 would switch a limit off (statement_timeout 0 means none) or fail every scrape at once.
+        for key in ("timeout", "lock_timeout", "connect_timeout", "scrape_timeout"):
+            if values.get(key) == 0:
+                self.error(("defaults", key), "expected a duration above zero, e.g. 5s")
+                values.pop(key)
         return Defaults(**values)
 
     def targets(self, value: Any, dsn: str | None) -> tuple[TargetSpec, ...]:

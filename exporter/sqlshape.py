@@ -50,6 +50,8 @@ def inspect(sql: str) -> Shape:
     """The shape of a query's SQL; raises NotAQuery unless it is exactly one read-only query.
 
     `sql` is what is sent: placeholders such as {{previous_run}} already replaced."""
+    if "\x00" in sql:  # the parser would stop reading there, the driver refuses to send it at all
+        raise NotAQuery("contains a NUL character")
     try:
         statements = parse_sql(sql)
     except ParseError as exc:

@@ -49,7 +49,7 @@ def describe_value(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, (int, float)):
-        return f"the number {value!r}" if abs(value) < 1e15 else "a huge number"
+        return "a huge number" if abs(value) >= 1e15 else f"the number {value!r}"  # nan reads as nan
     if isinstance(value, str):
         if may_hold_secret(value):  # a DSN where a name or number was expected: its password must not be echoed
             return "a string that may be a connection string (not shown)"

@@ -258,3 +258,17 @@ def test_pgbouncer_targets_and_queries():
                      "metrics: {x: {}}}\n") == [
         "c.yaml:4: queries[0].targets: target 'db' is a postgres target; this query runs on pgbouncer targets "
         "(its `kind`)"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    # a limit of 0 would switch the server-side bound off (statement_timeout 0) or export nothing
+    ("defaults: {timeout: 0s}\n", "c.yaml:2: defaults.timeout: expected a duration above zero, e.g. 5s"),
+    ("defaults: {scrape_timeout: 0}\n", "c.yaml:2: defaults.scrape_timeout: expected a duration above zero, e.g. 5s"),
+    # the parser stops at a NUL, the driver refuses to send it: one located error instead
+    ('queries:\n  - {name: q, sql: "SELECT 1 AS x\\u0000", metrics: {x: {}}}\n',
+     "c.yaml:3: queries[0].sql: contains a NUL character"),
+    ("queries:\n  - {name: q, sql: SELECT 1 AS x, metrics: {x: {type: histogram, buckets: [1, .nan]}}}\n",
+     "c.yaml:3: queries[0].metrics.x.buckets[1]: expected a finite number, got the number nan"),
+])
+def test_values_pgvigil_cannot_work_with_are_located_errors(text, expected):
+    assert expected in errors_of("collectors: []\n" + text)
