@@ -171,14 +171,7 @@ def provoked(cluster):
     cluster.execute("CHECKPOINT")
     cluster.execute("SELECT pg_create_physical_replication_slot('pgvigil_test_slot', true)")
 
-    def stats_arrived() -> bool:
-        rows = cluster.execute(
-            "SELECT (SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'bloat'),"
-            " (SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'indexed_used'),"
-            " (SELECT deadlocks FROM pg_stat_database WHERE datname = current_database())", db)
-        return rows[0] == (DEAD_TUPLES, 1, 1) and sessions_killed(cluster, db) in (None, 1)
-
-    wait_until(stats_arrived, "table, index and database statistics to be flushed")
+    wait_until(lambda: provoked_stats_arrived(cluster, db), "table, index and database statistics to be flushed")
     held = HeldSessions(dsn)
     try:
         wait_until(lambda: cluster.execute(
@@ -193,11 +186,34 @@ def provoked(cluster):
     cluster.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
 
 
-def sessions_killed(cluster, db: str) -> int | None:
-    """pg_stat_database.sessions_killed, None before PostgreSQL 14 added session statistics."""
-    if int(cluster.execute("SHOW server_version_num")[0][0]) < 140000:
-        return None
-    return cluster.execute(f"SELECT sessions_killed FROM pg_stat_database WHERE datname = '{db}'")[0][0]
+def provoked_stats_arrived(cluster, db: str) -> bool:
+    """Every cumulative counter the tests below read has reached the views.
+
+    Counters arrive asynchronously: through the statistics collector up to 14 (UDP, one report per
+    backend at most every 500 ms, the rest at exit), from 15 when a backend flushes (at most once a
+    second, or at exit, which happens after the client has hung up), and the checkpointer reports
+    its counters only after waking the session that asked for the CHECKPOINT. So each condition a
+    test asserts on a counter is polled for here, with the same bound.
+    """
+    version = int(cluster.execute("SHOW server_version_num")[0][0])
+    checks = [
+        f"(SELECT n_dead_tup = {DEAD_TUPLES} AND n_tup_ins = {DEAD_TUPLES} AND n_tup_del = {DEAD_TUPLES}"
+        " AND n_live_tup = 0 FROM pg_stat_user_tables WHERE relname = 'bloat')",
+        "(SELECT heap_blks_hit > 0 FROM pg_statio_user_tables WHERE relname = 'bloat')",
+        "(SELECT vacuum_count = 1 FROM pg_stat_user_tables WHERE relname = 'vacuumed')",
+        "(SELECT idx_scan = 1 FROM pg_stat_user_indexes WHERE indexrelname = 'indexed_used')",
+        "(SELECT deadlocks = 1 AND xact_rollback >= 2 AND temp_files >= 1 AND temp_bytes > 0"
+        f" AND tup_deleted >= {DEAD_TUPLES} AND xact_commit > 0 AND blks_hit > 0"
+        " FROM pg_stat_database WHERE datname = current_database())",
+        "(SELECT buffers_alloc > 0 FROM pg_stat_bgwriter)",
+        "(SELECT num_requested >= 1 FROM pg_stat_checkpointer)" if version >= 170000
+        else "(SELECT checkpoints_req >= 1 FROM pg_stat_bgwriter)",
+    ]
+    if version >= 140000:  # session statistics came with PostgreSQL 14; active_time is in milliseconds
+        checks.append("(SELECT sessions_killed = 1 AND sessions >= 5"
+                      f" AND active_time >= {SLEEP_SECONDS * SLEEP_CALLS * 1000}"
+                      " FROM pg_stat_database WHERE datname = current_database())")
+    return all(cluster.execute("SELECT " + ", ".join(checks), db)[0])
 
 
 @pytest.fixture(params=ROLES)
