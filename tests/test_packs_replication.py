@@ -26,6 +26,24 @@ def wait_until(check, what: str, attempts: int = 400) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def archive_fails(primary: ThrowawayCluster):
+    """A check that is true once an archive attempt failed, handing the archiver a new segment each
+    time it archived one: the archiver rereads archive_command only when the postmaster has
+    processed the reload and signalled it, which a busy machine may delay past any fixed sleep."""
+    archived_before = [primary.execute("SELECT archived_count FROM pg_stat_archiver")[0][0] - 1]
+
+    def check() -> bool:
+        archived, failed = primary.execute("SELECT archived_count, failed_count FROM pg_stat_archiver")[0]
+        if failed >= 1:
+            return True
+        if archived > archived_before[0]:  # still the old command (or the first round): another segment
+            archived_before[0] = archived
+            primary.execute("INSERT INTO archived VALUES (2)")
+            primary.execute("SELECT pg_switch_wal()")
+        return False
+    return check
+
+
 def scrape(pg: ThrowawayCluster):
     config = parse_config(f"targets:\n  db:\n    dsn: {pg.dsn()}\ncollectors: [replication, archiver]\n")
     samples = parse_samples(scrape_once(config))
@@ -53,10 +71,7 @@ def test_archiver_counts_successes_and_failures(servers):
     wait_until(lambda: primary.execute("SELECT archived_count FROM pg_stat_archiver")[0][0] >= 1, "an archived segment")
     primary.execute("ALTER SYSTEM SET archive_command = '/bin/false'")
     primary.execute("SELECT pg_reload_conf()")
-    time.sleep(0.2)  # let the archiver read the new command before there is work for it
-    primary.execute("INSERT INTO archived VALUES (2)")
-    primary.execute("SELECT pg_switch_wal()")
-    wait_until(lambda: primary.execute("SELECT failed_count FROM pg_stat_archiver")[0][0] >= 1, "a failed archive")
+    wait_until(archive_fails(primary), "a failed archive")
     primary.execute("ALTER SYSTEM RESET archive_command")
     primary.execute("SELECT pg_reload_conf()")
 
