@@ -9,6 +9,7 @@ import urllib.request
 
 import pytest
 from click.testing import CliRunner
+from conftest import wait_until
 
 from exporter.bundle.rules import alert_specs
 from exporter.bundle.thresholds import load_thresholds
@@ -27,15 +28,33 @@ def sample(text: str, name: str, **labels: str) -> list[float]:
     return values
 
 
+def settled(running: Demo) -> str | None:
+    """pgvigil's answer once the workload's threads have their sessions in place (the lock waiter
+    blocked behind the idle transaction, the long report running, a VACUUM of audit_log under way,
+    pooled queries counted, the subscription's walsender connected), else None: they start in the
+    background, and a busy machine may take longer than any fixed sleep to get there."""
+    with urllib.request.urlopen(running.urls()["pgvigil"], timeout=30) as answer:
+        text = answer.read().decode()
+
+    def positive(name: str, **labels: str) -> bool:
+        return any(v > 0 for v in sample(text, name, **labels))
+
+    ready = (positive("pg_stat_activity_waiting_count", target="demo", datname="shop")
+             and positive("pg_stat_activity_max_idle_in_transaction_seconds", target="demo", datname="shop")
+             and positive("pg_stat_activity_max_query_duration_seconds", target="demo", datname="shop")
+             and positive("pg_stat_progress_vacuum_heap_blks", target="demo", relname="audit_log")
+             and positive("pgbouncer_stats_totals_queries_pooled_total", target="demo-pgbouncer", database="shop")
+             and len(sample(text, "pg_stat_replication_pg_wal_lsn_diff", target="demo")) == 2)
+    return text if ready else None
+
+
 def test_demo_workload_feeds_the_dashboards_and_cleans_up():
     running = Demo(with_prometheus=False).start()
     workdir, cluster_dir = running.workdir, running.cluster.base
     assert running.pooler is not None, "pgbouncer is installed (scripts/test.sh installs it)"
     pooler_dir = running.pooler.base
     try:
-        time.sleep(2)  # the lock waiter and the idle transaction settle
-        with urllib.request.urlopen(running.urls()["pgvigil"], timeout=30) as answer:
-            text = answer.read().decode()
+        text = wait_until(lambda: settled(running), 90, "the demo workload's sessions to show in pgvigil's metrics")
     finally:
         running.stop()
     assert sample(text, "pg_up", target="demo") == [1.0]
