@@ -101,7 +101,9 @@ def wait_for_waiting_clients(bouncer: ThrowawayPgBouncer, count: int, timeout: f
 
 
 def test_waiting_clients_are_read_back(bouncer):
-    threads = hold_server_connections(bouncer, clients=3, seconds=2)
+    # Each holds the one server connection for 4 s: the scrape below must come while the first still
+    # sleeps (with 2 s, a busy machine's connects and scrape could outlast it: one waiter, not two).
+    threads = hold_server_connections(bouncer, clients=3, seconds=4)
     wait_for_waiting_clients(bouncer, 2)
     time.sleep(0.3)  # maxwait grows while they wait
     samples = parse_exposition(scrape_once(config({"bouncer": ("pgbouncer", bouncer.admin_dsn())})))
@@ -113,9 +115,9 @@ def test_waiting_clients_are_read_back(bouncer):
     for thread in threads:
         thread.join(20)
     after = parse_exposition(scrape_once(config({"bouncer": ("pgbouncer", bouncer.admin_dsn())})))
-    # The two waiters waited about 2 s and 4 s: seconds, not PgBouncer's microseconds.
+    # The two waiters waited about 4 s and 8 s: seconds, not PgBouncer's microseconds.
     waited = sample(after, "pgbouncer_stats_totals_client_wait_seconds_total", database="postgres")
-    assert 4 <= waited < 60
+    assert 8 <= waited < 60
     assert sample(after, "pgbouncer_stats_client_wait_seconds_total", database="postgres") == waited
     assert sample(after, "pgbouncer_stats_totals_queries_pooled_total", database="postgres") >= 3
     assert sample(after, "pgbouncer_pools_client_waiting_connections", **pool) == 0
