@@ -49,11 +49,23 @@ def test_concurrent_scrapes_share_one_run(run):
     gate = threading.Event()
     server = FakeServer(Script("slow", gate=gate))
     runner = run(config('  - {name: q, sql: "SELECT 1 AS x -- slow", metrics: {x: {}}}\n'), server)
+    # Release the run only once every scrape holds it: a thread the machine schedules late would
+    # otherwise find the run finished and start its own, a second run the runner is not to blame for.
+    joined: list[int] = []
+    start_run = runner._start_run
+
+    def counted(state):
+        found = start_run(state)
+        joined.append(found[1])
+        return found
+    runner._start_run = counted  # type: ignore[method-assign]
     results = []
     threads = [threading.Thread(target=lambda: results.append(runner.scrape(timeout=5))) for _ in range(5)]
     for thread in threads:
         thread.start()
-    while server.runs_of("slow") == 0:
+    deadline = time.monotonic() + 30
+    while len(joined) < 5 or server.runs_of("slow") == 0:
+        assert time.monotonic() < deadline, f"{len(joined)} of 5 scrapes joined, {server.runs_of('slow')} runs"
         threading.Event().wait(0.005)
     gate.set()
     for thread in threads:
@@ -83,7 +95,7 @@ def test_a_query_past_the_deadline_is_a_timeout_and_the_others_still_report(run)
     server = FakeServer(Script("slow", gate=gate), Script("SELECT 2"))
     runner = run(config('  - {name: fast, sql: "SELECT 2 AS x", metrics: {x: {}}}\n'
                         '  - {name: slow, sql: "SELECT 1 AS x -- slow", metrics: {x: {}}}\n'), server)
-    scrape = runner.scrape(timeout=0.1)
+    scrape = runner.scrape(timeout=1.0)  # "slow" waits for the gate however long; "fast" needs a busy machine's time
     outcomes = {o.query.name: o for o in scrape.outcomes}
     assert outcomes["fast"].included and not outcomes["fast"].timed_out
     assert outcomes["slow"].timed_out and not outcomes["slow"].included
@@ -181,6 +193,10 @@ def test_close_cancels_a_running_query_on_the_server(run):
     server = FakeServer(Script("slow", gate=gate))
     runner = run(config('  - {name: q, sql: "SELECT 1 AS x -- slow", metrics: {x: {}}}\n'), server)
     runner.scrape(timeout=0.05)
+    deadline = time.monotonic() + 30
+    while server.runs_of("slow") == 0:  # on a busy machine the run may not have reached the server yet
+        assert time.monotonic() < deadline, "the query never started"
+        time.sleep(0.005)
     runner.close()
     assert server.cancels >= 1
     assert all(session.closed for session in server.sessions)
