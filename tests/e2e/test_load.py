@@ -24,9 +24,11 @@ def get(url: str) -> tuple[int, str]:
 
 
 def test_simultaneous_scrapes_share_one_run(cluster):
-    # The run takes 1 s, so 100 scrapes released together all join the run in flight.
-    config = config_for(cluster.dsn(), f"  - {{name: marked, sql: 'SELECT /* {MARKER} */ 1 AS x FROM pg_sleep(1)', "
-                                       "metrics: {x: {}}}\n")
+    # The run takes 3 s, so 100 scrapes released together all join the run in flight: their requests
+    # reach the server over about 0.7 s on a busy 2-core machine, too close to a 1 s run (a late one
+    # would start a second run). The query's own timeout is raised above the run for that.
+    config = config_for(cluster.dsn(), f"  - {{name: marked, sql: 'SELECT /* {MARKER} */ 1 AS x FROM pg_sleep(3)', "
+                                       "timeout: 10s, metrics: {x: {}}}\n")
     handle = start_server(config)
     try:
         get(handle.url + "/metrics")  # connect and learn the server first
