@@ -8,7 +8,7 @@ import sys
 import time
 import urllib.request
 
-from conftest import parse_exposition, sample
+from conftest import parse_exposition, sample, wait_until
 
 from exporter.dev.throwaway import free_port
 
@@ -73,8 +73,10 @@ def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path, fresh_db, cluster)
     assert f'listening on 127.0.0.1:{port} with 1 target and 2 queries"' in stderr
     assert '"msg": "pgvigil stopped; database sessions closed"' in stderr
     dbname = fresh_db.rsplit("/", 1)[1]
-    assert cluster.execute(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{dbname}'"
-                           " AND application_name = 'pgvigil'") == [(0,)]
+    # pgvigil hung up before exiting; each backend leaves pg_stat_activity when it has exited, just after
+    wait_until(lambda: cluster.execute(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{dbname}'"
+                                       " AND application_name = 'pgvigil'") == [(0,)], 10,
+               "pgvigil's database sessions to end")
 
 
 def _wait_for(url: str, timeout: float = 30) -> str:

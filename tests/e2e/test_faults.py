@@ -97,6 +97,8 @@ def test_backend_terminated_between_scrapes(fresh_db, cluster):
         assert sample(samples, "pg_up", target="db") == 1
         assert sample(samples, "q_x", target="db") == 1 and sample(samples, "r_y", target="db") == 2
         assert sample(samples, "pgvigil_query_errors_total", query="q", reason="error") == 0  # reconnected, retried
+        # the terminated backend sent its FATAL before exiting: it may still be listed for a moment
+        wait_until(lambda: old_pid not in [pid for pid, _ in pgvigil_sessions(cluster, dbname)])
         (new_pid, _), = pgvigil_sessions(cluster, dbname)
         assert new_pid != old_pid
     finally:

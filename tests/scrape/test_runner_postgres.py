@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from conftest import config_for, parse_exposition, sample
+from conftest import config_for, parse_exposition, sample, wait_until
 
 from exporter.dev.throwaway import ThrowawayCluster
 from exporter.scrape.assembly import ScrapeText, scrape_once
@@ -147,8 +147,10 @@ def test_no_session_is_left_idle_in_transaction(fresh_db, cluster):
         assert rows == [("idle", "pgvigil")]
     finally:
         runner.close()
-    assert cluster.execute(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{dbname}'"
-                           " AND application_name = 'pgvigil'") == [(0,)]
+    # close() hung up; the backend leaves pg_stat_activity when it has exited, just after
+    wait_until(lambda: cluster.execute(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{dbname}'"
+                                       " AND application_name = 'pgvigil'") == [(0,)], 10,
+               "the closed runner's session to end")
 
 
 def test_successful_queries_do_not_count_as_rolled_back_transactions(fresh_db, cluster):
