@@ -105,6 +105,28 @@ def test_user_sql_cannot_write(fresh_db, cluster, sql):
     assert cluster.execute("SELECT last_value, is_called FROM precious_seq", dbname) == [(1, False)]
 
 
+def test_a_query_cannot_make_the_next_one_read_write(fresh_db, cluster):
+    """The session's default_transaction_read_only is the user's to change (set_config(..., false)
+    lasts the session): each transaction is made read-only by pgvigil's own first statement."""
+    dbname = fresh_db.rsplit("/", 1)[1]
+    cluster.execute("CREATE TABLE precious (id int); INSERT INTO precious SELECT generate_series(1, 10);"
+                    "CREATE FUNCTION erase_everything() RETURNS int LANGUAGE sql AS 'DELETE FROM precious; SELECT 0';",
+                    dbname)
+    config = config_for(fresh_db, """
+  - {name: flip, sql: "SELECT set_config('default_transaction_read_only', 'off', false) = 'off' AS x", metrics: {x: {}}}
+  - {name: erase, sql: "SELECT erase_everything() AS x", metrics: {x: {}}}
+""")
+    runner = Runner(config)
+    try:
+        for _ in range(2):
+            samples = scrape(runner)
+            assert sample(samples, "flip_x") == 1  # the setting did change, for the session
+            assert sample(samples, "pgvigil_query_success", query="erase") == 0
+    finally:
+        runner.close()
+    assert cluster.execute("SELECT count(*) FROM precious", dbname) == [(10,)]
+
+
 def test_statement_timeout_ends_a_slow_query(fresh_db):
     config = config_for(fresh_db, """
   - {name: slow, sql: "SELECT pg_sleep(5) IS NULL AS x", timeout: 300ms, metrics: {x: {}}}
@@ -118,12 +140,14 @@ def test_statement_timeout_ends_a_slow_query(fresh_db):
 
 def test_scrape_deadline_reports_unfinished_queries_as_timeouts(fresh_db):
     config = config_for({"slow": fresh_db, "fast": fresh_db}, """
-  - {name: nap, sql: "SELECT pg_sleep(2) IS NULL AS x", targets: [slow], metrics: {x: {}}}
+  - {name: nap, sql: "SELECT pg_sleep(5) IS NULL AS x", targets: [slow], metrics: {x: {}}}
   - {name: one, sql: "SELECT 1 AS x", targets: [fast], metrics: {x: {}}}
 """)
     runner = Runner(config)
     try:
-        samples = scrape(runner, timeout=0.5)
+        # 2 s: the fast target's first connect, server facts and query fit even on a busy machine
+        # (0.5 s was tight), and the nap (ended at 3 s by the default statement timeout) outlasts it
+        samples = scrape(runner, timeout=2.0)
         assert sample(samples, "one_x", target="fast") == 1
         assert sample(samples, "nap_x") is None
         assert sample(samples, "pgvigil_query_errors_total", target="slow", query="nap", reason="timeout") == 1
