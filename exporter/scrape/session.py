@@ -1,9 +1,10 @@
 """Connections to one target: read-only sessions bounded by timeouts, reconnects, server facts,
 and the preparation of a query's SQL for a run (`{{previous_run}}`, the row cap).
 
-Every query runs in its own transaction begun READ ONLY (psycopg2 says so in each BEGIN,
-whatever the session's defaults) and ended at once, so a session is never left idle in
-transaction and user SQL cannot write.
+Every query runs in its own transaction made READ ONLY by pgvigil's first statement
+(whatever the session's defaults, which user SQL could change) and ended at once, so a
+session is never left idle in transaction and user SQL cannot write. Most queries take one
+round trip: the statements of one message are one implicit transaction.
 Before anything is sent, PostgreSQL's own grammar (exporter/sqlshape.py) decides
 that the SQL is exactly one read-only query: config validation rejects anything
 else, and the session refuses it again here, so a second statement ("... ; COMMIT;
@@ -210,7 +211,7 @@ class TargetSession:
             )
         except psycopg2.Error as exc:
             raise ConnectFailed(self.connect_message(exc)) from None
-        conn.set_session(readonly=True, autocommit=False)
+        conn.autocommit = True  # each fetch opens its own read-only transaction
         self._conn = conn
         try:
             self._facts = self._read_facts()
@@ -225,13 +226,11 @@ class TargetSession:
 
         Managed platforms keep extensions in a schema of their own (Supabase: pg_stat_statements in
         `extensions`), which a monitoring role's search_path often lacks: the packs name extension
-        views unqualified and find them wherever they live. Committed, so it lasts the session."""
+        views unqualified and find them wherever they live. Not local, so it lasts the session."""
         try:
             with conn.cursor() as cur:
-                cur.execute("SELECT set_config('statement_timeout', %s, true)",
-                            (f"{int(self.defaults.timeout * 1000)}ms",))
-                cur.execute(_EXTENSION_SEARCH_PATH)
-            conn.commit()
+                bounds = _bounds(self.defaults.timeout, self.defaults.lock_timeout)
+                cur.execute(f"SET TRANSACTION READ ONLY; {bounds}; {_EXTENSION_SEARCH_PATH}")
         except psycopg2.Error as exc:
             raise self._failure(conn, exc) from None
 
@@ -314,57 +313,67 @@ class TargetSession:
         text = f"SELECT {columns} FROM (\n{sql.strip().rstrip(';')}\n) AS pgvigil_query" if wrap else sql
         if wrap and limit is not None:
             text += f" LIMIT {int(limit)}"
+        bounds = _bounds(timeout, lock_timeout)
+        # Batches need a cursor, so a transaction that outlasts one message; not when the row cap
+        # already fits one batch.
+        batched = wrap and prepared is not None and prepared.batch_rows is not None and (
+            limit is None or limit > prepared.batch_rows)
         watchdog = threading.Timer(timeout + STALL_GRACE_SECONDS, self._abandon, args=(conn,))
         watchdog.daemon = True
         watchdog.start()
         try:
             with conn.cursor() as cur:
-                # A SELECT (not SET) first, so the snapshot is taken and the transaction
-                # can no longer be switched to READ WRITE by the user's SQL.
-                cur.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
-                            (f"{int(timeout * 1000)}ms", f"{int(lock_timeout * 1000)}ms"))
-                prelude_value = None
-                if prelude:
-                    cur.execute(prelude)
-                    prelude_value = cur.fetchone()[0]
-                if wrap and prepared is not None and prepared.batch_rows is not None:
-                    result = self._fetch_batches(cur, text, prepared)
-                else:
-                    cur.execute(text)
-                    result = FetchResult([d.name for d in cur.description] if cur.description else [],
-                                         cur.fetchall() if cur.description else [])
-            # COMMIT, not ROLLBACK: the transaction is read-only, so the two are the same for the data,
-            # but pg_stat_database counts every ROLLBACK, and pgvigil's own would fire the rollback-ratio alert.
-            conn.commit()
-            return FetchResult(result.columns, result.rows, prelude_value, result.folded)
+                if prelude is None and not batched:
+                    # One round trip: the statements of one message are one implicit transaction,
+                    # made read-only first and committed when the last statement ends.
+                    cur.execute(f"SET TRANSACTION READ ONLY; {bounds}; {text}")
+                    return _all_rows(cur)
+                return self._fetch_in_transaction(cur, bounds, text, prelude, prepared if batched else None)
         except psycopg2.Error as exc:
             raise self._failure(conn, exc) from None
         except InvalidValue as exc:
-            self._rollback(conn)
+            self._end_transaction(conn)
             raise QueryFailed(str(exc), connection_lost=self._conn is None) from None
         except (ValueError, OverflowError) as exc:
             # The driver could not convert a value (year 294276, an interval of 10^8 years):
             # the query fails, the session stays usable.
-            try:
-                conn.rollback()
-            except psycopg2.Error:
-                self.close()
+            self._end_transaction(conn)
             raise QueryFailed(f"cannot read the result: {exc}; cast the column in SQL "
                               "(e.g. extract(epoch FROM ...))", connection_lost=self._conn is None) from None
         finally:
             watchdog.cancel()
 
     @staticmethod
-    def _fetch_batches(cur: Any, text: str, prepared: PreparedSql) -> FetchResult:
+    def _fetch_in_transaction(cur: Any, bounds: str, text: str, prelude: str | None,
+                              batched: PreparedSql | None) -> FetchResult:
+        """A query whose prelude or batches need a transaction that outlasts one message."""
+        opening = f"BEGIN READ ONLY; {bounds}; "
+        prelude_value = None
+        if prelude:
+            cur.execute(f"{opening}{prelude}")
+            prelude_value = cur.fetchone()[0]
+            opening = ""
+        if batched is not None:
+            result = TargetSession._fetch_batches(cur, opening, text, batched)
+        else:
+            cur.execute(f"{opening}{text}")
+            result = _all_rows(cur)
+        # COMMIT, not ROLLBACK: the transaction is read-only, so the two are the same for the data,
+        # but pg_stat_database counts every ROLLBACK, and pgvigil's own would fire the rollback-ratio alert.
+        cur.execute("COMMIT")
+        return FetchResult(result.columns, result.rows, prelude_value, result.folded)
+
+    @staticmethod
+    def _fetch_batches(cur: Any, opening: str, text: str, prepared: PreparedSql) -> FetchResult:
         """The rows through a cursor, `batch_rows` at a time: a batch is folded into the sink, or kept
         until the rows' label bytes pass the byte budget (the renderer drops the excess and counts it)."""
         size = int(prepared.batch_rows or 1)
         fetch = f"FETCH FORWARD {size} FROM {_ROWS_CURSOR}"
         rows: list[tuple] = []
         label_bytes = 0
-        # One round trip for the cursor and its first batch, as for a plain query: most results fit
-        # one batch. Both statements are ours; the user's SQL inside was checked to be one query.
-        cur.execute(f"DECLARE {_ROWS_CURSOR} NO SCROLL CURSOR FOR {text}; {fetch}")
+        # One round trip for the transaction, the cursor and its first batch: most results fit one
+        # batch. All statements are ours; the user's SQL inside was checked to be one query.
+        cur.execute(f"{opening}DECLARE {_ROWS_CURSOR} NO SCROLL CURSOR FOR {text}; {fetch}")
         columns = [d.name for d in cur.description]
         if prepared.sink is not None:
             prepared.sink.start({name: i for i, name in enumerate(columns)})
@@ -384,9 +393,12 @@ class TargetSession:
             cur.execute(fetch)
         return FetchResult(columns, rows, folded=prepared.sink)
 
-    def _rollback(self, conn: Any) -> None:
+    def _end_transaction(self, conn: Any) -> None:
+        """Roll back what a failed query left open (an implicit transaction ends by itself)."""
         try:
-            conn.rollback()
+            if conn.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+                with conn.cursor() as cur:
+                    cur.execute("ROLLBACK")
         except psycopg2.Error:
             self.close()
 
@@ -395,10 +407,8 @@ class TargetSession:
             exc.pgcode is None or exc.pgcode.startswith("57P") or exc.pgcode.startswith("08"))
         timeout = exc.pgcode in ("57014", "55P03") or (lost and exc.pgcode is None and "timeout" in str(exc).lower())
         if not lost:
-            try:
-                conn.rollback()
-            except psycopg2.Error:
-                lost = True
+            self._end_transaction(conn)
+            lost = self._conn is None
         if lost:
             self.close()
         return QueryFailed(self.clean_message(exc), reason="timeout" if timeout else "error", connection_lost=lost,
@@ -440,6 +450,19 @@ class TargetSession:
 
     def clean_message(self, exc: BaseException) -> str:
         return clean_message(exc, self._secrets)
+
+
+def _bounds(timeout: float, lock_timeout: float) -> str:
+    """The SELECT that bounds a transaction's statements. A SELECT, not SET, so the snapshot is
+    taken before the user's SQL runs and the transaction can no longer be switched to READ WRITE."""
+    return (f"SELECT set_config('statement_timeout', '{int(timeout * 1000)}ms', true),"
+            f" set_config('lock_timeout', '{int(lock_timeout * 1000)}ms', true)")
+
+
+def _all_rows(cur: Any) -> FetchResult:
+    if cur.description is None:
+        return FetchResult([], [])
+    return FetchResult([d.name for d in cur.description], cur.fetchall())
 
 
 def clean_message(exc: BaseException, secrets: list[str]) -> str:
