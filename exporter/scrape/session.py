@@ -184,6 +184,8 @@ class TargetSession:
         self._conn: psycopg2.extensions.connection | None = None
         self._facts: ServerFacts | None = None
         self._secrets = dsn_secrets(spec.dsn)
+        # Queries whose result was larger than one batch: read through a cursor (two round trips or more).
+        self._large: set[str] = set()
 
     # -- connection ------------------------------------------------------
     @property
@@ -310,24 +312,24 @@ class TargetSession:
         conn = self._conn
         assert conn is not None
         columns = prepared.columns if prepared is not None else "*"
-        text = f"SELECT {columns} FROM (\n{sql.strip().rstrip(';')}\n) AS pgvigil_query" if wrap else sql
-        if wrap and limit is not None:
-            text += f" LIMIT {int(limit)}"
+        wrapped = f"SELECT {columns} FROM (\n{sql.strip().rstrip(';')}\n) AS pgvigil_query" if wrap else sql
+        text = f"{wrapped} LIMIT {int(limit)}" if wrap and limit is not None else wrapped
         bounds = _bounds(timeout, lock_timeout)
-        # Batches need a cursor, so a transaction that outlasts one message; not when the row cap
-        # already fits one batch.
-        batched = wrap and prepared is not None and prepared.batch_rows is not None and (
-            limit is None or limit > prepared.batch_rows)
+        batch = prepared.batch_rows if wrap and prepared is not None else None
+        batched = batch is not None and (limit is None or limit > batch)
         watchdog = threading.Timer(timeout + STALL_GRACE_SECONDS, self._abandon, args=(conn,))
         watchdog.daemon = True
         watchdog.start()
         try:
             with conn.cursor() as cur:
-                if prelude is None and not batched:
-                    # One round trip: the statements of one message are one implicit transaction,
-                    # made read-only first and committed when the last statement ends.
-                    cur.execute(f"SET TRANSACTION READ ONLY; {bounds}; {text}")
-                    return _all_rows(cur)
+                if prelude is None and (prepared is None or prepared.sink is None) and sql not in self._large:
+                    if not batched:
+                        return self._one_message(cur, bounds, text)
+                    first = self._one_message(cur, bounds, f"{wrapped} LIMIT {int(batch or 0)}")
+                    if len(first.rows) < (batch or 0):
+                        return first
+                    # More than one batch: read through a cursor, now and on later runs.
+                    self._large.add(sql)
                 return self._fetch_in_transaction(cur, bounds, text, prelude, prepared if batched else None)
         except psycopg2.Error as exc:
             raise self._failure(conn, exc) from None
@@ -342,6 +344,13 @@ class TargetSession:
                               "(e.g. extract(epoch FROM ...))", connection_lost=self._conn is None) from None
         finally:
             watchdog.cancel()
+
+    @staticmethod
+    def _one_message(cur: Any, bounds: str, text: str) -> FetchResult:
+        """One round trip: the statements of one message are one implicit transaction, made
+        read-only first and committed when the last statement ends."""
+        cur.execute(f"SET TRANSACTION READ ONLY; {bounds}; {text}")
+        return _all_rows(cur)
 
     @staticmethod
     def _fetch_in_transaction(cur: Any, bounds: str, text: str, prelude: str | None,

@@ -127,6 +127,30 @@ def test_a_query_cannot_make_the_next_one_read_write(fresh_db, cluster):
     assert cluster.execute("SELECT count(*) FROM precious", dbname) == [(10,)]
 
 
+def test_a_result_larger_than_one_batch_is_read_whole_on_every_run(fresh_db, cluster):
+    """Most results come in one message; one that fills a batch (here 16 rows of 1 MB labels at most)
+    is read again through a cursor, and through the cursor only on later runs."""
+    marker = "pgvigil_large_result_marker"
+    config = config_for(fresh_db, f"""
+  - {{name: big, max_label_bytes: 1000000, labels: [l], metrics: {{{marker}: {{}}}},
+     sql: "SELECT 'row' || g AS l, g AS {marker} FROM generate_series(1, 100) g"}}
+""")
+    cluster.execute("SELECT pg_stat_statements_reset()")
+    runner = Runner(config)
+    try:
+        for _ in range(3):
+            samples = scrape(runner)
+            assert [sample(samples, f"big_{marker}", l=f"row{g}") for g in (1, 16, 17, 100)] == [1, 16, 17, 100]
+            assert len([key for key in samples if key[0] == f"big_{marker}"]) == 100
+    finally:
+        runner.close()
+    calls = dict(cluster.execute(
+        "SELECT CASE WHEN query LIKE 'DECLARE%' THEN 'cursor' ELSE 'one message' END, sum(calls)::int"
+        f" FROM pg_stat_statements WHERE query LIKE '%{marker}%) AS pgvigil_query%'"
+        " AND query NOT LIKE '%pgvigil_probe%' GROUP BY 1"))  # capability.py's probe
+    assert calls == {"one message": 1, "cursor": 3}
+
+
 def test_statement_timeout_ends_a_slow_query(fresh_db):
     config = config_for(fresh_db, """
   - {name: slow, sql: "SELECT pg_sleep(5) IS NULL AS x", timeout: 300ms, metrics: {x: {}}}
