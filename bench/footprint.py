@@ -52,6 +52,22 @@ def database_time(cluster: ThrowawayCluster) -> dict[str, tuple[float, int]]:
     return {name: by_role.get(role, (0.0, 0)) for name, role in ROLES.items()}
 
 
+def top_statements(cluster: ThrowawayCluster, role: str, scrapes: int, count: int) -> list[str]:
+    """The `count` statements of `role` that took the most database time, per scrape."""
+    rows = cluster.execute(
+        "SELECT s.total_exec_time, s.calls, regexp_replace(s.query, '\\s+', ' ', 'g') FROM pg_stat_statements s"
+        f" JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname = '{role}' ORDER BY 1 DESC LIMIT {count}", DATABASE)
+    return [f"{ms / scrapes:8.1f} ms {calls / scrapes:5.1f}x  {_query_name(text)}" for ms, calls, text in rows]
+
+
+def _query_name(text: str) -> str:
+    """A statement's first words, or the innermost FROM of pgvigil's wrapped query."""
+    inner = text.split(") AS pgvigil_query")[0]
+    if "FROM ( " in inner:
+        inner = inner.split("FROM ( ", 1)[1]
+    return inner[:90]
+
+
 def pgvigil_scrapes(cluster: ThrowawayCluster, scrapes: int) -> int:
     config = parse_config(f"targets:\n  bench: {cluster.dsn(DATABASE, ROLES['pgvigil'])}\n")
     config = dataclasses.replace(config, queries=tuple(dataclasses.replace(q, ttl=0.0) for q in config.queries))
@@ -93,6 +109,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tables", type=int, default=5000)
     parser.add_argument("--scrapes", type=int, default=10)
+    parser.add_argument("--top", type=int, default=12, help="pgvigil's statements to list by database time")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="pgvigil-footprint-"))
@@ -107,6 +124,7 @@ def main() -> int:
             cluster.execute(f"CREATE ROLE {role} LOGIN; GRANT pg_monitor TO {role}")
         series = {"pgvigil": pgvigil_scrapes(cluster, args.scrapes)}
         pgvigil_time = database_time(cluster)["pgvigil"]
+        top = top_statements(cluster, ROLES["pgvigil"], args.scrapes, args.top)
         cluster.execute("SELECT pg_stat_statements_reset()", DATABASE)
         series["postgres_exporter"] = postgres_exporter_scrapes(cluster, args.scrapes, workdir)
         # postgres_exporter's time: reset after pgvigil's run, so everything since is its own
@@ -126,6 +144,8 @@ def main() -> int:
               f"{figures['statements_per_scrape'][name]:5.1f} statements, {series[name]:6d} series")
     print(f"  pgvigil / postgres_exporter: database time {figures['ratio_database_time']:.2f}x "
           f"(goal <= {GOALS['database_time']}x), series {figures['ratio_series']:.1f}x (goal >= {GOALS['series']}x)")
+    print(f"pgvigil's {args.top} most expensive statements (per scrape: time, executions, text):")
+    print("\n".join(f"  {line}" for line in top))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     ok = figures["ratio_database_time"] <= GOALS["database_time"] and figures["ratio_series"] >= GOALS["series"]
