@@ -210,6 +210,13 @@ class Runner:
             state.release_idle()
 
     def _run_connected(self, state: TargetState, run_id: int) -> None:
+        if self._all_fresh(state):
+            # A discovered database whose results all serve from cache is not connected to: with more
+            # databases than the connection budget, each connect is a new backend. Its reachability is
+            # that of its last run; the server's is checked on every scrape by its first database.
+            for query in self.eligible_queries(state):
+                state.record_reuse(query, run_id)
+            return
         if not self._connect(state, 0):
             return
         if state.probe_due(CAPABILITY_REFRESH_SECONDS):
@@ -236,6 +243,10 @@ class Runner:
             threads.append(thread)
         for thread in threads:
             thread.join()
+
+    def _all_fresh(self, state: TargetState) -> bool:
+        return (state.spec.parent is not None and bool(state.up) and not state.probe_due(CAPABILITY_REFRESH_SECONDS)
+                and not any(state.due(query) for query in self.eligible_queries(state)))
 
     def _connect(self, state: TargetState, index: int) -> bool:
         # A run still going after close() (reload, shutdown) must not reconnect.

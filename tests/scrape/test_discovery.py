@@ -147,6 +147,25 @@ def test_connections_stay_within_the_budget_and_idle_ones_are_closed(run):
     assert server.runs_of("-- per_db") == 20
 
 
+def test_a_database_whose_results_are_all_fresh_is_not_connected_to(run):
+    """With more databases than the budget, a scrape that finds every per-database result within its
+    ttl opens no connection to them: only the first database (it runs the cluster-wide queries)."""
+    names = [f"db{i:02}" for i in range(6)]
+    server = server_for(catalog(*names))
+    cached = QUERIES.replace('per_db", metrics', 'per_db", ttl: 1h, metrics').replace(
+        "labels: [datname],", "labels: [datname], ttl: 1h,")
+    runner = run(parse_config("collectors: []\ntargets:\n  prod:\n    dsn: postgresql://monitor@127.0.0.1:1/postgres\n"
+                              "    databases: all\n    connection_budget: 2\n" + cached), server)
+    first = scrape(runner)
+    connects = server.connects
+    second = scrape(runner)
+    assert server.connects == connects + 1  # db00, for the cluster-wide query
+    assert server.runs_of("-- per_db") == 6 and server.runs_of("-- server") == 2
+    for name in names:  # still reported, from cache, and still up
+        assert sample(second, "per_db_x", datname=name) == sample(first, "per_db_x", datname=name) == 1
+        assert sample(second, "pg_up", target="prod", datname=name) == 1
+
+
 def test_with_room_in_the_budget_connections_are_kept_between_runs(run):
     server = server_for(catalog("app", "billing"))
     runner = run(config("    connection_budget: 3\n"), server)
