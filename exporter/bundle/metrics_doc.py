@@ -190,7 +190,7 @@ def render_sizing() -> list[str]:
         "",
         "| Query | Bound |",
         "| --- | --- |",
-        "| `pg_stat_user_tables`, `pg_statio_user_tables` | "
+        "| `pg_stat_user_tables` (also the `pg_statio_user_tables_*` series) | "
         "the 150 largest tables plus the 50 with most dead tuples (<= 200 tables) |",
         "| `pg_stat_user_indexes` | the 200 largest indexes |",
         "| `pg_index` | 500 unused or invalid indexes |",
