@@ -78,8 +78,10 @@ class Runner:
         self.refresh_discovery()
         names = self.resolve(only) if only is not None else list(self.targets)
         states = [self.targets[name] for name in names if name in self.targets]
+        stale_ok = {state.name for state in states if self._serves_stale(state)}
         runs = {state.name: self._start_run(state) for state in states}
-        concurrent.futures.wait([f for f, _ in runs.values()], timeout=max(0.0, budget - (time.monotonic() - start)))
+        awaited = [future for name, (future, _) in runs.items() if name not in stale_ok]
+        concurrent.futures.wait(awaited, timeout=max(0.0, budget - (time.monotonic() - start)))
         # A database dropped since the list was read is gone, not down (its failed connect re-read the list).
         present = [state for state in states if not state.removed]
         moved = len(present) < len(states)
@@ -90,7 +92,7 @@ class Runner:
             for query in self.eligible_queries(state):
                 if moved and query.scope == "cluster" and state.statuses[query.name].success is None:
                     continue  # it became this database's when the dropped one went, after this run began
-                outcomes.append(self._outcome(state, query, run_id, future.done(), now))
+                outcomes.append(self._outcome(state, query, run_id, future.done(), now, state.name in stale_ok))
         states = present
         roots = {state.spec.parent for state in states} | set(only or self.roots)
         discovery = [root for name, root in self.roots.items() if name in roots]
@@ -147,15 +149,27 @@ class Runner:
                 self._inflight[state.name] = inflight
             return inflight
 
+    def _serves_stale(self, state: TargetState) -> bool:
+        """A discovered database whose every result is at most one ttl past its ttl: its scrape serves
+        them while its run refreshes them in the background, so a scrape of many databases waits for
+        none of their per-database queries. A new database, or older results, are waited for."""
+        if state.spec.parent is None or not state.up:
+            return False
+        now = time.monotonic()
+        return all(query.ttl > 0 and state.statuses[query.name].success
+                   and now - state.statuses[query.name].finished_at < 2 * query.ttl
+                   for query in self.eligible_queries(state))
+
     @staticmethod
-    def _outcome(state: TargetState, query: QuerySpec, run_id: int, run_done: bool, now: float) -> QueryOutcome:
+    def _outcome(state: TargetState, query: QuerySpec, run_id: int, run_done: bool, now: float,
+                 stale_ok: bool = False) -> QueryOutcome:
         status = state.statuses[query.name]
         # Run ids grow, and a target's runs follow one another: a result from this run or a later
         # one, or one a later run still reused, is current for this scrape. (Under load a newer run
         # may already have started by the time a waiting scrape looks.)
         fresh = (status.run_id >= run_id or status.reused_through >= run_id
                  or (query.ttl > 0 and now - status.finished_at < query.ttl))
-        if fresh:
+        if fresh or (stale_ok and not run_done and status.success):
             return QueryOutcome(state, query, status, included=bool(status.success), timed_out=False)
         if not run_done:
             status.errors["timeout"] += 1

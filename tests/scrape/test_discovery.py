@@ -5,6 +5,7 @@ against real PostgreSQL.
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from conftest import parse_exposition, sample
@@ -164,6 +165,44 @@ def test_a_database_whose_results_are_all_fresh_is_not_connected_to(run):
     for name in names:  # still reported, from cache, and still up
         assert sample(second, "per_db_x", datname=name) == sample(first, "per_db_x", datname=name) == 1
         assert sample(second, "pg_up", target="prod", datname=name) == 1
+
+
+def test_results_past_their_ttl_are_served_while_the_refresh_runs_in_the_background(run):
+    """A scrape of many databases waits for none of their per-database queries once each has a
+    result: past its ttl (and within one more) the result is served and refreshed behind the scrape."""
+    server = server_for(catalog("app", "billing"))
+    cached = QUERIES.replace('per_db", metrics: {x: {}}', 'per_db", ttl: 1s, metrics: {x: {}}').replace(
+        "labels: [datname],", "labels: [datname], ttl: 1s,")
+    runner = run(parse_config("collectors: []\ntargets:\n  prod:\n    dsn: postgresql://monitor@127.0.0.1:1/postgres\n"
+                              "    databases: all\n" + cached), server)
+    scrape(runner)
+    gate = threading.Event()
+    server.scripts.insert(0, Script("-- per_db", rows=[(7,)], gate=gate))
+    threading.Event().wait(1.1)
+    try:
+        started = time.monotonic()
+        stale = scrape(runner, only=["prod/billing"])  # app runs the cluster-wide query: always waited for
+        assert time.monotonic() - started < 1  # the gated refresh was not waited for
+        assert sample(stale, "per_db_x", datname="billing") == 1
+        assert sample(stale, "pgvigil_query_success", datname="billing", query="per_db") == 1
+        assert sample(stale, "pgvigil_query_errors_total", datname="billing", query="per_db", reason="timeout") in (None, 0)
+    finally:
+        gate.set()
+    deadline = time.monotonic() + 5  # the refresh, released, lands for the next scrapes
+    while sample(scrape(runner, only=["prod/billing"]), "per_db_x", datname="billing") != 7:
+        assert time.monotonic() < deadline, "the background refresh never landed"
+        threading.Event().wait(0.01)
+
+
+def test_a_database_without_a_result_is_waited_for(run):
+    server = server_for(catalog("app"))
+    gate = threading.Event()
+    server.scripts.insert(0, Script("-- per_db", gate=gate))
+    cached = QUERIES.replace('per_db", metrics: {x: {}}', 'per_db", ttl: 1h, metrics: {x: {}}')
+    runner = run(parse_config("collectors: []\ntargets:\n  prod:\n    dsn: postgresql://monitor@127.0.0.1:1/postgres\n"
+                              "    databases: all\n" + cached), server)
+    threading.Timer(0.3, gate.set).start()
+    assert sample(scrape(runner), "per_db_x", datname="app") == 1  # waited for, not a timeout
 
 
 def test_with_room_in_the_budget_connections_are_kept_between_runs(run):
