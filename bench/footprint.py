@@ -150,7 +150,8 @@ def main() -> int:
     parser.add_argument("--scrapes", type=int, default=10)
     parser.add_argument("--interval", type=float, default=15.0,
                         help="seconds between the as-shipped scrapes (a Prometheus scrape interval); 0: skip them")
-    parser.add_argument("--shipped-scrapes", type=int, default=8, help="as-shipped scrapes (8 x 15 s: 2 minutes)")
+    parser.add_argument("--shipped-scrapes", type=int, default=20,
+                        help="as-shipped scrapes (20 x 15 s: one cycle of the longest ttl, 5 minutes)")
     parser.add_argument("--top", type=int, default=12, help="pgvigil's statements to list by database time")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
