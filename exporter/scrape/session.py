@@ -313,24 +313,13 @@ class TargetSession:
         assert conn is not None
         columns = prepared.columns if prepared is not None else "*"
         wrapped = f"SELECT {columns} FROM (\n{sql.strip().rstrip(';')}\n) AS pgvigil_query" if wrap else sql
-        text = f"{wrapped} LIMIT {int(limit)}" if wrap and limit is not None else wrapped
-        bounds = _bounds(timeout, lock_timeout)
-        batch = prepared.batch_rows if wrap and prepared is not None else None
-        batched = batch is not None and (limit is None or limit > batch)
         watchdog = threading.Timer(timeout + STALL_GRACE_SECONDS, self._abandon, args=(conn,))
         watchdog.daemon = True
         watchdog.start()
         try:
             with conn.cursor() as cur:
-                if prelude is None and (prepared is None or prepared.sink is None) and sql not in self._large:
-                    if not batched:
-                        return self._one_message(cur, bounds, text)
-                    first = self._one_message(cur, bounds, f"{wrapped} LIMIT {int(batch or 0)}")
-                    if len(first.rows) < (batch or 0):
-                        return first
-                    # More than one batch: read through a cursor, now and on later runs.
-                    self._large.add(sql)
-                return self._fetch_in_transaction(cur, bounds, text, prelude, prepared if batched else None)
+                return self._read(cur, sql, wrapped, _bounds(timeout, lock_timeout), limit if wrap else None,
+                                  prelude, prepared if wrap else None)
         except psycopg2.Error as exc:
             raise self._failure(conn, exc) from None
         except InvalidValue as exc:
@@ -344,6 +333,22 @@ class TargetSession:
                               "(e.g. extract(epoch FROM ...))", connection_lost=self._conn is None) from None
         finally:
             watchdog.cancel()
+
+    def _read(self, cur: Any, sql: str, wrapped: str, bounds: str, limit: int | None, prelude: str | None,
+              prepared: PreparedSql | None) -> FetchResult:
+        """In one message when the result fits one batch (the row cap says so, or the first batch did);
+        else through a cursor, in batches, and through the cursor from then on for this query."""
+        text = f"{wrapped} LIMIT {int(limit)}" if limit is not None else wrapped
+        batch = prepared.batch_rows if prepared is not None else None
+        batched = batch is not None and (limit is None or limit > batch)
+        if prelude is None and (prepared is None or prepared.sink is None) and sql not in self._large:
+            if batch is None or not batched:
+                return self._one_message(cur, bounds, text)
+            first = self._one_message(cur, bounds, f"{wrapped} LIMIT {int(batch)}")
+            if len(first.rows) < batch:
+                return first
+            self._large.add(sql)
+        return self._fetch_in_transaction(cur, bounds, text, prelude, prepared if batched else None)
 
     @staticmethod
     def _one_message(cur: Any, bounds: str, text: str) -> FetchResult:
