@@ -40,8 +40,7 @@ from scrape_5000 import ensure_postgres_exporter, start_process, wait_for_http  
 
 from exporter.config import parse_config  # noqa: E402
 from exporter.dev.throwaway import ThrowawayCluster, free_port  # noqa: E402
-from exporter.scrape.assembly import ScrapeText  # noqa: E402
-from exporter.scrape.runner import Runner  # noqa: E402
+from exporter.server import start_server  # noqa: E402
 
 ROLES = {"pgvigil": "disc_pgvigil", "postgres_exporter": "disc_postgres_exporter"}
 GOAL = 0.3  # pgvigil's scrape time at most this share of postgres_exporter's
@@ -100,21 +99,24 @@ def timed(scrape: Callable[[], int], scrapes: int, interval: float = 0.0) -> tup
 
 def run_pgvigil(cluster: ThrowawayCluster, scrapes: int, interval: float = 0.0) -> tuple[list[float], int, int]:
     """interval 0: every query on every scrape (ttls forced to 0), scraped back to back; else the packs
-    as shipped, scraped every `interval` seconds as Prometheus would."""
+    as shipped, scraped every `interval` seconds as Prometheus would. Over HTTP, as postgres_exporter
+    is: the time includes sending the answer."""
     config = parse_config(f"targets:\n  bench:\n    dsn: {cluster.dsn('postgres', ROLES['pgvigil'])}\n"
                           "    databases: all\ndefaults: {scrape_timeout: 120s}\n")
     if not interval:
         config = dataclasses.replace(config, queries=tuple(dataclasses.replace(q, ttl=0.0) for q in config.queries))
-    runner = Runner(config)
-    text = ScrapeText(config.queries)
+    server = start_server(config)
+    url = f"{server.url}/metrics"
     try:
         with ConnectionWatch(cluster.dsn(), f"usename = '{ROLES['pgvigil']}'") as watch:
-            times, series = timed(lambda: text.text(runner.scrape(timeout=120)).count("\n"), scrapes, interval)
-        print(f"  pgvigil held at most {runner.roots['bench'].budget.peak} connections at once (its own count; "
+            times, series = timed(lambda: urllib.request.urlopen(url, timeout=300).read().count(b"\n"),
+                                  scrapes, interval)
+        peak = server.exporter.runner.roots["bench"].budget.peak
+        print(f"  pgvigil held at most {peak} connections at once (its own count; "
               f"pg_stat_activity showed up to {watch.peak}, counting backends still exiting after a close)")
-        return times, series, runner.roots["bench"].budget.peak
+        return times, series, peak
     finally:
-        runner.close()
+        server.stop()
 
 
 def run_postgres_exporter(cluster: ThrowawayCluster, scrapes: int, workdir: Path) -> tuple[list[float], int, int]:

@@ -224,8 +224,10 @@ class Discovery:
                      ", ".join(added) or "none", ", ".join(s.spec.datname or "" for s in gone) or "none")
         keep_open = len(found.monitored) < self.budget.limit  # one slot stays free for discovery itself
         states = {d: self.states.get(d) or self._state(d) for d in found.monitored}
-        for state in states.values():
-            state.close_when_idle = not keep_open
+        for index, state in enumerate(states.values()):
+            # The first database runs the cluster-wide queries on every scrape: it keeps its connection
+            # when the budget still leaves a slot for discovery and one for the other databases.
+            state.close_when_idle = not (keep_open or index == 0 and self.budget.limit >= 3)
         self.states = states
         self.status = DiscoveryStatus(self.spec.name, True, None, len(found.monitored), found.skipped, time.time())
         for state in gone:

@@ -144,7 +144,7 @@ def test_connections_stay_within_the_budget_and_idle_ones_are_closed(run):
     gate.set()
     done.join()
     assert server.peak == 3
-    assert server.open == 0  # 20 databases, budget 3: nothing stays open between runs
+    assert server.open == 1  # 20 databases, budget 3: only db00 (cluster-wide queries) stays open between runs
     assert server.runs_of("-- per_db") == 20
 
 
@@ -185,7 +185,8 @@ def test_results_past_their_ttl_are_served_while_the_refresh_runs_in_the_backgro
         assert time.monotonic() - started < 1  # the gated refresh was not waited for
         assert sample(stale, "per_db_x", datname="billing") == 1
         assert sample(stale, "pgvigil_query_success", datname="billing", query="per_db") == 1
-        assert sample(stale, "pgvigil_query_errors_total", datname="billing", query="per_db", reason="timeout") in (None, 0)
+        timeouts = sample(stale, "pgvigil_query_errors_total", datname="billing", query="per_db", reason="timeout")
+        assert timeouts in (None, 0)
     finally:
         gate.set()
     deadline = time.monotonic() + 5  # the refresh, released, lands for the next scrapes
