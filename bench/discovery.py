@@ -9,6 +9,7 @@ pg_stat_activity can also catch a backend still exiting after pgvigil closed its
 default packs with the default connection budget (5) twice: with every ttl forced to 0 (every query in
 every scrape, back to back), and as shipped, scraped every --interval seconds as Prometheus would (the
 per-database queries' ttls let a scrape serve their results while they refresh in the background);
+and with only the packs that export postgres_exporter's default series, every query on every scrape;
 postgres_exporter is Debian's prometheus-postgres-exporter 0.11.1 with its default collectors and
 --auto-discover-databases.
 
@@ -97,12 +98,19 @@ def timed(scrape: Callable[[], int], scrapes: int, interval: float = 0.0) -> tup
     return times, series
 
 
-def run_pgvigil(cluster: ThrowawayCluster, scrapes: int, interval: float = 0.0) -> tuple[list[float], int, int]:
+# The packs that export what postgres_exporter's default collectors do (docs/postgres_exporter.md).
+DROPIN_COLLECTORS = ("settings", "version", "database", "conflicts", "connections", "locks", "archiver", "bgwriter",
+                     "replication", "slot_positions", "logical_replication", "roles", "wal_files", "renamed")
+
+
+def run_pgvigil(cluster: ThrowawayCluster, scrapes: int, interval: float = 0.0,
+                collectors: tuple[str, ...] = ("default",)) -> tuple[list[float], int, int]:
     """interval 0: every query on every scrape (ttls forced to 0), scraped back to back; else the packs
     as shipped, scraped every `interval` seconds as Prometheus would. Over HTTP, as postgres_exporter
     is: the time includes sending the answer."""
     config = parse_config(f"targets:\n  bench:\n    dsn: {cluster.dsn('postgres', ROLES['pgvigil'])}\n"
-                          "    databases: all\ndefaults: {scrape_timeout: 120s}\n")
+                          "    databases: all\ndefaults: {scrape_timeout: 120s}\n"
+                          f"collectors: [{', '.join(collectors)}]\n")
     if not interval:
         config = dataclasses.replace(config, queries=tuple(dataclasses.replace(q, ttl=0.0) for q in config.queries))
     server = start_server(config)
@@ -153,7 +161,8 @@ def main() -> int:
         cluster.start()
         print(f"building {args.databases} databases x {args.tables} tables...", flush=True)
         build(cluster, args.databases, args.tables)
-        results = {EVERY: run_pgvigil(cluster, args.scrapes)}
+        results = {EVERY: run_pgvigil(cluster, args.scrapes),
+                   DROPIN: run_pgvigil(cluster, args.scrapes, collectors=DROPIN_COLLECTORS)}
         if args.interval:
             print(f"scraping pgvigil as shipped every {args.interval:g} s, {args.shipped_scrapes} times...", flush=True)
             results[f"pgvigil as shipped, every {args.interval:g} s"] = run_pgvigil(
@@ -166,6 +175,7 @@ def main() -> int:
 
 
 EVERY, BASELINE = "pgvigil, every query", "postgres_exporter"
+DROPIN = "pgvigil, postgres_exporter's series"
 
 
 def report(args: argparse.Namespace, results: dict[str, tuple[list[float], int, int]]) -> int:
