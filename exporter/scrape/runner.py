@@ -13,6 +13,8 @@ fake session and no database (tests/scrape/test_runner.py).
 
 A target with `databases:` is a discovery root (discovery.py): its databases join
 `targets` as `<target>/<datname>` when a scrape finds the list due for a refresh.
+A scrape does not wait for a discovered database whose results are all at most one
+ttl past their ttl: it serves them while the run refreshes them (`_serves_stale`).
 `targets` is replaced, never changed in place, so a scrape iterating it is safe.
 """
 from __future__ import annotations
