@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from scrape_5000 import ensure_postgres_exporter, start_process, wait_for_http  # noqa: E402
+from scrape_5000 import add_as_shipped_arguments, ensure_postgres_exporter, start_process, wait_for_http  # noqa: E402
 
 from exporter.config import parse_config  # noqa: E402
 from exporter.dev.throwaway import ThrowawayCluster, free_port  # noqa: E402
@@ -150,9 +150,7 @@ def main() -> int:
     parser.add_argument("--databases", type=int, default=100)
     parser.add_argument("--tables", type=int, default=200)
     parser.add_argument("--scrapes", type=int, default=5)
-    parser.add_argument("--interval", type=float, default=15.0,
-                        help="seconds between the as-shipped scrapes (a Prometheus scrape interval); 0: skip them")
-    parser.add_argument("--shipped-scrapes", type=int, default=8, help="as-shipped scrapes (8 x 15 s: 2 minutes)")
+    add_as_shipped_arguments(parser, 8, "8 x 15 s: 2 minutes")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="pgvigil-discovery-"))

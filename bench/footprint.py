@@ -31,7 +31,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from scrape_5000 import DATABASE, build_catalog, ensure_postgres_exporter, start_process, wait_for_http  # noqa: E402
+from scrape_5000 import (  # noqa: E402
+    DATABASE,
+    add_as_shipped_arguments,
+    build_catalog,
+    ensure_postgres_exporter,
+    start_process,
+    wait_for_http,
+)
 
 from exporter.config import parse_config  # noqa: E402
 from exporter.dev.throwaway import ThrowawayCluster, free_port  # noqa: E402
@@ -148,10 +155,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tables", type=int, default=5000)
     parser.add_argument("--scrapes", type=int, default=10)
-    parser.add_argument("--interval", type=float, default=15.0,
-                        help="seconds between the as-shipped scrapes (a Prometheus scrape interval); 0: skip them")
-    parser.add_argument("--shipped-scrapes", type=int, default=20,
-                        help="as-shipped scrapes (20 x 15 s: one cycle of the longest ttl, 5 minutes)")
+    add_as_shipped_arguments(parser, 20, "20 x 15 s: one cycle of the longest ttl, 5 minutes")
     parser.add_argument("--top", type=int, default=12, help="pgvigil's statements to list by database time")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()

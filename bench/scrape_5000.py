@@ -117,6 +117,13 @@ BARE_COLUMNS = {col: f"{query}_{col}" for query, (_, metrics) in QUERIES.items()
 # ---------------------------------------------------------------------------
 # catalog
 
+def add_as_shipped_arguments(parser: argparse.ArgumentParser, scrapes: int, length: str) -> None:
+    """--interval and --shipped-scrapes: pgvigil's packs as shipped, scraped as Prometheus would."""
+    parser.add_argument("--interval", type=float, default=15.0,
+                        help="seconds between the as-shipped scrapes (a Prometheus scrape interval); 0: skip them")
+    parser.add_argument("--shipped-scrapes", type=int, default=scrapes, help=f"as-shipped scrapes ({length})")
+
+
 def build_catalog(cluster: ThrowawayCluster, tables: int, batch: int = 250) -> None:
     """N tables with a primary key and a TOAST-able column, some rows, scans and analyzes,
     so the statistics hold varied numbers and timestamps rather than zeros."""
