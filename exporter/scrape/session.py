@@ -347,6 +347,7 @@ class TargetSession:
             first = self._one_message(cur, bounds, f"{wrapped} LIMIT {int(batch)}")
             if len(first.rows) < batch:
                 return first
+            del first  # read again through the cursor: never hold the two at once
             self._large.add(sql)
         return self._fetch_in_transaction(cur, bounds, text, prelude, prepared if batched else None)
 
