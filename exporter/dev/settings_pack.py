@@ -44,8 +44,8 @@ queries:
 
   # One pivot over pg_settings, cached for a minute: each setting's value under its metric's
   # name in one jsonb object, read back per column (300 FILTER aggregates took the planner
-  # 60 ms). A value pgvigil set in its own session
-  # (statement_timeout, lock_timeout) is read as reset_val, the value the session started with;
+  # 60 ms). A value pgvigil set in its own session (statement_timeout, lock_timeout) is read
+  # as reset_val, the value the session started with;
   # others as `setting`, as postgres_exporter reads them (file modes such as 0700 thus become
   # 700, and TCP keepalives show the socket's values). Each value is converted to its base unit
   # first; a unit postgres_exporter does not know, or a value that is not a number (a cloud
