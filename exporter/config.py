@@ -752,8 +752,20 @@ class _Checker(Checker):
                 if clash:
                     self.error(where + ("labels",), f"label(s) {', '.join(sorted(clash))} clash with "
                                                     f"constant labels of target '{target.name}'")
-        if backup and backup.target and backup.target not in {t.name for t in targets}:
-            self.error(("backup", "target"), f"unknown target '{shown_key(backup.target)}'")
+        if backup:
+            self.check_backup_target(backup.target, targets)
+
+    def check_backup_target(self, name: str | None, targets: tuple[TargetSpec, ...]) -> None:
+        """The target backups dump (named, or the only one) exists and is a PostgreSQL server."""
+        by_name = {t.name: t for t in targets}
+        if name and name not in by_name:
+            self.error(("backup", "target"), f"unknown target '{shown_key(name)}'")
+            return
+        chosen = by_name[name] if name else (targets[0] if len(targets) == 1 else None)
+        if chosen is not None and chosen.kind != "postgres":
+            self.error(("backup", "target") if name else ("backup",),
+                       f"target '{shown_key(chosen.name)}' is a {chosen.kind} admin console, which pg_dump cannot "
+                       "dump; set backup.target to a postgres target")
 
     def where(self, query: QuerySpec) -> tuple:
         return self.places.get(id(query), ("queries",))

@@ -109,6 +109,16 @@ def test_unknown_target_in_config(config_file):
     assert out.strip().splitlines()[-1] == "Error: target 'nope' is not in the config (targets: primary)"
 
 
+def test_a_pgbouncer_target_is_refused_by_name(config_file):
+    """`--target` may name any target of the config: a PgBouncer console is refused before pg_dump runs."""
+    pool = "  pool:\n    kind: pgbouncer\n    dsn: host=127.0.0.1 port=1 dbname=pgbouncer\n"
+    config_file.write_text(config_file.read_text().replace("collectors: []", pool + "collectors: []"))
+    code, out = pgvigil("run", "--config", str(config_file), "--target", "pool")
+    assert code == 2
+    assert out.strip().splitlines()[-1] == ("Error: target 'pool' is a pgbouncer admin console, which pg_dump "
+                                            "cannot dump; name a postgres target")
+
+
 def test_serve_exports_the_backup_state(config_file, tmp_path):
     """The exporter as `pgvigil serve` builds it: /metrics carries the pgvigil_backup_* series."""
     import urllib.request

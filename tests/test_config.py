@@ -239,6 +239,19 @@ def test_unknown_keys_get_a_hint_in_every_section():
     ]
 
 
+def test_backups_need_a_postgres_target():
+    pool = "  pool: {kind: pgbouncer, dsn: 'host=h port=6432 dbname=pgbouncer'}\n"
+    assert errors_of("collectors: []\ntargets:\n  db: {dsn: x}\n" + pool + "backup: {dir: /tmp, target: pool}\n") == [
+        "c.yaml:5: backup.target: target 'pool' is a pgbouncer admin console, which pg_dump cannot dump; "
+        "set backup.target to a postgres target"]
+    assert errors_of("collectors: []\ntargets:\n" + pool + "backup: {dir: /tmp}\n") == [
+        "c.yaml:4: backup: target 'pool' is a pgbouncer admin console, which pg_dump cannot dump; "
+        "set backup.target to a postgres target"]
+    assert errors_of("collectors: []\ntargets:\n  db: {dsn: x}\nbackup: {dir: /tmp, target: nope}\n") == [
+        "c.yaml:4: backup.target: unknown target 'nope'"]
+    parse_config("collectors: []\ntargets:\n  db: {dsn: x}\n" + pool + "backup: {dir: /tmp, target: db}\n")
+
+
 def test_pgbouncer_targets_and_queries():
     config = parse_config("collectors: [pgbouncer]\ntargets:\n  db: {dsn: x}\n"
                           "  pool: {kind: pgbouncer, dsn: 'host=h port=6432 dbname=pgbouncer'}\n")

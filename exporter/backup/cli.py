@@ -47,6 +47,9 @@ def resolve(config_path: str | None, directory: str | None, target: str | None, 
     if dsn is None and config is not None and target is not None:
         if target not in names:
             raise click.UsageError(f"target '{target}' is not in the config (targets: {', '.join(names) or 'none'})")
+        if config.target(target).kind != "postgres":
+            raise click.UsageError(f"target '{target}' is a {config.target(target).kind} admin console, which "
+                                   "pg_dump cannot dump; name a postgres target")
         dsn = config.target(target).dsn
     return Settings(chosen_dir, target, dsn, backup)
 
