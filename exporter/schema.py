@@ -15,9 +15,18 @@ import difflib
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 
-from exporter.yamlsource import LocatedData, LocatedErrors, describe_value, format_key_path, shown_key
+from exporter.yamlsource import (
+    LocatedData,
+    LocatedErrors,
+    YamlSyntaxError,
+    describe_value,
+    format_key_path,
+    load_located,
+    shown_key,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -189,3 +198,43 @@ class Checker:
             else:
                 self.error(path + (i,), f"expected a string, got {describe_value(item)}", doc)
         return tuple(items)
+
+
+Entry = TypeVar("Entry")
+
+
+class EntriesChecker(Checker, Generic[Entry]):
+    """A Checker for a file that maps names to entries (thresholds, objectives)."""
+
+    def entry(self, name: str, entry: Any) -> Entry | None:
+        raise NotImplementedError
+
+
+def read_entries_file(path: Path, what: str, error: Callable[[list[str]], Exception]) -> str:
+    """The text of a named-entries file; an unreadable one raises `error` naming it."""
+    try:
+        return path.read_text(encoding="utf-8", errors="surrogateescape")  # bad bytes: located by load_located
+    except OSError as exc:
+        raise error([f"{path}: cannot read {what} file: {exc.strerror}"]) from None
+
+
+def parse_entries(text: str, source: str, checker: Callable[[LocatedData], EntriesChecker[Entry]], expected: str,
+                  error: Callable[[list[str]], Exception]) -> dict[str, Entry]:
+    """Validate a YAML mapping of names to entries; every error is reported at once, in file order."""
+    try:
+        located = load_located(text, source)
+    except YamlSyntaxError as exc:
+        raise error([str(exc)]) from None
+    check = checker(located)
+    data = located.data
+    if not isinstance(data, dict) or not data:
+        check.error((), f"expected a mapping of {expected}")
+        raise error(check.errors)
+    entries: dict[str, Entry] = {}
+    for name, value in data.items():
+        entry = check.entry(str(name), value)
+        if entry is not None:
+            entries[str(name)] = entry
+    if check.errors:
+        raise error(check.located.in_file_order())
+    return entries

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from exporter.config import ConfigError
-from exporter.schema import Checker, Key, Section, parse_duration
-from exporter.yamlsource import YamlSyntaxError, describe_value, load_located
+from exporter.schema import EntriesChecker, Key, Section, parse_duration, parse_entries, read_entries_file
+from exporter.yamlsource import describe_value
 
 DEFAULT_OBJECTIVES = Path(__file__).with_name("default_objectives.yaml")
 REFERENCE_PERIOD = 30 * 86400  # the period the workbook's windows and factors are written for
@@ -103,35 +103,16 @@ def promql_duration(seconds: float) -> str:
 def load_objectives(path: str | Path | None = None) -> dict[str, Objective]:
     """Read and validate an objectives file (the shipped defaults when `path` is None)."""
     path = Path(path) if path is not None else DEFAULT_OBJECTIVES
-    try:
-        text = path.read_text(encoding="utf-8", errors="surrogateescape")  # bad bytes: located by load_located
-    except OSError as exc:
-        raise ObjectiveError([f"{path}: cannot read objectives file: {exc.strerror}"]) from None
-    return parse_objectives(text, str(path))
+    return parse_objectives(read_entries_file(path, "objectives", ObjectiveError), str(path))
 
 
 def parse_objectives(text: str, source: str = "<string>") -> dict[str, Objective]:
     """Validate objectives YAML text; `source` names it in error messages. Every error is reported."""
-    try:
-        located = load_located(text, source)
-    except YamlSyntaxError as exc:
-        raise ObjectiveError([str(exc)]) from None
-    checker = _ObjectiveChecker(located)
-    data = located.data
-    if not isinstance(data, dict) or not data:
-        checker.error((), "expected a mapping of objective names to {kind, objective, description, ...}")
-        raise ObjectiveError(checker.errors)
-    objectives = {}
-    for name, entry in data.items():
-        objective = checker.entry(str(name), entry)
-        if objective is not None:
-            objectives[objective.name] = objective
-    if checker.errors:
-        raise ObjectiveError(checker.located.in_file_order())
-    return objectives
+    return parse_entries(text, source, _ObjectiveChecker,
+                         "objective names to {kind, objective, description, ...}", ObjectiveError)
 
 
-class _ObjectiveChecker(Checker):
+class _ObjectiveChecker(EntriesChecker[Objective]):
     def entry(self, name: str, entry: Any) -> Objective | None:
         before = len(self.errors)
         if not re.fullmatch(r"[a-z][a-z0-9_]*", name):

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.config import ConfigError
-from exporter.schema import Checker, Key, Section, did_you_mean
-from exporter.yamlsource import YamlSyntaxError, load_located
+from exporter.schema import EntriesChecker, Key, Section, did_you_mean, parse_entries, read_entries_file
 
 DEFAULT_THRESHOLDS = Path(__file__).with_name("default_thresholds.yaml")
 
@@ -84,35 +83,16 @@ class Threshold:
 def load_thresholds(path: str | Path | None = None) -> dict[str, Threshold]:
     """Read and validate a thresholds file (the shipped defaults when `path` is None)."""
     path = Path(path) if path is not None else DEFAULT_THRESHOLDS
-    try:
-        text = path.read_text(encoding="utf-8", errors="surrogateescape")  # bad bytes: located by load_located
-    except OSError as exc:
-        raise ThresholdError([f"{path}: cannot read thresholds file: {exc.strerror}"]) from None
-    return parse_thresholds(text, str(path))
+    return parse_thresholds(read_entries_file(path, "thresholds", ThresholdError), str(path))
 
 
 def parse_thresholds(text: str, source: str = "<string>") -> dict[str, Threshold]:
     """Validate thresholds YAML text; `source` names it in error messages."""
-    try:
-        located = load_located(text, source)
-    except YamlSyntaxError as exc:
-        raise ThresholdError([str(exc)]) from None
-    checker = _Checker(located)
-    data = located.data
-    if not isinstance(data, dict) or not data:
-        checker.error((), "expected a mapping of threshold names to {warning, critical, for, unit, description}")
-        raise ThresholdError(checker.errors)
-    thresholds = {}
-    for name, entry in data.items():
-        threshold = checker.entry(str(name), entry)
-        if threshold is not None:
-            thresholds[threshold.name] = threshold
-    if checker.errors:
-        raise ThresholdError(checker.errors)
-    return thresholds
+    return parse_entries(text, source, _Checker, "threshold names to {warning, critical, for, unit, description}",
+                         ThresholdError)
 
 
-class _Checker(Checker):
+class _Checker(EntriesChecker[Threshold]):
     """Threshold entries; the messages keep the wording `pgvigil bundle` has always printed."""
 
     def unknown_key(self, key: Any, allowed: tuple[str, ...]) -> str:
