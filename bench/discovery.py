@@ -19,7 +19,6 @@ Run from the repository root:  python3 bench/discovery.py [--databases 100] [--t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import statistics
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from scrape_5000 import add_as_shipped_arguments, ensure_postgres_exporter, start_process, wait_for_http  # noqa: E402
+from scrape_5000 import add_as_shipped_arguments, ensure_postgres_exporter, start_process, wait_for_http, without_ttls  # noqa: E402
 
 from exporter.config import parse_config  # noqa: E402
 from exporter.dev.throwaway import ThrowawayCluster, free_port  # noqa: E402
@@ -112,7 +111,7 @@ def run_pgvigil(cluster: ThrowawayCluster, scrapes: int, interval: float = 0.0,
                           "    databases: all\ndefaults: {scrape_timeout: 120s}\n"
                           f"collectors: [{', '.join(collectors)}]\n")
     if not interval:
-        config = dataclasses.replace(config, queries=tuple(dataclasses.replace(q, ttl=0.0) for q in config.queries))
+        config = without_ttls(config)
     server = start_server(config)
     url = f"{server.url}/metrics"
     try:

@@ -38,6 +38,7 @@ from scrape_5000 import (  # noqa: E402
     ensure_postgres_exporter,
     start_process,
     wait_for_http,
+    without_ttls,
 )
 
 from exporter.config import parse_config  # noqa: E402
@@ -92,7 +93,7 @@ def pgvigil_scrapes(cluster: ThrowawayCluster, scrapes: int, interval: float) ->
     to 0), else the packs as shipped, their ttls serving what is fresh enough from cache."""
     config = parse_config(f"targets:\n  bench: {cluster.dsn(DATABASE, ROLES['pgvigil'])}\n")
     if not interval:
-        config = dataclasses.replace(config, queries=tuple(dataclasses.replace(q, ttl=0.0) for q in config.queries))
+        config = without_ttls(config)
     runner = Runner(config)
     try:
         runner.scrape(timeout=60)  # warm-up: connect, capability probe, extensions

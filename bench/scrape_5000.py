@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from exporter.config import Config  # noqa: E402
 from exporter.dev.throwaway import ThrowawayCluster, free_port  # noqa: E402
 
 DATABASE = "bench"
@@ -116,6 +117,11 @@ BARE_COLUMNS = {col: f"{query}_{col}" for query, (_, metrics) in QUERIES.items()
 
 # ---------------------------------------------------------------------------
 # catalog
+
+def without_ttls(config: Config) -> Config:
+    """Every query on every scrape: no result served from cache."""
+    return replace(config, queries=tuple(replace(q, ttl=0.0) for q in config.queries))
+
 
 def add_as_shipped_arguments(parser: argparse.ArgumentParser, scrapes: int, length: str) -> None:
     """--interval and --shipped-scrapes: pgvigil's packs as shipped, scraped as Prometheus would."""

@@ -16,7 +16,6 @@ Run from the repository root:  python3 bench/statements.py [--statements 5000] [
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import sys
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from scrape_5000 import ensure_postgres_exporter, start_process, wait_for_http  # noqa: E402
+from scrape_5000 import ensure_postgres_exporter, start_process, wait_for_http, without_ttls  # noqa: E402
 
 from exporter.config import parse_config  # noqa: E402
 from exporter.dev.throwaway import ThrowawayCluster, free_port  # noqa: E402
@@ -75,7 +74,7 @@ def database_time(cluster: ThrowawayCluster, role: str) -> float:
 
 def run_pgvigil(cluster: ThrowawayCluster, scrapes: int) -> float:
     config = parse_config(f"collectors: [statements]\ntargets:\n  bench: {cluster.dsn('postgres', ROLES['pgvigil'])}\n")
-    config = dataclasses.replace(config, queries=tuple(dataclasses.replace(q, ttl=0.0) for q in config.queries))
+    config = without_ttls(config)
     runner = Runner(config)
     try:
         runner.scrape(timeout=120)  # warm-up
