@@ -28,6 +28,8 @@ SCOPES = ("database", "cluster")
 PREVIOUS_RUN_PLACEHOLDER = "{{previous_run}}"
 # In a query's SQL, the text[] of `defaults.exclude_schemas`: `WHERE schemaname <> ALL ({{excluded_schemas}})`.
 EXCLUDED_SCHEMAS_PLACEHOLDER = "{{excluded_schemas}}"
+# In a query with `pick:`, the ids its pick chose: an array literal such as '{16384,16390}'.
+PICKED_PLACEHOLDER = "{{picked}}"
 # Schemas managed platforms create in the user's databases: their tables are the platform's, not the user's.
 PLATFORM_SCHEMAS = (
     # Supabase
@@ -162,6 +164,16 @@ QUERY_KEYS = Section(
     Key("top_changed", doc="`{by: <counter column>, limit: K}`: export the K rows whose `by` grew most since the "
                            "previous run, the rest summed into rows whose last label is `other` "
                            "(see [docs/statements.md](docs/statements.md))"),
+    Key("pick", doc="`{sql, every}`: choose the rows to read every `every` (e.g. the 200 largest of 5,000 tables) "
+                    "and read only those on each run, through `{{picked}}` in `sql` (see `queries[].pick` below)"),
+)
+PICK_KEYS = Section(
+    "`queries[].pick`",
+    Key("sql", "str", required=True, doc="one read-only query whose first column holds integers (oids, pids): "
+                                         "`{{picked}}` in the query's `sql` becomes their array literal, "
+                                         "e.g. `WHERE c.oid = ANY ({{picked}})`; at most `max_series` of them"),
+    Key("every", "duration", 300.0, doc="how often the pick runs again; between picks each run reads the same "
+                                        "ids (a dropped one just returns no row); default 5m"),
 )
 METRIC_KEYS = Section(
     "`queries[].metrics.<column>`",
@@ -188,7 +200,7 @@ PACK_KEYS = Section(
     Key("default", default=True, doc="false: only loaded when named in `collectors`"),
     Key("queries", doc="queries, as in the config"),
 )
-SECTIONS = (TOP_KEYS, TARGET_KEYS, DEFAULT_KEYS, QUERY_KEYS, METRIC_KEYS, BACKUP_KEYS)
+SECTIONS = (TOP_KEYS, TARGET_KEYS, DEFAULT_KEYS, QUERY_KEYS, PICK_KEYS, METRIC_KEYS, BACKUP_KEYS)
 
 
 def key_reference() -> str:
@@ -248,6 +260,14 @@ class TopChanged:
 
 
 @dataclass(frozen=True)
+class Pick:
+    """A query's `pick`: the SQL choosing the ids `{{picked}}` stands for, run again every `every` seconds."""
+
+    sql: str
+    every: float
+
+
+@dataclass(frozen=True)
 class QuerySpec:
     name: str
     help: str
@@ -268,10 +288,16 @@ class QuerySpec:
     pack: str | None = None
     top_changed: TopChanged | None = None
     kind: str = QUERY_KEYS["kind"].default  # the kind of target it runs on
+    pick: Pick | None = None
 
     @property
     def uses_previous_run(self) -> bool:
         return PREVIOUS_RUN_PLACEHOLDER in self.sql
+
+    @property
+    def sql_texts(self) -> tuple[str, ...]:
+        """Every SQL text the query sends: its own, and its pick's."""
+        return (self.sql,) if self.pick is None else (self.sql, self.pick.sql)
 
     def runs_on_version(self, server_version: int) -> bool:
         if self.min_server_version is not None and server_version < self.min_server_version:
@@ -611,6 +637,7 @@ class _Checker(Checker):
         self._check_query_shape(labels, metrics, sql, path, doc)
         top_changed = self.top_changed(raw, labels, metrics, path, doc) if "top_changed" in raw else None
         self._check_kind(raw, sql, path, doc)
+        pick = self.pick(raw, sql, path, defaults, doc)
         if raw.get("kind", QUERY_KEYS["kind"].default) == "postgres" and isinstance(sql, str):
             self._check_sql(sql, path + ("sql",), doc)
         self.query_refs.append(_QueryRef(path if pack is None else (f"pack {pack}", name), name, targets,
@@ -620,7 +647,7 @@ class _Checker(Checker):
         options = {key.name: _option(key, values, defaults) for key in QUERY_KEYS.keys if key.kind is not None}
         spec = QuerySpec(**{**options, "help": help_text, "labels": labels, "metrics": metrics,
                             "targets": targets, "scope": scope, "pack": pack,
-                            "top_changed": top_changed})
+                            "top_changed": top_changed, "pick": pick})
         self.places[id(spec)] = self.query_refs[-1].where
         return spec
 
@@ -643,6 +670,37 @@ class _Checker(Checker):
         if not labels:
             self.error(path, "needs labels: the last one is set to 'other' on the remainder rows", doc)
         return TopChanged(by, limit) if by is not None and limit is not None and labels else None
+
+    def pick(self, raw: dict, sql: Any, path: tuple, defaults: Defaults, doc: LocatedData) -> Pick | None:
+        """A query's `pick`, and `{{picked}}` used in its SQL exactly when it has one."""
+        uses_picked = isinstance(sql, str) and PICKED_PLACEHOLDER in sql
+        if "pick" not in raw:
+            if uses_picked:
+                self.error(path + ("sql",), f"{PICKED_PLACEHOLDER} stands for the ids a `pick:` chose; "
+                                            "add `pick: {sql: ...}` or remove it", doc)
+            return None
+        sql_path, path = path + ("sql",), path + ("pick",)
+        body = self.mapping(raw["pick"], path, PICK_KEYS, doc)
+        if not isinstance(raw["pick"], dict) or not self.missing(body, path, PICK_KEYS, doc):
+            return None
+        values = self.scalars(body, path, PICK_KEYS, doc)
+        every = values.get("every", PICK_KEYS["every"].default)
+        if every == 0:
+            self.error(path + ("every",), "expected a duration above zero, e.g. 5m", doc)
+        if raw.get("kind", QUERY_KEYS["kind"].default) != "postgres":
+            self.error(path, "a pgbouncer query sends a console command: it has nothing to pick from", doc)
+        elif not uses_picked and isinstance(sql, str):
+            self.error(sql_path, f"never uses {PICKED_PLACEHOLDER}, so what the pick chooses would not be read", doc)
+        pick_sql = values.get("sql")
+        if not isinstance(pick_sql, str):
+            return None
+        pick_sql = pick_sql.replace(EXCLUDED_SCHEMAS_PLACEHOLDER, schema_array(defaults.exclude_schemas))
+        if PICKED_PLACEHOLDER in pick_sql or PREVIOUS_RUN_PLACEHOLDER in pick_sql:
+            self.error(path + ("sql",), f"a pick's sql cannot use {PICKED_PLACEHOLDER} or {PREVIOUS_RUN_PLACEHOLDER}",
+                       doc)
+            return None
+        self._check_sql(pick_sql, path + ("sql",), doc)
+        return Pick(pick_sql, every) if every else None
 
     def metrics(self, value: Any, path: tuple, query: str, query_help: str, doc: LocatedData) -> tuple[MetricSpec, ...]:
         if not isinstance(value, dict) or not value:
@@ -703,7 +761,7 @@ class _Checker(Checker):
         """PostgreSQL's grammar decides that the SQL is one read-only query (exporter/sqlshape.py);
         calls of functions whose effects read-only does not stop are warnings."""
         try:
-            shape = sqlshape.inspect(sql.replace(PREVIOUS_RUN_PLACEHOLDER, "now()"))
+            shape = sqlshape.inspect(sql.replace(PREVIOUS_RUN_PLACEHOLDER, "now()").replace(PICKED_PLACEHOLDER, "'{}'"))
         except sqlshape.NotAQuery as exc:
             self.error(path, str(exc), doc)
             return

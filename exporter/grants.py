@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass, field, replace
 
 from exporter.config import Config, TargetSpec
-from exporter.scrape.capability import probe_sql
+from exporter.scrape.capability import probed_texts
 from exporter.scrape.runner import Runner
-from exporter.scrape.session import PreparedSql, QueryFailed, Session, prepare_sql
+from exporter.scrape.session import PreparedSql, QueryFailed, Session
 from exporter.scrape.state import TargetState
 
 # Views whose rows of other roles are hidden (NULLs, or no queryid) from a role without pg_read_all_stats.
@@ -103,8 +103,9 @@ def _fill(report: TargetGrants, state: TargetState, runner: Runner) -> None:
         elif not hidden:
             report.unresolved.append(f"{name}: {message}")
     eligible = runner.eligible_queries(state, with_skipped=True)
-    if not read_all_stats and any(OTHERS_ROWS.search(q.sql) for q in eligible):
-        names = sorted({m.group(1) for q in eligible for m in OTHERS_ROWS.finditer(q.sql)})
+    texts = [sql for q in eligible for sql in q.sql_texts]
+    if not read_all_stats and any(OTHERS_ROWS.search(sql) for sql in texts):
+        names = sorted({m.group(1) for sql in texts for m in OTHERS_ROWS.finditer(sql)})
         report.missing.append(f"other roles' rows of {', '.join(names)} (only the role's own are visible)")
         wanted[f"GRANT pg_read_all_stats TO {grantee};"] = None
     report.statements = list(wanted)
@@ -116,8 +117,9 @@ def _refusal(session: Session, state: TargetState, runner: Runner, name: str) ->
     query = next(q for q in runner.config.queries if q.name == name)
     try:
         with state.session_locks[0]:
-            session.run(PreparedSql(probe_sql(prepare_sql(query, None).sql), limit=0),
-                        timeout=runner.config.defaults.timeout, lock_timeout=runner.config.defaults.lock_timeout)
+            for sql in probed_texts(query):
+                session.run(PreparedSql(sql, limit=0), timeout=runner.config.defaults.timeout,
+                            lock_timeout=runner.config.defaults.lock_timeout)
     except QueryFailed as exc:
         return str(exc).removeprefix("ERROR:").strip()
     return "runs now"

@@ -116,3 +116,19 @@ def wait_until(check: Callable[[], object], timeout: float, what: str) -> object
             return result
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.fixture
+def run():
+    """A factory of runners on a fake server (tests/scrape/fake_session.py), closed at the end of the test."""
+    from exporter.scrape.runner import Runner
+
+    runners: list[Runner] = []
+
+    def make(conf: "Config", server) -> Runner:
+        runners.append(Runner(conf, session_factory=server.factory))
+        return runners[-1]
+
+    yield make
+    for runner in runners:
+        runner.close()

@@ -285,3 +285,54 @@ def test_pgbouncer_targets_and_queries():
 ])
 def test_values_pgvigil_cannot_work_with_are_located_errors(text, expected):
     assert expected in errors_of("collectors: []\n" + text)
+
+
+def test_pick_is_checked_with_the_query_every_problem_at_once():
+    errors = errors_of("""\
+        collectors: []
+        queries:
+          - name: no_pick
+            sql: SELECT 1 AS x WHERE 1 = ANY ({{picked}})
+            metrics: {x: {}}
+          - name: unused
+            sql: SELECT 1 AS x
+            metrics: {x: {}}
+            pick: {sql: SELECT 1}
+          - name: writes
+            sql: SELECT 1 AS x WHERE 1 = ANY ({{picked}})
+            metrics: {x: {}}
+            pick: {sql: "SELECT 1; DELETE FROM t", every: 0s}
+          - name: nested
+            sql: SELECT 1 AS x WHERE 1 = ANY ({{picked}})
+            metrics: {x: {}}
+            pick: {sql: "SELECT oid FROM pg_class WHERE oid = ANY ({{picked}})", evry: 1m}
+          - name: console
+            kind: pgbouncer
+            sql: SHOW POOLS
+            metrics: {x: {}}
+            pick: {every: 1m}
+        """)
+    assert errors == [
+        "c.yaml:4: queries[0].sql: {{picked}} stands for the ids a `pick:` chose; add `pick: {sql: ...}` or remove it",
+        "c.yaml:7: queries[1].sql: never uses {{picked}}, so what the pick chooses would not be read",
+        "c.yaml:13: queries[2].pick.every: expected a duration above zero, e.g. 5m",
+        "c.yaml:13: queries[2].pick.sql: expected exactly one statement, got 2",
+        "c.yaml:17: queries[3].pick.evry: unknown key 'evry'; did you mean 'every'?",
+        "c.yaml:17: queries[3].pick.sql: a pick's sql cannot use {{picked}} or {{previous_run}}",
+        "c.yaml:22: queries[4].pick: missing required key 'sql'",
+    ]
+
+
+def test_a_pick_reads_the_excluded_schemas_like_its_query():
+    config = parse_config(textwrap.dedent("""\
+        collectors: []
+        defaults: {exclude_schemas: [audit]}
+        queries:
+          - name: q
+            sql: SELECT 1 AS x WHERE 1 = ANY ({{picked}})
+            metrics: {x: {}}
+            pick: {sql: "SELECT oid FROM pg_namespace WHERE nspname <> ALL ({{excluded_schemas}})"}
+        """))
+    pick = config.queries[0].pick
+    assert pick is not None and pick.every == 300.0
+    assert pick.sql == "SELECT oid FROM pg_namespace WHERE nspname <> ALL (ARRAY['audit']::text[])"

@@ -113,7 +113,7 @@ def _metric_rows(queries: list[QuerySpec]) -> list[MetricRow]:
         if query.kind == "pgbouncer":  # a console command, on any PgBouncer: no PostgreSQL version applies
             rows.append(MetricRow(name, metric.type, labels, metric.help, (query.sql.strip(),), (), ""))
             continue
-        sources = tuple(dict.fromkeys(v for q, _ in pairs for v in source_views(q.sql)))
+        sources = tuple(dict.fromkeys(v for q, _ in pairs for sql in q.sql_texts for v in source_views(sql)))
         rows.append(MetricRow(name, metric.type, labels, metric.help, sources,
                               metric_majors(producing, metric.help), version_range(producing, metric.help)))
     return rows

@@ -1,6 +1,6 @@
 """What the monitoring role may run: queries it cannot are skipped, not failed.
 
-Each query is planned and started once with `LIMIT 0`: PostgreSQL checks the role's
+Each query (and its pick, if any) is planned and started once with `LIMIT 0`: PostgreSQL checks the role's
 SELECT privilege on every table and view and its EXECUTE privilege on every function
 when the executor starts, and resolves every name (an extension's view in a schema
 off the search path, a view of another version) before that, yet no row is read.
@@ -37,11 +37,10 @@ def probe(state: TargetState, queries: Sequence[QuerySpec], timeout: float, lock
 
     Stops early, leaving the rest for the next run's probe, when the session is lost."""
     for query in queries:
-        prepared = prepare_sql(query, state.previous_run.get(query.name))
         try:
             with state.session_locks[0]:
-                state.sessions[0].run(PreparedSql(probe_sql(prepared.sql), limit=0), timeout=timeout,
-                                      lock_timeout=lock_timeout)
+                for sql in probed_texts(query, state.previous_run.get(query.name)):
+                    state.sessions[0].run(PreparedSql(sql, limit=0), timeout=timeout, lock_timeout=lock_timeout)
         except QueryFailed as exc:
             if exc.connection_lost:
                 return
@@ -51,6 +50,12 @@ def probe(state: TargetState, queries: Sequence[QuerySpec], timeout: float, lock
                 continue
         state.unskip(query)
     state.mark_probed()
+
+
+def probed_texts(query: QuerySpec, previous_run: str | None = None) -> list[str]:
+    """What probing a query runs (with LIMIT 0): its SQL (no ids picked), and its pick's."""
+    texts = [prepare_sql(query, previous_run).sql] + ([query.pick.sql] if query.pick is not None else [])
+    return [probe_sql(sql) for sql in texts]
 
 
 def probe_sql(sql: str) -> str:

@@ -30,6 +30,7 @@ from exporter.scrape.capability import CAPABILITY_REFRESH_SECONDS, probe
 from exporter.scrape.console import ConsoleSession
 from exporter.scrape.discovery import Discovery, DiscoveryStatus
 from exporter.scrape.outcome import QueryOutcome, Scrape
+from exporter.scrape.picks import picked_ids
 from exporter.scrape.session import FetchResult, QueryFailed, ServerFacts, Session, TargetSession, prepare_sql
 from exporter.scrape.state import Fetched, TargetState
 
@@ -322,9 +323,11 @@ class Runner:
 
     @staticmethod
     def _query(state: TargetState, index: int, query: QuerySpec) -> FetchResult:
-        prepared = prepare_sql(query, state.previous_run.get(query.name), state.histograms[query.name])
         with state.session_locks[index]:
-            return state.sessions[index].run(prepared, timeout=query.timeout, lock_timeout=query.lock_timeout)
+            session = state.sessions[index]
+            picked = picked_ids(state.picks, session, query)
+            prepared = prepare_sql(query, state.previous_run.get(query.name), state.histograms[query.name], picked)
+            return session.run(prepared, timeout=query.timeout, lock_timeout=query.lock_timeout)
 
     # -- health and lifecycle -----------------------------------------------
     def health(self, timeout: float = 2.0) -> dict[str, dict[str, Any]]:

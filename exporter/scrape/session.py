@@ -1,5 +1,5 @@
 """Connections to one target: read-only sessions bounded by timeouts, reconnects, server facts,
-and the preparation of a query's SQL for a run (`{{previous_run}}`, the row cap).
+and the preparation of a query's SQL for a run (`{{previous_run}}`, `{{picked}}`, the row cap).
 
 Every query runs in its own transaction made READ ONLY by pgvigil's first statement
 (whatever the session's defaults, which user SQL could change) and ended at once, so a
@@ -21,12 +21,12 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 import psycopg2
 import psycopg2.extensions
 
-from exporter.config import Defaults, MetricType, QuerySpec, TargetSpec
+from exporter.config import PICKED_PLACEHOLDER, Defaults, MetricType, QuerySpec, TargetSpec
 from exporter.redaction import connect_error, dsn_secrets, redact
 from exporter.scrape.render import ROW_BYTES, Histogram, InvalidValue, RowSink
 from exporter.sqlshape import NotAQuery, inspect
@@ -119,10 +119,14 @@ _EXTENSION_SEARCH_PATH = (
 
 
 def prepare_sql(query: QuerySpec, previous_run: str | None,
-                histograms: dict[str, dict[tuple, Histogram]] | None = None) -> PreparedSql:
+                histograms: dict[str, dict[tuple, Histogram]] | None = None,
+                picked: Sequence[int] = ()) -> PreparedSql:
     """The SQL of one run of `query`; `previous_run` is the prelude value of its last successful run,
-    `histograms` the query's cumulative histograms on the target (read while its rows are folded)."""
+    `histograms` the query's cumulative histograms on the target (read while its rows are folded),
+    `picked` the ids its pick chose (integers: nothing else can reach the SQL through them)."""
     sql, prelude = query.sql, None
+    if query.pick is not None:
+        sql = sql.replace(PICKED_PLACEHOLDER, "'{" + ",".join(str(int(i)) for i in picked) + "}'")
     if query.uses_previous_run:
         literal = f"'{previous_run}'::timestamptz" if previous_run else "now()"
         sql, prelude = sql.replace(PREVIOUS_RUN, literal), _NOW_UTC

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from exporter.config import QuerySpec, TargetSpec
 from exporter.scrape.exposition import label_text
+from exporter.scrape.picks import Picked
 from exporter.scrape.render import Histogram, InvalidValue, RenderedRun, render_rows
 from exporter.scrape.session import ConnectFailed, FetchResult, QueryFailed, ServerFacts, Session
 from exporter.scrape.topchanged import TopChangedRows
@@ -71,6 +72,7 @@ class TargetState:
         self.histograms: dict[str, dict[str, dict[tuple[Any, ...], Histogram]]] = {q.name: {} for q in queries}
         self.top_changed = {q.name: TopChangedRows(q) for q in queries if q.top_changed is not None}
         self.previous_run: dict[str, str] = {}
+        self.picks: dict[str, Picked] = {}  # query name -> the ids its pick chose (picks.py)
         self.extensions_checked = float("-inf")
         self.probed_at = float("-inf")  # monotonic: when capability.probe last went through the queries
         self.skipped: dict[str, str] = {}  # query name -> why the role cannot run it here (capability.py)

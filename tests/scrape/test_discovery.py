@@ -42,19 +42,6 @@ def server_for(databases: Script) -> FakeServer:
                       Script("-- server", rows=[(3,)]))
 
 
-@pytest.fixture
-def run():
-    runners: list[Runner] = []
-
-    def make(conf: Config, server: FakeServer) -> Runner:
-        runners.append(Runner(conf, session_factory=server.factory))
-        return runners[-1]
-
-    yield make
-    for runner in runners:
-        runner.close()
-
-
 def scrape(runner: Runner, only: list[str] | None = None) -> dict:
     result = runner.scrape(timeout=5, only=only)
     return parse_exposition(ScrapeText(runner.config.queries).text(result) + render_self_metrics(result))

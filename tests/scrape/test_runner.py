@@ -8,12 +8,10 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 from fake_session import FakeServer, Script
 
 from exporter.config import Config, parse_config
 from exporter.scrape.assembly import ScrapeText
-from exporter.scrape.runner import Runner
 from exporter.scrape.session import QueryFailed
 
 TARGET = "targets:\n  db:\n    dsn: postgresql://monitor@127.0.0.1:1/app\ncollectors: []\n"
@@ -21,20 +19,6 @@ TARGET = "targets:\n  db:\n    dsn: postgresql://monitor@127.0.0.1:1/app\ncollec
 
 def config(queries: str, targets: str = TARGET) -> Config:
     return parse_config(targets + "queries:\n" + queries)
-
-
-@pytest.fixture
-def run():
-    """Runner factory; every runner made is closed at the end of the test."""
-    runners: list[Runner] = []
-
-    def make(conf: Config, server: FakeServer) -> Runner:
-        runners.append(Runner(conf, session_factory=server.factory))
-        return runners[-1]
-
-    yield make
-    for runner in runners:
-        runner.close()
 
 
 def test_results_are_rendered_with_the_target_label(run):
