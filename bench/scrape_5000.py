@@ -119,8 +119,9 @@ BARE_COLUMNS = {col: f"{query}_{col}" for query, (_, metrics) in QUERIES.items()
 # catalog
 
 def without_ttls(config: Config) -> Config:
-    """Every query on every scrape: no result served from cache."""
-    return replace(config, queries=tuple(replace(q, ttl=0.0) for q in config.queries))
+    """Every query on every scrape: no result served from cache, and every pick run again."""
+    return replace(config, queries=tuple(
+        replace(q, ttl=0.0, pick=None if q.pick is None else replace(q.pick, every=0.0)) for q in config.queries))
 
 
 def add_as_shipped_arguments(parser: argparse.ArgumentParser, scrapes: int, length: str) -> None:
