@@ -164,6 +164,9 @@ QUERY_KEYS = Section(
     Key("top_changed", doc="`{by: <counter column>, limit: K}`: export the K rows whose `by` grew most since the "
                            "previous run, the rest summed into rows whose last label is `other` "
                            "(see [docs/statements.md](docs/statements.md))"),
+    Key("sql_labels", doc="labels holding SQL text (pg_stat_statements' `query`): rebuilt from PostgreSQL's own "
+                          "tokens before anything else sees them, every constant as `$n`, comments dropped "
+                          "(see [docs/statements.md](docs/statements.md))"),
     Key("pick", doc="`{sql, every}`: choose the rows to read every `every` (e.g. the 200 largest of 5,000 tables) "
                     "and read only those on each run, through `{{picked}}` in `sql` (see `queries[].pick` below)"),
 )
@@ -289,6 +292,7 @@ class QuerySpec:
     top_changed: TopChanged | None = None
     kind: str = QUERY_KEYS["kind"].default  # the kind of target it runs on
     pick: Pick | None = None
+    sql_labels: tuple[str, ...] = ()  # labels whose values are SQL text, masked (exporter/sqltext.py)
 
     @property
     def uses_previous_run(self) -> bool:
@@ -635,6 +639,7 @@ class _Checker(Checker):
         scope = self.choice(raw.get("scope", QUERY_KEYS["scope"].default), path + ("scope",), SCOPES, doc)
         targets = self.string_list(raw["targets"], path + ("targets",), doc) if "targets" in raw else None
         self._check_query_shape(labels, metrics, sql, path, doc)
+        sql_labels = self.sql_labels(raw, labels, metrics, path, doc)
         top_changed = self.top_changed(raw, labels, metrics, path, doc) if "top_changed" in raw else None
         self._check_kind(raw, sql, path, doc)
         pick = self.pick(raw, sql, path, defaults, doc)
@@ -647,7 +652,7 @@ class _Checker(Checker):
         options = {key.name: _option(key, values, defaults) for key in QUERY_KEYS.keys if key.kind is not None}
         spec = QuerySpec(**{**options, "help": help_text, "labels": labels, "metrics": metrics,
                             "targets": targets, "scope": scope, "pack": pack,
-                            "top_changed": top_changed, "pick": pick})
+                            "top_changed": top_changed, "pick": pick, "sql_labels": sql_labels})
         self.places[id(spec)] = self.query_refs[-1].where
         return spec
 
@@ -670,6 +675,21 @@ class _Checker(Checker):
         if not labels:
             self.error(path, "needs labels: the last one is set to 'other' on the remainder rows", doc)
         return TopChanged(by, limit) if by is not None and limit is not None and labels else None
+
+    def sql_labels(self, raw: dict, labels: tuple[str, ...], metrics: tuple[MetricSpec, ...], path: tuple,
+                   doc: LocatedData) -> tuple[str, ...]:
+        """The labels whose SQL text is masked: some of the query's labels, on rows that are kept."""
+        if "sql_labels" not in raw:
+            return ()
+        path = path + ("sql_labels",)
+        names = self.string_list(raw["sql_labels"], path, doc)
+        for i, name in enumerate(names):
+            if name not in labels:
+                self.error(path + (i,), f"'{name}' is not one of the query's labels ({', '.join(labels) or 'none'})",
+                           doc)
+        if any(m.type.is_histogram for m in metrics):
+            self.error(path, "histogram rows are folded as they are fetched: their labels cannot hold SQL text", doc)
+        return names
 
     def pick(self, raw: dict, sql: Any, path: tuple, defaults: Defaults, doc: LocatedData) -> Pick | None:
         """A query's `pick`, and `{{picked}}` used in its SQL exactly when it has one."""

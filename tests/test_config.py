@@ -336,3 +336,17 @@ def test_a_pick_reads_the_excluded_schemas_like_its_query():
     pick = config.queries[0].pick
     assert pick is not None and pick.every == 300.0
     assert pick.sql == "SELECT oid FROM pg_namespace WHERE nspname <> ALL (ARRAY['audit']::text[])"
+
+
+def test_sql_labels_name_labels_of_a_query_whose_rows_are_kept():
+    assert errors_of("""\
+        collectors: []
+        queries:
+          - {name: a, sql: "SELECT 'x' AS q, 1 AS v", labels: [q], sql_labels: [query], metrics: {v: {}}}
+          - {name: b, sql: "SELECT 'x' AS q, 1 AS v", labels: [q], sql_labels: [q],
+             metrics: {v: {type: histogram, buckets: [1]}}}
+        """) == [
+        "c.yaml:3: queries[0].sql_labels[0]: 'query' is not one of the query's labels (q)",
+        "c.yaml:4: queries[1].sql_labels: histogram rows are folded as they are fetched: their labels cannot hold "
+        "SQL text",
+    ]

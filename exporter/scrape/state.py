@@ -19,6 +19,7 @@ from exporter.scrape.picks import Picked
 from exporter.scrape.render import Histogram, InvalidValue, RenderedRun, render_rows
 from exporter.scrape.session import ConnectFailed, FetchResult, QueryFailed, ServerFacts, Session
 from exporter.scrape.topchanged import TopChangedRows
+from exporter.sqltext import masked_sql
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,8 @@ class TargetState:
         result = fetched.result
         try:
             # Histogram rows were folded into a sink while they were fetched (render.RowSink).
-            rows = self._top_changed(query, result.columns, result.rows) if result.folded is None else result.folded
+            rows = self._top_changed(query, result.columns, masked_rows(query, result.columns, result.rows)) \
+                if result.folded is None else result.folded
             run = render_rows(query, result.columns, rows, self.rows_labelled(query),
                               self.histograms[query.name], layout)
         except InvalidValue as exc:
@@ -240,3 +242,19 @@ class TargetState:
         if self._logged.get(query.name) != message:
             self._logged[query.name] = message
             log.warning("query %s on target %s: %s", query.name, self.name, message)
+
+
+def masked_rows(query: QuerySpec, columns: list[str], rows: Sequence[tuple[Any, ...]]) -> Sequence[tuple[Any, ...]]:
+    """The rows with the SQL text of the query's `sql_labels` masked (exporter/sqltext.py), before anything
+    else (rendering, logging, top_changed) sees them."""
+    if not query.sql_labels:
+        return rows
+    at = [columns.index(name) for name in query.sql_labels if name in columns]
+    masked = []
+    for row in rows:
+        values = list(row)
+        for i in at:
+            if isinstance(values[i], str):
+                values[i] = masked_sql(values[i])
+        masked.append(tuple(values))
+    return masked
