@@ -148,7 +148,12 @@ class Runner:
                 return inflight or (_finished(), 0)
             if inflight is None or inflight[0].done():
                 run_id = next(_run_ids)
-                inflight = (self._pool.submit(self._run_target, state, run_id), run_id)
+                if self._all_fresh(state):
+                    # Nothing to run: done here, not handed to a pool thread (hundreds of databases a scrape).
+                    self._reuse_all(state, run_id)
+                    inflight = (_finished(), run_id)
+                else:
+                    inflight = (self._pool.submit(self._run_target, state, run_id), run_id)
                 self._inflight[state.name] = inflight
             return inflight
 
@@ -185,8 +190,16 @@ class Runner:
         facts = state.facts
         if facts is None:
             return []
-        return [q for q in self.config.queries if self._applies(q, state, facts) and self._owns(q, state, facts)
-                and (with_skipped or q.name not in state.skipped)]
+        # Asked several times per database and scrape (hundreds of databases, each over every query):
+        # remembered until the facts, the target list (which database speaks for a server) or the skips change.
+        key = (facts, self.targets, tuple(state.skipped), with_skipped)
+        memo = state.eligible_memo
+        if memo is not None and all(a is b for a, b in zip(memo[0][:2], key[:2])) and memo[0][2:] == key[2:]:
+            return memo[1]
+        eligible = [q for q in self.config.queries if self._applies(q, state, facts) and self._owns(q, state, facts)
+                    and (with_skipped or q.name not in state.skipped)]
+        state.eligible_memo = (key, eligible)
+        return eligible
 
     @staticmethod
     def _applies(query: QuerySpec, state: TargetState, facts: ServerFacts) -> bool:
@@ -227,13 +240,6 @@ class Runner:
             state.release_idle()
 
     def _run_connected(self, state: TargetState, run_id: int) -> None:
-        if self._all_fresh(state):
-            # A discovered database whose results all serve from cache is not connected to: with more
-            # databases than the connection budget, each connect is a new backend. Its reachability is
-            # that of its last run; the server's is checked on every scrape by its first database.
-            for query in self.eligible_queries(state):
-                state.record_reuse(query, run_id)
-            return
         if not self._connect(state, 0):
             return
         if state.probe_due(CAPABILITY_REFRESH_SECONDS):
@@ -260,6 +266,13 @@ class Runner:
             threads.append(thread)
         for thread in threads:
             thread.join()
+
+    def _reuse_all(self, state: TargetState, run_id: int) -> None:
+        """A discovered database whose results all serve from cache is not connected to: with more
+        databases than the connection budget, each connect is a new backend. Its reachability is
+        that of its last run; the server's is checked on every scrape by its first database."""
+        for query in self.eligible_queries(state):
+            state.record_reuse(query, run_id)
 
     def _all_fresh(self, state: TargetState) -> bool:
         return (state.spec.parent is not None and bool(state.up) and not state.probe_due(CAPABILITY_REFRESH_SECONDS)

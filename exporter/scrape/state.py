@@ -77,6 +77,7 @@ class TargetState:
         self.extensions_checked = float("-inf")
         self.probed_at = float("-inf")  # monotonic: when capability.probe last went through the queries
         self.skipped: dict[str, str] = {}  # query name -> why the role cannot run it here (capability.py)
+        self.eligible_memo: tuple[tuple, list[QuerySpec]] | None = None  # Runner.eligible_queries' last answer
         self.last_facts: ServerFacts | None = None
         self._logged: dict[str, str] = {}
 
