@@ -4,8 +4,9 @@ Ranking 5,000 tables to find the 200 worth exporting costs more than reading tho
 counters (docs/performance.md). A query with `pick: {sql, every}` runs its pick first, keeps the
 integers of the pick's first column (oids, pids) per target, and on each run until `every` has
 passed reads only those, through `{{picked}}` in its SQL. A table created since is seen at the
-next pick; a dropped one just returns no row. Only integers reach the query's SQL, so whatever
-the pick returns cannot change what that SQL is.
+next pick; a dropped one just returns no row. Queries with the same pick SQL and max_series share
+one pick per target (the tables pack's counters and sizes: one ranking of the tables). Only
+integers reach the query's SQL, so whatever the pick returns cannot change what that SQL is.
 """
 from __future__ import annotations
 
@@ -22,12 +23,13 @@ class Picked:
     at: float  # time.monotonic() of the pick
 
 
-def picked_ids(picks: dict[str, Picked], session: Session, query: QuerySpec) -> tuple[int, ...]:
+def picked_ids(picks: dict[tuple[str, int], Picked], session: Session, query: QuerySpec) -> tuple[int, ...]:
     """The ids the query reads on this run: the last pick's, or a new pick's once `every` has passed.
     The caller holds the session. A failed pick fails the query's run (QueryFailed, said to be the pick's)."""
     if query.pick is None:
         return ()
-    last = picks.get(query.name)
+    key = (query.pick.sql, query.max_series)  # the same pick, bounded alike: one result for both
+    last = picks.get(key)
     if last is not None and time.monotonic() - last.at < query.pick.every:
         return last.ids
     try:
@@ -36,7 +38,7 @@ def picked_ids(picks: dict[str, Picked], session: Session, query: QuerySpec) -> 
     except QueryFailed as exc:
         raise QueryFailed(f"pick: {exc}", exc.reason, exc.connection_lost, exc.sqlstate) from None
     ids = ids_of(result, query.max_series)
-    picks[query.name] = Picked(ids, time.monotonic())
+    picks[key] = Picked(ids, time.monotonic())
     return ids
 
 

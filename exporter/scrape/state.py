@@ -73,7 +73,7 @@ class TargetState:
         self.histograms: dict[str, dict[str, dict[tuple[Any, ...], Histogram]]] = {q.name: {} for q in queries}
         self.top_changed = {q.name: TopChangedRows(q) for q in queries if q.top_changed is not None}
         self.previous_run: dict[str, str] = {}
-        self.picks: dict[str, Picked] = {}  # query name -> the ids its pick chose (picks.py)
+        self.picks: dict[tuple[str, int], Picked] = {}  # (a pick's SQL, max_series) -> the ids it chose
         self.extensions_checked = float("-inf")
         self.probed_at = float("-inf")  # monotonic: when capability.probe last went through the queries
         self.skipped: dict[str, str] = {}  # query name -> why the role cannot run it here (capability.py)

@@ -99,7 +99,18 @@ def test_each_target_keeps_its_own_picks(run):
     runner.scrape()
     runner.scrape()
     assert server.runs_of("-- pick") == 2  # once per target, not once for both
-    assert set(runner.targets["a"].picks) == set(runner.targets["b"].picks) == {"q"}
+    assert runner.targets["a"].picks.keys() == runner.targets["b"].picks.keys() == {("SELECT 5 AS id -- pick", 10)}
+
+
+def test_queries_with_the_same_pick_share_it(run):
+    server = FakeServer(Script("-- pick", columns=["id"], rows=[(6,)]), Script("-- main"), Script("-- sizes"))
+    sizes = (PICKED % "60s").replace("name: q", "name: sizes").replace("-- main", "-- sizes")
+    runner = run(config(PICKED % "60s" + sizes), server)
+    runner.scrape()
+    runner.scrape()
+    assert server.runs_of("-- pick") == 1
+    assert server.runs_of("-- main") == server.runs_of("-- sizes") == 2
+    assert all("ANY ('{6}')" in sql for sql in server.executed if "-- pick" not in sql)
 
 
 def test_a_pick_the_role_cannot_run_skips_its_query(run):
