@@ -32,7 +32,7 @@ from exporter.scrape.discovery import Discovery, DiscoveryStatus
 from exporter.scrape.outcome import QueryOutcome, Scrape
 from exporter.scrape.picks import picked_ids
 from exporter.scrape.session import FetchResult, QueryFailed, ServerFacts, Session, TargetSession, prepare_sql
-from exporter.scrape.state import Fetched, TargetState
+from exporter.scrape.state import EligibleMemo, Fetched, TargetState
 
 EXTENSION_REFRESH_SECONDS = 60.0
 
@@ -192,13 +192,13 @@ class Runner:
             return []
         # Asked several times per database and scrape (hundreds of databases, each over every query):
         # remembered until the facts, the target list (which database speaks for a server) or the skips change.
-        key = (facts, self.targets, tuple(state.skipped), with_skipped)
-        memo = state.eligible_memo
-        if memo is not None and all(a is b for a, b in zip(memo[0][:2], key[:2])) and memo[0][2:] == key[2:]:
-            return memo[1]
+        skips, memo = tuple(state.skipped), state.eligible_memo
+        if (memo is not None and memo.facts is facts and memo.targets is self.targets and memo.skips == skips
+                and memo.with_skipped == with_skipped):
+            return memo.queries
         eligible = [q for q in self.config.queries if self._applies(q, state, facts) and self._owns(q, state, facts)
                     and (with_skipped or q.name not in state.skipped)]
-        state.eligible_memo = (key, eligible)
+        state.eligible_memo = EligibleMemo(facts, self.targets, skips, with_skipped, eligible)
         return eligible
 
     @staticmethod

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from exporter.config import QuerySpec, TargetSpec
 from exporter.scrape.exposition import label_text
@@ -42,6 +42,16 @@ class QueryStatus:
     error: str | None = None
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
     reused_through: int = 0  # the latest run that skipped this query because its result was within ttl
+
+
+class EligibleMemo(NamedTuple):
+    """The queries that run on a target, and what that was decided from (Runner.eligible_queries)."""
+
+    facts: ServerFacts
+    targets: dict
+    skips: tuple[str, ...]
+    with_skipped: bool
+    queries: list[QuerySpec]
 
 
 @dataclass
@@ -77,7 +87,7 @@ class TargetState:
         self.extensions_checked = float("-inf")
         self.probed_at = float("-inf")  # monotonic: when capability.probe last went through the queries
         self.skipped: dict[str, str] = {}  # query name -> why the role cannot run it here (capability.py)
-        self.eligible_memo: tuple[tuple, list[QuerySpec]] | None = None  # Runner.eligible_queries' last answer
+        self.eligible_memo: EligibleMemo | None = None  # Runner.eligible_queries' last answer
         self.last_facts: ServerFacts | None = None
         self._logged: dict[str, str] = {}
 
