@@ -12,6 +12,7 @@ import pytest
 from fake_session import FakeServer, Script
 from test_runner import config
 
+from exporter.config import parse_config
 from exporter.scrape.session import QueryFailed
 
 PICKED = """  - name: q
@@ -122,3 +123,10 @@ def test_a_pick_the_role_cannot_run_skips_its_query(run):
     assert runner.targets["db"].skipped == {"q": "permission_denied"}
     assert server.runs_of("-- pick") == 0 and server.runs_of("-- main") == 0
     assert any("-- main" in sql and "ANY ('{}')" in sql for sql in server.probes)  # the query is probed too
+
+
+def test_the_tables_pack_ranks_once_for_its_counters_and_its_sizes():
+    queries = {q.name: q for q in parse_config("collectors: [tables]\n").queries}
+    counters, sizes = queries["pg_stat_user_tables"], queries["pg_stat_user_tables_sizes"]
+    assert counters.pick is not None and counters.pick == sizes.pick and counters.max_series == sizes.max_series
+    assert (counters.ttl, sizes.ttl, counters.pick.every) == (30.0, 300.0, 300.0)
