@@ -119,6 +119,7 @@ def test_caught_up_replica_has_no_lag(servers):
     lsn = primary.execute("SELECT pg_current_wal_insert_lsn()::text")[0][0]
     wait_until(lambda: standby.execute(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn")[0][0],
                "the standby to catch up")
-    wait_until(lambda: standby.execute("SELECT pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()")[0][0],
-               "replay to reach the received WAL")
-    assert value(scrape(standby), "pg_replication_lag_seconds") == 0
+    # The primary writes WAL of its own now and then (a standby snapshot every 15 s while there is activity):
+    # for a few milliseconds the standby has received WAL it has not replayed, and a scrape just then
+    # rightly reports lag. Caught up, the metric comes back to 0 between such records.
+    wait_until(lambda: value(scrape(standby), "pg_replication_lag_seconds") == 0, "a scrape of the caught-up standby")
