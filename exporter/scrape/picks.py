@@ -52,6 +52,7 @@ def ids_of(result: FetchResult, most: int) -> tuple[int, ...]:
     values = [row[0] for row in result.rows if row[0] is not None]
     wrong = next((v for v in values if isinstance(v, bool) or not isinstance(v, int)), None)
     if wrong is not None:
+        # The type, not the value: like a metric column's, a value is not echoed into logs and errors.
         raise QueryFailed(f"pick: expected integers (oids, pids) in its first column "
-                          f"'{result.columns[0]}', got {type(wrong).__name__} {str(wrong)[:40]!r}")
+                          f"'{result.columns[0]}', got {type(wrong).__name__}")
     return tuple(dict.fromkeys(values))

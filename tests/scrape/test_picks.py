@@ -69,6 +69,7 @@ def test_a_pick_returning_other_than_integers_fails_its_query_alone(run, rows, m
     assert message in str(status.error) and str(status.error).startswith("pick: ")
     assert status.errors["error"] == 1
     assert server.runs_of("-- main") == 0  # nothing the pick returned reached the query's SQL
+    assert "DROP" not in str(status.error)  # nor its error
 
 
 def test_a_failed_pick_fails_the_run_and_is_tried_again_on_the_next(run):
