@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from exporter.config import Config, TargetSpec
 from exporter.scrape.capability import probed_texts
 from exporter.scrape.runner import Runner
-from exporter.scrape.session import PreparedSql, QueryFailed, Session
+from exporter.scrape.session import PreparedSql, QueryFailed, Session, scope_of
 from exporter.scrape.state import TargetState
 
 # Views whose rows of other roles are hidden (NULLs, or no queryid) from a role without pg_read_all_stats.
@@ -118,7 +118,7 @@ def _refusal(session: Session, state: TargetState, runner: Runner, name: str) ->
     try:
         with state.session_locks[0]:
             for sql in probed_texts(query):
-                session.run(PreparedSql(sql, limit=0), timeout=runner.config.defaults.timeout,
+                session.run(PreparedSql(sql, limit=0, scope=scope_of(query)), timeout=runner.config.defaults.timeout,
                             lock_timeout=runner.config.defaults.lock_timeout)
     except QueryFailed as exc:
         return str(exc).removeprefix("ERROR:").strip()

@@ -16,7 +16,7 @@ import logging
 from typing import Sequence
 
 from exporter.config import QuerySpec
-from exporter.scrape.session import PreparedSql, QueryFailed, prepare_sql
+from exporter.scrape.session import PreparedSql, QueryFailed, prepare_sql, scope_of
 from exporter.scrape.state import TargetState
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,8 @@ def probe(state: TargetState, queries: Sequence[QuerySpec], timeout: float, lock
         try:
             with state.session_locks[0]:
                 for sql in probed_texts(query, state.previous_run.get(query.name)):
-                    state.sessions[0].run(PreparedSql(sql, limit=0), timeout=timeout, lock_timeout=lock_timeout)
+                    state.sessions[0].run(PreparedSql(sql, limit=0, scope=scope_of(query)), timeout=timeout,
+                                          lock_timeout=lock_timeout)
         except QueryFailed as exc:
             if exc.connection_lost:
                 return

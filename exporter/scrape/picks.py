@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from exporter.config import QuerySpec
-from exporter.scrape.session import FetchResult, PreparedSql, QueryFailed, Session
+from exporter.scrape.session import FetchResult, PreparedSql, QueryFailed, Session, scope_of
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ def picked_ids(picks: dict[tuple[str, int], Picked], session: Session, query: Qu
     if last is not None and time.monotonic() - last.at < query.pick.every:
         return last.ids
     try:
-        result = session.run(PreparedSql(query.pick.sql, limit=query.max_series + 1),
+        result = session.run(PreparedSql(query.pick.sql, limit=query.max_series + 1, scope=scope_of(query)),
                              timeout=query.timeout, lock_timeout=query.lock_timeout)
     except QueryFailed as exc:
         raise QueryFailed(f"pick: {exc}", exc.reason, exc.connection_lost, exc.sqlstate) from None

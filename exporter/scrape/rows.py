@@ -1,0 +1,73 @@
+"""Reading a result's rows: a value the driver cannot read costs its own row, never the query.
+
+The driver's C loaders read every row first. When one of them refuses a value (bytes that are not
+UTF-8: PostgreSQL passes on what a SQL_ASCII database stored, in pg_database, pg_stat_activity or
+pg_stat_statements; a year past 9999; a timestamp of 'infinity'), the same result is read again
+row by row: 'infinity' becomes datetime.max/min (the renderer exports +Inf/-Inf), and a row with a
+value still unreadable is left out and counted.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.adapt import Buffer, Transformer
+from psycopg.types.datetime import DateLoader, TimestampLoader, TimestamptzLoader
+
+# What the driver raises when a loader refuses a value (UnicodeDecodeError is a ValueError).
+UNREADABLE = (ValueError, OverflowError, psycopg.DataError)
+
+_INFINITE = {b"infinity": dt.datetime.max, b"-infinity": dt.datetime.min}
+_INFINITE_DATE = {b"infinity": dt.date.max, b"-infinity": dt.date.min}
+
+
+@dataclass
+class Rows:
+    """The rows read, and how many were left out for a value the driver could not read."""
+
+    rows: list[tuple]
+    unreadable: int = 0
+
+
+def read_rows(cur: psycopg.Cursor) -> Rows:
+    """Every row of the cursor's current result."""
+    try:
+        return Rows(cur.fetchall())
+    except UNREADABLE:
+        return _row_by_row(cur)
+
+
+def _row_by_row(cur: psycopg.Cursor) -> Rows:
+    result = cur.pgresult
+    assert result is not None  # fetchall() got this far
+    lenient = psycopg.Cursor(cur.connection)  # only its adapters are used: nothing is sent through it
+    for name, loader in (("timestamp", _Timestamp), ("timestamptz", _Timestamptz), ("date", _Date)):
+        lenient.adapters.register_loader(name, loader)
+    reader = Transformer(lenient)
+    reader.set_pgresult(result)
+    rows, unreadable = [], 0
+    for i in range(result.ntuples):
+        try:
+            rows.append(reader.load_row(i, tuple))
+        except UNREADABLE:
+            unreadable += 1
+    cur.scroll(result.ntuples, mode="absolute")  # consumed: the cursor has no rows left
+    return Rows(rows, unreadable)
+
+
+class _Timestamp(TimestampLoader):
+    def load(self, data: Buffer) -> Any:
+        return _INFINITE.get(bytes(data)) or super().load(data)
+
+
+class _Timestamptz(TimestamptzLoader):
+    def load(self, data: Buffer) -> Any:
+        infinite = _INFINITE.get(bytes(data))
+        return infinite.replace(tzinfo=dt.timezone.utc) if infinite else super().load(data)
+
+
+class _Date(DateLoader):
+    def load(self, data: Buffer) -> Any:
+        return _INFINITE_DATE.get(bytes(data)) or super().load(data)
