@@ -37,6 +37,7 @@ from exporter.scrape.transaction import (
     quote_identifier,
     search_path,
 )
+from exporter.scrape.wire import BoundedConnection
 from exporter.sqlshape import NotAQuery, inspect
 
 log = logging.getLogger(__name__)
@@ -238,7 +239,7 @@ class TargetSession:
             return self._facts
         self.close()
         try:
-            conn = psycopg.connect(
+            conn = BoundedConnection.connect(
                 self.spec.dsn, autocommit=True,  # each run is a pipeline: its own implicit transaction
                 prepare_threshold=None,  # unnamed statements only: fine behind transaction poolers
                 connect_timeout=max(1, int(round(self.defaults.connect_timeout))),
