@@ -1,9 +1,12 @@
 """`pgvigil grants`: the SQL that gives the configured queries what they need, per target.
 
 Each target is scraped once as its configured role; capability.py's probe says which queries
-the role cannot run, and PostgreSQL's own refusal says why. Each refusal becomes the one GRANT
-that lifts it (EXECUTE on a function, SELECT on a view, USAGE on a schema, including the schema
-of an extension that is installed but hidden from the role). The queries reading other
+the role cannot run. For each of those, the relations, functions and schemas its SQL names
+(PostgreSQL's grammar, pglast) are looked up in the catalog the way the query resolves them
+(its search_path), and the ones the role may not use become GRANTs, each object named by the
+catalog itself (`format('%I.%I')`, `regprocedure`): never from an error message's text, where
+`"audit log"` reads as `audit log` and `"UserSessions"` as another table's name. Also USAGE on
+the schema of an extension a configured query requires, when it is hidden from the role. The queries reading other
 sessions and statements (pg_stat_activity, pg_stat_statements, replication) run without
 errors for any role but see only the role's own rows: pg_read_all_stats is proposed for them.
 Nothing broader (no pg_monitor, no superuser) is ever proposed.
@@ -13,7 +16,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 
-from exporter.config import Config, TargetSpec
+import pglast
+from pglast.visitors import Visitor
+
+from exporter.config import Config, QuerySpec, TargetSpec
 from exporter.scrape.capability import probed_texts
 from exporter.scrape.runner import Runner
 from exporter.scrape.session import PreparedSql, QueryFailed, Session, scope_of
@@ -22,14 +28,22 @@ from exporter.scrape.state import TargetState
 # Views whose rows of other roles are hidden (NULLs, or no queryid) from a role without pg_read_all_stats.
 OTHERS_ROWS = re.compile(r"\b(pg_stat_activity|pg_stat_statements|pg_stat_replication|pg_stat_wal_receiver|"
                          r"pg_stat_subscription|pg_replication_slots)\b")
-_DENIED = re.compile(r"permission denied for (function|table|view|schema|sequence) ([\w.\"]+)")
 
 ROLE_FACTS_SQL = (
     "SELECT current_user::text AS role, current_database()::text AS db,"
     " (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser,"
     " pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER') AS read_all_stats,"
-    " ARRAY(SELECT DISTINCT n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
-    "       WHERE NOT has_schema_privilege(n.oid, 'USAGE')) AS hidden_schemas")
+    " ARRAY(SELECT DISTINCT e.extname::text || '.' || n.nspname::text"
+    "       FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
+    "       WHERE NOT has_schema_privilege(n.oid, 'USAGE')) AS hidden_schemas,"
+    # the role's own setting (the session's is pgvigil's, given at connect)
+    " EXISTS (SELECT 1 FROM pg_db_role_setting s, unnest(s.setconfig) AS c(setting)"
+    "         WHERE s.setrole = (SELECT oid FROM pg_roles WHERE rolname = current_user)"
+    "           AND s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))"
+    "           AND c.setting = 'default_transaction_read_only=on') AS read_only,"
+    " EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    "         WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+    "           AND has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')) AS writes")
 
 
 @dataclass
@@ -85,36 +99,42 @@ def _fill(report: TargetGrants, state: TargetState, runner: Runner) -> None:
         session.ensure_connected()
         rows = session.run(PreparedSql(ROLE_FACTS_SQL), timeout=defaults.timeout,
                            lock_timeout=defaults.lock_timeout).rows
-    role, database, superuser, read_all_stats, hidden = rows[0]
+    role, database, superuser, read_all_stats, hidden, read_only, writes = rows[0]
     report.role, report.database = role, database
     if superuser:
         report.missing.append("nothing: the role is a superuser (a monitoring role should not be one)")
         return
     grantee = sql_identifier(role)
     wanted: dict[str, None] = {}
-    for schema in hidden:
-        wanted[f"GRANT USAGE ON SCHEMA {sql_identifier(schema)} TO {grantee};"] = None
-    for name, reason in sorted(state.skipped.items()):
-        message = _refusal(session, state, runner, name)
-        report.missing.append(f"{name} ({reason}: {message})")
-        statement = _grant_for(message, grantee, session, defaults.timeout, defaults.lock_timeout)
-        if statement is not None:
-            wanted[statement] = None
-        elif not hidden:
-            report.unresolved.append(f"{name}: {message}")
     eligible = runner.eligible_queries(state, with_skipped=True)
+    required = {q.requires_extension for q in eligible}
+    for extension, schema in (item.split(".", 1) for item in hidden):
+        if extension in required:
+            wanted[f"GRANT USAGE ON SCHEMA {sql_identifier(schema)} TO {grantee};"] = None
+    for name, reason in sorted(state.skipped.items()):
+        query = next(q for q in runner.config.queries if q.name == name)
+        message = _refusal(session, state, query, runner)
+        report.missing.append(f"{name} ({reason}: {message})")
+        with state.session_locks[0]:
+            statements = _grants_for(query, grantee, session, defaults.timeout, defaults.lock_timeout)
+        wanted.update(dict.fromkeys(statements))
+        if not statements and not hidden:
+            report.unresolved.append(f"{name}: {message}")
+    if writes:
+        report.missing.append("a role that cannot write: it may INSERT, UPDATE, DELETE or TRUNCATE some tables "
+                              "here (REVOKE those; docs/security.md)")
     texts = [sql for q in eligible for sql in q.sql_texts]
     if not read_all_stats and any(OTHERS_ROWS.search(sql) for sql in texts):
         names = sorted({m.group(1) for sql in texts for m in OTHERS_ROWS.finditer(sql)})
         report.missing.append(f"other roles' rows of {', '.join(names)} (only the role's own are visible)")
         wanted[f"GRANT pg_read_all_stats TO {grantee};"] = None
+    if not read_only:  # a second lock on the door: every transaction of the role starts read-only
+        wanted[f"ALTER ROLE {grantee} SET default_transaction_read_only = on;"] = None
     report.statements = list(wanted)
 
 
-def _refusal(session: Session, state: TargetState, runner: Runner, name: str) -> str:
+def _refusal(session: Session, state: TargetState, query: QuerySpec, runner: Runner) -> str:
     """PostgreSQL's message for a skipped query, from probing it once more."""
-
-    query = next(q for q in runner.config.queries if q.name == name)
     try:
         with state.session_locks[0]:
             for sql in probed_texts(query):
@@ -125,24 +145,60 @@ def _refusal(session: Session, state: TargetState, runner: Runner, name: str) ->
     return "runs now"
 
 
-def _grant_for(message: str, grantee: str, session: Session, timeout: float, lock_timeout: float) -> str | None:
-    match = _DENIED.search(message)
-    if match is None:
-        return None
-    kind, name = match.groups()
-    if kind == "schema":
-        return f"GRANT USAGE ON SCHEMA {name} TO {grantee};"
-    if kind in ("table", "view", "sequence"):
-        return f"GRANT SELECT ON {name} TO {grantee};"
-    # A function: its full signature, so the GRANT names exactly the one that was refused.
-    rows = session.run(PreparedSql(f"SELECT p.oid::regprocedure::text AS signature FROM pg_proc p "
-                                   f"WHERE p.proname = '{name.strip(chr(34)).replace(chr(39), chr(39) * 2)}' "
-                                   "AND NOT has_function_privilege(p.oid, 'EXECUTE')"),
-                       timeout=timeout, lock_timeout=lock_timeout).rows
-    signatures = [row[0] for row in rows]
-    if not signatures:
-        return None
-    return "\n".join(f"GRANT EXECUTE ON FUNCTION {signature} TO {grantee};" for signature in signatures)
+class _Names(Visitor):
+    """The relations and functions a statement names, as (schema or None, name) pairs."""
+
+    def __init__(self) -> None:
+        self.relations: set[tuple[str | None, str]] = set()
+        self.functions: set[tuple[str | None, str]] = set()
+
+    def visit_RangeVar(self, ancestors: object, node: pglast.ast.RangeVar) -> None:
+        self.relations.add((node.schemaname, str(node.relname)))
+
+    def visit_FuncCall(self, ancestors: object, node: pglast.ast.FuncCall) -> None:
+        parts = [part.sval for part in node.funcname or ()]
+        self.functions.add((parts[-2] if len(parts) > 1 else None, parts[-1]))
+
+
+def _literal(text: str | None) -> str:
+    return "NULL" if text is None else "'" + text.replace("'", "''") + "'"
+
+
+def _pairs(names: set[tuple[str | None, str]]) -> str:
+    return ", ".join(f"({_literal(schema)}, {_literal(name)})" for schema, name in sorted(names, key=str)) or \
+        "(NULL, NULL)"
+
+
+# Each named object as the query resolves it (qualified: that schema; else the first visible one), if the
+# role may not use it; named by the catalog. The names are literals of this statement (standard strings).
+_MISSING = """
+SELECT DISTINCT pg_catalog.format('GRANT USAGE ON SCHEMA %I TO ', n.nspname) FROM pg_catalog.pg_namespace n
+  JOIN (VALUES {relations}, {functions}) AS named(schema, name) ON n.nspname = named.schema
+  WHERE NOT pg_catalog.has_schema_privilege(n.oid, 'USAGE')
+UNION ALL
+SELECT DISTINCT pg_catalog.format('GRANT SELECT ON %I.%I TO ', n.nspname, c.relname)
+  FROM (VALUES {relations}) AS named(schema, name)
+  JOIN pg_catalog.pg_class c ON c.relname = named.name
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  WHERE CASE WHEN named.schema IS NULL THEN pg_catalog.pg_table_is_visible(c.oid) ELSE n.nspname = named.schema END
+    AND NOT pg_catalog.has_table_privilege(c.oid, 'SELECT')
+UNION ALL
+SELECT DISTINCT pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO ', p.oid::pg_catalog.regprocedure)
+  FROM (VALUES {functions}) AS named(schema, name)
+  JOIN pg_catalog.pg_proc p ON p.proname = named.name
+  JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+  WHERE CASE WHEN named.schema IS NULL THEN pg_catalog.pg_function_is_visible(p.oid) ELSE n.nspname = named.schema END
+    AND NOT pg_catalog.has_function_privilege(p.oid, 'EXECUTE')"""
+
+
+def _grants_for(query: QuerySpec, grantee: str, session: Session, timeout: float, lock_timeout: float) -> list[str]:
+    """The GRANTs that let the role use what the query's SQL (and its pick's) names, from the catalog."""
+    names = _Names()
+    for sql in probed_texts(query):
+        names(pglast.parse_sql(sql))
+    sql = _MISSING.format(relations=_pairs(names.relations), functions=_pairs(names.functions))
+    rows = session.run(PreparedSql(sql, scope=scope_of(query)), timeout=timeout, lock_timeout=lock_timeout).rows
+    return [f"{row[0]}{grantee};" for row in sorted(rows)]
 
 
 def sql_identifier(name: str) -> str:

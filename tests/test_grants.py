@@ -24,10 +24,11 @@ def test_grants_lists_what_a_connect_only_role_misses_and_running_them_is_enough
     try:
         result = CliRunner().invoke(main, ["grants", "--config", str(config_file)])
         assert result.exit_code == 0, result.output
-        statements = [line for line in result.output.splitlines() if line.startswith("GRANT")]
+        statements = [line for line in result.output.splitlines() if line.startswith(("GRANT", "ALTER"))]
         assert statements == [f"GRANT USAGE ON SCHEMA extensions TO {role};",
                               f"GRANT EXECUTE ON FUNCTION pg_ls_waldir() TO {role};",
-                              f"GRANT pg_read_all_stats TO {role};"]
+                              f"GRANT pg_read_all_stats TO {role};",
+                              f"ALTER ROLE {role} SET default_transaction_read_only = on;"]
         assert f"-- target app (role {role}, database {dbname})" in result.output
         assert "-- missing today: pg_wal (permission_denied: permission denied for function pg_ls_waldir)" \
             in result.output
@@ -46,6 +47,41 @@ def test_grants_lists_what_a_connect_only_role_misses_and_running_them_is_enough
         samples = parse_exposition(ScrapeText(runner.config.queries).text(scrape) + render_self_metrics(scrape))
         assert not [labels for name, labels in samples if name == "pgvigil_query_skipped"]
         assert sum(v for (name, _), v in samples.items() if name == "pgvigil_query_errors_total") == 0
+    finally:
+        cluster.execute(f"DROP OWNED BY {role}", dbname)
+        cluster.execute(f"DROP ROLE {role}")
+
+
+def test_grants_name_objects_as_the_catalog_does_and_only_what_queries_use(cluster, fresh_db, tmp_path):
+    """Quoted names stay quoted ("audit log", "UserSessions" is not usersessions), functions by signature,
+    and a hidden schema no configured query uses gets no USAGE."""
+    dbname = fresh_db.rsplit("/", 1)[1]
+    role = "grants_" + uuid.uuid4().hex[:6]
+    cluster.execute(f"CREATE ROLE {role} LOGIN", dbname)
+    cluster.execute("""CREATE TABLE "audit log" (n int); CREATE TABLE "UserSessions" (n int);
+        CREATE TABLE usersessions (n int); CREATE SCHEMA "Odd Schema"; CREATE TABLE "Odd Schema".t (n int);
+        CREATE SCHEMA unused; CREATE EXTENSION pg_stat_statements WITH SCHEMA unused;
+        CREATE FUNCTION "Odd Schema".f(int) RETURNS int LANGUAGE sql AS 'SELECT $1';
+        REVOKE EXECUTE ON FUNCTION "Odd Schema".f(int) FROM PUBLIC""", dbname)
+    config_file = tmp_path / "pgvigil.yaml"
+    config_file.write_text(
+        f"collectors: []\ntargets:\n  app: {cluster.dsn(dbname, user=role)}\nqueries:\n"
+        """  - {name: audit, sql: 'SELECT count(*) AS n FROM "audit log"', metrics: {n: {}}}\n"""
+        """  - {name: sessions, sql: 'SELECT count(*) AS n FROM "UserSessions"', metrics: {n: {}}}\n"""
+        """  - {name: odd, sql: 'SELECT "Odd Schema".f(count(*)::int) AS n FROM "Odd Schema".t', metrics: {n: {}}}\n""")
+    try:
+        result = CliRunner().invoke(main, ["grants", "--config", str(config_file)])
+        assert result.exit_code == 0, result.output
+        statements = [line for line in result.output.splitlines() if line.startswith(("GRANT", "ALTER"))]
+        assert statements == [f'GRANT EXECUTE ON FUNCTION "Odd Schema".f(integer) TO {role};',
+                              f'GRANT SELECT ON "Odd Schema".t TO {role};',
+                              f'GRANT SELECT ON public."UserSessions" TO {role};',
+                              f'GRANT SELECT ON public."audit log" TO {role};',
+                              f'GRANT USAGE ON SCHEMA "Odd Schema" TO {role};',
+                              f"ALTER ROLE {role} SET default_transaction_read_only = on;"]
+        cluster.execute("".join(f"{statement}\n" for statement in statements), dbname)
+        again = CliRunner().invoke(main, ["grants", "--config", str(config_file)])
+        assert "-- missing today: nothing" in again.output and "-- nothing to grant" in again.output, again.output
     finally:
         cluster.execute(f"DROP OWNED BY {role}", dbname)
         cluster.execute(f"DROP ROLE {role}")
