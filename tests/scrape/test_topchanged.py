@@ -81,6 +81,26 @@ def test_one_remainder_per_user_and_database():
     assert {row[:3] for row in selected if row[2] == "other"} == {("u", "app", "other"), ("u", "billing", "other")}
 
 
+def test_a_remainder_whose_group_is_gone_expires():
+    """Each short-lived role (dynamic credentials) leaves a remainder; an hour after its last row, it ends."""
+    now = [0.0]
+    top = TopChangedRows(parse_config(CONFIG).queries[0], clock=lambda: now[0])
+    for minute in range(120):
+        now[0] = minute * 60.0
+        role = f"temp_{minute}"
+        selected = top.select(COLUMNS, [(role, "app", q, 1, seconds) for q, seconds in (("a", 3), ("b", 2), ("c", 1))])
+        remainders = {row[0] for row in selected if row[2] == "other"}
+        assert role in remainders
+        assert len(remainders) <= 61  # the roles of the last hour, and no more
+
+
+def test_remainders_are_bounded_by_max_series():
+    top = TopChangedRows(parse_config(CONFIG.replace("limit: 2}", "limit: 2}\n    max_series: 5")).queries[0])
+    for run in range(20):
+        selected = top.select(COLUMNS, [(f"role_{run}_{i}", "app", "q", 1, 1) for i in range(3)])
+    assert len([row for row in selected if row[2] == "other"]) <= 5
+
+
 @pytest.mark.parametrize("top_changed, message", [
     ("{by: calls_, limit: 2}",
      "top_changed.by: expected one of the query's counter columns (calls, seconds), got 'calls_'"),
