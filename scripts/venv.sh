@@ -18,11 +18,15 @@ apt_install() {  # apt_install PACKAGE...: as root or through sudo; `apt-get upd
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "$@"
 }
 
-venv_create() {  # a working .venv (python and pip), made by python3 -m venv unless one is there
-  if "$VENV_DIR/bin/python" -m pip --version >/dev/null 2>&1; then
+venv_create() {  # a working .venv (python and pip) of the python3 on PATH, made by python3 -m venv unless one is there
+  local want have
+  want="$(python3 -c 'import sys; print(sys.base_prefix, sys.version)' 2>/dev/null || true)"
+  have="$("$VENV_DIR/bin/python" -c 'import sys; print(sys.base_prefix, sys.version)' 2>/dev/null || true)"
+  if [ -n "$have" ] && [ "$have" = "$want" ] && "$VENV_DIR/bin/python" -m pip --version >/dev/null 2>&1; then
     return 0
   fi
-  rm -rf "$VENV_DIR"  # a half-made one: Debian's venv without ensurepip leaves python, no pip
+  # None yet, a half-made one, or one of another python (a venv made by pyenv's is no proof for Debian's).
+  rm -rf "$VENV_DIR"  # Debian's venv without ensurepip leaves python, no pip
   echo "creating the virtual environment $VENV_DIR with $(command -v python3)" >&2
   local failed
   if ! failed="$(python3 -m venv "$VENV_DIR" 2>&1)"; then
