@@ -10,6 +10,32 @@ from exporter.redaction import redact
 
 LEVELS = ("debug", "info", "warning", "error")
 
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def loggable(name: str) -> str:
+    """A name from outside (a database's, a target's) as it may appear in a text log line.
+
+    A database name can hold any character but NUL: a newline in one would start a forged log line,
+    an escape sequence would rewrite the terminal. Every character that is not printable (controls,
+    line and paragraph separators, format characters such as bidi overrides), and the backslash that
+    introduces the escapes, is written as a Python-style escape; a byte that was not UTF-8 (decoded
+    with surrogateescape, see scrape/discovery.py) as the byte it was, `\\xff`."""
+    if name.isprintable() and "\\" not in name:
+        return name
+    return "".join(_escape(c) for c in name)
+
+
+def _escape(c: str) -> str:
+    if c in _ESCAPES:
+        return _ESCAPES[c]
+    if c.isprintable():
+        return c
+    code = ord(c)
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the byte that could not be decoded
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
 
 class _RedactingFilter(logging.Filter):
     """Last line of defence: scrub DSN passwords and known secrets from every record."""
