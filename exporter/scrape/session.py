@@ -23,6 +23,7 @@ from typing import Any, Protocol, Sequence
 import psycopg
 
 from exporter.config import PICKED_PLACEHOLDER, Defaults, MetricType, QuerySpec, TargetSpec
+from exporter.logs import loggable
 from exporter.redaction import connect_error, dsn_secrets, redact
 from exporter.scrape.abandon import cancel_on_server, cut_socket
 from exporter.scrape.render import ROW_BYTES, Histogram, InvalidValue, RowSink
@@ -257,7 +258,8 @@ class TargetSession:
             raise ConnectFailed(str(exc)) from None
         if self._facts.role_can_write:
             log.warning("target %s: the monitoring role could write (%s); a read-only role is safer "
-                        "(docs/security.md, pgvigil grants)", self.spec.name, ", ".join(self._facts.role_can_write))
+                        "(docs/security.md, pgvigil grants)", loggable(self.spec.name),
+                        ", ".join(self._facts.role_can_write))
         return self._facts
 
     def _own(self, sql: str) -> FetchResult:
