@@ -12,10 +12,9 @@ from typing import TYPE_CHECKING
 import click
 
 from exporter import __version__
-from exporter.config import LISTEN_EXPECTED, Config, ConfigError, load_config, parse_listen
+from exporter.config import Config, ConfigError, listen_problem, load_config, parse_listen
 from exporter.logs import LEVELS, setup_logging
 from exporter.redaction import dsn_secrets
-from exporter.yamlsource import describe_value
 
 if TYPE_CHECKING:
     from exporter.scrape.state import QueryStatus
@@ -111,7 +110,7 @@ def serve(config_path: str | None, dsn: str | None, listen: str | None, log_form
     exporter = Exporter(config, extra_collectors(config))
     address = listen or config.listen
     if parse_listen(address) is None:  # the config's own listen was checked with the config
-        click.echo(f"invalid --listen (or PGVIGIL_LISTEN): {LISTEN_EXPECTED}, got {describe_value(address)}", err=True)
+        click.echo(f"invalid --listen (or PGVIGIL_LISTEN): {listen_problem(address)}", err=True)
         sys.exit(2)
     try:
         server = make_server(exporter, address, web.wrap_socket() if web else None, web.authorizer() if web else None)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from exporter import sqlshape
+from exporter.files import CONFIG_LIMIT, SECRET_LIMIT, UnreadableFile, read_limited, read_text, shown_path
 from exporter.schema import MAX_DURATION_SECONDS as MAX_DURATION_SECONDS  # re-exported for callers
 from exporter.schema import Checker, Key, Section, did_you_mean
 from exporter.schema import parse_duration as parse_duration
@@ -362,9 +363,9 @@ def load_config(path: str | os.PathLike | None, dsn: str | None = None) -> Confi
     if path is None:
         return parse_config("{}", source="<defaults>", dsn=dsn)
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")  # bad bytes: located by load_located
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read config: {exc.strerror}"]) from None
+        text = read_text(path, CONFIG_LIMIT, "config file")  # bad bytes: located by load_located
+    except UnreadableFile as exc:
+        raise ConfigError([str(exc)]) from None
     return parse_config(text, source=str(path), dsn=dsn)
 
 
@@ -444,7 +445,7 @@ class _Checker(Checker):
         top = self.mapping(self.doc.data, (), TOP_KEYS)
         listen = top.get("listen", TOP_KEYS["listen"].default)
         if self.typed(listen, ("listen",), "str") is not None and not _valid_listen(listen):
-            self.error(("listen",), f"{LISTEN_EXPECTED}, got {describe_value(listen)}")
+            self.error(("listen",), listen_problem(listen))
         defaults = self.defaults(top.get("defaults"))
         targets = self.targets(top.get("targets"), dsn)
         collectors = self.collectors(top.get("collectors", list(TOP_KEYS["collectors"].default)))
@@ -560,14 +561,19 @@ class _Checker(Checker):
             file_name = self.typed(raw["dsn_file"], path + ("dsn_file",), "str")
             if file_name is None:
                 return None
+            named = shown_path(file_name)
             try:
-                return Path(os.path.expanduser(file_name)).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                self.error(path + ("dsn_file",), f"cannot read DSN file {file_name}: {exc.strerror}")
+                text = read_limited(os.path.expanduser(file_name), SECRET_LIMIT, "DSN file").decode("utf-8").strip()
+            except UnreadableFile as exc:
+                self.error(path + ("dsn_file",), f"cannot read DSN file {named}: {exc.reason}")
                 return None
-            except (ValueError, UnicodeDecodeError):  # a NUL in the path, or a binary file
-                self.error(path + ("dsn_file",), f"cannot read DSN file {file_name!r}: not a readable text file path")
+            except UnicodeDecodeError as exc:
+                self.error(path + ("dsn_file",), f"cannot read DSN file {named}: not UTF-8 text (byte {exc.start})")
                 return None
+            if "\0" in text:  # libpq cannot take it: the connection would fail with a traceback
+                self.error(path + ("dsn_file",), f"cannot read DSN file {named}: it holds a NUL byte")
+                return None
+            return text
         dsn = self.typed(raw.get("dsn", ""), path + ("dsn",), "str")
         if dsn is None:
             return None
@@ -596,8 +602,8 @@ class _Checker(Checker):
     def pack_queries(self, pack: str, defaults: Defaults) -> list[QuerySpec]:
         path = available_packs()[pack]
         try:
-            doc = load_located(path.read_text(encoding="utf-8"), str(path))
-        except YamlSyntaxError as exc:
+            doc = load_located(read_text(path, CONFIG_LIMIT, "query pack"), str(path))
+        except (YamlSyntaxError, UnreadableFile) as exc:
             self.errors.append(str(exc))
             return []
         raw = self.mapping(doc.data, (), PACK_KEYS, doc)
@@ -924,9 +930,18 @@ def parse_listen(listen: str) -> tuple[str, int] | None:
 
     ASCII digits only: str.isdigit() accepts '²', which int() then rejects."""
     host, sep, port = listen.rpartition(":")
+    if not listen.isprintable():  # a NUL or a newline: no host name has one, and bind() raises on a NUL
+        return None
     if not sep or not port.isascii() or not port.isdigit() or int(port) > 65535:
         return None
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def listen_problem(listen: str) -> str:
+    """What is wrong with a `listen` that parse_listen refused, for `listen:` and `--listen` alike."""
+    control = next((c for c in listen if not c.isprintable()), None)
+    held = f" (it holds the control character {control!r})" if control is not None else ""
+    return f"{LISTEN_EXPECTED}, got {describe_value(listen)}{held}"
 
 
 def _valid_listen(listen: str) -> bool:
@@ -941,7 +956,7 @@ def _versions_overlap(a: QuerySpec, b: QuerySpec) -> bool:
 
 def _pack_is_default(path: Path) -> bool:
     try:
-        doc = load_located(path.read_text(encoding="utf-8"), str(path))
-    except (OSError, YamlSyntaxError):
+        doc = load_located(read_text(path, CONFIG_LIMIT, "query pack"), str(path))
+    except (UnreadableFile, YamlSyntaxError):
         return True  # let the pack's own parse report the error
     return not isinstance(doc.data, dict) or doc.data.get("default", PACK_KEYS["default"].default) is not False

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 
+from exporter.files import CONFIG_LIMIT, UnreadableFile, read_text
 from exporter.yamlsource import (
     LocatedData,
     LocatedErrors,
@@ -213,9 +214,9 @@ class EntriesChecker(Checker, Generic[Entry]):
 def read_entries_file(path: Path, what: str, error: Callable[[list[str]], Exception]) -> str:
     """The text of a named-entries file; an unreadable one raises `error` naming it."""
     try:
-        return path.read_text(encoding="utf-8", errors="surrogateescape")  # bad bytes: located by load_located
-    except OSError as exc:
-        raise error([f"{path}: cannot read {what} file: {exc.strerror}"]) from None
+        return read_text(path, CONFIG_LIMIT, f"{what} file")  # bad bytes: located by load_located
+    except UnreadableFile as exc:
+        raise error([str(exc)]) from None
 
 
 def parse_entries(text: str, source: str, checker: Callable[[LocatedData], EntriesChecker[Entry]], expected: str,

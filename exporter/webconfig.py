@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping
 import bcrypt
 
 from exporter.config import ConfigError
+from exporter.files import CONFIG_LIMIT, PEM_LIMIT, UnreadableFile, check_regular, read_text, shown_path
 from exporter.schema import Checker, Key, Section
 from exporter.yamlsource import LocatedData, YamlSyntaxError, load_located
 
@@ -126,9 +127,9 @@ class WebConfig:
 def load_web_config(path: str | os.PathLike) -> WebConfig:
     """Read, validate and try out a web config file; raises WebConfigError listing every problem."""
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")  # bad bytes: located by load_located
-    except OSError as exc:
-        raise WebConfigError([f"{path}: cannot read web config: {exc.strerror}"]) from None
+        text = read_text(path, CONFIG_LIMIT, "web config file")  # bad bytes: located by load_located
+    except UnreadableFile as exc:
+        raise WebConfigError([str(exc)]) from None
     return parse_web_config(text, source=str(path), base_dir=Path(path).resolve().parent)
 
 
@@ -167,8 +168,10 @@ class _Checker(Checker):
         path = ("tls_server_config", key)
         file = Path(os.path.expanduser(name))
         file = file if file.is_absolute() else self.base_dir / file
-        if not os.access(file, os.R_OK) or not file.is_file():
-            self.error(path, f"cannot read {name}: {'permission denied' if file.exists() else 'no such file'}")
+        try:  # ssl opens the file by name: refused here first when a FIFO would hang it, /dev/zero fill memory
+            check_regular(file, PEM_LIMIT, key)
+        except UnreadableFile as exc:
+            self.error(path, f"cannot read {shown_path(name)}: {exc.reason}")
             return None
         return file
 

@@ -163,7 +163,7 @@ def test_the_valid_base_config_parses():
      "fuzz.yaml:1: invalid YAML: cannot read value: Exceeds the limit (4300 digits) for integer string conversion: "
      "value has 5001 digits"),
     ('targets: {a: {dsn_file: "a\\0b"}}\n',
-     "fuzz.yaml:1: targets.a.dsn_file: cannot read DSN file 'a\\x00b': not a readable text file path"),
+     "fuzz.yaml:1: targets.a.dsn_file: cannot read DSN file 'a\\x00b': the path contains a NUL byte"),
     ("defaults: {timeout: 99999999999d}\n",
      "fuzz.yaml:1: defaults.timeout: expected a duration such as 500ms, 5s, 2m or 1h, got the string '99999999999d'"),
     ("listen: !!python/object/apply:os.system echo\n",

@@ -96,7 +96,7 @@ class BackupStateCollector:
             self._complained = False
         except BackupError as exc:
             families = self.failed(str(exc))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a shape the state check missed
+        except Exception as exc:  # noqa: BLE001 - a shape the state check missed: this collector fails alone
             families = self.failed(f"the backup state {self.dir / STATE_NAME} is damaged ({type(exc).__name__})")
         errors = CounterMetricFamily("pgvigil_backup_state_errors",
                                      "Scrapes where the backup state file could not be read or was damaged.",

@@ -24,13 +24,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import socket
+import stat
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 from exporter.backup.pgclient import BackupError
+from exporter.files import STATE_LIMIT, UnreadableFile, loads_json, read_limited
 
 STATE_NAME = "pgvigil-backup-state.json"
 LOCK_NAME = ".pgvigil-backup-state.lock"
@@ -78,15 +81,15 @@ class StateFile:
 
     def read(self) -> State:
         """The current state; an empty one when no backup ever ran here."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return empty_state()
-        except OSError as exc:
-            raise BackupError(f"cannot read the backup state {self.path}: {exc.strerror}") from None
+        try:  # a regular file of at most STATE_LIMIT: a FIFO or /dev/zero here must not hang or fill /metrics
+            data = read_limited(self.path, STATE_LIMIT, "backup state file")
+        except UnreadableFile as exc:
+            if exc.missing:
+                return empty_state()
+            raise BackupError(str(exc)) from None
         damaged = "it is rewritten whole on every change, so this file was edited or damaged"
         try:
-            state = json.loads(data.decode("utf-8"))
+            state = loads_json(data.decode("utf-8"))  # bounded nesting, finite numbers only
         except UnicodeDecodeError as exc:
             raise BackupError(f"the backup state {self.path} is not UTF-8 (byte {exc.start}); {damaged}") from None
         except ValueError as exc:
@@ -106,7 +109,7 @@ class StateFile:
         """Lock, read, let the caller change the state, write it back atomically."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            lock = open(self.directory / LOCK_NAME, "a")
+            lock = open_lock_file(self.directory / LOCK_NAME)
         except OSError as exc:
             raise BackupError(f"cannot write the backup state in {self.directory}: {exc.strerror}") from None
         with lock:
@@ -120,44 +123,75 @@ class StateFile:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
+def open_lock_file(path: Path) -> IO[str]:
+    """The lock file, created when missing; never blocking on the open (a FIFO planted there would hang
+    the opener until a reader came), and refused unless it is a regular file."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BackupError(f"{path}: cannot use the lock file: not a regular file")
+    return os.fdopen(fd, "a")
+
+
 # -- shape: what every reader of the state relies on, checked once when the file is read ----------
 
-_NUMBER = "a number"
-_OPTIONAL_NUMBER = "a number or null"
+# Numbers end up in metrics, in alerts' arithmetic (time() - timestamp) and in os.kill(): each kind has
+# its range. A timestamp in the future would keep "backup too old" silent, so one past now + MAX_CLOCK_SKEW
+# is damage; durations may be negative (the wall clock stepped back during a run).
+MAX_CLOCK_SKEW = 86400.0
+PID_MAX = 4194304  # Linux's PID_MAX_LIMIT; 0 means unknown
+MAX_COUNT = 2**53  # exact as a float sample
+MAX_BYTES = 2**63
+MAX_DURATION = 1e9  # about 31 years
+
+_TIMESTAMP = "a Unix time (seconds, not in the future)"
+_OPTIONAL_TIMESTAMP = "a Unix time (seconds, not in the future) or null"
+_OPTIONAL_BYTES = "a size in bytes (0 or more) or null"
+_OPTIONAL_DURATION = "a duration in seconds or null"
 _FLAG = "true, false or null"
 _TEXT = "a string"
 _FILE = "a file name in the backup directory"
+_VERIFY = {"at": _OPTIONAL_TIMESTAMP, "success": _FLAG}
 _RECORD_FIELDS = {
     "failures_total": "a count",
-    "previous_size_bytes": _OPTIONAL_NUMBER,
-    "last_run": {"started": _OPTIONAL_NUMBER, "finished": _OPTIONAL_NUMBER, "success": _FLAG},
-    "last_success": {"finished": _OPTIONAL_NUMBER, "size_bytes": _OPTIONAL_NUMBER,
-                     "duration_seconds": _OPTIONAL_NUMBER},
-    "last_verify": {"at": _OPTIONAL_NUMBER, "success": _FLAG},
-    "last_restore": {"at": _OPTIONAL_NUMBER, "duration_seconds": _OPTIONAL_NUMBER},
+    "previous_size_bytes": _OPTIONAL_BYTES,
+    "last_run": {"started": _OPTIONAL_TIMESTAMP, "finished": _OPTIONAL_TIMESTAMP, "success": _FLAG},
+    "last_success": {"finished": _OPTIONAL_TIMESTAMP, "size_bytes": _OPTIONAL_BYTES,
+                     "duration_seconds": _OPTIONAL_DURATION},
+    "last_verify": _VERIFY,
+    "last_restore": {"at": _OPTIONAL_TIMESTAMP, "duration_seconds": _OPTIONAL_DURATION},
 }
 _ENTRY_REQUIRED = {"name": _FILE, "target": _TEXT, "status": "running, complete, failed or interrupted",
-                   "started": _NUMBER}
-_ENTRY_OPTIONAL = {"finished": _OPTIONAL_NUMBER, "pid": "a process id", "host": _TEXT, "partial": _FILE,
-                   "size_bytes": _OPTIONAL_NUMBER, "files": "a mapping of file names", "offsite": "a list",
-                   "verify": "a mapping or null"}
+                   "started": _TIMESTAMP}
+_ENTRY_OPTIONAL = {"finished": _OPTIONAL_TIMESTAMP, "pid": "a process id", "host": _TEXT, "partial": _FILE,
+                   "size_bytes": _OPTIONAL_BYTES, "files": "a mapping of file names", "offsite": "a list",
+                   "verify": _VERIFY}
 _STATUSES = ("running", "complete", "failed", "interrupted")
 
 
+def _number_within(value: Any, low: float, high: float) -> bool:
+    # loads_json refuses NaN and infinities; isfinite also covers a state built in code
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and low <= value <= high)
+
+
 def _fits(value: Any, kind: str) -> bool:
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind in (_TIMESTAMP, _OPTIONAL_TIMESTAMP, _OPTIONAL_BYTES, _OPTIONAL_DURATION):
+        if value is None:
+            return kind != _TIMESTAMP
+        if kind in (_TIMESTAMP, _OPTIONAL_TIMESTAMP):
+            return _number_within(value, 0, time.time() + MAX_CLOCK_SKEW)
+        return _number_within(value, 0, MAX_BYTES) if kind == _OPTIONAL_BYTES else \
+            _number_within(value, -MAX_DURATION, MAX_DURATION)
     return {
-        _NUMBER: number,
-        _OPTIONAL_NUMBER: value is None or number,
         _FLAG: value is None or isinstance(value, bool),
         _TEXT: isinstance(value, str),
         # joined to the directory by prune and verify: a path elsewhere ('/etc/passwd', '../x') is damage
         _FILE: value is None or (isinstance(value, str) and value not in ("", ".", "..") and "/" not in value),
-        "a count": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-        "a process id": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+        "a count": isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT,
+        "a process id": isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= PID_MAX,
         "a mapping of file names": isinstance(value, dict) and all(_fits(v, _FILE) and v for v in value.values()),
         "a list": isinstance(value, list),
-        "a mapping or null": value is None or isinstance(value, dict),
         _ENTRY_REQUIRED["status"]: value in _STATUSES,
     }[kind]
 

@@ -12,7 +12,6 @@ The outcome is recorded in the state file (the exporter turns it into metrics).
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import time
 import uuid
@@ -25,6 +24,7 @@ from psycopg2 import sql
 
 from exporter.backup.pgclient import BackupError, Conninfo, client_program, tail
 from exporter.backup.state import StateFile, backups_of, find_backup, target_record
+from exporter.files import CHECKSUM_LIMIT, MANIFEST_LIMIT, UnreadableFile, loads_json, open_regular, read_limited
 
 SCRATCH_PREFIX = "pgvigil_verify_"
 
@@ -62,10 +62,37 @@ def choose_backup(directory: Path, name: str | None, target: str | None) -> dict
 
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    try:  # a FIFO or /dev/zero in its place is refused, not read forever
+        fh = open_regular(path, "backup file")
+    except UnreadableFile as exc:
+        raise BackupError(str(exc)) from None
+    with fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _read_backup_file(path: Path, limit: int, what: str) -> bytes:
+    try:
+        return read_limited(path, limit, what)
+    except UnreadableFile as exc:
+        raise BackupError(str(exc)) from None
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    """What verify and restore rely on: a mapping, its tables (schema, name, row count), the server version."""
+    if not isinstance(manifest, dict):
+        return "is not a JSON object"
+    tables = manifest.get("tables")
+    if not isinstance(tables, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("schema"), str) and isinstance(t.get("name"), str)
+            and isinstance(t.get("rows"), int) and not isinstance(t.get("rows"), bool) and t["rows"] >= 0
+            for t in tables):
+        return "has no list of tables with schema, name and a row count"
+    version = manifest.get("server_version_num")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 0):
+        return "has a server_version_num that is not a version number"
+    return None
 
 
 def check_files(directory: Path, entry: dict[str, Any]) -> dict[str, Any]:
@@ -80,13 +107,17 @@ def check_files(directory: Path, entry: dict[str, Any]) -> dict[str, Any]:
     if actual != entry["sha256"]:
         raise BackupError(f"checksum mismatch: {files['dump'].name} has sha256 {actual}, "
                           f"the backup recorded {entry['sha256']}")
-    recorded = files["checksum"].read_text().split()
+    recorded = _read_backup_file(files["checksum"], CHECKSUM_LIMIT, "checksum file").decode(errors="replace").split()
     if not recorded or recorded[0] != actual:
         raise BackupError(f"checksum file {files['checksum'].name} does not match the dump")
+    text = _read_backup_file(files["manifest"], MANIFEST_LIMIT, "manifest")
     try:
-        manifest = json.loads(files["manifest"].read_text())
+        manifest = loads_json(text)  # bounded nesting, finite numbers only
     except ValueError as exc:
         raise BackupError(f"manifest {files['manifest'].name} is not valid JSON: {exc}") from None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise BackupError(f"manifest {files['manifest'].name} {problem}")
     if manifest.get("sha256") != actual:
         raise BackupError(f"manifest {files['manifest'].name} describes another dump (sha256 differs)")
     return manifest

@@ -35,6 +35,7 @@ from exporter.bundle.catalog import RUNBOOK_BASE
 from exporter.bundle.profiles import apply_profile, load_profile
 from exporter.bundle.slos import DEFAULT_OBJECTIVES, Objective, load_objectives
 from exporter.bundle.thresholds import DEFAULT_THRESHOLDS, Threshold, load_thresholds
+from exporter.files import CONFIG_LIMIT, UnreadableFile, read_limited
 
 ALERT_FILES = {
     "rules": Path("alerts/pgvigil-rules.yml"),
@@ -117,7 +118,10 @@ def load_inputs(thresholds_path: str | Path | None, objectives_path: str | Path 
 
 def source_name(path: Path, default: Path = DEFAULT_THRESHOLDS, shown: str = "alerts/thresholds.yaml") -> str:
     """How generated files name their source file: the shipped defaults read as the repo file."""
-    if Path(path).read_bytes() == default.read_bytes():
-        return shown
+    try:
+        if read_limited(path, CONFIG_LIMIT, "file") == read_limited(default, CONFIG_LIMIT, "file"):
+            return shown
+    except UnreadableFile:  # read a moment ago: replaced since, so not the default one
+        pass
     return Path(path).name
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from exporter.bundle.rules import BundleError, dump_yaml
+from exporter.files import CONFIG_LIMIT, UnreadableFile, read_limited
 
 EXAMPLE_RULES = Path(__file__).resolve().parents[2] / "examples" / "alerts" / "app-rules.yml"
 EXAMPLE_FILES = {
@@ -46,12 +47,14 @@ def render_example_files(rules_path: Path = EXAMPLE_RULES) -> dict[Path, str]:
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BundleError(f"--with-examples needs {path}: the example rules come with a clone of the "
-                          "pgvigil repository, not with the installed package") from None
-    except OSError as exc:
-        raise BundleError(f"cannot read {path}: {exc.strerror}") from None
+        return read_limited(path, CONFIG_LIMIT, "example rules").decode("utf-8")
+    except UnreadableFile as exc:
+        if exc.missing:
+            raise BundleError(f"--with-examples needs {path}: the example rules come with a clone of the "
+                              "pgvigil repository, not with the installed package") from None
+        raise BundleError(str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{path}: not UTF-8 text (byte {exc.start})") from None
 
 
 def _load(path: Path, text: str) -> object:

@@ -16,6 +16,7 @@ import click
 import yaml
 
 from exporter.config import MetricSpec, MetricType, QuerySpec, available_packs, parse_config
+from exporter.files import CONFIG_LIMIT, read_text
 
 # The majors the test suite runs every pack on, live (exporter.dev.servers.SUPPORTED_MAJORS;
 # tests/test_servers.py keeps the two equal). The PostgreSQL column lists the ones a metric exists on.
@@ -122,7 +123,7 @@ def _metric_rows(queries: list[QuerySpec]) -> list[MetricRow]:
 def pack_docs() -> list[PackDoc]:
     docs = []
     for pack, path in available_packs().items():
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(read_text(path, CONFIG_LIMIT, "query pack")) or {}
         queries = list(parse_config(f"collectors: [{pack}]\n").queries)
         kind = queries[0].kind if queries else "postgres"
         docs.append(PackDoc(pack, str(raw.get("description", "")).strip(), raw.get("default", True) is not False,

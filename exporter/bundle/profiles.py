@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.bundle.thresholds import Threshold, ThresholdError, duration_problem
+from exporter.files import CONFIG_LIMIT, UnreadableFile, read_text
 from exporter.schema import Checker, Key, Section, did_you_mean
 from exporter.yamlsource import YamlSyntaxError, load_located
 
@@ -74,7 +75,11 @@ def load_profile(name: str) -> Profile:
         hint = did_you_mean(name, profile_names())
         suggestion = f"did you mean {hint!r}?" if hint else f"expected one of: {', '.join(profile_names())}"
         raise ProfileError([f"unknown profile {name!r}; {suggestion}"])
-    return parse_profile(path.read_text(encoding="utf-8"), name, f"exporter/bundle/profiles/{path.name}")
+    try:
+        text = read_text(path, CONFIG_LIMIT, "profile")
+    except UnreadableFile as exc:
+        raise ProfileError([str(exc)]) from None
+    return parse_profile(text, name, f"exporter/bundle/profiles/{path.name}")
 
 
 def parse_profile(text: str, name: str, source: str = "<string>") -> Profile:
