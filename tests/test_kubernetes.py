@@ -33,10 +33,11 @@ REQUIRED = {
     "ConfigMap": ["data"],
     "Deployment": ["spec.selector.matchLabels", "spec.template.metadata.labels", "spec.template.spec.containers"],
     "Service": ["spec.selector", "spec.ports"],
+    "ScrapeConfig": ["spec.jobName", "spec.httpSDConfigs"],
 }
 API_VERSION = {"PrometheusRule": "monitoring.coreos.com/v1", "ServiceMonitor": "monitoring.coreos.com/v1",
                "PodMonitor": "monitoring.coreos.com/v1", "ConfigMap": "v1", "Deployment": "apps/v1",
-               "Service": "v1"}
+               "Service": "v1", "ScrapeConfig": "monitoring.coreos.com/v1alpha1"}
 
 
 def run(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -110,6 +111,30 @@ def test_manifests_fit_together():
     assert {mount["name"] for mount in container["volumeMounts"]} == set(volumes)
     assert volumes["config"]["configMap"]["name"] == found["ConfigMap"]["metadata"]["name"]
     assert "secretName" in volumes["dsn"]["secret"]  # the DSN comes from a Secret the user creates, never a manifest
+
+
+def _operator_job(monitor: dict, target_labels: dict, namespace: str = "monitoring") -> str:
+    """The `job` label the Prometheus Operator gives what a monitor scrapes (its documented defaults)."""
+    spec, name = monitor["spec"], monitor["metadata"]["name"]
+    if monitor["kind"] == "ScrapeConfig":
+        return spec.get("jobName") or f"scrapeConfig/{namespace}/{name}"
+    job_label = spec.get("jobLabel")
+    if job_label and job_label in target_labels:
+        return target_labels[job_label]
+    return target_labels["__service_name"] if monitor["kind"] == "ServiceMonitor" else f"{namespace}/{name}"
+
+
+def test_every_monitor_yields_the_job_the_rules_select_on():
+    """PostgresExporterDown is up{job="pgvigil"}: a PodMonitor without jobLabel would make the job
+    monitoring/pgvigil, and the alert could never fire."""
+    found = documents()
+    jobs = set(re.findall(r'up\{job="([^"]+)"\}', yaml.safe_dump(found["PrometheusRule"])))
+    assert jobs == {"pgvigil"}
+    pod_labels = found["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    service_labels = {**found["Service"]["metadata"]["labels"], "__service_name": found["Service"]["metadata"]["name"]}
+    assert _operator_job(found["PodMonitor"], pod_labels) == "pgvigil"
+    assert _operator_job(found["ServiceMonitor"], service_labels) == "pgvigil"
+    assert _operator_job(found["ScrapeConfig"], {}) == "pgvigil"
 
 
 def test_config_map_holds_a_valid_config(tmp_path):
