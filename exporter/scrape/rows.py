@@ -32,7 +32,7 @@ class Rows:
 
 
 def read_rows(cur: psycopg.Cursor) -> Rows:
-    """Every row of the cursor's current result."""
+    """Every row of the cursor's current result (read once: the cursor is not used for this result again)."""
     try:
         return Rows(cur.fetchall())
     except UNREADABLE:
@@ -53,7 +53,6 @@ def _row_by_row(cur: psycopg.Cursor) -> Rows:
             rows.append(reader.load_row(i, tuple))
         except UNREADABLE:
             unreadable += 1
-    cur.scroll(result.ntuples, mode="absolute")  # consumed: the cursor has no rows left
     return Rows(rows, unreadable)
 
 

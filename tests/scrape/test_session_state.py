@@ -45,8 +45,8 @@ def db(pg):
     pg.execute(f'DROP DATABASE "{name}"')
 
 
-def _session(pg, name: str, *sqls: str) -> tuple[TargetSession, list]:
-    config = config_for(pg.dsn(name, user="monitor"), "  - {name: q, sql: 'SELECT 1 AS v', metrics: {v: {}}}\n")
+def _session(pg, name: str, *sqls: str, user: str = "monitor") -> tuple[TargetSession, list]:
+    config = config_for(pg.dsn(name, user=user), "  - {name: q, sql: 'SELECT 1 AS v', metrics: {v: {}}}\n")
     query = config.queries[0]
     session = TargetSession(config.targets[0], config.defaults)
     session.ensure_connected()
@@ -156,3 +156,27 @@ def test_a_pack_query_resolves_names_through_pg_catalog_only(db):
         assert _run(session, user_query) == [(666, 0)]  # the user's own query: the role's path, as they wrote it
     finally:
         session.close()
+
+
+def test_a_value_the_driver_cannot_read_costs_its_row_alone(cluster):
+    """A SQL_ASCII database may hold any bytes; PostgreSQL passes them on from shared catalogs as they are."""
+    import psycopg
+
+    ascii_db, odd = "a_" + uuid.uuid4().hex[:8], b"odd_\xff\xfe_" + uuid.uuid4().hex[:6].encode()
+    cluster.execute(f"CREATE DATABASE {ascii_db} TEMPLATE template0 ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'")
+    with psycopg.connect(cluster.dsn(ascii_db), autocommit=True, client_encoding="SQL_ASCII") as raw:
+        raw.execute(b'CREATE DATABASE "' + odd + b'"')
+    try:
+        session, (names,) = _session(cluster, "postgres", "SELECT datname::text AS name, 1 AS v FROM pg_database",
+                                     user="postgres")
+        try:
+            prepared = dataclasses.replace(prepare_sql(names, None), columns="*")
+            result = session.fetch(prepared.sql, 5, 1, limit=prepared.limit, prepared=prepared)
+        finally:
+            session.close()
+        assert result.unreadable == 1
+        assert ascii_db in {row[0] for row in result.rows} and "postgres" in {row[0] for row in result.rows}
+    finally:
+        with psycopg.connect(cluster.dsn(ascii_db), autocommit=True, client_encoding="SQL_ASCII") as raw:
+            raw.execute(b'DROP DATABASE "' + odd + b'"')
+        cluster.execute(f"DROP DATABASE {ascii_db}")
