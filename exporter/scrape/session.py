@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import re
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -91,6 +92,9 @@ MAX_VALUE_BYTES = 64
 # A Python object per value: what a value costs in memory beyond its bytes.
 VALUE_OVERHEAD_BYTES = 100
 _ROWS_CURSOR = "pgvigil_rows"
+_WRAPPER = "pgvigil_query"  # the alias of the user's query inside pgvigil's select list
+_UNDEFINED_COLUMN = "42703"
+_CONFIGURED_COLUMN = re.compile(r'pgvigil_query\."((?:[^"]|"")*)"')
 # Why a role could write, were a query to escape its read-only transaction (logged, and a self-metric).
 _ROLE_CAN_WRITE = """
 SELECT reason FROM (
@@ -319,8 +323,25 @@ class TargetSession:
             inspect(prepared.sql)
         except NotAQuery as exc:
             raise QueryFailed(f"refused to run: {exc}") from None
-        return self.fetch(prepared.sql, timeout, lock_timeout, prelude=prepared.prelude, limit=prepared.limit,
-                          prepared=prepared)
+        try:
+            return self.fetch(prepared.sql, timeout, lock_timeout, prelude=prepared.prelude, limit=prepared.limit,
+                              prepared=prepared)
+        except QueryFailed as exc:
+            if exc.sqlstate != _UNDEFINED_COLUMN or f"{_WRAPPER}." not in str(exc) or exc.connection_lost:
+                raise
+            raise self._missing_columns(prepared, exc, timeout, lock_timeout) from None
+
+    def _missing_columns(self, prepared: PreparedSql, exc: QueryFailed, timeout: float,
+                         lock_timeout: float) -> QueryFailed:
+        """A label or metric the config names that the SQL does not return: said in the config's terms,
+        with the columns the SQL does return (not pgvigil's select list around it)."""
+        returned = self.fetch(prepared.sql, timeout, lock_timeout, limit=0,
+                              prepared=replace(prepared, columns="*", sink=None, batch_rows=None)).columns
+        wanted = _CONFIGURED_COLUMN.findall(prepared.columns)
+        missing = [name for name in dict.fromkeys(n.replace('""', '"') for n in wanted) if name not in returned]
+        return QueryFailed(f"its labels and metrics name columns its SQL does not return: "
+                           f"{', '.join(repr(m) for m in missing) or '?'}; it returns: {', '.join(returned) or 'none'}",
+                           sqlstate=exc.sqlstate)
 
     def fetch(self, sql: str, timeout: float, lock_timeout: float, wrap: bool = True,
               prelude: str | None = None, limit: int | None = None,

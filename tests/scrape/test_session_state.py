@@ -180,3 +180,16 @@ def test_a_value_the_driver_cannot_read_costs_its_row_alone(cluster):
         with psycopg.connect(cluster.dsn(ascii_db), autocommit=True, client_encoding="SQL_ASCII") as raw:
             raw.execute(b'DROP DATABASE "' + odd + b'"')
         cluster.execute(f"DROP DATABASE {ascii_db}")
+
+
+def test_a_column_the_config_names_but_the_sql_lacks_is_said_in_the_configs_terms(cluster):
+    session, (query,) = _session(cluster, "postgres", "SELECT 1 AS oldest, 'x' AS who", user="postgres")
+    query = dataclasses.replace(query, labels=("whom",),
+                                metrics=(dataclasses.replace(query.metrics[0], column="oldest_secs"),))
+    try:
+        with pytest.raises(QueryFailed) as failed:
+            session.run(prepare_sql(query, None), timeout=5, lock_timeout=1)
+    finally:
+        session.close()
+    assert str(failed.value) == ("its labels and metrics name columns its SQL does not return: 'whom', "
+                                 "'oldest_secs'; it returns: oldest, who")
