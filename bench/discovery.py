@@ -30,7 +30,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-import psycopg2
+import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -77,8 +77,7 @@ class ConnectionWatch:
         self._thread.join()
 
     def _run(self) -> None:
-        conn = psycopg2.connect(self.dsn)
-        conn.autocommit = True
+        conn = psycopg.connect(self.dsn, autocommit=True)
         with conn.cursor() as cur:
             while not self._stop.wait(0.005):
                 cur.execute(f"SELECT count(*) FROM pg_stat_activity WHERE {self.where}")

@@ -7,7 +7,7 @@ starts the three exporters as separate processes on the same per-table queries
 example queries.yaml, with identical text for all three), and scrapes them in
 interleaved rounds. Every scrape hits the database: ttl 0 in pgvigil, no
 cache_seconds in postgres_exporter, no interval in query-exporter. The raw
-psycopg2 fetch (execute + fetchall of the same SQL on one connection) is the
+psycopg fetch (execute + fetchall of the same SQL on one connection) is the
 floor. pgvigil's output is parsed with prometheus_client's parser and checked
 sample by sample against the rows of the raw fetch.
 
@@ -32,9 +32,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-import psycopg2
+import psycopg
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg.sql import SQL, Literal
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -135,8 +136,7 @@ def build_catalog(cluster: ThrowawayCluster, tables: int, batch: int = 250) -> N
     """N tables with a primary key and a TOAST-able column, some rows, scans and analyzes,
     so the statistics hold varied numbers and timestamps rather than zeros."""
     cluster.create_database(DATABASE)
-    conn = psycopg2.connect(cluster.dsn(DATABASE))
-    conn.autocommit = True
+    conn = psycopg.connect(cluster.dsn(DATABASE), autocommit=True)
     try:
         with conn.cursor() as cur:
             for start in range(0, tables, batch):
@@ -155,7 +155,7 @@ def build_catalog(cluster: ThrowawayCluster, tables: int, batch: int = 250) -> N
     time.sleep(1.5)  # let the statistics of the last transactions reach shared memory
 
 
-def churn(conn: psycopg2.extensions.connection, tables: int, fraction: float, round_no: int) -> None:
+def churn(conn: psycopg.Connection, tables: int, fraction: float, round_no: int) -> None:
     """Activity between rounds: a rotating share of the tables gets an insert, an index scan and a
     sequential scan, so their counters change from one scrape to the next as on a live database
     (a static catalog would let an exporter that caches unchanged output look better than it is)."""
@@ -165,11 +165,12 @@ def churn(conn: psycopg2.extensions.connection, tables: int, fraction: float, ro
     touched = list(range(round_no % step, tables, step))
     with conn.cursor() as cur:
         for start in range(0, len(touched), 250):  # one transaction per 250 tables: bounded lock table
-            cur.execute("""DO $$ DECLARE i int; BEGIN FOREACH i IN ARRAY %s LOOP
-                EXECUTE format('INSERT INTO t_%%s SELECT coalesce(max(id), 0) + 1, md5(random()::text) \
-FROM t_%%s', i, i);
-                EXECUTE format('SELECT count(*) FROM t_%%s', i);
-            END LOOP; END $$""", (touched[start:start + 250],))
+            # DO takes no parameters: the array is a literal in its text.
+            cur.execute(SQL("""DO $$ DECLARE i int; BEGIN FOREACH i IN ARRAY {} LOOP
+                EXECUTE format('INSERT INTO t_%s SELECT coalesce(max(id), 0) + 1, md5(random()::text) \
+FROM t_%s', i, i);
+                EXECUTE format('SELECT count(*) FROM t_%s', i);
+            END LOOP; END $$""").format(Literal(touched[start:start + 250])))
         cur.execute("SELECT pg_stat_force_next_flush()")  # flushed before this statement returns
 
 
@@ -201,8 +202,8 @@ def query_exporter_config(dsn: str) -> dict:
         for col, kind, text in columns:
             metrics[col] = {"type": kind, "description": text, "labels": list(LABELS)}
         queries[name] = {"databases": ["bench"], "metrics": [col for col, _, _ in columns], "sql": sql}
-    # psycopg2, the driver pgvigil uses (SQLAlchemy 2.1 would pick psycopg 3 for postgresql://).
-    driver_dsn = dsn.replace("postgresql://", "postgresql+psycopg2://", 1)
+    # psycopg 3, the driver pgvigil uses (named: SQLAlchemy before 2.1 picks psycopg2 for postgresql://).
+    driver_dsn = dsn.replace("postgresql://", "postgresql+psycopg://", 1)
     return {"databases": {"bench": {"dsn": driver_dsn}}, "metrics": metrics, "queries": queries}
 
 
@@ -228,12 +229,13 @@ def ensure_postgres_exporter() -> str:
 
 def ensure_query_exporter(venv: Path) -> Path:
     binary = venv / "bin" / "query-exporter"
-    if binary.exists():
+    driver = [str(venv / "bin" / "python"), "-c", "import psycopg"]  # a venv made for psycopg2 lacks it
+    if binary.exists() and subprocess.run(driver, capture_output=True).returncode == 0:
         return binary
     print(f"installing query-exporter into {venv} ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                    "query-exporter", "psycopg2-binary"],
+                    "query-exporter", "psycopg[binary]"],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return binary
 
@@ -295,9 +297,9 @@ def start_process(name: str, argv: list[str], env: dict, workdir: Path) -> subpr
 
 
 def raw_fetcher(dsn: str) -> tuple[Callable[[], bytes], Callable[[], dict]]:
-    """The floor: execute + fetchall of both queries on one persistent connection."""
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
+    """The floor: execute + fetchall of both queries on one persistent connection, never prepared
+    (neither are pgvigil's queries)."""
+    conn = psycopg.connect(dsn, autocommit=True, prepare_threshold=None)
     last: dict[str, tuple[list[str], list[tuple]]] = {}
 
     def fetch() -> bytes:
@@ -378,7 +380,7 @@ def prepare_roles(cluster: ThrowawayCluster) -> None:
 
 def database_executions(dsn: str) -> dict[str, int]:
     """Executions of the pg_stat_user_tables query per exporter role, from pg_stat_statements."""
-    conn = psycopg2.connect(dsn)
+    conn = psycopg.connect(dsn)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT r.rolname, sum(s.calls)::int"
@@ -488,8 +490,7 @@ def main() -> int:
         dsn = cluster.dsn(DATABASE)
         prepare_roles(cluster)
         fetch, last_raw = raw_fetcher(dsn)
-        churner = psycopg2.connect(dsn)
-        churner.autocommit = True
+        churner = psycopg.connect(dsn, autocommit=True)
         contenders = [Contender("raw fetch", fetch)]
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
 

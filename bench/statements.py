@@ -23,7 +23,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-import psycopg2
+import psycopg
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,8 +55,7 @@ LIMIT 100"""
 
 def fill(cluster: ThrowawayCluster, statements: int) -> int:
     """N distinct statements; returns the size of the query-text file in bytes."""
-    conn = psycopg2.connect(cluster.dsn())
-    conn.autocommit = True
+    conn = psycopg.connect(cluster.dsn(), autocommit=True)
     with conn.cursor() as cur:
         for k in range(1, statements + 1):
             cur.execute(f"SELECT count(*) FROM pg_class WHERE oid IN ({','.join(str(i) for i in range(k))})")

@@ -67,9 +67,9 @@ def wait_for_blocked_pg_dump(cluster, dbname: str, timeout: float = 30.0) -> Non
 
 def hold_lock(cluster, dbname: str, table: str):
     """An open transaction holding ACCESS EXCLUSIVE on table; close the returned connection to release."""
-    import psycopg2
+    import psycopg
 
-    conn = psycopg2.connect(cluster.dsn(dbname))
+    conn = psycopg.connect(cluster.dsn(dbname))
     with conn.cursor() as cur:
         cur.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
     return conn

@@ -191,9 +191,9 @@ def test_run_shows_the_servers_first_error(cluster, app_db, tmp_path):
     """A table another session holds exclusively, with a short lock_timeout: the user reads the lock
     timeout the server reported, not what failed after it (pg_dump's lost snapshot), and pg_dump,
     which waits for locks without a timeout, is stopped instead of waiting forever."""
-    import psycopg2
+    import psycopg
 
-    holder = psycopg2.connect(app_db)
+    holder = psycopg.connect(app_db)
     try:
         with holder.cursor() as cur:
             cur.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")  # held until rollback

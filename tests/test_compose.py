@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import jsonschema
-import psycopg2
+import psycopg
 import pytest
 import yaml
 
@@ -311,9 +311,9 @@ def start_stack_pgbouncer(compose: dict, userlist: Path, server_port: int,
 def console_answers(dsn: str, bouncer: subprocess.Popen) -> bool:
     assert bouncer.poll() is None, f"pgbouncer exited: {bouncer.stderr.read() if bouncer.stderr else ''}"
     try:
-        psycopg2.connect(dsn, connect_timeout=2).close()
+        psycopg.connect(dsn, connect_timeout=2).close()
         return True
-    except psycopg2.OperationalError:
+    except psycopg.OperationalError:
         return False
 
 

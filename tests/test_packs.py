@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 
-import psycopg2
+import psycopg
 import pytest
 from packs.exposition import Sample, find, parse_samples, value
 
@@ -104,7 +104,7 @@ RESET work_mem;
 
 def provoke_deadlock(dsn: str) -> None:
     """Two sessions lock two tables in opposite order; PostgreSQL aborts one of them."""
-    first, second = psycopg2.connect(dsn), psycopg2.connect(dsn)
+    first, second = psycopg.connect(dsn), psycopg.connect(dsn)
     errors: list[Exception] = []
     try:
         first.cursor().execute("LOCK TABLE deadlock_a")
@@ -113,7 +113,7 @@ def provoke_deadlock(dsn: str) -> None:
         def cross(conn, table):
             try:
                 conn.cursor().execute(f"LOCK TABLE {table}")
-            except psycopg2.errors.DeadlockDetected as exc:
+            except psycopg.errors.DeadlockDetected as exc:
                 errors.append(exc)
             finally:
                 conn.rollback()
@@ -132,12 +132,11 @@ class HeldSessions:
     """An idle transaction holding ACCESS EXCLUSIVE on `locked`, and a session blocked by it."""
 
     def __init__(self, dsn: str) -> None:
-        self.holder = psycopg2.connect(dsn)
+        self.holder = psycopg.connect(dsn)
         self.holder.cursor().execute("LOCK TABLE locked IN ACCESS EXCLUSIVE MODE")
-        self.holder_pid = self.holder.get_backend_pid()
-        self.waiter = psycopg2.connect(dsn)
-        self.waiter.autocommit = True
-        self.waiter_pid = self.waiter.get_backend_pid()
+        self.holder_pid = self.holder.info.backend_pid
+        self.waiter = psycopg.connect(dsn, autocommit=True)
+        self.waiter_pid = self.waiter.info.backend_pid
         self.thread = threading.Thread(target=self._wait, daemon=True)
         self.thread.start()
 
@@ -161,12 +160,12 @@ def provoked(cluster):
     cluster.execute("VACUUM vacuumed", db)
     try:
         cluster.execute("CREATE UNIQUE INDEX CONCURRENTLY dup_v_key ON dup (v)", db)
-    except psycopg2.errors.UniqueViolation:
+    except psycopg.errors.UniqueViolation:
         pass  # expected: the failed build leaves the index behind, marked invalid
     cluster.execute(WORKLOAD_SQL, db)
     provoke_deadlock(dsn)
-    victim = psycopg2.connect(dsn)  # a session an operator terminates: sessions_killed
-    cluster.execute(f"SELECT pg_terminate_backend({victim.get_backend_pid()})")
+    victim = psycopg.connect(dsn)  # a session an operator terminates: sessions_killed
+    cluster.execute(f"SELECT pg_terminate_backend({victim.info.backend_pid})")
     victim.close()
     cluster.execute("CHECKPOINT")
     cluster.execute("SELECT pg_create_physical_replication_slot('pgvigil_test_slot', true)")

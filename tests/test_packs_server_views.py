@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-import psycopg2
+import psycopg
 import pytest
 import yaml
 from packs.exposition import Sample, find, parse_samples, value
@@ -101,8 +101,7 @@ class Provoked:
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")[0][0] == 1, "the sleeping session")
 
     def _session(self, db: str):
-        conn = psycopg2.connect(self.cluster.dsn(db))
-        conn.autocommit = True
+        conn = psycopg.connect(self.cluster.dsn(db), autocommit=True)
         self.sessions.append(conn)
         return conn
 
@@ -110,7 +109,7 @@ class Provoked:
         def run() -> None:
             try:
                 conn.cursor().execute(sql)
-            except psycopg2.errors.QueryCanceled:
+            except psycopg.errors.QueryCanceled:
                 pass  # close() cancels it
         thread = threading.Thread(target=run, daemon=True)
         thread.start()

@@ -5,7 +5,7 @@ major (conftest's major_cluster) and prove the bounds are needed where a view or
 """
 from __future__ import annotations
 
-import psycopg2
+import psycopg
 import pytest
 
 from exporter.config import QuerySpec, parse_config
@@ -149,12 +149,12 @@ def run_as_monitor(cluster, sql: str) -> str | None:
         IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgvigil_versions') THEN
           CREATE ROLE pgvigil_versions LOGIN;
         END IF; END $$; GRANT pg_monitor TO pgvigil_versions""")
-    conn = psycopg2.connect(cluster.dsn(user="pgvigil_versions"))
+    conn = psycopg.connect(cluster.dsn(user="pgvigil_versions"))
     try:
         with conn.cursor() as cur:
             cur.execute(sql)
         return None
-    except psycopg2.Error as exc:
+    except psycopg.Error as exc:
         return str(exc).splitlines()[0]
     finally:
         conn.close()

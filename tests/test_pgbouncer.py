@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import psycopg2
+import psycopg
 import pytest
 
 from exporter.config import Defaults, TargetSpec, parse_config
@@ -43,8 +43,7 @@ def config(targets: dict[str, tuple[str, str]], collectors: str = "[pgbouncer]")
 
 
 def console(bouncer: ThrowawayPgBouncer, command: str) -> list[dict]:
-    conn = psycopg2.connect(bouncer.admin_dsn())
-    conn.autocommit = True
+    conn = psycopg.connect(bouncer.admin_dsn(), autocommit=True)
     try:
         with conn.cursor() as cur:
             cur.execute(command)
@@ -79,8 +78,7 @@ def labelled(samples: dict, metric: str, labels: dict[str, str]) -> float | None
 def hold_server_connections(bouncer: ThrowawayPgBouncer, clients: int, seconds: float) -> list[threading.Thread]:
     """`clients` sessions through PgBouncer, each running pg_sleep: with pool_size 1, all but one wait."""
     def run() -> None:
-        conn = psycopg2.connect(bouncer.dsn("postgres"))
-        conn.autocommit = True
+        conn = psycopg.connect(bouncer.dsn("postgres"), autocommit=True)
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT pg_sleep(%s)", (seconds,))
@@ -164,6 +162,18 @@ def test_the_console_session_sends_only_allowed_show_commands(bouncer):
     finally:
         session.close()
     assert all(row["paused"] == 0 for row in console(bouncer, "SHOW DATABASES"))
+
+
+def test_the_console_session_sends_a_command_again_and_again(bouncer):
+    """psycopg prepares a statement from its 6th run unless told not to; the console refuses the extended protocol."""
+    session = ConsoleSession(TargetSpec(name="b", dsn=bouncer.admin_dsn(), kind="pgbouncer"), Defaults())
+    try:
+        session.ensure_connected()
+        for _ in range(10):
+            assert session.run(PreparedSql("SHOW POOLS"), timeout=5, lock_timeout=1).columns[:2] == ["database", "user"]
+        assert session.connected
+    finally:
+        session.close()
 
 
 def test_several_pgbouncers_and_postgres_from_one_process(cluster, bouncer):

@@ -29,9 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import psycopg2
-import psycopg2.extensions
-from psycopg2 import sql
+import psycopg
+from psycopg import sql
 
 from exporter.backup.pgclient import BackupError, Conninfo, client_program, safe_name
 from exporter.backup.sizes import human_size
@@ -174,8 +173,8 @@ class _RowCounter(threading.Thread):
                 for table in self.tables:
                     cur.execute(sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(
                         sql.Identifier(table["schema"]), sql.Identifier(table["name"])))
-                    table["rows"] = cur.fetchone()[0]
-        except psycopg2.Error as exc:
+                    table["rows"] = cur.fetchall()[0][0]
+        except psycopg.Error as exc:
             self.error = f"counting rows failed: {str(exc).strip()}"
             self.on_error()
 
@@ -183,17 +182,18 @@ class _RowCounter(threading.Thread):
 def _snapshot_session(conninfo: Conninfo) -> tuple[Any, dict[str, Any]]:
     """Open the transaction whose snapshot pg_dump will use; read what the manifest needs."""
     conn = conninfo.connect(application_name="pgvigil backup")
-    conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
     with conn.cursor() as cur:
         cur.execute("SELECT pg_export_snapshot(), current_setting('server_version'), "
                     "current_setting('server_version_num')::int, current_database(), "
                     "pg_database_size(current_database())")
-        snapshot, version, version_num, dbname, db_size = cur.fetchone()
+        snapshot, version, version_num, dbname, db_size = cur.fetchall()[0]
         cur.execute(UNREADABLE_SQL)
         unreadable = [row[0] for row in cur.fetchall()]
         if unreadable:
             cur.execute("SELECT current_user")
-            role = cur.fetchone()[0]
+            role = cur.fetchall()[0][0]
             conn.close()
             raise BackupError(unreadable_error(role, version_num, unreadable))
         cur.execute(TABLES_SQL)
@@ -321,10 +321,10 @@ def _make_backup(conninfo: Conninfo, target: str, directory: Path, entry: dict[s
             raise BackupError(conninfo.redact(counter.error))
     finally:
         if counter.is_alive():  # pg_dump failed or we were stopped: do not wait for the counts
-            with contextlib.suppress(psycopg2.Error):
+            with contextlib.suppress(psycopg.Error):
                 conn.cancel()
             counter.join()
-        with contextlib.suppress(psycopg2.Error):
+        with contextlib.suppress(psycopg.Error):
             conn.close()
     finished = time.time()
     manifest = {

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-import psycopg2
-import psycopg2.extensions
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from exporter.redaction import dsn_secrets, redact
 
@@ -38,9 +38,9 @@ class Conninfo:
     @classmethod
     def parse(cls, dsn: str) -> "Conninfo":
         try:
-            params = psycopg2.extensions.parse_dsn(dsn)
-        except psycopg2.ProgrammingError:
-            # psycopg2's message quotes the DSN, password included: do not pass it on.
+            params = {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
+        except psycopg.ProgrammingError:
+            # libpq's message may quote the DSN, password included: do not pass it on.
             raise BackupError("the DSN is not a valid PostgreSQL connection string") from None
         password = params.pop("password", None)
         return cls(params=params, password=password, secrets=tuple(dsn_secrets(dsn)))
@@ -51,16 +51,16 @@ class Conninfo:
 
     def without_password(self, **override: str) -> str:
         """A key=value conninfo safe to put on argv, optionally pointing elsewhere (another dbname)."""
-        return psycopg2.extensions.make_dsn(**{**self.params, **override})
+        return make_conninfo(**{**self.params, **override})
 
-    def connect(self, **override: str) -> "psycopg2.extensions.connection":
+    def connect(self, **override: str) -> psycopg.Connection:
         kwargs = {**self.params, **override}
         if self.password is not None:
             kwargs["password"] = self.password
         try:
-            return psycopg2.connect(**kwargs)
-        except psycopg2.Error as exc:
-            reason = self.redact(str(exc)).strip()
+            return psycopg.connect(make_conninfo(**kwargs))
+        except psycopg.Error as exc:
+            reason = self.redact(connect_reason(exc)).strip()
             raise BackupError(f"cannot connect to {self.describe(**override)}: {reason}") from None
 
     def child_env(self) -> dict[str, str]:
@@ -78,6 +78,11 @@ class Conninfo:
 
     def redact(self, text: str) -> str:
         return redact(text, self.secrets or ([self.password] if self.password else []))
+
+
+def connect_reason(exc: BaseException) -> str:
+    """libpq's reason a connection failed, without the "connection failed: " psycopg puts before it."""
+    return str(exc).removeprefix("connection failed: ")
 
 
 def client_program(name: str, server_version_num: int | None = None) -> str:

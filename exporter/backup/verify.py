@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import psycopg2
-from psycopg2 import sql
+import psycopg
+from psycopg import sql
 
 from exporter.backup.pgclient import BackupError, Conninfo, client_program, tail
 from exporter.backup.state import StateFile, backups_of, find_backup, target_record
@@ -159,7 +159,7 @@ def restore_and_compare(conninfo: Conninfo, dump: Path, manifest: dict[str, Any]
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(scratch)))
-    except psycopg2.Error as exc:
+    except psycopg.Error as exc:
         raise BackupError(f"cannot create the scratch database {scratch}: {str(exc).strip()}") from None
     finally:
         conn.close()
@@ -189,14 +189,14 @@ def _restore_into(conninfo: Conninfo, scratch: str, dump: Path, manifest: dict[s
             for table in manifest["tables"]:
                 cur.execute(sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(
                     sql.Identifier(table["schema"]), sql.Identifier(table["name"])))
-                restored = cur.fetchone()[0]
+                restored = cur.fetchall()[0][0]
                 if restored != table["rows"]:
                     raise BackupError(f"row count mismatch in {table['schema']}.{table['name']}: "
                                       f"restored {restored}, the manifest recorded {table['rows']}")
             passed.append(f"row counts match the manifest for {len(manifest['tables'])} tables")
             if sanity_query:
                 passed.append(_run_sanity_query(cur, sanity_query))
-    except psycopg2.Error as exc:
+    except psycopg.Error as exc:
         raise BackupError(f"querying the restored database failed: {str(exc).strip()}") from None
     finally:
         conn.close()
@@ -207,8 +207,9 @@ def _run_sanity_query(cur: Any, query: str) -> str:
     """The user's own assertion about the data, e.g. 'SELECT count(*) > 0 FROM users'."""
     try:
         cur.execute(query)
+        cur.set_result(-1)  # of several statements, the last one's answer counts
         row = cur.fetchone() if cur.description else None
-    except psycopg2.Error as exc:
+    except psycopg.Error as exc:
         raise BackupError(f"sanity query failed: {str(exc).strip()}") from None
     if row is None or row[0] in (None, False, 0):
         raise BackupError(f"sanity query returned {row[0] if row else 'no row'!r}, expected a true value")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import click
-import psycopg2
+import psycopg
 import yaml
 
 from exporter.config import Config, parse_config
@@ -137,8 +137,10 @@ class Workload:
         self._lock = threading.Lock()
 
     def connect(self, dsn: Optional[str] = None):
-        conn = psycopg2.connect(dsn or self.dsn, application_name="pgvigil-demo-workload")
-        conn.autocommit = True
+        # Never prepared: psycopg would prepare a statement from its 5th run and send DEALLOCATE ALL after
+        # each ROLLBACK, noise in the statement panels.
+        conn = psycopg.connect(dsn or self.dsn, application_name="pgvigil-demo-workload", autocommit=True,
+                               prepare_threshold=None)
         with self._lock:
             self.connections.append(conn)
         return conn
@@ -158,7 +160,7 @@ class Workload:
         def run() -> None:
             try:
                 body()
-            except psycopg2.Error:
+            except psycopg.Error:
                 if not self.stopping.is_set():
                     raise
         return run
@@ -226,7 +228,7 @@ class Workload:
         for conn in connections:
             try:
                 conn.cancel()  # wakes the sleeping and the waiting sessions
-            except psycopg2.Error:
+            except psycopg.Error:
                 pass
         for thread in self.threads:
             thread.join(timeout=10)
@@ -235,7 +237,7 @@ class Workload:
 
 
 def execute(dsn: str, sql: str) -> None:
-    conn = psycopg2.connect(dsn, application_name="pgvigil-demo-setup")
+    conn = psycopg.connect(dsn, application_name="pgvigil-demo-setup")
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
@@ -245,11 +247,11 @@ def execute(dsn: str, sql: str) -> None:
 
 
 def has_table(dsn: str, name: str) -> bool:
-    conn = psycopg2.connect(dsn)
+    conn = psycopg.connect(dsn)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name,))
-            return cur.fetchone()[0]
+            return bool(cur.fetchall()[0][0])
     finally:
         conn.close()
 
@@ -263,11 +265,11 @@ def prepare_database(dsn: str) -> bool:
         # A failed CREATE UNIQUE INDEX CONCURRENTLY leaves an invalid index behind: the real-life way.
         try:
             execute(dsn, "CREATE UNIQUE INDEX CONCURRENTLY coupons_code_key ON coupons (code)")
-        except psycopg2.errors.UniqueViolation:
+        except psycopg.errors.UniqueViolation:
             pass
         try:  # pgvector, where it is installed: a small HNSW index for the Vector Search dashboard
             execute(dsn, VECTOR_SCHEMA)
-        except psycopg2.Error:
+        except psycopg.Error:
             pass
         execute(dsn, "VACUUM ANALYZE")
     return has_table(dsn, "items")
@@ -639,7 +641,7 @@ def demo(listen: str, duration: Optional[float], scrape_interval: str, no_promet
             run_until_stopped(running, duration)
     except KeyboardInterrupt:
         pass
-    except (RuntimeError, OSError, psycopg2.Error) as exc:  # StackError is a RuntimeError
+    except (RuntimeError, OSError, psycopg.Error) as exc:  # StackError is a RuntimeError
         raise click.ClickException(f"demo failed: {exc}") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -665,7 +667,7 @@ def workload_command(dsn_file: str) -> None:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
-    except psycopg2.Error as exc:
+    except psycopg.Error as exc:
         raise click.ClickException(f"demo workload failed: {str(exc).strip()}") from None
     finally:
         if workload is not None:

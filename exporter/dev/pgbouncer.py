@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import psycopg2
+import psycopg
 
 from exporter.dev.throwaway import SUPERUSER, ThrowawayCluster, free_port
 
@@ -71,9 +71,9 @@ class ThrowawayPgBouncer:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                psycopg2.connect(self.admin_dsn(), connect_timeout=2).close()
+                psycopg.connect(self.admin_dsn(), connect_timeout=2).close()
                 return
-            except psycopg2.OperationalError:
+            except psycopg.OperationalError:
                 if self.process is not None and self.process.poll() is not None:
                     log = (self.base / "pgbouncer.log")
                     raise RuntimeError(f"pgbouncer exited: {log.read_text() if log.exists() else ''}") from None

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import psycopg2
+import psycopg
 
 from exporter.pgbin import find_bindir
 
@@ -112,9 +112,9 @@ class ThrowawayCluster:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                psycopg2.connect(self.dsn(), connect_timeout=2).close()
+                psycopg.connect(self.dsn(), connect_timeout=2).close()
                 return
-            except psycopg2.OperationalError:
+            except psycopg.OperationalError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
@@ -144,11 +144,11 @@ class ThrowawayCluster:
 
     def execute(self, sql: str, dbname: str = "postgres") -> list[tuple]:
         """Run SQL as the superuser in autocommit; returns the rows of the last statement, if any."""
-        conn = psycopg2.connect(self.dsn(dbname))
+        conn = psycopg.connect(self.dsn(dbname), autocommit=True)
         try:
-            conn.autocommit = True
             with conn.cursor() as cur:
                 cur.execute(sql)
+                cur.set_result(-1)  # psycopg stays on the first statement's result
                 return cur.fetchall() if cur.description else []
         finally:
             conn.close()

@@ -21,8 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-import psycopg2
-import psycopg2.extensions
+import psycopg
 
 from exporter.config import CONSOLE_COMMANDS, Defaults, TargetSpec
 from exporter.redaction import dsn_secrets
@@ -141,7 +140,7 @@ class ConsoleSession:
     def __init__(self, spec: TargetSpec, defaults: Defaults) -> None:
         self.spec = spec
         self.defaults = defaults
-        self._conn: psycopg2.extensions.connection | None = None
+        self._conn: psycopg.Connection | None = None
         self._facts: ServerFacts | None = None
         self._secrets = dsn_secrets(spec.dsn)
 
@@ -158,11 +157,12 @@ class ConsoleSession:
             return self._facts
         self.close()
         try:
-            conn = psycopg2.connect(self.spec.dsn, connect_timeout=max(1, int(round(self.defaults.connect_timeout))),
-                                    application_name="pgvigil")
-            # The console has no transactions: psycopg2's implicit BEGIN would be refused.
-            conn.autocommit = True
-        except psycopg2.Error as exc:
+            # The console has no transactions (psycopg's implicit BEGIN would be refused) and speaks only the
+            # simple query protocol: execute() without parameters uses it, as long as psycopg never
+            # prepares a command it has sent a few times (prepare_threshold=None).
+            conn = psycopg.connect(self.spec.dsn, connect_timeout=max(1, int(round(self.defaults.connect_timeout))),
+                                   application_name="pgvigil", autocommit=True, prepare_threshold=None)
+        except psycopg.Error as exc:
             raise ConnectFailed(connect_message(exc, self.spec.dsn, self._secrets)) from None
         self._conn = conn
         try:
@@ -206,8 +206,8 @@ class ConsoleSession:
                 cur.execute(command)
                 columns = [d.name for d in cur.description] if cur.description else []
                 return FetchResult(columns, cur.fetchall() if cur.description else [])
-        except psycopg2.Error as exc:
-            lost = conn.closed != 0 or isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+        except psycopg.Error as exc:
+            lost = conn.closed or isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
             if lost:
                 self.close()
             reason = "timeout" if lost and "timeout" in str(exc).lower() else "error"
@@ -232,7 +232,7 @@ class ConsoleSession:
         if self._conn is not None:
             try:
                 self._conn.close()
-            except psycopg2.Error:
+            except psycopg.Error:
                 pass
         self._conn = None
         self._facts = None

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Sequence
 
-from psycopg2.extensions import make_dsn
+from psycopg.conninfo import make_conninfo
 
 from exporter.config import Defaults, QuerySpec, TargetSpec
 from exporter.scrape.session import ConnectFailed, FetchResult, PreparedSql, QueryFailed, ServerFacts, Session
@@ -158,7 +158,7 @@ class DiscoveryStatus:
 
 def database_spec(root: TargetSpec, datname: str) -> TargetSpec:
     """The spec of one discovered database: the root's DSN with its dbname, one session."""
-    return replace(root, name=f"{root.name}/{datname}", dsn=make_dsn(root.dsn, dbname=datname), pool_size=1,
+    return replace(root, name=f"{root.name}/{datname}", dsn=make_conninfo(root.dsn, dbname=datname), pool_size=1,
                    databases=(), exclude_databases=(), parent=root.name, datname=datname)
 
 

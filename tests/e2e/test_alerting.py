@@ -13,7 +13,7 @@ import dataclasses
 import json
 import urllib.request
 
-import psycopg2
+import psycopg
 import pytest
 from conftest import requires_prometheus_stack, wait_until
 
@@ -88,7 +88,7 @@ def test_connections_above_warning_page_the_warning_receiver(small_cluster, pipe
 
     # 15 of 17 usable connections: 88 %, above the 80 % warning and below the 95 % critical level
     wanted = 15
-    held = [psycopg2.connect(small_cluster.dsn("postgres")) for _ in range(wanted - baseline)]
+    held = [psycopg.connect(small_cluster.dsn("postgres")) for _ in range(wanted - baseline)]
     try:
         wait_until(lambda: connection_count(prom) == wanted, 30, f"{wanted} connections seen by Prometheus")
 

@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 
-import psycopg2
+import psycopg
 import pytest
 from conftest import config_for, parse_exposition, sample
 
@@ -144,11 +144,10 @@ def test_backend_terminated_during_a_query(fresh_db, cluster):
 @pytest.fixture
 def locked_table(fresh_db):
     """A table another session holds an ACCESS EXCLUSIVE lock on, in an open transaction."""
-    setup = psycopg2.connect(fresh_db)
-    setup.autocommit = True
+    setup = psycopg.connect(fresh_db, autocommit=True)
     setup.cursor().execute("CREATE TABLE jobs (id int); INSERT INTO jobs VALUES (1), (2)")
     setup.close()
-    holder = psycopg2.connect(fresh_db)
+    holder = psycopg.connect(fresh_db)
     holder.cursor().execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
     yield fresh_db
     holder.rollback()
@@ -285,8 +284,8 @@ def test_max_connections_exhausted_then_freed(own_cluster):
     try:
         while True:  # fill every slot a non-superuser may take
             try:
-                crowd.append(psycopg2.connect(pg.dsn(user="crowd"), connect_timeout=5))
-            except psycopg2.OperationalError as exc:
+                crowd.append(psycopg.connect(pg.dsn(user="crowd"), connect_timeout=5))
+            except psycopg.OperationalError as exc:
                 assert "reserved" in str(exc) or "too many clients" in str(exc)
                 break
         assert crowd

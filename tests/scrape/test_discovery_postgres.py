@@ -7,7 +7,7 @@ import threading
 import time
 import uuid
 
-import psycopg2
+import psycopg
 import pytest
 from conftest import parse_exposition, sample
 from prometheus_client.parser import text_string_to_metric_families
@@ -118,8 +118,7 @@ def test_connections_stay_within_the_budget_and_idle_ones_are_closed(cluster, pr
     stop = threading.Event()
 
     def watch() -> None:
-        conn = psycopg2.connect(cluster.dsn())
-        conn.autocommit = True
+        conn = psycopg.connect(cluster.dsn(), autocommit=True)
         with conn.cursor() as cur:
             while not stop.is_set():
                 cur.execute(count)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-import psycopg2
+import psycopg
 from conftest import config_for, parse_exposition, sample
 
 from exporter.scrape.assembly import ScrapeText
@@ -28,8 +28,7 @@ def picked_query(pick: str = PICK) -> str:
 
 
 def execute(dsn: str, sql: str) -> None:
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
+    conn = psycopg.connect(dsn, autocommit=True)
     try:
         with conn.cursor() as cur:
             cur.execute(sql)

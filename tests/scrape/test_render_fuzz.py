@@ -6,15 +6,18 @@ the real driver, into the real renderer.
 """
 from __future__ import annotations
 
+import datetime as dt
 import math
 import subprocess
 
-import psycopg2.extensions
+import psycopg
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg import sql
+from psycopg.types.datetime import TimestampLoader, TimestamptzLoader
 
 from exporter.config import parse_config
 from exporter.scrape.assembly import ScrapeText, scrape_once
@@ -38,7 +41,7 @@ float_values = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.samp
 def literal(value: object) -> str:
     if isinstance(value, str):  # as hex, so the SQL stays ASCII through YAML (which folds NEL, U+2028...)
         return f"convert_from(decode('{value.encode().hex()}', 'hex'), 'UTF8')"
-    return psycopg2.extensions.adapt(value).getquoted().decode()
+    return sql.Literal(value).as_string(None)
 
 
 def config_with(dsn: str, sql: str, labels: list[str], metrics: dict, **query: object):
@@ -92,7 +95,7 @@ NUMERIC_TYPES = {
     "oid": ("oid", ["0", "4294967295"]),
     "boolean": ("boolean", ["true", "false"]),
     "interval": ("interval", ["1 day 2 hours", "-3 seconds", "100 years", "0.000001 seconds"]),
-    # psycopg2 reads '-infinity' as 0001-01-01 00:00 exactly: that one instant exports as -Inf, so not tested
+    # '-infinity' is read as 0001-01-01 00:00 exactly (datetime.min): that one instant exports as -Inf, so not tested
     "timestamptz": ("timestamptz", ["2024-01-01 00:00:00+00", "1970-01-01 00:00:00+00", "0001-01-01 00:00:01+00",
                                     "infinity", "-infinity"]),
     "timestamp": ("timestamp", ["2024-06-30 12:00:00.5"]),
@@ -110,9 +113,11 @@ def test_every_numeric_type_renders_and_parses(cluster, sql_type, values, metric
     samples = parsed(text)
     got = {dict(labels)["i"]: value for (name, labels), value in samples.items() if name.startswith("fz_value")}
     assert sorted(got) == [str(i) for i in range(len(values))], text  # every value became a sample
-    with psycopg2.connect(cluster.dsn()) as conn, conn.cursor() as cur:
-        cur.execute(f"SELECT value FROM (VALUES {rows}) AS v(i, value) ORDER BY i")
-        expected = [_as_float(r[0]) for r in cur.fetchall()]
+    with psycopg.connect(cluster.dsn()) as conn:
+        conn.adapters.register_loader("timestamptz", InfiniteTimestamptzLoader)
+        conn.adapters.register_loader("timestamp", InfiniteTimestampLoader)
+        read = conn.execute(f"SELECT value FROM (VALUES {rows}) AS v(i, value) ORDER BY i").fetchall()
+    expected = [_as_float(r[0]) for r in read]
     for i, value in enumerate(expected):
         assert same_number(got[str(i)], value) or math.isclose(got[str(i)], value, rel_tol=1e-15)
     promtool_check(text)
@@ -142,13 +147,27 @@ def test_values_the_driver_cannot_represent_fail_the_query_cleanly(cluster, sql)
         runner.close()
 
 
-def _as_float(value: object) -> float:
-    import datetime as dt
+class InfiniteTimestamptzLoader(TimestamptzLoader):
+    """'infinity' / '-infinity' as datetime.max / datetime.min, where psycopg's own loader raises DataError."""
 
+    def load(self, data):
+        return _infinite(data) or super().load(data)
+
+
+class InfiniteTimestampLoader(TimestampLoader):
+    def load(self, data):
+        return _infinite(data) or super().load(data)
+
+
+def _infinite(data) -> dt.datetime | None:
+    return {b"infinity": dt.datetime.max, b"-infinity": dt.datetime.min}.get(bytes(data))
+
+
+def _as_float(value: object) -> float:
     if isinstance(value, dt.timedelta):
         return value.total_seconds()
     if isinstance(value, dt.datetime):
-        # psycopg2 reads 'infinity' / '-infinity' as datetime.max / datetime.min: they mean +Inf / -Inf
+        # the test's loaders read 'infinity' / '-infinity' as datetime.max / datetime.min: they mean +Inf / -Inf
         naive = value.replace(tzinfo=None)
         if naive in (dt.datetime.max, dt.datetime.min):
             return float("inf") if naive == dt.datetime.max else float("-inf")
