@@ -10,19 +10,28 @@ the schema of an extension a configured query requires, when it is hidden from t
 sessions and statements (pg_stat_activity, pg_stat_statements, replication) run without
 errors for any role but see only the role's own rows: pg_read_all_stats is proposed for them.
 Nothing broader (no pg_monitor, no superuser) is ever proposed.
+
+A target with `databases:` (discovery) is one report per database a query runs in, each found the
+way the exporter finds them and judged by the queries that run there (the DSN's database: the
+cluster-wide ones; every database: the per-database ones): schemas, tables and functions are objects
+of one database, so each section starts with psql's `\\connect` to its database and the whole output
+can be piped to psql. Statements about the role itself (pg_read_all_stats, ALTER ROLE) are printed
+once, in the first section that needs them.
 """
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field, replace
 
 import pglast
 from pglast.visitors import Visitor
 
 from exporter.config import Config, QuerySpec, TargetSpec
+from exporter.logs import loggable
 from exporter.scrape.capability import probed_texts
 from exporter.scrape.runner import Runner
-from exporter.scrape.session import PreparedSql, QueryFailed, Session, scope_of
+from exporter.scrape.session import ConnectFailed, PreparedSql, QueryFailed, Session, scope_of
 from exporter.scrape.state import TargetState
 
 # Views whose rows of other roles are hidden (NULLs, or no queryid) from a role without pg_read_all_stats.
@@ -48,48 +57,109 @@ ROLE_FACTS_SQL = (
 
 @dataclass
 class TargetGrants:
-    """What one target's role lacks, and the statements that give it."""
+    """What one target's role lacks in one database, and the statements that give it."""
 
     target: str
     role: str = ""
     database: str = ""
     error: str | None = None
     missing: list[str] = field(default_factory=list)  # "query: why", for the report
-    statements: list[str] = field(default_factory=list)
+    statements: list[str] = field(default_factory=list)  # about this database's objects
+    role_statements: list[str] = field(default_factory=list)  # about the role itself: valid in every database
     unresolved: list[str] = field(default_factory=list)  # refusals no GRANT lifts
+    connect: bool = False  # one of a discovery root's databases: the section starts with \\connect
+    notes: list[str] = field(default_factory=list)  # comment lines after the header
 
     def text(self) -> str:
-        head = f"-- target {self.target}"
+        head = f"-- target {loggable(self.target)}"
         if self.error is not None:
-            return f"{head}: cannot connect: {self.error}\n"
-        lines = [f"{head} (role {self.role}, database {self.database})"]
-        lines += [f"-- missing today: {item}" for item in self.missing] or ["-- missing today: nothing"]
-        lines += [f"-- no grant helps: {item}" for item in self.unresolved]
-        lines += self.statements or ["-- nothing to grant"]
+            where = f", database {loggable(self.database)}" if self.connect and self.database else ""
+            return f"{head}{where}: cannot connect: {loggable(self.error)}\n"
+        lines = [f"{head} (role {loggable(self.role)}, database {loggable(self.database)})"]
+        if self.connect:
+            lines.append(psql_connect(self.database))
+        lines += [f"-- {note}" for note in self.notes]
+        lines += [f"-- missing today: {loggable(item)}" for item in self.missing] or ["-- missing today: nothing"]
+        lines += [f"-- no grant helps: {loggable(item)}" for item in self.unresolved]
+        lines += self.statements + self.role_statements or ["-- nothing to grant"]
         return "\n".join(lines) + "\n"
 
 
-def target_grants(config: Config, spec: TargetSpec, timeout: float = 30.0) -> TargetGrants:
-    """Scrape `spec` once as its role and turn each refusal into the GRANT that lifts it."""
-    report = TargetGrants(spec.name)
+def psql_connect(database: str) -> str:
+    """psql's meta-command that connects to `database` on the same server as the same user, whatever its
+    name holds (quotes, backslashes, `=`, a newline): a conninfo string quoted for libpq, then for psql, which
+    reads the argument as single-quoted text, then drops double quotes as it does an identifier's."""
+    conninfo = "dbname='" + database.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    identifier = '"' + conninfo.replace('"', '""') + '"'
+    quoted = "".join("\\\\" if c == "\\" else "''" if c == "'" else f"\\{ord(c):03o}" if ord(c) < 32 or c == "\x7f"
+                     else c for c in identifier)
+    return f"\\connect -reuse-previous=on '{quoted}'"
+
+
+def target_grants(config: Config, spec: TargetSpec, timeout: float = 30.0) -> list[TargetGrants]:
+    """Scrape `spec` once as its role and turn each refusal into the GRANT that lifts it: one report for a
+    target, one per database for a discovery root (in the order the exporter visits them)."""
     runner = Runner(_only(config, spec))
     try:
-        runner.scrape(timeout=timeout)
-        state = next(iter(runner.targets.values()), None)
-        if state is None or not state.up:
-            report.error = (state.error if state is not None else None) or "unreachable"
-            return report
-        _fill(report, state, runner)
+        states = _visited(runner, timeout)
+        if spec.discovers:
+            root = runner.roots[spec.name]
+            if not root.status.success:
+                return [TargetGrants(spec.name, error=root.status.error or "cannot list its databases")]
+        elif not states:
+            return [TargetGrants(spec.name, error="unreachable")]
+        reports = []
+        for state in states:
+            report = TargetGrants(spec.name, database=state.spec.datname or "", connect=spec.discovers)
+            reports.append(report)
+            if not state.up:
+                report.error = state.error or ("unreachable" if state.up is False
+                                               else f"not reached within {timeout:g}s")
+                continue
+            try:
+                _fill(report, state, runner)
+            except ConnectFailed as exc:
+                report.error = str(exc)
+            finally:
+                if spec.discovers:  # its slot of the connection budget goes to the next database
+                    state.sessions[0].close()
+        if spec.discovers and reports:
+            reports[0].notes += _not_monitored(runner.roots[spec.name].status.skipped)
     finally:
         runner.close()
-    return report
+    _role_statements_once(reports)
+    return reports
+
+
+def _visited(runner: Runner, timeout: float) -> list[TargetState]:
+    """The runner's targets once each has been reached (or refused), scraping again until `timeout`."""
+    deadline = time.monotonic() + timeout
+    runner.scrape(timeout=timeout)
+    while True:
+        waiting = [name for name, state in runner.targets.items() if state.up is None]
+        left = deadline - time.monotonic()
+        if not waiting or left <= 0:
+            return list(runner.targets.values())
+        runner.scrape(timeout=left, only=waiting)
+
+
+def _not_monitored(skipped: dict[str, int]) -> list[str]:
+    """A discovery root's databases no query runs in, by why: nothing to grant there, said once."""
+    counts = ", ".join(f"{count} {outcome.replace('_', ' ')}" for outcome, count in skipped.items() if count)
+    return [f"databases not monitored, so nothing to grant there: {counts}"] if counts else []
+
+
+def _role_statements_once(reports: list[TargetGrants]) -> None:
+    seen: set[str] = set()
+    for report in reports:
+        report.role_statements = [s for s in report.role_statements if s not in seen]
+        seen.update(report.role_statements)
 
 
 def _only(config: Config, spec: TargetSpec) -> Config:
-    # One target, without discovery: grants are per role and database, and the DSN's database is the one asked.
-    plain = replace(spec, databases=(), exclude_databases=())
-    return replace(config, targets=(plain,), queries=tuple(q for q in config.queries
-                                                           if q.targets is None or spec.name in q.targets))
+    """The config with one target (and its discovery, if any: grants are per role and database)."""
+    return replace(config, targets=(spec,), queries=tuple(q for q in config.queries
+                                                          if q.targets is None or spec.name in q.targets))
 
 
 def _fill(report: TargetGrants, state: TargetState, runner: Runner) -> None:
@@ -105,7 +175,8 @@ def _fill(report: TargetGrants, state: TargetState, runner: Runner) -> None:
         report.missing.append("nothing: the role is a superuser (a monitoring role should not be one)")
         return
     grantee = sql_identifier(role)
-    wanted: dict[str, None] = {}
+    wanted: dict[str, None] = {}  # USAGE on hidden extension schemas first, then the queries' own, sorted
+    lifting: set[str] = set()
     eligible = runner.eligible_queries(state, with_skipped=True)
     required = {q.requires_extension for q in eligible}
     for extension, schema in (item.split(".", 1) for item in hidden):
@@ -117,7 +188,7 @@ def _fill(report: TargetGrants, state: TargetState, runner: Runner) -> None:
         report.missing.append(f"{name} ({reason}: {message})")
         with state.session_locks[0]:
             statements = _grants_for(query, grantee, session, defaults.timeout, defaults.lock_timeout)
-        wanted.update(dict.fromkeys(statements))
+        lifting.update(statements)
         if not statements and not hidden:
             report.unresolved.append(f"{name}: {message}")
     if writes:
@@ -127,10 +198,10 @@ def _fill(report: TargetGrants, state: TargetState, runner: Runner) -> None:
     if not read_all_stats and any(OTHERS_ROWS.search(sql) for sql in texts):
         names = sorted({m.group(1) for sql in texts for m in OTHERS_ROWS.finditer(sql)})
         report.missing.append(f"other roles' rows of {', '.join(names)} (only the role's own are visible)")
-        wanted[f"GRANT pg_read_all_stats TO {grantee};"] = None
+        report.role_statements.append(f"GRANT pg_read_all_stats TO {grantee};")
     if not read_only:  # a second lock on the door: every transaction of the role starts read-only
-        wanted[f"ALTER ROLE {grantee} SET default_transaction_read_only = on;"] = None
-    report.statements = list(wanted)
+        report.role_statements.append(f"ALTER ROLE {grantee} SET default_transaction_read_only = on;")
+    report.statements = list(wanted) + sorted(lifting - set(wanted))
 
 
 def _refusal(session: Session, state: TargetState, query: QuerySpec, runner: Runner) -> str:
@@ -207,6 +278,7 @@ def sql_identifier(name: str) -> str:
 
 
 def grants_text(config: Config) -> tuple[str, bool]:
-    """The report for every PostgreSQL target, and whether every one could be reached."""
-    reports = [target_grants(config, spec) for spec in config.targets if spec.kind == "postgres"]
+    """The report for every PostgreSQL target (each database of a discovery root), and whether every one
+    could be reached."""
+    reports = [report for spec in config.targets if spec.kind == "postgres" for report in target_grants(config, spec)]
     return "\n".join(report.text() for report in reports), all(report.error is None for report in reports)

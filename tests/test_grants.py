@@ -2,13 +2,17 @@
 queries need (and nothing broader); once they are run, nothing is missing and nothing is skipped."""
 from __future__ import annotations
 
+import subprocess
 import uuid
 
+import psycopg
 from click.testing import CliRunner
 from conftest import parse_exposition
+from psycopg.conninfo import make_conninfo
 
 from exporter.cli import main
 from exporter.config import parse_config
+from exporter.dev.throwaway import ThrowawayCluster
 from exporter.scrape.assembly import ScrapeText
 from exporter.scrape.runner import Runner
 from exporter.scrape.selfmetrics import render_self_metrics
@@ -93,3 +97,67 @@ def test_an_unreachable_target_exits_1(tmp_path):
     result = CliRunner().invoke(main, ["grants", "--config", str(config_file)])
     assert result.exit_code == 1
     assert result.output.startswith("-- target gone: cannot connect: ")
+
+
+def test_a_discovery_root_gets_one_section_per_database_and_psql_running_them_is_enough(tmp_path):
+    """`databases: all`: grants in each database where a query runs (the DSN's database runs the cluster-wide
+    queries, each database the per-database ones), only what that database needs, each section opened by a
+    \\connect psql follows; piped to psql as printed, nothing is skipped or failing in any database."""
+    odd = 'Tenant\'s "db" = x'  # quotes, a space and `=`: psql and libpq must both read it as one name
+    config_file = tmp_path / "pgvigil.yaml"
+    with ThrowawayCluster() as pg:
+        pg.execute("CREATE ROLE mon LOGIN")  # CONNECT through PUBLIC, nothing else
+        pg.execute("CREATE DATABASE app")
+        pg.execute('CREATE DATABASE "Tenant\'s ""db"" = x"')
+        # pg_stat_statements in a schema of its own, in one database: a per-database query reads it there
+        pg.execute("CREATE SCHEMA stats; CREATE EXTENSION pg_stat_statements WITH SCHEMA stats", "app")
+        with psycopg.connect(make_conninfo(pg.dsn(), dbname=odd), autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA private")  # hidden from the role, and no query uses it: no grant
+        config_file.write_text(
+            f"targets:\n  prod:\n    dsn: {pg.dsn('postgres', user='mon')}\n    databases: all\n"
+            "queries:\n  - name: statements_here\n    sql: SELECT count(*) AS n FROM pg_stat_statements\n"
+            "    requires_extension: pg_stat_statements\n    metrics: {n: {}}\n")
+
+        result = CliRunner().invoke(main, ["grants", "--config", str(config_file)])
+        assert result.exit_code == 0, result.output
+        sections = {}
+        for section in result.output.split("-- target ")[1:]:
+            head, *lines = section.splitlines()
+            sections[head] = [line for line in lines if line and not line.startswith("-- ")]
+        assert sections == {
+            "prod (role mon, database postgres)": [
+                r"""\connect -reuse-previous=on '"dbname=''postgres''"'""",
+                "GRANT EXECUTE ON FUNCTION pg_ls_waldir() TO mon;",
+                "GRANT pg_read_all_stats TO mon;",
+                "ALTER ROLE mon SET default_transaction_read_only = on;"],
+            f"prod (role mon, database {odd})": [
+                r"""\connect -reuse-previous=on '"dbname=''Tenant\\''s ""db"" = x''"'"""],
+            "prod (role mon, database app)": [
+                r"""\connect -reuse-previous=on '"dbname=''app''"'""",
+                "GRANT USAGE ON SCHEMA stats TO mon;"],
+        }, result.output
+        assert "-- missing today: statements_here (missing_relation: " in result.output
+
+        # As printed, through psql connected anywhere on the server: each section runs in its own database.
+        psql = subprocess.run([str(pg.bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", pg.dsn("app")],
+                              input=result.output, capture_output=True, text=True)
+        assert psql.returncode == 0, psql.stderr
+        assert pg.execute("SELECT has_schema_privilege('mon', 'stats', 'USAGE')", "app") == [(True,)]
+        assert pg.execute("SELECT has_function_privilege('mon', 'pg_ls_waldir()', 'EXECUTE')", "app") == [(False,)]
+
+        again = CliRunner().invoke(main, ["grants", "--config", str(config_file)])
+        assert again.exit_code == 0 and again.output.count("-- missing today: nothing") == 3, again.output
+        assert again.output.count("-- nothing to grant") == 3, again.output
+
+        runner = Runner(parse_config(config_file.read_text()))
+        try:
+            scrape = runner.scrape(timeout=30)
+        finally:
+            runner.close()
+        samples = parse_exposition(ScrapeText(runner.config.queries).text(scrape) + render_self_metrics(scrape))
+        assert {labels for name, labels in samples if name == "pg_up"} == {
+            frozenset({("target", "prod"), ("datname", datname)}) for datname in ("postgres", "app", odd)}
+        assert not [labels for name, labels in samples if name == "pgvigil_query_skipped"
+                    and ("reason", "missing_extension") not in labels]
+        assert sum(v for (name, _), v in samples.items() if name == "pgvigil_query_errors_total") == 0
+        assert samples[("statements_here_n", frozenset({("target", "prod"), ("datname", "app")}))] >= 0
