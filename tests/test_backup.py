@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -201,3 +202,52 @@ def test_verify_without_a_backup_is_a_clear_error(tmp_path):
 
 def test_pg_dump_found():
     assert client_program("pg_dump").endswith("pg_dump")
+
+
+def test_the_documented_backup_role_restores_a_database_with_pg_stat_statements(cluster, app_db, tmp_path):
+    """docs/backups.md's role (LOGIN CREATEDB, pg_read_all_data; no superuser) backs up and test-restores a
+    database where pg_stat_statements is installed: the extension (untrusted: only a superuser may create it)
+    is left out of the restore and said so; a trusted one (pgcrypto) is created by the role, the scratch
+    database's owner, so the table whose default calls it restores."""
+    db = dbname_of(app_db)
+    role = "backup_" + uuid.uuid4().hex[:6]
+    cluster.execute(f"CREATE ROLE {role} LOGIN CREATEDB; GRANT pg_read_all_data TO {role}")
+    cluster.execute("CREATE SCHEMA monitoring; CREATE EXTENSION pg_stat_statements WITH SCHEMA monitoring;"
+                    "CREATE SCHEMA crypto; CREATE EXTENSION pgcrypto WITH SCHEMA crypto;"
+                    "CREATE TABLE tokens (id int, token bytea NOT NULL DEFAULT crypto.gen_random_bytes(8));"
+                    "INSERT INTO tokens (id) SELECT generate_series(1, 5)", db)
+    dsn = cluster.dsn(db, user=role)
+    try:
+        run_backup(dsn, "primary", tmp_path, progress=False)
+        result = verify_backup(tmp_path, restore=True, dsn=dsn, sanity_query="SELECT count(*) = 5 FROM tokens")
+
+        assert result.success, result.failure
+        assert result.notes == ["extension pg_stat_statements not restored: only a superuser may create it "
+                                "(an untrusted extension); its objects are not checked"]
+        assert "row counts match the manifest for 7 tables" in result.checks
+        assert scratch_databases(cluster) == []
+        [status] = backup_statuses(tmp_path)
+        assert status.condition == "restored"
+    finally:
+        cluster.execute(f"DROP ROLE {role}")
+
+
+def test_a_view_on_an_extension_the_role_may_not_create_fails_the_restore_naming_it(cluster, app_db, tmp_path):
+    db = dbname_of(app_db)
+    role = "backup_" + uuid.uuid4().hex[:6]
+    cluster.execute(f"CREATE ROLE {role} LOGIN CREATEDB; GRANT pg_read_all_data TO {role}")
+    cluster.execute("CREATE EXTENSION pg_stat_statements;"
+                    "CREATE VIEW slow AS SELECT query FROM pg_stat_statements WHERE mean_exec_time > 1000", db)
+    dsn = cluster.dsn(db, user=role)
+    try:
+        run_backup(dsn, "primary", tmp_path, progress=False)
+        result = verify_backup(tmp_path, restore=True, dsn=dsn)
+
+        assert result.failure is not None and result.failure.startswith("pg_restore into pgvigil_verify_")
+        assert 'ERROR:  relation "public.pg_stat_statements" does not exist' in result.failure, result.failure
+        assert result.failure.endswith(f"(left out because role {role} may not restore them: extension "
+                                       "pg_stat_statements; restore as a role that may, e.g. verify --restore "
+                                       "--dsn of a staging server's superuser)")
+        assert scratch_databases(cluster) == []
+    finally:
+        cluster.execute(f"DROP ROLE {role}")

@@ -144,6 +144,8 @@ def verify(config_path: str | None, directory: str | None, target: str | None, n
     click.echo(f"backup {result.backup}:")
     for check in result.checks:
         click.echo(f"  ok      {check}")
+    for note in result.notes:
+        click.echo(f"  note    {note}")
     if not result.success:
         click.echo(f"  FAILED  {result.failure}")
         raise SystemExit(1)

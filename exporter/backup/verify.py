@@ -7,12 +7,23 @@ Checks, in order, stopping at the first failure:
 4. (restore) it restores into a scratch database, every table has exactly the row count the
    manifest recorded, and the sanity query returns a true first value. The scratch database
    is dropped whatever happens.
+
+The restore runs as the role of the DSN it is given, which need not be a superuser (the backup
+role of docs/backups.md: pg_read_all_data and CREATEDB). What only a superuser may restore is left
+out, each named in the checks: extensions the role may not create (untrusted ones, such as
+pg_stat_statements; trusted ones are created, the role owning the scratch database) and event
+triggers. Owners, privileges, tablespaces, publications, subscriptions and security labels are
+never restored (the scratch database is a check of the data, not a clone of the cluster); a table
+that needs a left-out extension (its type, its function as a default) fails the restore, with the
+extension named.
 The outcome is recorded in the state file (the exporter turns it into metrics).
 """
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -28,6 +39,24 @@ from exporter.files import CHECKSUM_LIMIT, MANIFEST_LIMIT, UnreadableFile, loads
 
 SCRATCH_PREFIX = "pgvigil_verify_"
 
+# What pg_restore leaves out of every test restore: owners and privileges (the roles may not exist where it
+# restores), and what belongs to the server rather than the database's data.
+RESTORE_FLAGS = ("--no-owner", "--no-acl", "--no-tablespaces", "--no-publications", "--no-subscriptions",
+                 "--no-security-labels", "--exit-on-error")
+
+# The extensions the restoring role may create in a database it owns: any, as a superuser; else the trusted
+# ones (PostgreSQL 13+), by the default version CREATE EXTENSION installs.
+CREATABLE_SQL = """
+SELECT e.name, (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
+   OR EXISTS (SELECT 1 FROM pg_catalog.pg_available_extension_versions v
+              WHERE v.name = e.name AND v.version = e.default_version AND v.trusted)
+FROM pg_catalog.pg_available_extensions e
+"""
+
+# An archive's table of contents, as pg_restore --list prints it: `id; tableoid oid DESC SCHEMA NAME OWNER`.
+_EXTENSION = re.compile(r"^\d+; \d+ \d+ EXTENSION - (?P<name>.+?) ?$")
+_EVENT_TRIGGER = re.compile(r"^\d+; \d+ \d+ EVENT TRIGGER - (?P<name>.+) \S*$")
+
 Progress = Callable[[str], None]  # told each long step as it starts
 
 
@@ -37,6 +66,7 @@ class Verification:
     target: str
     restore: bool
     checks: list[str] = field(default_factory=list)  # what passed, in order, for the user
+    notes: list[str] = field(default_factory=list)  # what the checks could not cover (left out of the restore)
     failure: str | None = None
     restore_seconds: float | None = None  # how long restoring and comparing took (restore only)
 
@@ -150,9 +180,10 @@ def _drop_database(conninfo: Conninfo, name: str) -> None:
         conn.close()
 
 
-def restore_and_compare(conninfo: Conninfo, dump: Path, manifest: dict[str, Any],
-                        sanity_query: str | None, progress: Progress = lambda step: None) -> list[str]:
-    """Step 4: restore into a scratch database on conninfo's server, compare, always drop it."""
+def restore_and_compare(conninfo: Conninfo, dump: Path, manifest: dict[str, Any], sanity_query: str | None,
+                        progress: Progress = lambda step: None, notes: list[str] | None = None) -> list[str]:
+    """Step 4: restore into a scratch database on conninfo's server, compare, always drop it; what the
+    restore left out is added to `notes`."""
     scratch = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
     conn = conninfo.connect(application_name="pgvigil verify")
     try:
@@ -164,23 +195,84 @@ def restore_and_compare(conninfo: Conninfo, dump: Path, manifest: dict[str, Any]
     finally:
         conn.close()
     try:
-        return _restore_into(conninfo, scratch, dump, manifest, sanity_query, progress)
+        return _restore_into(conninfo, scratch, dump, manifest, sanity_query, progress,
+                             notes if notes is not None else [])
     finally:
         _drop_database(conninfo, scratch)
 
 
+def restore_list(toc: str, available: dict[str, bool], superuser: bool) -> tuple[str, list[str]]:
+    """The archive's table of contents for pg_restore --use-list, with what the role may not restore
+    commented out (extensions absent from the server or that it may not create, and their comments; event
+    triggers unless a superuser), and a line for each thing left out. `available`: the server's extensions,
+    whether the role may create each."""
+    lines, left_out, skipped = [], [], set()
+    for line in toc.splitlines():
+        extension = _EXTENSION.match(line)
+        trigger = _EVENT_TRIGGER.match(line)
+        if extension and not available.get(extension["name"]):
+            name = extension["name"]
+            skipped.add(name)
+            why = ("only a superuser may create it (an untrusted extension)" if name in available
+                   else "it is not installed on the server restored to")
+            left_out.append(f"extension {name} not restored: {why}; its objects are not checked")
+        elif trigger and not superuser:
+            left_out.append(f"event trigger {trigger['name']} not restored: only a superuser may create one")
+        elif not any(line.endswith(f" COMMENT - EXTENSION {name} ") or line.endswith(f" COMMENT - EXTENSION {name}")
+                     for name in skipped):
+            lines.append(line)
+            continue
+        lines.append(";" + line)
+    return "\n".join(lines) + "\n", left_out
+
+
+def restore_error(stderr: str) -> str:
+    """pg_restore's first error with its detail, hint and the first line of its command (a view's
+    definition runs over many lines, which would bury the message), else its last lines."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    start = next((i for i, line in enumerate(lines) if "error:" in line), None)
+    if start is None:
+        return tail(stderr)
+    return "\n".join([lines[start], *(line for line in lines[start + 1:start + 8]
+                                      if line.startswith(("DETAIL:", "HINT:", "Command was:")))])
+
+
 def _restore_into(conninfo: Conninfo, scratch: str, dump: Path, manifest: dict[str, Any],
-                  sanity_query: str | None, progress: Progress) -> list[str]:
+                  sanity_query: str | None, progress: Progress, notes: list[str]) -> list[str]:
     passed = []
     # The pg_restore closest to the dumped server's version: a newer one emits settings an older server
     # rejects (pg_restore 17+ sets transaction_timeout).
     pg_restore = client_program("pg_restore", manifest.get("server_version_num"))
-    argv = [pg_restore, "--no-owner", "--no-acl", "--exit-on-error",
-            f"--dbname={conninfo.without_password(dbname=scratch)}", str(dump)]
+    listed = subprocess.run([pg_restore, "--list", str(dump)], capture_output=True, text=True)
+    if listed.returncode != 0:
+        raise BackupError(f"pg_restore --list cannot read {dump.name}: {tail(listed.stderr)}")
+    conn = conninfo.connect(dbname=scratch, application_name="pgvigil verify")
+    try:
+        with conn.cursor() as cur:
+            cur.execute(CREATABLE_SQL)
+            available = {name: bool(creatable) for name, creatable in cur.fetchall()}
+            cur.execute("SELECT rolsuper, current_user FROM pg_catalog.pg_roles WHERE rolname = current_user")
+            superuser, role = cur.fetchall()[0]
+    except psycopg.Error as exc:
+        raise BackupError(f"cannot read what the restoring role may create: {str(exc).strip()}") from None
+    finally:
+        conn.close()
+    toc, left_out = restore_list(listed.stdout, available, superuser)
     progress(f"restoring {dump.stat().st_size / 1048576:.1f} MiB into scratch database {scratch} (pg_restore)")
-    proc = subprocess.run(argv, capture_output=True, text=True, env=conninfo.child_env())
+    with tempfile.TemporaryDirectory(prefix="pgvigil-verify-") as scratch_dir:
+        list_file = Path(scratch_dir) / "restore.list"
+        list_file.write_text(toc)
+        argv = [pg_restore, *RESTORE_FLAGS, f"--use-list={list_file}",
+                f"--dbname={conninfo.without_password(dbname=scratch)}", str(dump)]
+        proc = subprocess.run(argv, capture_output=True, text=True, env=conninfo.child_env())
     if proc.returncode != 0:
-        raise BackupError(conninfo.redact(f"pg_restore into {scratch} failed: {tail(proc.stderr)}"))
+        why = f"pg_restore into {scratch} failed: {restore_error(proc.stderr)}"
+        if left_out:
+            why += (f" (left out because role {role} may not restore them: "
+                    f"{'; '.join(item.split(' not restored')[0] for item in left_out)}; restore as a role that "
+                    "may, e.g. verify --restore --dsn of a staging server's superuser)")
+        raise BackupError(conninfo.redact(why))
+    notes += left_out
     passed.append(f"restored into scratch database {scratch}")
     conn = conninfo.connect(dbname=scratch, application_name="pgvigil verify")
     try:
@@ -236,7 +328,7 @@ def verify_backup(directory: Path, name: str | None = None, target: str | None =
         if restore and conninfo is not None:
             started = time.monotonic()
             result.checks.extend(restore_and_compare(conninfo, directory / entry["files"]["dump"], manifest,
-                                                     sanity_query, progress))
+                                                     sanity_query, progress, result.notes))
             # the recovery time a real restore of this backup would need: the RTO objective reads it
             result.restore_seconds = time.monotonic() - started
     except BackupError as exc:
@@ -247,7 +339,7 @@ def verify_backup(directory: Path, name: str | None = None, target: str | None =
 
 def record_verification(directory: Path, result: Verification) -> None:
     outcome = {"at": time.time(), "success": result.success, "restore": result.restore,
-               "backup": result.backup, "message": result.failure or "; ".join(result.checks)}
+               "backup": result.backup, "message": result.failure or "; ".join(result.checks + result.notes)}
     with StateFile(directory).update() as state:
         entry = find_backup(state, result.backup)
         if entry is not None:
