@@ -16,11 +16,19 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from exporter import sqlshape
-from exporter.files import CONFIG_LIMIT, SECRET_LIMIT, UnreadableFile, read_limited, read_text, shown_path
+from exporter.files import CONFIG_LIMIT, SECRET_LIMIT, UnreadableFile, read_limited, read_text
 from exporter.schema import MAX_DURATION_SECONDS as MAX_DURATION_SECONDS  # re-exported for callers
 from exporter.schema import Checker, Key, Section, did_you_mean
 from exporter.schema import parse_duration as parse_duration
-from exporter.yamlsource import LocatedData, LocatedErrors, YamlSyntaxError, describe_value, load_located, shown_key
+from exporter.yamlsource import (
+    LocatedData,
+    LocatedErrors,
+    YamlSyntaxError,
+    describe_value,
+    load_located,
+    shown,
+    shown_list,
+)
 
 PACKS_DIR = Path(__file__).parent / "packs"
 DEFAULT_LISTEN = "127.0.0.1:9187"
@@ -502,7 +510,7 @@ class _Checker(Checker):
             if not isinstance(key, str) or not _LABEL_NAME.match(key) or key.startswith("__"):
                 self.error(lpath, "expected a label name matching [a-zA-Z_][a-zA-Z0-9_]*")
             elif key in RESERVED_LABELS:
-                self.error(lpath, f"label '{key}' is set by pgvigil and cannot be overridden")
+                self.error(lpath, f"label {shown(key)} is set by pgvigil and cannot be overridden")
             elif isinstance(val, (str, int, float)) and not isinstance(val, bool):
                 labels.append((key, str(val)))
             else:
@@ -561,7 +569,7 @@ class _Checker(Checker):
             file_name = self.typed(raw["dsn_file"], path + ("dsn_file",), "str")
             if file_name is None:
                 return None
-            named = shown_path(file_name)
+            named = shown(file_name, quoted=False)
             try:
                 text = read_limited(os.path.expanduser(file_name), SECRET_LIMIT, "DSN file").decode("utf-8").strip()
             except UnreadableFile as exc:
@@ -595,8 +603,8 @@ class _Checker(Checker):
             else:
                 hint = did_you_mean(name, [*packs, "default"])
                 known = ", ".join(["default", *packs]) or "default"
-                self.error(("collectors", i), f"unknown query pack '{name}'" +
-                           (f"; did you mean '{hint}'?" if hint else f"; expected one of: {known}"))
+                self.error(("collectors", i), f"unknown query pack {shown(name)}" +
+                           (f"; did you mean {shown(hint)}?" if hint else f"; expected one of: {known}"))
         return tuple(dict.fromkeys(chosen))
 
     def pack_queries(self, pack: str, defaults: Defaults) -> list[QuerySpec]:
@@ -635,11 +643,11 @@ class _Checker(Checker):
         labels = self.string_list(raw.get("labels", []), path + ("labels",), doc)
         for i, label in enumerate(labels):
             if not _LABEL_NAME.match(label) or label.startswith("__"):
-                self.error(path + ("labels", i), f"'{label}' is not a valid label name", doc)
+                self.error(path + ("labels", i), f"{shown(label)} is not a valid label name", doc)
             elif label in RESERVED_LABELS:
-                self.error(path + ("labels", i), f"label '{label}' is set by pgvigil; rename the column", doc)
+                self.error(path + ("labels", i), f"label {shown(label)} is set by pgvigil; rename the column", doc)
             elif label in labels[:i]:
-                self.error(path + ("labels", i), f"label '{label}' is listed twice", doc)
+                self.error(path + ("labels", i), f"label {shown(label)} is listed twice", doc)
         help_text = values.get("help", name)
         metrics = self.metrics(raw.get("metrics"), path + ("metrics",), name, help_text, doc)
         scope = self.choice(raw.get("scope", QUERY_KEYS["scope"].default), path + ("scope",), SCOPES, doc)
@@ -672,8 +680,8 @@ class _Checker(Checker):
         by = self.typed(body.get("by"), path + ("by",), "str", doc)
         limit = self.typed(body.get("limit"), path + ("limit",), "int", doc)
         if by is not None and by not in counters:
-            choices = ", ".join(counters) or "none"
-            self.error(path + ("by",), f"expected one of the query's counter columns ({choices}), got '{by}'", doc)
+            self.error(path + ("by",), f"expected one of the query's counter columns ({shown_list(counters)}), "
+                                       f"got {shown(by)}", doc)
             by = None
         if limit == 0:
             self.error(path + ("limit",), "expected at least 1", doc)
@@ -691,8 +699,7 @@ class _Checker(Checker):
         names = self.string_list(raw["sql_labels"], path, doc)
         for i, name in enumerate(names):
             if name not in labels:
-                self.error(path + (i,), f"'{name}' is not one of the query's labels ({', '.join(labels) or 'none'})",
-                           doc)
+                self.error(path + (i,), f"{shown(name)} is not one of the query's labels ({shown_list(labels)})", doc)
         if any(m.type.is_histogram for m in metrics):
             self.error(path, "histogram rows are folded as they are fetched: their labels cannot hold SQL text", doc)
         return names
@@ -777,7 +784,8 @@ class _Checker(Checker):
         for metric in metrics:
             if metric.column in labels:
                 self.error(path + ("metrics", metric.column),
-                           f"column '{metric.column}' is both a label and a metric; use it as one or the other", doc)
+                           f"column {shown(metric.column)} is both a label and a metric; use it as one or the other",
+                           doc)
             if metric.type.is_histogram and "le" in labels:
                 self.error(path + ("labels",), "label 'le' is reserved for histogram buckets", doc)
         if PREVIOUS_RUN_PLACEHOLDER in sql and not any(m.type is MetricType.HISTOGRAM for m in metrics):
@@ -834,8 +842,8 @@ class _Checker(Checker):
             for target in targets:
                 clash = set(dict(target.labels)) & set(query.labels)
                 if clash:
-                    self.error(where + ("labels",), f"label(s) {', '.join(sorted(clash))} clash with "
-                                                    f"constant labels of target '{target.name}'")
+                    self.error(where + ("labels",), f"label(s) {shown_list(sorted(clash))} clash with "
+                                                    f"constant labels of target {shown(target.name)}")
         if backup:
             self.check_backup_target(backup.target, targets)
 
@@ -843,12 +851,12 @@ class _Checker(Checker):
         """The target backups dump (named, or the only one) exists and is a PostgreSQL server."""
         by_name = {t.name: t for t in targets}
         if name and name not in by_name:
-            self.error(("backup", "target"), f"unknown target '{shown_key(name)}'")
+            self.error(("backup", "target"), f"unknown target {shown(name)}")
             return
         chosen = by_name[name] if name else (targets[0] if len(targets) == 1 else None)
         if chosen is not None and chosen.kind != "postgres":
             self.error(("backup", "target") if name else ("backup",),
-                       f"target '{shown_key(chosen.name)}' is a {chosen.kind} admin console, which pg_dump cannot "
+                       f"target {shown(chosen.name)} is a {chosen.kind} admin console, which pg_dump cannot "
                        "dump; set backup.target to a postgres target")
 
     def where(self, query: QuerySpec) -> tuple:
@@ -861,14 +869,14 @@ class _Checker(Checker):
         seen: set[str] = set()
         for ref in self.query_refs:
             if ref.name and ref.name in seen:
-                self.error(ref.where, f"query name '{ref.name}' is used twice")
+                self.error(ref.where, f"query name {shown(ref.name)} is used twice")
             seen.add(ref.name)
             for wanted in ref.targets or ():
                 if wanted not in names:
                     self.error(ref.where + ("targets",),
-                               f"unknown target '{shown_key(wanted)}'; configured: {', '.join(sorted(names))}")
+                               f"unknown target {shown(wanted)}; configured: {', '.join(sorted(names))}")
                 elif kinds[wanted] != ref.kind:
-                    self.error(ref.where + ("targets",), f"target '{wanted}' is a {kinds[wanted]} target; "
+                    self.error(ref.where + ("targets",), f"target {shown(wanted)} is a {kinds[wanted]} target; "
                                                          f"this query runs on {ref.kind} targets (its `kind`)")
 
     def check_family(self, query: QuerySpec, metric: MetricSpec, where: tuple,
@@ -880,21 +888,21 @@ class _Checker(Checker):
         own = _sample_names(metric)
         reserved = [n for n in own if n in RESERVED_METRIC_NAMES or n.startswith(RESERVED_METRIC_PREFIXES)]
         if reserved:
-            self.error(path, f"metric '{metric.name}' writes '{reserved[0]}', a name pgvigil itself exports "
+            self.error(path, f"metric {shown(metric.name)} writes {shown(reserved[0])}, a name pgvigil itself exports "
                              f"({', '.join(RESERVED_METRIC_NAMES)}, {'*, '.join(RESERVED_METRIC_PREFIXES)}*)")
             return
         other = families.get(metric.name)
         if other and _versions_overlap(other[0], query):
-            self.error(path, f"metric '{metric.name}' is also produced by query '{other[0].name}'")
+            self.error(path, f"metric {shown(metric.name)} is also produced by query {shown(other[0].name)}")
         elif other and other[1].type != metric.type:
-            self.error(path, f"metric '{metric.name}' has type {metric.type} here "
-                             f"but {other[1].type} in query '{other[0].name}'")
+            self.error(path, f"metric {shown(metric.name)} has type {metric.type} here "
+                             f"but {other[1].type} in query {shown(other[0].name)}")
         elif not other:
             clash = next((n for n in own if n in samples), None)
             if clash:
                 writer = samples[clash]
-                self.error(path, f"metric '{metric.name}' writes series '{clash}', which {writer[1].type} "
-                                 f"'{writer[1].name}' of query '{writer[0].name}' also writes")
+                self.error(path, f"metric {shown(metric.name)} writes series {shown(clash)}, which {writer[1].type} "
+                                 f"{shown(writer[1].name)} of query {shown(writer[0].name)} also writes")
         families.setdefault(metric.name, (query, metric))
         for name in own:
             samples.setdefault(name, (query, metric))

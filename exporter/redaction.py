@@ -1,41 +1,65 @@
 """Secrets out of text: DSN passwords and known secret strings never reach logs, metrics or errors.
 
-Masking works from the structure of the DSN, not from patterns over messages: libpq's own parser
-(`psycopg2.extensions.parse_dsn`) says what the password is, and the text the user wrote for it
-(percent-encoded or not, quoted or not, even when libpq cannot parse it) is located in the DSN
-itself. Any run of `MIN_FRAGMENT` or more characters of either that shows up in a message is
-masked, so a message that quotes a cut piece of the password (libpq's parse errors do: the piece
-after a '"' or a '/') shows none of it. Values that may hold a secret are never put into a
-message in the first place (`may_hold_secret`); this module is the last line of defence.
+Masking works from structure, not from patterns over messages:
+
+- In any text, a conninfo `password=` value (quoted or bare) and a URI's password (`scheme://user:PASS@`)
+  are masked whatever their length.
+- The known secrets (what libpq's own parser, `psycopg.conninfo.conninfo_to_dict`, says the password is,
+  the text the user wrote for it, and their percent-encoded forms) are masked:
+  - one of `ANYWHERE` or more characters wherever it appears, even inside a word;
+  - a shorter one (of `MIN_SECRET` or more) where it stands as a word: not glued to a letter, digit or '_';
+  - a piece of one (`MIN_PIECE` or more characters) where libpq could have cut it (at the ends of the
+    secret or next to one of its punctuation characters: libpq's messages quote such pieces, e.g. the part
+    of a password after an unencoded '@' as a host name) and where it stands as a word in the text.
+  A secret of one or two characters is masked by structure only: masking every "4" or "a" of every log
+  line would garble the logs and tell a reader the password by where the masks are.
+
+Values that may hold a secret are never put into a message in the first place (`may_hold_secret`, the
+one rule config errors follow); this module's `redact` is the last line of defence.
 """
 from __future__ import annotations
 
 import functools
 import re
+import urllib.parse
 from typing import Iterable, Sequence
 
-import psycopg2.extensions
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
-# Fragments shorter than this are not masked on their own: with 2 characters, every message
-# would be riddled with '***' for any common pair, and 2 characters of a password give nothing away.
-MIN_FRAGMENT = 3
 MASK = "***"
+MIN_SECRET = 3  # shorter secrets are masked by structure only (see the module docstring)
+MIN_PIECE = 4  # a cut piece of a secret shorter than this gives nothing away
+ANYWHERE = 8  # a secret this long is masked even inside a word: it cannot be an accident of the text
 # Longest piece kept in the lookup set: a longer run is masked as consecutive pieces, and the set
 # stays linear in the secret's length (a 10 KB token in a DSN costs ~1 MB, not its square).
 MAX_PIECE = 32
 
-_PASSWORD_IN_TEXT = re.compile(r"(password\s*=\s*)\S+|(://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
+# `password = value`: quoted (libpq's quoting: backslash escapes, possibly unterminated) or bare.
+_KEYWORD_IN_TEXT = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s'\"]\S*)", re.IGNORECASE | re.DOTALL)
+# `scheme://user:password@`: up to the last '@' of the run without whitespace (a password may hold an '@').
+_USERINFO_IN_TEXT = re.compile(r"([a-z][a-z0-9+.\-]*://[^\s:/@'\"]*:)\S*@", re.IGNORECASE)
 _URI_PREFIX = re.compile(r"^\s*postgres(?:ql)?://", re.IGNORECASE)
 # In key=value form, a password value runs to the next `keyword=` (over-masking is safe: a value
 # with an unbalanced quote or a space is exactly the case where libpq's own split is not the user's).
 _KEYWORD_PASSWORD = re.compile(r"password\s*=\s*(.*?)(?=\s+[A-Za-z_]+\s*=|\s*$)", re.IGNORECASE | re.DOTALL)
+# Shapes of a value that may be or hold a secret (besides a conninfo/URI): a pgpass line
+# (host:port:db:user:password), a `secret: value` pair, a percent-encoded '@'.
+_SECRET_SHAPES = re.compile(r"^[^:\s]*:[^:\s]*:[^:\s]*:[^:\s]*:\S|(?:pass(?:word)?|passwd|pwd|secret|token"
+                            r"|api[_-]?key)\s*[:=]|%40", re.IGNORECASE)
 
 
 def dsn_password(dsn: str) -> str | None:
-    try:
-        return psycopg2.extensions.parse_dsn(dsn).get("password") if dsn else None
-    except psycopg2.ProgrammingError:
+    """The password libpq reads from `dsn` (None when it has none or cannot be parsed).
+
+    A parse error is dropped, never passed on: its message quotes pieces of the DSN."""
+    if not dsn:
         return None
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except psycopg.ProgrammingError:
+        return None
+    return None if password is None else str(password)
 
 
 def dsn_secrets(dsn: str) -> list[str]:
@@ -57,60 +81,101 @@ def dsn_secrets(dsn: str) -> list[str]:
 
 
 def may_hold_secret(text: str) -> bool:
-    """Whether a value written in a file could be a connection string (and so hold a password).
+    """Whether a value written in a file could be or hold a secret, so that no message may echo it.
 
-    libpq reads a string as a conninfo when it starts with postgres(ql):// or holds a '=';
-    an '@' is a URI's userinfo with a mangled prefix. Such values are never echoed in messages."""
-    return bool(_URI_PREFIX.match(text)) or "=" in text or "@" in text or "://" in text
+    libpq reads a string as a conninfo when it starts with postgres(ql):// or holds a '=' (so
+    `password=` is covered); an '@' or '://' is a URI's userinfo with a mangled prefix; a pgpass line,
+    a `token: ...` pair and a percent-encoded '@' are the other shapes a credential is written in."""
+    return (bool(_URI_PREFIX.match(text)) or "=" in text or "@" in text or "://" in text
+            or bool(_SECRET_SHAPES.search(text)))
 
 
 def redact(text: str, secrets: Sequence[str] = ()) -> str:
-    """Remove passwords from a message: DSN forms, and every fragment of the known secret strings."""
-    text = _PASSWORD_IN_TEXT.sub(lambda m: (m.group(1) or m.group(2)) + MASK + ("" if m.group(1) else "@"), text)
-    return _fragments(tuple(secrets)).mask(text) if secrets else text
+    """`text` with passwords masked: by structure (`password=`, a URI's userinfo), then the known `secrets`."""
+    text = _KEYWORD_IN_TEXT.sub(lambda m: m.group(1) + MASK, text)
+    text = _USERINFO_IN_TEXT.sub(lambda m: m.group(1) + MASK + "@", text)
+    return _masker(tuple(secrets)).mask(text) if secrets else text
 
 
 @functools.lru_cache(maxsize=64)
-def _fragments(secrets: tuple[str, ...]) -> "Fragments":
-    return Fragments(secrets)
+def _masker(secrets: tuple[str, ...]) -> "SecretMasker":
+    return SecretMasker(secrets)
 
 
-class Fragments:
-    """Masks any run of `MIN_FRAGMENT`+ characters that is a piece of a secret (a whole short secret too).
+def _is_word(char: str) -> bool:
+    return char.isalnum() or char == "_"
 
-    A run starts only where a `MIN_FRAGMENT`-gram of a secret occurs, and grows while it is still
-    a substring of some secret (a set lookup per character)."""
+
+def _boundary(text: str, i: int) -> bool:
+    """Whether position `i` of `text` is not inside a word (a cut there leaves no letter on both sides)."""
+    return i <= 0 or i >= len(text) or not (_is_word(text[i - 1]) and _is_word(text[i]))
+
+
+class SecretMasker:
+    """Masks the known secrets of a message (see the module docstring for the rules).
+
+    A run starts only where a `MIN_SECRET`-gram of a secret occurs (found with str.find, at C speed,
+    so a 20 MB message costs one pass per gram), and grows while it is still a substring of a secret
+    (a set lookup per character); it is masked when it is a whole secret or a piece libpq could cut,
+    standing as a word in the text."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        self.pieces: set[str] = set()
-        self.short: list[str] = []
-        self.grams: set[str] = set()
+        forms = set()
         for secret in secrets:
-            if len(secret) < MIN_FRAGMENT:
-                self.short.append(secret)
-                continue
+            if len(secret) >= MIN_SECRET:
+                forms |= {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote(secret)}
+        self.anywhere = sorted((s for s in forms if len(s) >= ANYWHERE), key=len, reverse=True)
+        self.pieces: set[str] = set()  # every substring up to MAX_PIECE: what a run may grow through
+        self.cuttable: set[str] = set()  # the pieces that start and end where libpq may cut
+        self.grams: set[str] = set()
+        for secret in forms:
             n = len(secret)
-            self.grams.update(secret[i:i + MIN_FRAGMENT] for i in range(n - MIN_FRAGMENT + 1))
-            self.pieces.update(secret[i:j] for i in range(n)
-                               for j in range(i + MIN_FRAGMENT, min(n, i + MAX_PIECE) + 1))
+            self.grams.update(secret[i:i + MIN_SECRET] for i in range(n - MIN_SECRET + 1))
+            cuts = [i for i in range(n + 1) if _boundary(secret, i)]
+            for i in range(n):
+                self.pieces.update(secret[i:j] for j in range(i + MIN_SECRET, min(n, i + MAX_PIECE) + 1))
+            for x, i in enumerate(cuts):
+                for j in cuts[x + 1:]:
+                    if j - i > MAX_PIECE:
+                        break
+                    if j - i >= MIN_PIECE or (i, j) == (0, n):
+                        self.cuttable.add(secret[i:j])
 
     def mask(self, text: str) -> str:
-        # Candidate starts are found with str.find (C speed), so a 20 MB message costs one pass per gram.
+        for secret in self.anywhere:
+            text = text.replace(secret, MASK)
         starts = sorted({i for gram in self.grams for i in _occurrences(text, gram)})
         out: list[str] = []
         pos = 0
+        chained = -1  # the end of a masked run that stopped at MAX_PIECE: the next one goes on from there
         for i in starts:
             if i < pos:
                 continue
-            j = i + MIN_FRAGMENT
+            j = i + MIN_SECRET
             while j < len(text) and j - i < MAX_PIECE and text[i:j + 1] in self.pieces:
                 j += 1
-            out += [text[pos:i], MASK]
-            pos = j
-        masked = "".join(out) + text[pos:]
-        for secret in self.short:
-            masked = masked.replace(secret, MASK)
-        return masked
+            end = self._masked_end(text, i, j, continued=i == chained)
+            if end is None:
+                continue
+            if i > pos or not out:  # a run continuing the previous one shares its mask
+                out += [text[pos:i], MASK]
+            pos = end
+            chained = end if end - i == MAX_PIECE else -1
+        return "".join(out) + text[pos:]
+
+    def _masked_end(self, text: str, i: int, j: int, continued: bool) -> int | None:
+        """Where the run of secret text from `i` (at most up to `j`) is masked to; None: it is not masked.
+
+        The longest run that is a piece libpq could cut standing as a word in the text, or one of
+        `ANYWHERE` characters or more; runs of `MAX_PIECE` (and what continues them) are no accident."""
+        if continued or j - i == MAX_PIECE:
+            return j
+        starts_word = _boundary(text, i)
+        for end in range(j, i + MIN_SECRET - 1, -1):
+            piece = text[i:end]
+            if piece in self.cuttable and (end - i >= ANYWHERE or (starts_word and _boundary(text, end))):
+                return end
+        return None
 
 
 def _occurrences(text: str, gram: str) -> Iterable[int]:
@@ -135,11 +200,11 @@ def connect_error(message: str, dsn: str) -> str:
 
 
 def _is_parse_error(message: str, dsn: str) -> bool:
-    if message.lstrip().lower().startswith("invalid dsn"):
+    if message.lstrip().lower().startswith(("invalid dsn", "invalid connection string")):
         return True
     try:
-        psycopg2.extensions.parse_dsn(dsn)
-    except psycopg2.ProgrammingError:
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:  # its message quotes the DSN: only the fact is used
         return True
     return False
 

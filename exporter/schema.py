@@ -26,6 +26,7 @@ from exporter.yamlsource import (
     describe_value,
     format_key_path,
     load_located,
+    shown,
     shown_key,
 )
 
@@ -132,7 +133,7 @@ class Checker:
     def unknown_key(self, key: Any, allowed: tuple[str, ...]) -> str:
         """The message for a key not in the section; files with a published message format override it."""
         hint = did_you_mean(str(key), allowed)
-        suggestion = f"did you mean '{hint}'?" if hint else f"expected one of: {', '.join(allowed)}"
+        suggestion = f"did you mean {shown(hint)}?" if hint else f"expected one of: {', '.join(allowed)}"
         return f"unknown key '{shown_key(key)}'; {suggestion}"
 
     def mapping(self, value: Any, path: tuple, allowed: Section | tuple[str, ...] | None,
@@ -185,7 +186,7 @@ class Checker:
             return value
         hint = did_you_mean(str(value), names)
         self.error(path, f"expected one of {', '.join(names)}, got {describe_value(value)}"
-                   + (f"; did you mean '{hint}'?" if hint else ""), doc)
+                   + (f"; did you mean {shown(hint)}?" if hint else ""), doc)
         return None
 
     def string_list(self, value: Any, path: tuple, doc: LocatedData | None = None) -> tuple[str, ...]:

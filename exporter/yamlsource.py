@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from exporter.redaction import may_hold_secret
+from exporter.redaction import may_hold_secret, redact
 
 Path_ = tuple  # a key path such as ("queries", 3, "metrics", "count", "type")
 MAX_NODES = 1_000_000  # values in one document after alias expansion
@@ -42,6 +42,33 @@ class LocatedData:
         return self.lines.get(())
 
 
+NOT_SHOWN = "<not shown: it may hold a secret>"  # a value named in a message
+NOT_SHOWN_VALUE = "a string that may hold a secret (not shown)"  # the same, as `describe_value` words a value
+LONGEST_SHOWN = 40  # characters of a value a message quotes; a longer one is cut with "..."
+
+
+def shown(value: Any, quoted: bool = True) -> str:
+    """A value the user wrote, as every message quotes it: `'pg_locks'` (`pg_locks` unquoted), or `NOT_SHOWN`.
+
+    The one rule for echoing a file's values: a string that may be or hold a secret (a DSN, a
+    `password=`, a URI with a userinfo: `redaction.may_hold_secret`) is never echoed, whatever
+    the key it was found under. Every message that names a value the user wrote goes through here
+    (or `describe_value`, `shown_key`, `shown_list`, which do)."""
+    if not isinstance(value, str):
+        return describe_value(value)
+    if may_hold_secret(value):
+        return NOT_SHOWN
+    if not quoted:  # a path or a name: whole, and quoted only when it holds a newline or another control character
+        return value if value.isprintable() else repr(value)
+    return repr(value if len(value) <= LONGEST_SHOWN else value[:LONGEST_SHOWN - 3] + "...")
+
+
+def shown_list(values: Any, empty: str = "none") -> str:
+    """Names the user wrote, listed in a message: `a, b`; each follows `shown`'s rule."""
+    shown_values = (shown(value, quoted=False) if isinstance(value, str) else shown(value) for value in values)
+    return ", ".join(shown_values) or empty
+
+
 def describe_value(value: Any) -> str:
     """How an error message names a value the user wrote: 'the string 'x'', 'a list', ..."""
     if value is None:
@@ -51,10 +78,8 @@ def describe_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return "a huge number" if abs(value) >= 1e15 else f"the number {value!r}"  # nan reads as nan
     if isinstance(value, str):
-        if may_hold_secret(value):  # a DSN where a name or number was expected: its password must not be echoed
-            return "a string that may be a connection string (not shown)"
-        shown = value if len(value) <= 40 else value[:37] + "..."
-        return f"the string {shown!r}"
+        quoted = shown(value)
+        return NOT_SHOWN_VALUE if quoted == NOT_SHOWN else f"the string {quoted}"
     if isinstance(value, list):
         return "a list" if value else "an empty list"
     if isinstance(value, dict):
@@ -63,7 +88,7 @@ def describe_value(value: Any) -> str:
 
 
 def shown_key(key: Any) -> Any:
-    """A mapping key as messages show it: a key that may be a connection string is not echoed."""
+    """A mapping key as key paths show it (unquoted): a key that may hold a secret is not echoed."""
     if isinstance(key, str) and may_hold_secret(key):
         return "<key not shown>"
     # a newline in a key ("a\n" from a quoted key) would split the one-line message
@@ -90,7 +115,9 @@ class LocatedErrors:
         doc = doc or self.doc
         line = doc.line_of(path)
         where = f"{doc.source}:{line}" if line else doc.source
-        self.messages.append(f"{where}: {format_key_path(path)}: {message}")
+        # `redact`: the structural masks (`password=...`, a URI's userinfo) over the whole message, the last
+        # line of defence behind `shown`, which keeps such values out of the message in the first place
+        self.messages.append(redact(f"{where}: {format_key_path(path)}: {message}"))
 
     def in_file_order(self) -> list[str]:
         return sorted(self.messages, key=_position)

@@ -222,7 +222,7 @@ def test_every_config_error_is_reported_in_one_pass():
     ("queries:\n  - name: |\n      q\n    sql: SELECT 1 AS v\n    metrics:\n      v: {}\n",
      "c.yaml:3: queries[0].name: expected a name matching [a-zA-Z_:][a-zA-Z0-9_:]*, got the string 'q\\n'"),
     ("queries:\n  - name: q\n    sql: SELECT 1 AS v\n    labels: [\"a\\n\"]\n    metrics:\n      v: {}\n",
-     "c.yaml:5: queries[0].labels[0]: 'a\n' is not a valid label name"),
+     "c.yaml:5: queries[0].labels[0]: 'a\\n' is not a valid label name"),
     ("queries:\n  - name: q\n    sql: SELECT 1 AS v\n    metrics:\n      v: {name: \"m\\n\"}\n",
      "c.yaml:6: queries[0].metrics.v.name: expected a metric name matching [a-zA-Z_:][a-zA-Z0-9_:]*, "
      "got the string 'm\\n'"),

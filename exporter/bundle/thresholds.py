@@ -15,6 +15,7 @@ from typing import Any
 
 from exporter.config import ConfigError
 from exporter.schema import EntriesChecker, Key, Section, did_you_mean, parse_entries, read_entries_file
+from exporter.yamlsource import shown
 
 DEFAULT_THRESHOLDS = Path(__file__).with_name("default_thresholds.yaml")
 
@@ -44,12 +45,13 @@ def duration_problem(value: Any, example: str = "5m or 1h30m") -> str | None:
     if value == "0":
         return None
     if match is None and isinstance(value, str) and _DURATION_PARTS.fullmatch(value):
-        return f"units go from the largest to the smallest, each at most once (y, w, d, h, m, s, ms), got {value!r}"
+        return ("units go from the largest to the smallest, each at most once (y, w, d, h, m, s, ms), "
+                f"got {shown(value)}")
     if match is None:
-        return f"expected a Prometheus duration such as {example}, got {value!r}"
+        return f"expected a Prometheus duration such as {example}, got {shown(value)}"
     milliseconds = sum(int(amount) * unit for amount, unit in zip(match.groups(), _UNIT_MILLISECONDS) if amount)
     if milliseconds * 1_000_000 > MAX_DURATION_NANOSECONDS:
-        return f"{value!r} is longer than Prometheus can represent (about 292 years)"
+        return f"{shown(value)} is longer than Prometheus can represent (about 292 years)"
     return None
 
 
@@ -97,7 +99,7 @@ class _Checker(EntriesChecker[Threshold]):
 
     def unknown_key(self, key: Any, allowed: tuple[str, ...]) -> str:
         hint = did_you_mean(str(key), allowed)
-        return f"unknown key{f' (did you mean {hint!r}?)' if hint else ''}; allowed: {', '.join(allowed)}"
+        return f"unknown key{f' (did you mean {shown(hint)}?)' if hint else ''}; allowed: {', '.join(allowed)}"
 
     def missing_key(self, name: str) -> str:
         return f"missing key '{name}'"
@@ -121,10 +123,10 @@ class _Checker(EntriesChecker[Threshold]):
             self.error((name, "for"), problem)
         unit = entry.get("unit")
         if "unit" in entry and unit not in UNITS:
-            self.error((name, "unit"), f"expected one of {', '.join(UNITS)}, got {unit!r}")
+            self.error((name, "unit"), f"expected one of {', '.join(UNITS)}, got {shown(unit)}")
         direction = entry.get("direction", THRESHOLD_KEYS["direction"].default)
         if direction not in DIRECTIONS:
-            self.error((name, "direction"), f"expected above or below, got {direction!r}")
+            self.error((name, "direction"), f"expected above or below, got {shown(direction)}")
         description = entry.get("description")
         if "description" in entry and not (isinstance(description, str) and description.strip()):
             self.error((name, "description"), "expected a sentence naming what is measured and its source")
@@ -148,6 +150,6 @@ class _Checker(EntriesChecker[Threshold]):
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            self.error(path, f"expected a number or null, got {value!r}")
+            self.error(path, f"expected a number or null, got {shown(value)}")
             return None
         return value
