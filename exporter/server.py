@@ -216,9 +216,14 @@ def _handler_class(exporter: Exporter, authorize: Callable[[str | None], bool] |
             return (200 if healthy else 503), "application/json", json.dumps(body, indent=2).encode() + b"\n"
 
         def service_discovery(self, params: dict) -> tuple[int, str, bytes]:
-            """Prometheus http_sd: each target and discovered database, probed through this exporter."""
+            """Prometheus http_sd: each target and discovered database, probed through this exporter.
+
+            The targets name the exporter's own address: the host it was told to listen on, or, listening on
+            every interface, the one this connection reached (as the socket says); never the request's `Host`
+            header, which is the client's to write (a forged one would send every probe elsewhere)."""
             exporter.runner.refresh_discovery()
-            address = self.headers.get("Host") or host_port(*self.connection.getsockname()[:2])
+            local_host, port = self.connection.getsockname()[:2]
+            address = host_port(getattr(self.server, "advertised_host", None) or local_host, port)
             groups = http_sd(exporter.runner.targets.values(), address)
             return 200, "application/json", json.dumps(groups, indent=2).encode() + b"\n"
 
@@ -341,6 +346,10 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+# Listening on every interface: /sd then names the interface each request came in on.
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+
 def split_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]") or "127.0.0.1", int(port)
@@ -349,6 +358,7 @@ def split_listen(listen: str) -> tuple[str, int]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    advertised_host: str | None = None  # the listen address's host, unless it is every interface's
     # listen() backlog: socketserver's default of 5 drops connections when many scrapers
     # (several Prometheus replicas, /probe fan-out) connect at the same moment.
     request_queue_size = 512
@@ -381,6 +391,7 @@ def make_server(exporter: Exporter, listen: str, wrap_socket: Callable | None = 
     """`wrap_socket` wraps the listening socket (TLS); `authorize(Authorization header) -> bool` gates every request."""
     host, port = split_listen(listen)
     server = (_Server6 if ":" in host else _Server)((host, port), _handler_class(exporter, authorize))
+    server.advertised_host = None if host in WILDCARD_HOSTS else host
     if wrap_socket is not None:
         server.socket = wrap_socket(server.socket)
     return server

@@ -2,9 +2,11 @@
 and a real Prometheus that finds them through /sd and scrapes each through /probe."""
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -79,6 +81,35 @@ def test_sd_lists_every_database_as_a_probe_target(server, databases):
         "instance": f"prod/{databases}_{name}", "__meta_pgvigil_target": "prod",
         "__meta_pgvigil_datname": f"{databases}_{name}"}}
         for name in ("app", "billing")]
+
+
+def sd_targets(url: str, host_header: str) -> list[list[str]]:
+    """The `targets` of each /sd group, asked with a `Host` header of the client's choosing."""
+    address = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+    try:
+        connection.putrequest("GET", "/sd", skip_host=True)
+        connection.putheader("Host", host_header)
+        connection.endheaders()
+        response = connection.getresponse()
+        assert response.status == 200
+        return [group["targets"] for group in json.loads(response.read())]
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:0", "0.0.0.0:0"])
+@pytest.mark.parametrize("forged", ["evil.example:9187", "169.254.169.254:80", "127.0.0.1:1", ""])
+def test_sd_targets_the_exporter_whatever_the_host_header_says(listen, forged):
+    """A client writes the Host header: /sd must not hand Prometheus an address of the client's choosing."""
+    config = parse_config("collectors: []\ntargets:\n  a: postgresql://u@127.0.0.1:1/x\n  b: postgresql://u@127.0.0.1:1/y\n")
+    handle = start_server(config, listen=listen)
+    try:
+        port = handle.server.server_address[1]
+        url = f"http://127.0.0.1:{port}"
+        assert sd_targets(url, forged) == [[f"127.0.0.1:{port}"], [f"127.0.0.1:{port}"]]
+    finally:
+        handle.stop()
 
 
 @pytest.mark.skipif(not any(Path(p).exists() for p in ("/usr/bin/prometheus", "/usr/local/bin/prometheus")),
