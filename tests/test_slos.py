@@ -228,6 +228,43 @@ def test_bundle_reports_every_objective_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def latency_objective(*labels: str) -> str:
+    """An application latency objective whose metric_labels are `labels`, one per line from line 8."""
+    return ("app_latency:\n  kind: latency\n  objective: 0.99\n  bound: 250ms\n  source: application\n"
+            "  metric: app_request_duration_seconds\n  metric_labels:\n"
+            + "".join(f"    - {label}\n" for label in labels) + "  description: d\n")
+
+
+def test_bundle_refuses_objectives_that_would_paste_into_promql(tmp_path):
+    """metric_labels go into `sum without(...)`: a crafted one would turn the objective into a constant."""
+    crafted = tmp_path / "crafted.yaml"
+    crafted.write_text(latency_objective("route) (vector(0)) or sum without(x", "__name__", "le", "9lives",
+                                         "'route\"} or vector(1) #'", "route", "route")
+                       + "zero_bound:\n  kind: rto\n  objective: 0.99\n  bound: 0s\n  description: d\n")
+    result = CliRunner().invoke(main, ["bundle", "--objectives", str(crafted), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    name = "expected a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not starting with __), got the string"
+    assert result.output.splitlines() == [
+        f"error: {crafted}:8: app_latency.metric_labels[0]: {name} 'route) (vector(0)) or sum without(x'",
+        f"error: {crafted}:9: app_latency.metric_labels[1]: {name} '__name__'",
+        f"error: {crafted}:10: app_latency.metric_labels[2]: 'le' is the histogram's bucket label: the bucket at the "
+        "bound is read by it, never summed away",
+        f"error: {crafted}:11: app_latency.metric_labels[3]: {name} '9lives'",
+        f"error: {crafted}:12: app_latency.metric_labels[4]: {name} 'route\"}} or vector(1) #'",
+        f"error: {crafted}:14: app_latency.metric_labels[6]: label 'route' is listed twice",
+        f"error: {crafted}:19: zero_bound.bound: must be above zero: with a bound of 0 every event is bad and the "
+        "objective is a constant",
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_metric_labels_that_are_label_names_are_summed_away():
+    groups = slo_groups(parse_objectives(latency_objective("route", "_status"), "o.yaml"))["groups"]
+    exprs = "\n".join(rule["expr"] for group in groups for rule in group["rules"])
+    assert "sum without(route, _status) (rate(app_request_duration_seconds_count[5m]))" in exprs
+    assert 'sum without(le, route, _status) (rate(app_request_duration_seconds_bucket{le="0.25"}[5m]))' in exprs
+
+
 def test_bundle_writes_the_slo_files(tmp_path):
     written = write_bundle(None, tmp_path)
     assert tmp_path / ALERT_FILES["slos"] in written and tmp_path / ALERT_FILES["slo_tests"] in written

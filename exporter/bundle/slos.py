@@ -18,7 +18,7 @@ from typing import Any
 
 from exporter.config import ConfigError
 from exporter.schema import EntriesChecker, Key, Section, parse_duration, parse_entries, read_entries_file
-from exporter.yamlsource import describe_value
+from exporter.yamlsource import describe_value, shown
 
 DEFAULT_OBJECTIVES = Path(__file__).with_name("default_objectives.yaml")
 REFERENCE_PERIOD = 30 * 86400  # the period the workbook's windows and factors are written for
@@ -54,6 +54,11 @@ KIND_KEYS: dict[str, Section] = {
     ),
 }
 SOURCES = ("statements", "application")
+# What `slos_rules` pastes into PromQL is validated here, so no value can change an expression's meaning:
+# label names (`without(...)`), metric names, objective names (the `slo` label's value) and durations.
+LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+OBJECTIVE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 FASTEST_BURN = 14.4  # the fast page's burn factor (slos_rules.PAGE), as a share of the budget per hour
 
 
@@ -115,7 +120,7 @@ def parse_objectives(text: str, source: str = "<string>") -> dict[str, Objective
 class _ObjectiveChecker(EntriesChecker[Objective]):
     def entry(self, name: str, entry: Any) -> Objective | None:
         before = len(self.errors)
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        if not OBJECTIVE_NAME.fullmatch(name):
             self.error((name,), "objective names are lower_snake_case (they name the alert and the recording rules)")
         if not isinstance(entry, dict):
             self.error((name,), f"expected a mapping with kind, objective and description, got {describe_value(entry)}")
@@ -131,6 +136,10 @@ class _ObjectiveChecker(EntriesChecker[Objective]):
         if "period" in values and period < MIN_PERIOD:
             self.error((name, "period"), "must be at least 2h24m: its shortest burn window (5m of 30d) "
                                          "would be under a second")
+        for key in ("bound", "backup_age"):
+            if key in values and round(values[key], 12) <= 0:  # PromQL reads it to 12 decimals (slos_rules.number)
+                self.error((name, key), "must be above zero: with a bound of 0 every event is bad and the objective "
+                                        "is a constant")
         if kind == "latency":
             self._check_source(name, entry)
         if kind is None or len(self.errors) != before:
@@ -157,12 +166,26 @@ class _ObjectiveChecker(EntriesChecker[Objective]):
             return
         if source == "application":
             metric = entry.get("metric")
-            if not (isinstance(metric, str) and re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", metric)):
+            if not (isinstance(metric, str) and METRIC_NAME.fullmatch(metric)):
                 self.error((name, "metric") if "metric" in entry else (name,),
                            "source application needs metric: the name of a histogram, without _bucket")
             if "metric_labels" in entry:
-                self.string_list(entry["metric_labels"], (name, "metric_labels"))
+                self._check_metric_labels(name, entry["metric_labels"])
         else:
             for key in ("metric", "metric_labels"):
                 if key in entry:
                     self.error((name, key), "only for source application")
+
+    def _check_metric_labels(self, name: str, value: Any) -> None:
+        """The histogram's own labels, summed away in `without(...)`: each a Prometheus label name, once."""
+        path = (name, "metric_labels")
+        labels = self.string_list(value, path)
+        for i, label in enumerate(labels):
+            if not LABEL_NAME.fullmatch(label) or label.startswith("__"):
+                self.error(path + (i,), "expected a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not starting "
+                                        f"with __), got {describe_value(label)}")
+            elif label == "le":
+                self.error(path + (i,), "'le' is the histogram's bucket label: the bucket at the bound is read "
+                                        "by it, never summed away")
+            elif label in labels[:i]:
+                self.error(path + (i,), f"label {shown(label)} is listed twice")

@@ -53,6 +53,19 @@ SEVERITIES = (PAGE, TICKET)
 BURN_LABEL = {"critical": "page", "warning": "ticket"}
 
 
+def promql_string(value: str) -> str:
+    """A PromQL string literal (a label matcher's value): quotes, backslashes and newlines escaped.
+
+    The values pasted into the rules are validated when the objectives file is read (exporter/bundle/slos.py);
+    escaping them too means no value can end the string and add PromQL of its own."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def slo_selector(objective: Objective) -> str:
+    """`{slo="<name>"}`: the objective's own series."""
+    return "{slo=" + promql_string(objective.name) + "}"
+
+
 def ratio_name(window: str) -> str:
     return f"pgvigil:slo_errors:ratio_rate{window}"
 
@@ -73,7 +86,7 @@ def sli_expr(objective: Objective, window: str) -> str:
     if name == "latency":
         return _statement_latency(objective, window)
     # rpo and rto: the share of evaluations at which the breach indicator was 1
-    return f'avg_over_time(pgvigil:slo_breach:bool{{slo="{objective.name}"}}[{window}])'
+    return f"avg_over_time(pgvigil:slo_breach:bool{slo_selector(objective)}[{window}])"
 
 
 def _statement_latency(objective: Objective, window: str) -> str:
@@ -92,7 +105,8 @@ def _application_latency(objective: Objective, window: str) -> str:
     metric = objective.metric
     away = ", ".join(objective.metric_labels)
     without_le = ", ".join(("le", *objective.metric_labels))
-    good = f'sum without({without_le}) (rate({metric}_bucket{{le="{number(objective.bound or 0)}"}}[{window}]))'
+    bucket = "{le=" + promql_string(number(objective.bound or 0)) + "}"
+    good = f"sum without({without_le}) (rate({metric}_bucket{bucket}[{window}]))"
     total = f"sum without({away}) (rate({metric}_count[{window}]))" if away else f"rate({metric}_count[{window}])"
     return f"1 - {good}\n/ ({total} > 0)"
 
@@ -124,7 +138,7 @@ def _target_labels(expr: str) -> str:
 
 def recording_rules(objective: Objective) -> list[dict]:
     labels = {"slo": objective.name}
-    selector = f'{{slo="{objective.name}"}}'
+    selector = slo_selector(objective)
     windows = objective.windows()
     rules = []
     breach = breach_expr(objective)
@@ -152,7 +166,7 @@ def recording_rules(objective: Objective) -> list[dict]:
 
 def alert_expr(objective: Objective, burns: tuple[Burn, ...]) -> str:
     windows = objective.windows()
-    selector = f'{{slo="{objective.name}"}}'
+    selector = slo_selector(objective)
     pairs = []
     for burn in burns:
         level = number(burn.factor * objective.budget)

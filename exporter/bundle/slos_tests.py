@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 from exporter.bundle.catalog import BASE, number, selector
 from exporter.bundle.rules import BundleError
 from exporter.bundle.slos import REFERENCE_PERIOD, Objective, promql_duration
-from exporter.bundle.slos_rules import PAGE, SEVERITIES, Burn, description, runbook_url, summary
+from exporter.bundle.slos_rules import PAGE, SEVERITIES, Burn, description, runbook_url, slo_selector, summary
 
 RULE_FILE = "../pgvigil-slos.yml"
 # Minutes (of a 30-day period). Two hours of history before trouble keep the 6-hour window's ratio
@@ -278,7 +278,7 @@ def test_group(objective: Objective, title: str, segments: list[tuple[float, flo
     if title.startswith("healthy"):
         # exactly one series per target, with the target's constant labels, and budget left
         group["promql_expr_test"] = [{
-            "expr": f'count by (target, cluster) (pgvigil:slo_budget_remaining:ratio{{slo="{objective.name}"}} > 0)',
+            "expr": f"count by (target, cluster) (pgvigil:slo_budget_remaining:ratio{slo_selector(objective)} > 0)",
             "eval_time": alert_checks[-1]["eval_time"],
             "exp_samples": [{"labels": selector("", {"target": BASE["target"], "cluster": BASE["cluster"]}),
                              "value": 1}],
