@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 
+import psycopg
 from conftest import parse_exposition
 
 from exporter.config import parse_config
 from exporter.dev.throwaway import ThrowawayCluster
 from exporter.scrape.assembly import ScrapeText
 from exporter.scrape.runner import Runner
+from exporter.sqltext import NOT_SHOWN, dropped_texts
 
 
 def test_every_statements_query_reads_the_function_without_query_texts():
@@ -77,3 +79,36 @@ def test_statement_texts_show_what_a_queryid_is_without_its_constants_or_comment
     seconds = {dict(labels)["queryid"] for (name, labels) in parse_exposition(text)
                if name == "pg_stat_statements_seconds_total"}
     assert texts["SELECT count(*) FROM pg_class WHERE relname <> $1"] in seconds
+
+
+def test_statement_texts_typed_with_standard_conforming_strings_off_or_setting_values_never_show():
+    """A client with standard_conforming_strings off writes '\\'' inside a plain string; PostgreSQL 15 keeps
+    its ALTER ROLE as typed, and every version keeps a SET's bare value: none of it reaches a label."""
+    leaked, api_key, quoted, token = "Leak3dPart9c", "sk_live_51HxQz", "Qu0tedS3cret", "tok_77ab3e"
+    cluster = ThrowawayCluster().start()
+    try:
+        cluster.execute("CREATE EXTENSION pg_stat_statements; CREATE ROLE texts_app LOGIN")
+        with psycopg.connect(cluster.dsn(), autocommit=True, options="-c standard_conforming_strings=off") as conn:
+            conn.execute(f"ALTER ROLE texts_app PASSWORD 'abc\\' {leaked}'")
+        cluster.execute(f'SET app.api_key = {api_key}; SET app.quoted TO "{quoted}"; '
+                        f"ALTER ROLE texts_app SET app.token = {token}")
+        held = " ".join(row[0] for row in cluster.execute("SELECT query FROM pg_stat_statements"))
+        if int(cluster.execute("SHOW server_version_num")[0][0]) < 160000:
+            assert leaked in held  # the hazard is real where the test runs
+        assert api_key in held and quoted in held and token in held
+        before = dropped_texts()
+        runner = Runner(parse_config(f"collectors: [statement_texts]\ntargets:\n  db: {cluster.dsn()}\n"))
+        try:
+            text = ScrapeText(runner.config.queries).text(runner.scrape(timeout=20))
+        finally:
+            runner.close()
+    finally:
+        cluster.cleanup()
+    texts = {dict(labels)["query"] for (name, labels) in parse_exposition(text)
+             if name == "pg_stat_statements_query_info"}
+    assert "SET app.api_key = $1" in texts and "SET app.quoted TO $1" in texts
+    assert "ALTER ROLE texts_app SET app.token = $1" in texts
+    if leaked in held:
+        assert NOT_SHOWN in texts and dropped_texts() > before
+    for secret in (leaked, api_key, quoted, token):
+        assert secret not in text

@@ -10,7 +10,7 @@ import platform
 from typing import Iterable
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from exporter import __version__
@@ -18,6 +18,7 @@ from exporter.scrape.discovery import MONITORED, SKIP_OUTCOMES
 from exporter.scrape.exposition import escape_label_value, render_samples
 from exporter.scrape.outcome import Scrape
 from exporter.scrape.state import ERROR_REASONS
+from exporter.sqltext import dropped_texts
 
 # Reasons initialised at zero on every (target, query), so increase() sees the first error;
 # the rarer ones appear when they first happen, to keep the series count down.
@@ -35,12 +36,24 @@ class BuildInfoCollector:
         yield family
 
 
+class SqlTextCollector:
+    """Statement texts not shown because PostgreSQL could read their quotes two ways (exporter/sqltext.py)."""
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        yield CounterMetricFamily("pgvigil_sql_texts_dropped", "SQL texts (sql_labels) exported without their text "
+                                  "because PostgreSQL could read their quotes two ways", value=dropped_texts())
+
+
 def process_registry(extra_collectors: Iterable[Collector] = ()) -> CollectorRegistry:
-    """Registry of process/platform metrics, build info and any extra collectors (backups)."""
+    """Registry of process/platform metrics, build info, masked SQL texts and any extra collectors (backups)."""
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     registry.register(BuildInfoCollector())
+    registry.register(SqlTextCollector())
     for collector in extra_collectors:
         registry.register(collector)
     return registry
