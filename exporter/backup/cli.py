@@ -22,6 +22,12 @@ class Settings:
     target: str | None
     dsn: str | None
     backup: Any  # exporter.config.BackupConfig or None
+    spec: Any = None  # the config's exporter.config.TargetSpec of `target`, when there is one
+
+    @property
+    def cluster(self) -> bool:
+        """A `databases:` target: every database it names is backed up, and the globals (cluster.py)."""
+        return self.spec is not None and bool(self.spec.databases)
 
 
 def _load_config(path: str | None) -> Any:
@@ -44,14 +50,15 @@ def resolve(config_path: str | None, directory: str | None, target: str | None, 
         raise click.UsageError("give --dir, or --config with a backup: section that sets dir")
     names = [spec.name for spec in config.targets] if config else []
     target = target or (backup.target if backup else None) or (names[0] if len(names) == 1 else None)
+    spec = config.target(target) if config is not None and target in names else None
     if dsn is None and config is not None and target is not None:
-        if target not in names:
+        if spec is None:
             raise click.UsageError(f"target '{target}' is not in the config (targets: {', '.join(names) or 'none'})")
-        if config.target(target).kind != "postgres":
-            raise click.UsageError(f"target '{target}' is a {config.target(target).kind} admin console, which "
+        if spec.kind != "postgres":
+            raise click.UsageError(f"target '{target}' is a {spec.kind} admin console, which "
                                    "pg_dump cannot dump; name a postgres target")
-        dsn = config.target(target).dsn
-    return Settings(chosen_dir, target, dsn, backup)
+        dsn = spec.dsn
+    return Settings(chosen_dir, target, dsn, backup, spec)
 
 
 def _fail(exc: BackupError) -> click.ClickException:
@@ -108,6 +115,9 @@ def run(config_path: str | None, directory: str | None, target: str | None, dsn:
     if settings.dsn is None:
         raise click.UsageError("give --dsn, or --config and --target naming one of its targets")
     backup_cfg = settings.backup
+    if settings.cluster:
+        _run_cluster(settings, offsite_dir, progress)
+        return
     try:
         target = settings.target or Conninfo.parse(settings.dsn).dbname or "default"
         places = offsite_places(Path(offsite_dir) if offsite_dir else getattr(backup_cfg, "offsite_dir", None),
@@ -122,6 +132,44 @@ def run(config_path: str | None, directory: str | None, target: str | None, dsn:
         click.echo(f"  copied to {copy['location']}")
 
 
+def _run_cluster(settings: Settings, offsite_dir: str | None, progress: bool | None) -> None:
+    """Every database of a `databases:` target and the globals: one line each, exit 1 when one failed."""
+    from exporter.backup.cluster import run_cluster_backup
+    from exporter.backup.offsite import offsite_places
+    from exporter.backup.sizes import human_size
+
+    assert settings.dsn is not None and settings.target is not None  # resolved from the config's target
+    backup_cfg = settings.backup
+    try:
+        places = offsite_places(Path(offsite_dir) if offsite_dir else getattr(backup_cfg, "offsite_dir", None),
+                                getattr(backup_cfg, "s3", None))
+        result = run_cluster_backup(settings.dsn, settings.target, settings.spec.databases,
+                                    settings.spec.exclude_databases, settings.dir, progress=progress, offsite=places)
+    except BackupError as exc:
+        raise _fail(exc) from None
+    for outcome in result.outcomes:
+        entry = outcome.entry
+        if outcome.error is not None:
+            click.echo(f"FAILED {outcome.target}: {outcome.error}")
+            continue
+        assert entry is not None
+        what = "roles and tablespaces, " if entry.get("kind") == "globals" else ""
+        click.echo(f"backup {entry['name']}: {what}{human_size(entry['size_bytes'])} in "
+                   f"{entry['finished'] - entry['started']:.1f}s, sha256 {entry['sha256']} "
+                   f"({settings.dir / entry['files']['dump']})")
+        if outcome.note:
+            click.echo(f"  note: {outcome.note}")
+        for copy in entry["offsite"]:
+            click.echo(f"  copied to {copy['location']}")
+    for datname, why in result.left_out:
+        click.echo(f"not backed up: database {datname}: {why}")
+    done = sum(o.error is None for o in result.databases)
+    click.echo(f"{settings.target}: {done} of {len(result.databases)} databases backed up, globals "
+               f"{'backed up' if result.globals and result.globals.error is None else 'NOT backed up'}")
+    if not result.success:
+        raise SystemExit(1)
+
+
 @backup.command()
 @with_common(WITH_DSN)
 @click.argument("name", required=False)
@@ -131,23 +179,33 @@ def run(config_path: str | None, directory: str | None, target: str | None, dsn:
 def verify(config_path: str | None, directory: str | None, target: str | None, name: str | None,
            dsn: str | None, restore: bool, sanity_query: str | None) -> None:
     """Verify a backup (default: the newest): checksum, archive, optionally a real restore."""
-    from exporter.backup.verify import verify_backup
+    from exporter.backup.verify import verify_backup, verify_cluster
 
     settings = resolve(config_path, directory, target, dsn)
     sanity_query = sanity_query or getattr(settings.backup, "sanity_query", None)
     try:
-        result = verify_backup(existing_dir(settings), name=name, target=settings.target if not name else None,
-                               restore=restore, dsn=settings.dsn, sanity_query=sanity_query,
-                               progress=lambda step: click.echo(f"  ...     {step}", err=True))
+        if settings.cluster and not name:
+            assert settings.target is not None
+            home = Conninfo.parse(settings.spec.dsn).dbname
+            results = verify_cluster(existing_dir(settings), settings.target, restore=restore, dsn=settings.dsn,
+                                     sanity_query=sanity_query, home=home,
+                                     progress=lambda step: click.echo(f"  ...     {step}", err=True))
+        else:
+            results = [verify_backup(existing_dir(settings), name=name,
+                                     target=settings.target if not name else None, restore=restore,
+                                     dsn=settings.dsn, sanity_query=sanity_query,
+                                     progress=lambda step: click.echo(f"  ...     {step}", err=True))]
     except BackupError as exc:
         raise _fail(exc) from None
-    click.echo(f"backup {result.backup}:")
-    for check in result.checks:
-        click.echo(f"  ok      {check}")
-    for note in result.notes:
-        click.echo(f"  note    {note}")
-    if not result.success:
-        click.echo(f"  FAILED  {result.failure}")
+    for result in results:
+        click.echo(f"backup {result.backup}:")
+        for check in result.checks:
+            click.echo(f"  ok      {check}")
+        for note in result.notes:
+            click.echo(f"  note    {note}")
+        if not result.success:
+            click.echo(f"  FAILED  {result.failure}")
+    if not all(result.success for result in results):
         raise SystemExit(1)
 
 

@@ -207,6 +207,14 @@ def _stream_dump(conninfo: Conninfo, snapshot: str, partial: Path, progress: Pro
     """Run pg_dump -Fc into the partial file; returns (size, sha256, error or '')."""
     argv = [pg_dump, "--format=custom", "--verbose", f"--snapshot={snapshot}",
             f"--dbname={conninfo.without_password()}"]
+    return stream_program(argv, conninfo, partial, progress, on_start)
+
+
+def stream_program(argv: list[str], conninfo: Conninfo, partial: Path, progress: Progress,
+                   on_start: Callable[[subprocess.Popen], None] = lambda proc: None) -> tuple[int, str, str]:
+    """Run a client program (pg_dump, pg_dumpall) into the partial file, hashing what it writes; returns
+    (size, sha256, error or ''): its own error lines, redacted."""
+    name = Path(argv[0]).name
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             env=conninfo.child_env(), preexec_fn=_die_with_parent)
     reader = _StderrReader(proc.stderr, progress)
@@ -238,9 +246,9 @@ def _stream_dump(conninfo: Conninfo, snapshot: str, partial: Path, progress: Pro
     if rc != 0:
         why = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
         detail = reader.reason()
-        return size, "", conninfo.redact(f"pg_dump failed ({why})" + (f": {detail}" if detail else ""))
+        return size, "", conninfo.redact(f"{name} failed ({why})" + (f": {detail}" if detail else ""))
     if size == 0:
-        return size, "", "pg_dump wrote nothing"
+        return size, "", f"{name} wrote nothing"
     return size, digest.hexdigest(), ""
 
 
@@ -255,24 +263,35 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 def run_backup(dsn: str, target: str, directory: Path, progress: bool | None = None,
                offsite: Sequence[Any] = (), stream: Any = None) -> dict[str, Any]:
     """Make one backup of the database behind dsn; returns its state entry. Raises BackupError."""
-    directory = Path(directory)
-    stream = stream or sys.stderr
-    conninfo = Conninfo.parse(dsn)
     client_program("pg_dump")  # fail before recording a run when the binary is missing
+    return recorded_run(dsn, target, directory, target, backup_files, "database",
+                        lambda conninfo, entry: _make_backup(conninfo, target, Path(directory), entry, progress,
+                                                             offsite, stream or sys.stderr))
+
+
+def recorded_run(dsn: str, target: str, directory: Path, name_base: str, files_of: Callable[[str], dict[str, str]],
+                 kind: str, make: Callable[[Conninfo, dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """One run recorded in the state from start to end: `make` produces the backup of `entry` (named after
+    `name_base`, its files from `files_of`); whatever stops it (an error, SIGTERM) leaves a failed entry,
+    counted, and no file that could pass for a backup. Raises BackupError."""
+    directory = Path(directory)
+    conninfo = Conninfo.parse(dsn)
     state_file = StateFile(directory)
     started = time.time()
     with state_file.update() as state:
-        name = new_backup_name(directory, target, started, [b["name"] for b in state["backups"]])
-        files = backup_files(name)
+        name = new_backup_name(directory, name_base, started, [b["name"] for b in state["backups"]])
+        files = files_of(name)
         entry = {"name": name, "target": target, "status": "running", "started": started, "finished": None,
                  "pid": os.getpid(), "host": socket.gethostname(), "partial": f".{files['dump']}.partial",
                  "files": files, "size_bytes": None, "sha256": None, "error": None, "offsite": [], "verify": None}
+        if kind != "database":
+            entry["kind"] = kind
         state["backups"].append(entry)
     # SIGTERM (systemd stop, timeout) should clean up like a failure, not leave a 'running' entry.
     previous_handler = signal.signal(signal.SIGTERM, _raise_terminated) \
         if threading.current_thread() is threading.main_thread() else None
     try:
-        result = _make_backup(conninfo, target, directory, entry, progress, offsite, stream)
+        result = make(conninfo, entry)
     except BaseException as exc:
         message = str(exc) if isinstance(exc, (BackupError, _Terminated)) else f"{type(exc).__name__}: {exc}"
         try:
@@ -286,6 +305,15 @@ def run_backup(dsn: str, target: str, directory: Path, progress: bool | None = N
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
     return result
+
+
+def record_refusal(directory: Path, target: str, message: str) -> None:
+    """A run that could not even start (a database pgvigil cannot connect to by name): a failed entry, counted,
+    like any failed run of that target."""
+    def refuse(conninfo: Conninfo, entry: dict[str, Any]) -> dict[str, Any]:
+        raise BackupError(message)
+    with contextlib.suppress(BackupError):
+        recorded_run("", target, directory, target, backup_files, "database", refuse)
 
 
 def _make_backup(conninfo: Conninfo, target: str, directory: Path, entry: dict[str, Any],
@@ -335,8 +363,15 @@ def _make_backup(conninfo: Conninfo, target: str, directory: Path, entry: dict[s
         "size_bytes": size, "sha256": sha256, "database_size_bytes": facts["database_size_bytes"],
         "row_counts": "exact, same snapshot as the dump", "tables": facts["tables"],
     }
-    write_file_atomically(directory / files["checksum"], f"{sha256}  {files['dump']}\n".encode())
     write_file_atomically(directory / files["manifest"], (json.dumps(manifest, indent=2) + "\n").encode())
+    return finish_run(directory, target, entry, size, sha256, finished, offsite)
+
+
+def finish_run(directory: Path, target: str, entry: dict[str, Any], size: int, sha256: str, finished: float,
+               offsite: Sequence[Any]) -> dict[str, Any]:
+    """The partial file made a backup: its checksum file written, renamed, copied off site, recorded."""
+    files = entry["files"]
+    write_file_atomically(directory / files["checksum"], f"{sha256}  {files['dump']}\n".encode())
     os.replace(directory / entry["partial"], directory / files["dump"])
     fsync_dir(directory)
     copies, offsite_error = [], None
@@ -350,6 +385,8 @@ def _make_backup(conninfo: Conninfo, target: str, directory: Path, entry: dict[s
         current = find_backup(state, entry["name"]) or entry
         current.update(status="complete", finished=finished, size_bytes=size, sha256=sha256, partial=None,
                        offsite=copies, error=offsite_error)
+        if entry.get("note"):  # what the backup holds less than it might (a cluster's globals without passwords)
+            current["note"] = entry["note"]
         record = target_record(state, target)
         record["last_run"] = {"started": entry["started"], "finished": finished, "success": offsite_error is None,
                               "error": offsite_error, "backup": entry["name"]}
@@ -380,9 +417,9 @@ def _record_failure(state_file: StateFile, directory: Path, entry: dict[str, Any
         current = find_backup(state, entry["name"])
         if current is not None and current["status"] == "complete":
             return  # only an off-site copy failed: already recorded with the backup
-        for key in ("dump", "checksum", "manifest"):
+        for file_name in entry["files"].values():
             with contextlib.suppress(FileNotFoundError):
-                (directory / entry["files"][key]).unlink()
+                (directory / file_name).unlink()
         with contextlib.suppress(FileNotFoundError):
             (directory / entry["partial"]).unlink()
         now = time.time()

@@ -19,6 +19,10 @@ pgvigil_backup_failures_total                      failed or interrupted runs (c
 pgvigil_backup_state_errors_total                  scrapes where the state file was unreadable or damaged
 =================================================  ==========================================
 
+For a `databases:` target (cluster.py), once a run has listed its databases, every series is there
+once per database, labelled `datname` as discovery labels the exporter's own, and once without
+`datname` for the cluster's globals (roles, tablespaces); the databases are those of the latest run.
+
 A value that does not exist yet (no successful run) is absent rather than 0, so that
 ``time() - pgvigil_backup_last_success_timestamp_seconds`` never claims a 50-year-old backup;
 ``pgvigil_backup_configured`` is there from the first scrape, whatever the state file says (even
@@ -34,7 +38,7 @@ from typing import Any, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from exporter.backup.pgclient import BackupError
-from exporter.backup.state import STATE_NAME, State, StateFile, backups_of, reap_interrupted
+from exporter.backup.state import STATE_NAME, State, StateFile, backups_of, database_targets, reap_interrupted
 
 log = logging.getLogger(__name__)
 
@@ -83,27 +87,41 @@ class BackupStateCollector:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        configured = GaugeMetricFamily("pgvigil_backup_configured",
-                                       "1: the exporter watches this target's backups "
-                                       "(its config has a backup section).",
-                                       labels=["target"])
-        configured.add_metric([self.target], 1.0)
-        yield configured
         # Built whole before anything is yielded: a damaged state file fails this collector alone,
         # never the scrape (an exception out of collect() turns all of /metrics into a 500).
+        series = [(self.target, [self.target])]
         try:
-            families = list(self.state_families(StateFile(self.dir).read()))
+            state = StateFile(self.dir).read()
+            series = self.series(state)
+            families = list(self.state_families(state, series))
             self._complained = False
         except BackupError as exc:
             families = self.failed(str(exc))
         except Exception as exc:  # noqa: BLE001 - a shape the state check missed: this collector fails alone
             families = self.failed(f"the backup state {self.dir / STATE_NAME} is damaged ({type(exc).__name__})")
+        labels = ["target", "datname"] if len(series[0][1]) > 1 else ["target"]
+        configured = GaugeMetricFamily("pgvigil_backup_configured",
+                                       "1: the exporter watches this target's backups "
+                                       "(its config has a backup section).",
+                                       labels=labels)
+        for _, values in series:
+            configured.add_metric(values, 1.0)
+        yield configured
         errors = CounterMetricFamily("pgvigil_backup_state_errors",
                                      "Scrapes where the backup state file could not be read or was damaged.",
                                      labels=["target"])
         errors.add_metric([self.target], float(self.errors))
         yield from families
         yield errors
+
+    def series(self, state: State) -> list[tuple[str, list[str]]]:
+        """(state target, label values) of each series set: the target; for a `databases:` target whose run
+        listed its databases, its globals (datname "", an absent label) and each database."""
+        databases = database_targets(state, self.target)
+        if not databases:
+            return [(self.target, [self.target])]
+        return [(self.target, [self.target, ""])] + [(name, [self.target, name.split("/", 1)[1]])
+                                                     for name in databases]
 
     def failed(self, message: str) -> list[Metric]:
         """Count the failure, log it once until the file is readable again: a scrape every 15 s must not flood."""
@@ -113,27 +131,31 @@ class BackupStateCollector:
             self._complained = True
         return []
 
-    def state_families(self, state: State) -> Iterator[Metric]:
+    def state_families(self, state: State, series: list[tuple[str, list[str]]]) -> Iterator[Metric]:
         # A run killed since the last write counts as failed now, as the next writer will record it.
         reap_interrupted(state)
-        # With no record yet the failure counter still starts at 0, so that increase() sees the first one.
-        record = state["targets"].get(self.target) or {}
+        labels = ["target", "datname"] if len(series[0][1]) > 1 else ["target"]
         for name, help_text, path in GAUGES:
-            value = _lookup(record, path)
-            if value is not None:
-                family = GaugeMetricFamily(name, help_text, labels=["target"])
-                family.add_metric([self.target], value)
+            family = GaugeMetricFamily(name, help_text, labels=labels)
+            for target, values in series:
+                value = _lookup(state["targets"].get(target) or {}, path)
+                if value is not None:
+                    family.add_metric(values, value)
+            if family.samples:
                 yield family
-        verified = verified_backup_finished(state, self.target)
-        if verified is not None:
-            family = GaugeMetricFamily("pgvigil_backup_verified_backup_timestamp_seconds",
-                                       "Unix time the newest backup that passed verification finished.",
-                                       labels=["target"])
-            family.add_metric([self.target], verified)
+        family = GaugeMetricFamily("pgvigil_backup_verified_backup_timestamp_seconds",
+                                   "Unix time the newest backup that passed verification finished.", labels=labels)
+        for target, values in series:
+            verified = verified_backup_finished(state, target)
+            if verified is not None:
+                family.add_metric(values, verified)
+        if family.samples:
             yield family
+        # With no record yet the failure counter still starts at 0, so that increase() sees the first one.
         failures = CounterMetricFamily("pgvigil_backup_failures", "Backup runs that failed or were interrupted.",
-                                       labels=["target"])
-        failures.add_metric([self.target], float(record.get("failures_total", 0)))
+                                       labels=labels)
+        for target, values in series:
+            failures.add_metric(values, float((state["targets"].get(target) or {}).get("failures_total", 0)))
         yield failures
 
 

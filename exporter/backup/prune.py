@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.backup.pgclient import BackupError
-from exporter.backup.state import StateFile, backups_of, is_orphaned
+from exporter.backup.state import StateFile, backups_of, belongs, is_orphaned
 
 DAY = 86400.0
 
@@ -36,7 +36,8 @@ def plan(state: dict[str, Any], keep_days: float | None, keep_last: int | None, 
          target: str | None = None) -> list[Decision]:
     """What to keep and what to delete, with the reason, without touching anything."""
     decisions = []
-    targets = sorted({b["target"] for b in state["backups"] if target is None or b["target"] == target})
+    # a `databases:` target stands for its databases too (prod: prod's globals, prod/app, prod/postgres ...)
+    targets = sorted({b["target"] for b in state["backups"] if belongs(b["target"], target)})
     for name in targets:
         complete = backups_of(state, target=name, status="complete")
         verified = [b for b in complete if (b.get("verify") or {}).get("success")]
@@ -68,7 +69,8 @@ def plan(state: dict[str, Any], keep_days: float | None, keep_last: int | None, 
 def owned_paths(directory: Path, entry: dict[str, Any]) -> list[Path]:
     """The files this backup's run created, by the exact names a run gives them, inside the directory."""
     name = entry["name"]
-    ours = {f"{name}.dump", f"{name}.dump.sha256", f"{name}.manifest.json", f".{name}.dump.partial"}
+    ours = {f"{name}.dump", f"{name}.dump.sha256", f"{name}.manifest.json", f".{name}.dump.partial",
+            f"{name}.sql", f"{name}.sql.sha256", f".{name}.sql.partial"}  # .sql: a cluster's globals
     recorded = list(entry.get("files", {}).values()) + ([entry["partial"]] if entry.get("partial") else [])
     return [directory / f for f in recorded if f in ours]
 

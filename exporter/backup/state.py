@@ -13,11 +13,18 @@ Shape::
                              "last_run": {"started", "finished", "success", "error", "backup"},
                              "last_success": {"finished", "size_bytes", "duration_seconds", "backup"},
                              "previous_size_bytes": 123,
-                             "last_verify": {"at", "success", "restore", "backup", "message"}}},
+                             "last_verify": {"at", "success", "restore", "backup", "message"}},
+                 "prod": {..., "databases": ["app", "postgres"]},  # a `databases:` target (cluster.py)
+                 "prod/app": {...}},
      "backups": [{"name", "target", "status": running|complete|failed|interrupted,
                   "started", "finished", "pid", "host", "partial",
                   "files": {"dump", "checksum", "manifest"}, "size_bytes", "sha256",
-                  "error", "offsite": [...], "verify": {...}}]}
+                  "error", "offsite": [...], "verify": {...}},
+                 {"name": "prod-globals-...", "target": "prod", "kind": "globals",
+                  "files": {"dump": "....sql", "checksum": "....sql.sha256"}, ...}]}
+
+A `databases:` target's record lists the databases its latest run backed up (or tried to), each a
+target of its own named `<target>/<datname>`; its own record and backups are the cluster's globals.
 """
 from __future__ import annotations
 
@@ -154,6 +161,7 @@ _FILE = "a file name in the backup directory"
 _VERIFY = {"at": _OPTIONAL_TIMESTAMP, "success": _FLAG}
 _RECORD_FIELDS = {
     "failures_total": "a count",
+    "databases": "a list of database names",
     "previous_size_bytes": _OPTIONAL_BYTES,
     "last_run": {"started": _OPTIONAL_TIMESTAMP, "finished": _OPTIONAL_TIMESTAMP, "success": _FLAG},
     "last_success": {"finished": _OPTIONAL_TIMESTAMP, "size_bytes": _OPTIONAL_BYTES,
@@ -165,7 +173,7 @@ _ENTRY_REQUIRED = {"name": _FILE, "target": _TEXT, "status": "running, complete,
                    "started": _TIMESTAMP}
 _ENTRY_OPTIONAL = {"finished": _OPTIONAL_TIMESTAMP, "pid": "a process id", "host": _TEXT, "partial": _FILE,
                    "size_bytes": _OPTIONAL_BYTES, "files": "a mapping of file names", "offsite": "a list",
-                   "verify": _VERIFY}
+                   "verify": _VERIFY, "kind": "database or globals", "note": _TEXT}
 _STATUSES = ("running", "complete", "failed", "interrupted")
 
 
@@ -192,6 +200,8 @@ def _fits(value: Any, kind: str) -> bool:
         "a process id": isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= PID_MAX,
         "a mapping of file names": isinstance(value, dict) and all(_fits(v, _FILE) and v for v in value.values()),
         "a list": isinstance(value, list),
+        "a list of database names": isinstance(value, list) and all(isinstance(v, str) and v for v in value),
+        "database or globals": value in ("database", "globals"),
         _ENTRY_REQUIRED["status"]: value in _STATUSES,
     }[kind]
 
@@ -246,6 +256,18 @@ def find_backup(state: State, name: str) -> dict[str, Any] | None:
         if entry["name"] == name:
             return entry
     return None
+
+
+def belongs(entry_target: str, target: str | None) -> bool:
+    """Whether a backup of `entry_target` is one of `target`'s: itself, or one of its databases
+    (`prod/app` is one of `prod`'s); every backup when `target` is None."""
+    return target is None or entry_target == target or entry_target.startswith(target + "/")
+
+
+def database_targets(state: State, target: str) -> list[str]:
+    """The per-database targets of a `databases:` target, as its latest run listed them ([] for others)."""
+    record = state["targets"].get(target) or {}
+    return [f"{target}/{datname}" for datname in record.get("databases") or ()]
 
 
 def backups_of(state: State, target: str | None = None, status: str | None = None) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.backup.sizes import human_size
-from exporter.backup.state import StateFile, backups_of, is_orphaned
+from exporter.backup.state import StateFile, backups_of, belongs, is_orphaned
 
 GOOD = frozenset({"restored", "verified", "unverified"})
 
@@ -53,18 +53,22 @@ def condition_of(directory: Path, entry: dict[str, Any]) -> tuple[str, str]:
     if dump.stat().st_size != entry["size_bytes"]:
         return "damaged", f"{dump.name} is {dump.stat().st_size} bytes, {entry['size_bytes']} were written"
     verify = entry.get("verify")
+    note = entry.get("error") or entry.get("note") or ""
     if not verify:
-        return "unverified", entry.get("error") or ""
+        return "unverified", note
     if not verify["success"]:
         return "verify-failed", verify.get("message", "")
-    return ("restored" if verify.get("restore") else "verified"), entry.get("error") or ""
+    return ("restored" if verify.get("restore") else "verified"), note
 
 
 def backup_statuses(directory: Path, target: str | None = None) -> list[BackupStatus]:
-    """Every recorded backup (of one target, when given), newest first."""
+    """Every recorded backup (of one target, when given, with its databases' for a `databases:` target),
+    newest first."""
     directory = Path(directory)
     rows = []
-    for entry in backups_of(StateFile(directory).read(), target=target):
+    for entry in backups_of(StateFile(directory).read()):
+        if not belongs(entry["target"], target):
+            continue
         condition, note = condition_of(directory, entry)
         verify = entry.get("verify") or {}
         rows.append(BackupStatus(entry["name"], entry["target"], condition, entry.get("finished"),

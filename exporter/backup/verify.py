@@ -34,7 +34,7 @@ import psycopg
 from psycopg import sql
 
 from exporter.backup.pgclient import BackupError, Conninfo, client_program, tail
-from exporter.backup.state import StateFile, backups_of, find_backup, target_record
+from exporter.backup.state import StateFile, backups_of, database_targets, find_backup, target_record
 from exporter.files import CHECKSUM_LIMIT, MANIFEST_LIMIT, UnreadableFile, loads_json, open_regular, read_limited
 
 SCRATCH_PREFIX = "pgvigil_verify_"
@@ -125,8 +125,9 @@ def _manifest_problem(manifest: Any) -> str | None:
     return None
 
 
-def check_files(directory: Path, entry: dict[str, Any]) -> dict[str, Any]:
-    """Steps 1 and 2; returns the manifest."""
+def check_checksums(directory: Path, entry: dict[str, Any]) -> str:
+    """Steps 1 and 2 but the manifest: complete, its files there, the sha256 the state and the .sha256
+    file recorded; returns it."""
     if entry["status"] != "complete":
         raise BackupError(f"backup {entry['name']} is {entry['status']}, not complete")
     files = {key: directory / value for key, value in entry["files"].items()}
@@ -140,6 +141,13 @@ def check_files(directory: Path, entry: dict[str, Any]) -> dict[str, Any]:
     recorded = _read_backup_file(files["checksum"], CHECKSUM_LIMIT, "checksum file").decode(errors="replace").split()
     if not recorded or recorded[0] != actual:
         raise BackupError(f"checksum file {files['checksum'].name} does not match the dump")
+    return actual
+
+
+def check_files(directory: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """Steps 1 and 2; returns the manifest."""
+    actual = check_checksums(directory, entry)
+    files = {key: directory / value for key, value in entry["files"].items()}
     text = _read_backup_file(files["manifest"], MANIFEST_LIMIT, "manifest")
     try:
         manifest = loads_json(text)  # bounded nesting, finite numbers only
@@ -308,6 +316,24 @@ def _run_sanity_query(cur: Any, query: str) -> str:
     return f"sanity query returned {row[0]!r}"
 
 
+def check_globals(path: Path) -> str:
+    """A globals backup is pg_dumpall's whole output: its first and last comment lines are there."""
+    with path.open("rb") as fh:
+        head = fh.read(4096)
+        fh.seek(max(0, path.stat().st_size - 4096))
+        end = fh.read()
+    if b"-- PostgreSQL database cluster dump\n" not in head:
+        raise BackupError(f"{path.name} does not start as pg_dumpall's output does")
+    if b"-- PostgreSQL database cluster dump complete" not in end:
+        raise BackupError(f"{path.name} is not complete: pg_dumpall's closing line is missing")
+    roles = sum(1 for line in path.read_bytes().splitlines() if line.startswith(b"CREATE ROLE "))
+    return f"pg_dumpall output, complete ({roles} roles)"
+
+
+GLOBALS_NOT_RESTORED = ("the globals are not test-restored: roles and tablespaces belong to the whole server, "
+                        "a scratch database cannot hold them")
+
+
 def verify_backup(directory: Path, name: str | None = None, target: str | None = None,
                   restore: bool = False, dsn: str | None = None,
                   sanity_query: str | None = None, progress: Progress = lambda step: None) -> Verification:
@@ -318,6 +344,17 @@ def verify_backup(directory: Path, name: str | None = None, target: str | None =
     if restore and not dsn:
         raise BackupError("--restore needs a server to restore into: give --dsn or a --config with the target")
     conninfo = Conninfo.parse(dsn) if dsn else None
+    if entry.get("kind") == "globals":
+        result = Verification(backup=entry["name"], target=entry["target"], restore=False)
+        try:
+            result.checks.append(f"sha256 {check_checksums(directory, entry)[:16]}... matches")
+            result.checks.append(check_globals(directory / entry["files"]["dump"]))
+            if restore:
+                result.notes.append(GLOBALS_NOT_RESTORED)
+        except BackupError as exc:
+            result.failure = str(exc)
+        record_verification(directory, result)
+        return result
     result = Verification(backup=entry["name"], target=entry["target"], restore=restore)
     try:
         progress(f"checking the files of {entry['name']} (sha256)")
@@ -350,3 +387,37 @@ def record_verification(directory: Path, result: Verification) -> None:
             record["last_restore"] = {"at": outcome["at"], "duration_seconds": result.restore_seconds,
                                       "backup": result.backup}
 
+
+
+def verify_cluster(directory: Path, target: str, restore: bool = False, dsn: str | None = None,
+                   sanity_query: str | None = None, home: str | None = None,
+                   progress: Progress = lambda step: None) -> list[Verification]:
+    """A `databases:` target's backups: the newest of each database its latest run listed, then the newest
+    globals backup; each checked (restored, with `restore`) and recorded as verify_backup does. The sanity
+    query runs in the restore of the `home` database (the DSN's) only: other databases have other tables.
+    A database without a complete backup is a failed verification here (not recorded: nothing was checked)."""
+    directory = Path(directory)
+    state = StateFile(directory).read()
+    targets = database_targets(state, target)
+    globals_backups = [b for b in backups_of(state, target=target, status="complete") if b.get("kind") == "globals"]
+    if not targets and not globals_backups:
+        raise BackupError(f"no complete backup of target {target} in {directory}")
+    results = []
+    for name in targets:
+        complete = backups_of(state, target=name, status="complete")
+        if not complete:
+            last = (state["targets"].get(name) or {}).get("last_run") or {}
+            why = f": its last run failed: {last['error']}" if last.get("error") else ""
+            results.append(Verification(backup=f"(none of {name})", target=name, restore=restore,
+                                        failure=f"no complete backup of {name}{why}"))
+            continue
+        query = sanity_query if name == f"{target}/{home}" else None
+        results.append(verify_backup(directory, name=complete[0]["name"], restore=restore, dsn=dsn,
+                                     sanity_query=query, progress=progress))
+    if globals_backups:
+        results.append(verify_backup(directory, name=globals_backups[0]["name"], restore=restore, dsn=dsn,
+                                     progress=progress))
+    else:
+        results.append(Verification(backup=f"(none of {target}'s globals)", target=target, restore=False,
+                                    failure=f"no complete backup of {target}'s globals (roles, tablespaces)"))
+    return results
