@@ -131,9 +131,10 @@ def breach_expr(objective: Objective) -> str | None:
 
 def _target_labels(expr: str) -> str:
     """`expr` with the labels of the target's pg_up: the backup metrics lack the target's constant
-    labels (env, cluster, ...), which every other objective's series carry."""
+    labels (env, cluster, ...), which every other objective's series carry. A whole-cluster target has a
+    backup per database (`datname`): its worst database is the target's."""
     # group_left: the result keeps the left side's labels (plain one-to-one `on` keeps only job, instance, target)
-    return f"0 * pg_up + on(job, instance, target) group_left() ({expr})"
+    return f"0 * pg_up + on(job, instance, target) group_left() max by(job, instance, target) ({expr})"
 
 
 def recording_rules(objective: Objective) -> list[dict]:
