@@ -116,6 +116,15 @@ def test_source_views_lead_with_the_statistics_view():
     assert source_views("SELECT pg_is_in_recovery()") == ("pg_is_in_recovery",)
 
 
+def test_source_views_read_through_pg_catalog_qualifiers():
+    sql = ("SELECT extract(epoch FROM pg_catalog.clock_timestamp() - a.query_start) "
+           "FROM pg_catalog.pg_stat_activity a JOIN pg_database d ON d.oid = a.datid")
+    assert source_views(sql) == ("pg_stat_activity", "pg_database")
+    assert source_views("SELECT pg_catalog.count(*) FROM pg_catalog.pg_ls_waldir()") == ("pg_ls_waldir",)
+    assert source_views("SELECT extract(epoch FROM pg_catalog.pg_postmaster_start_time())") == \
+        ("pg_postmaster_start_time",)
+
+
 def test_measured_series_count_still_holds():
     """Re-measure the documented 5,000-table scrape (its own cluster, a few seconds)."""
     measured = measure_default_scrape(MEASURED["tables"])

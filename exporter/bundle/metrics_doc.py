@@ -32,10 +32,13 @@ MEASURED = {
     "per_table_series": 5200,
     "tables_reported": 150,
 }
-_RELATION = re.compile(r"\b(?:FROM|JOIN)\s+(pg_[a-z_]+)\b(?!\s*\()", re.IGNORECASE)
+# A name may be qualified: the packs call pg_catalog.fn(...) (tests/test_packs_search_path.py), and
+# `extract(epoch FROM pg_catalog.now() - x)` names no relation.
+_QUALIFIED = r"(?:pg_catalog\.)?"
+_RELATION = re.compile(rf"\b(?:FROM|JOIN)\s+{_QUALIFIED}(pg_[a-z_]+)\b(?!\s*[.(])", re.IGNORECASE)
 _FUNCTION = re.compile(r"\b(pg_[a-z_]+)\s*\(", re.IGNORECASE)
 # A set-returning function read as a relation: `FROM pg_stat_statements(false) s`.
-_TABLE_FUNCTION = re.compile(r"\b(?:FROM|JOIN)\s+(pg_[a-z_]+)\s*\(", re.IGNORECASE)
+_TABLE_FUNCTION = re.compile(rf"\b(?:FROM|JOIN)\s+{_QUALIFIED}(pg_[a-z_]+)\s*\(", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
