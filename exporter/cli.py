@@ -4,14 +4,16 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from exporter import __version__
+from exporter import postgres_exporter as pe
 from exporter.config import Config, ConfigError, listen_problem, load_config, parse_listen
 from exporter.logs import LEVELS, setup_logging
 from exporter.redaction import dsn_secrets
@@ -59,10 +61,14 @@ def read_config(config_path: str | None, dsn: str | None) -> Config:
     try:
         return load_config(config_path, dsn=dsn)
     except ConfigError as exc:
-        click.echo(f"invalid configuration ({len(exc.errors)} error{'s' if len(exc.errors) != 1 else ''}):", err=True)
-        for line in exc.errors:
-            click.echo(f"  {line}", err=True)
-        sys.exit(1)
+        exit_invalid(exc)
+
+
+def exit_invalid(exc: ConfigError) -> NoReturn:
+    click.echo(f"invalid configuration ({len(exc.errors)} error{'s' if len(exc.errors) != 1 else ''}):", err=True)
+    for line in exc.errors:
+        click.echo(f"  {line}", err=True)
+    sys.exit(1)
 
 
 # A session thread whose query result has arrived waits for the GIL while a render runs; with the
@@ -80,23 +86,40 @@ def secrets_of(config: Config) -> list[str]:
     return [secret for target in config.targets for secret in dsn_secrets(target.dsn)]
 
 
-@main.command()
+PE_EPILOG = """\b
+postgres_exporter's environment and flags work too (docs/postgres_exporter.md):
+DATA_SOURCE_NAME (DSNs, comma-separated), DATA_SOURCE_URI[_FILE] with DATA_SOURCE_USER[_FILE] and
+DATA_SOURCE_PASS[_FILE]; --web.listen-address, --web.telemetry-path (/metrics only), --web.config.file,
+--auto-discover-databases, --include-databases, --exclude-databases, --extend.query-path (queries.yaml,
+converted), --disable-default-metrics, --disable-settings-metrics, --[no-]collector.NAME, --constantLabels,
+--collection-timeout, --log.level, --log.format, and their PG_EXPORTER_* variables.
+pgvigil's own options and variables, and a --config file, win over them."""
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, epilog=PE_EPILOG)
 @config_option
 @dsn_option
 @click.option("--listen", envvar="PGVIGIL_LISTEN",
               help="host:port to listen on (env PGVIGIL_LISTEN; default 127.0.0.1:9187).")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True)
+@click.option("--log-format", type=click.Choice(["text", "json"]), help="Log line format (default text).")
+@click.option("--log-level", type=click.Choice(LEVELS), help="Lowest level logged (default info).")
 @click.option("--web-config", "web_config_path", envvar="PGVIGIL_WEB_CONFIG", type=click.Path(dir_okay=False),
               help="TLS and basic auth in the exporter-toolkit web config format (env PGVIGIL_WEB_CONFIG).")
-def serve(config_path: str | None, dsn: str | None, listen: str | None, log_format: str, log_level: str,
-          web_config_path: str | None) -> None:
+@click.pass_context
+def serve(ctx: click.Context, config_path: str | None, dsn: str | None, listen: str | None, log_format: str | None,
+          log_level: str | None, web_config_path: str | None) -> None:
     """Serve /metrics, /probe, /health and a landing page until SIGTERM; SIGHUP reloads the config."""
     from exporter.server import Exporter, extra_collectors, make_server
     from exporter.webconfig import load_web_config
 
-    setup_logging(log_level, log_format)
-    config = read_config(config_path, dsn)
+    settings = postgres_exporter_settings(ctx)
+    own = {"log.level": log_level, "log.format": log_format, "web.config.file": web_config_path}
+    log_level = log_level or settings.log_level or "info"
+    log_format = log_format or settings.log_format or "text"
+    web_config_path = web_config_path or settings.web_config
+    setup_logging(log_level, log_format, settings.secrets)
+    built = build_config(settings, config_path, dsn)
+    config = built.config
     try:
         web = load_web_config(web_config_path) if web_config_path else None
     except ConfigError as exc:
@@ -104,25 +127,29 @@ def serve(config_path: str | None, dsn: str | None, listen: str | None, log_form
         for line in exc.errors:
             click.echo(f"  {line}", err=True)
         sys.exit(1)
-    setup_logging(log_level, log_format, secrets_of(config))
-    for warning in config.warnings:
+    setup_logging(log_level, log_format, secrets_of(config) + settings.secrets)
+    for warning in config.warnings + built.warnings:
         log.warning("%s", warning)
     exporter = Exporter(config, extra_collectors(config))
-    address = listen or config.listen
+    address, given_as = listen_address(listen, config_path, config, settings)
     if parse_listen(address) is None:  # the config's own listen was checked with the config
-        click.echo(f"invalid --listen (or PGVIGIL_LISTEN): {listen_problem(address)}", err=True)
+        click.echo(f"invalid {given_as}: {listen_problem(address)}", err=True)
         sys.exit(2)
     try:
         server = make_server(exporter, address, web.wrap_socket() if web else None, web.authorizer() if web else None)
     except OSError as exc:
         click.echo(f"cannot listen on {address}: {exc.strerror}", err=True)
         sys.exit(1)
+    own["web.listen-address"] = None if given_as == settings.given.get("web.listen-address") else given_as
+    log_postgres_exporter_settings(built, settings, own, address)
 
     def reload_config() -> None:
         try:
-            new = load_config(config_path, dsn=dsn)
-        except ConfigError as exc:
-            log.error("config reload rejected, still serving the previous config:\n  %s", "\n  ".join(exc.errors))
+            # postgres_exporter's settings read again: DATA_SOURCE_PASS_FILE or queries.yaml may have changed
+            new = pe.build_config(pe.read_settings(ctx.args, os.environ), config_path, dsn).config
+        except (ConfigError, pe.Refused) as exc:
+            problems = exc.errors if isinstance(exc, ConfigError) else exc.problems
+            log.error("config reload rejected, still serving the previous config:\n  %s", "\n  ".join(problems))
             return
         if not exporter.reload(new, extra_collectors(new)):
             log.info("config reloaded: unchanged")
@@ -156,6 +183,71 @@ def serve(config_path: str | None, dsn: str | None, listen: str | None, log_form
         server.server_close()
         exporter.close()
         log.info("pgvigil stopped; database sessions closed")
+
+
+def postgres_exporter_settings(ctx: click.Context) -> pe.Settings:
+    """postgres_exporter's flags (the words pgvigil's options left) and environment; exit 2 on what
+    pgvigil cannot honour, as click does for its own options."""
+    try:
+        return pe.read_settings(ctx.args, os.environ)
+    except pe.UnknownOption as exc:
+        if not exc.option.startswith("-"):
+            raise click.UsageError(f"Got unexpected extra argument ({exc.option})", ctx) from None
+        hint = f" (Possible options: --{exc.hint})" if exc.hint else ""
+        raise click.UsageError(f"No such option: {exc.option}{hint}", ctx) from None
+    except pe.Refused as exc:
+        click.echo(f"postgres_exporter settings pgvigil cannot honour ({len(exc.problems)}):", err=True)
+        for line in exc.problems:
+            click.echo(f"  {line}", err=True)
+        sys.exit(2)
+
+
+def build_config(settings: pe.Settings, config_path: str | None, dsn: str | None) -> pe.Built:
+    """The config to serve, or exit 1 listing every error (those of queries.yaml at their lines)."""
+    try:
+        return pe.build_config(settings, config_path, dsn)
+    except ConfigError as exc:
+        exit_invalid(exc)
+
+
+def listen_address(listen: str | None, config_path: str | None, config: Config,
+                   settings: pe.Settings) -> tuple[str, str]:
+    """The address and what gave it: --listen (PGVIGIL_LISTEN), the config's `listen:`,
+    postgres_exporter's --web.listen-address, else pgvigil's default ("default")."""
+    if listen:
+        return listen, "--listen (or PGVIGIL_LISTEN)"
+    if config_path and pe.file_sets_listen(config_path):
+        return config.listen, "listen"
+    if settings.listen:
+        return settings.listen, settings.given["web.listen-address"]
+    return config.listen, "default"
+
+
+def log_postgres_exporter_settings(built: pe.Built, settings: pe.Settings, own: dict[str, str | None],
+                                   address: str) -> None:
+    """One line naming the postgres_exporter settings taken, one per setting set aside. `own`: pgvigil's
+    own option where one was given for a setting both have (it wins)."""
+    taken = list(built.taken)
+    notes = list(built.notes)
+    values = {"web.listen-address": address, "web.config.file": settings.web_config,
+              "log.level": settings.log_level, "log.format": settings.log_format}
+    for name, value in values.items():
+        if name not in settings.given:
+            continue
+        if own.get(name):
+            notes.append(f"{settings.given[name]}: not used (pgvigil's own setting wins)")
+        else:
+            taken.append(f"{settings.given[name]} ({value})")
+    if taken:
+        log.info("postgres_exporter settings taken: %s", "; ".join(taken))
+    for note in notes:
+        log.info("postgres_exporter settings: %s", note)
+    host = address.rpartition(":")[0].strip("[]")
+    if (settings.dsns or not settings.empty) and own["web.listen-address"] == "default" \
+            and host in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s only (pgvigil's default); postgres_exporter listened on every interface "
+                    "(:9187): if Prometheus scrapes from another host, set --web.listen-address=:9187 "
+                    "(or --listen 0.0.0.0:9187)", address)
 
 
 def counted(number: int, noun: str, plural: str = "") -> str:
