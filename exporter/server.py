@@ -208,9 +208,11 @@ def _handler_class(exporter: Exporter, authorize: Callable[[str | None], bool] |
             return 200, CONTENT_TYPE, exporter.metrics_parts(self.budget(), only=[name])
 
         def health(self, params: dict) -> tuple[int, str, bytes]:
+            # From state, in under a second whatever the targets do (Runner.health); `up` null is not
+            # yet known (a database not visited yet, a list not read yet), which is not down.
             targets = exporter.runner.health()
             discovery = {status.target: health_of(status) for status in exporter.runner.discovery_status()}
-            healthy = all(t["up"] for t in (*targets.values(), *discovery.values()))
+            healthy = all(t["up"] is not False for t in (*targets.values(), *discovery.values()))
             body = {"status": "ok" if healthy else "degraded", "version": __version__, "targets": targets,
                     **({"discovery": discovery} if discovery else {})}
             return (200 if healthy else 503), "application/json", json.dumps(body, indent=2).encode() + b"\n"

@@ -58,15 +58,25 @@ def test_probe_takes_a_discovered_database_or_its_root(server, databases):
     assert sample(samples, "q_x", datname=f"{databases}_billing") == 1
     assert sample(samples, "pgvigil_discovery_databases", target="prod", outcome="monitored") == 2
     status, _, body = get(f"{server.url}/probe?target=prod/nope")
-    assert status == 400 and f"prod, prod/{databases}_app, prod/{databases}_billing" in body
+    # prod/postgres: the DSN's database, left out by the patterns, runs the cluster-wide queries only.
+    assert status == 400 and f"prod, prod/postgres, prod/{databases}_app, prod/{databases}_billing" in body
 
 
 def test_health_and_the_landing_page_list_discovered_databases(server, databases):
+    status, _, body = get(server.url + "/health")  # before any scrape: the list is read, no database visited
+    report = json.loads(body)
+    assert status == 200 and report["status"] == "ok"
+    assert report["discovery"]["prod"]["up"] is True and report["discovery"]["prod"]["not_yet_scraped"] == 2
+    assert {name: t["up"] for name, t in report["targets"].items() if name != "prod/postgres"} == {
+        f"prod/{databases}_app": None, f"prod/{databases}_billing": None}  # not yet scraped, not down
+    get(server.url + "/metrics")
     status, _, body = get(server.url + "/health")
     report = json.loads(body)
     assert status == 200 and report["status"] == "ok"
-    assert set(report["targets"]) == {f"prod/{databases}_app", f"prod/{databases}_billing"}
+    assert set(report["targets"]) == {"prod/postgres", f"prod/{databases}_app", f"prod/{databases}_billing"}
+    assert all(t["up"] is True for t in report["targets"].values())
     assert report["discovery"]["prod"]["up"] is True and report["discovery"]["prod"]["monitored"] == 2
+    assert report["discovery"]["prod"]["not_yet_scraped"] == 0
     body = get(server.url + "/")[2]
     assert f"prod/{databases}_app: up" in body and "prod (databases: 2 databases discovered" in body
 
@@ -77,10 +87,10 @@ def test_sd_lists_every_database_as_a_probe_target(server, databases):
     assert status == 200 and content_type == "application/json"
     address = server.url.removeprefix("http://")
     assert groups == [{"targets": [address], "labels": {
-        "__metrics_path__": "/probe", "__param_target": f"prod/{databases}_{name}",
-        "instance": f"prod/{databases}_{name}", "__meta_pgvigil_target": "prod",
-        "__meta_pgvigil_datname": f"{databases}_{name}"}}
-        for name in ("app", "billing")]
+        "__metrics_path__": "/probe", "__param_target": f"prod/{datname}",
+        "instance": f"prod/{datname}", "__meta_pgvigil_target": "prod",
+        "__meta_pgvigil_datname": datname}}
+        for datname in ("postgres", f"{databases}_app", f"{databases}_billing")]  # the DSN's database first
 
 
 def sd_targets(url: str, host_header: str) -> list[list[str]]:

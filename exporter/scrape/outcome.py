@@ -30,3 +30,5 @@ class Scrape:
     targets: list[TargetState]
     duration: float
     discovery: list[Discovery] = field(default_factory=list)  # the discovery roots this scrape asked
+    # By root: databases monitored but never reached yet (no series at all, never reported down).
+    not_yet_scraped: dict[str, int] = field(default_factory=dict)

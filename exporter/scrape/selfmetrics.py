@@ -95,10 +95,11 @@ def render_self_metrics(scrape: Scrape, registry: CollectorRegistry | None = Non
         [(state.label_text, state.spec.storage_allocation_bytes) for state in scrape.targets
          if state.spec.storage_allocation_bytes is not None])
     families["pgvigil_query_skipped"] = (
-        "gauge", "Queries skipped on the target because its role may not run them or an object they read is "
-        "absent (reason: permission_denied, missing_relation, missing_function, missing_schema); never errors",
+        "gauge", "Queries skipped on the target because its role may not run them, an object they read is "
+        "absent, or the extension they require is not installed in the target's database (reason: "
+        "permission_denied, missing_relation, missing_function, missing_schema, missing_extension); never errors",
         [(f'{state.label_text},query="{escape_label_value(query)}",reason="{reason}"', 1)
-         for state in scrape.targets for query, reason in state.skipped.items()])
+         for state in scrape.targets for query, reason in state.skips.reasons().items()])
     families.update(discovery_families(scrape))
     families["pgvigil_scrape_duration_seconds"] = ("gauge", "Seconds this scrape took", [("", scrape.duration)])
     families["pg_exporter_last_scrape_error"] = (
@@ -113,12 +114,13 @@ def render_self_metrics(scrape: Scrape, registry: CollectorRegistry | None = Non
 
 def discovery_families(scrape: Scrape) -> dict[str, tuple[str, str, list]]:
     """The database list and connection budget of each discovery root the scrape asked."""
-    databases, success, refreshed, budget, open_now = [], [], [], [], []
+    databases, waiting, success, refreshed, budget, open_now = [], [], [], [], [], []
     for root in scrape.discovery:
         target = f'target="{escape_label_value(root.spec.name)}"'
         status = root.status
         counts = {MONITORED: status.monitored, **status.skipped}
         databases += [(f'{target},outcome="{outcome}"', counts[outcome]) for outcome in (MONITORED, *SKIP_OUTCOMES)]
+        waiting.append((target, scrape.not_yet_scraped.get(root.spec.name, 0)))
         success.append((target, 1 if status.success else 0))
         if status.refreshed_at is not None:
             refreshed.append((target, status.refreshed_at))
@@ -129,7 +131,11 @@ def discovery_families(scrape: Scrape) -> dict[str, tuple[str, str, list]]:
     return {
         "pgvigil_discovery_databases": ("gauge", "Databases of the target's server by outcome of the latest "
                                         "discovery: monitored, or why not (excluded, template, "
-                                        "connections_not_allowed, no_connect_privilege)", databases),
+                                        "connections_not_allowed, no_connect_privilege, undecodable_name)",
+                                        databases),
+        "pgvigil_discovery_databases_not_yet_scraped": ("gauge", "Monitored databases pgvigil has not reached yet "
+                                                        "(waiting for a connection of the budget): no series, "
+                                                        "not down", waiting),
         "pgvigil_discovery_success": ("gauge", "Whether the latest reading of the server's database list succeeded",
                                       success),
         "pgvigil_discovery_last_success_timestamp_seconds": ("gauge", "Unix time of the latest successful reading "

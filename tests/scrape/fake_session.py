@@ -6,6 +6,7 @@ or an Event to wait on (a query that "runs" until the test releases it or cancel
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -38,13 +39,16 @@ class FakeServer:
         self.scripts = list(scripts)
         self.version, self.extensions, self.identity = version, extensions, identity
         self.executed: list[str] = []
+        self.executed_in: list[tuple[str | None, str]] = []  # (the session's database, SQL)
         self.probes: list[str] = []
         self.connects = 0
         self.refuse_connections = False
+        self.database_extensions: dict[str, frozenset[str]] = {}  # by database: other extensions than `extensions`
         self.missing_databases: set[str] = set()  # a session to one of these fails to connect (dropped database)
         self.open = 0  # sessions connected now, and the most at once
         self.peak = 0
         self.cancels = 0
+        self.connect_delay = 0.0  # seconds each connect takes (a real one: tens of milliseconds)
         self.sessions: list[FakeSession] = []
         self._lock = threading.Lock()
 
@@ -63,9 +67,10 @@ class FakeServer:
                 return script
         raise AssertionError(f"no script for {sql!r}")
 
-    def log(self, sql: str) -> None:
+    def log(self, sql: str, database: str | None = None) -> None:
         with self._lock:
             self.executed.append(sql)
+            self.executed_in.append((database, sql))
 
 
 class FakeSession:
@@ -86,12 +91,14 @@ class FakeSession:
                 raise ConnectFailed("connection refused")
             if self.spec.datname in self.server.missing_databases:
                 raise ConnectFailed(f'database "{self.spec.datname}" does not exist')
+            if self.server.connect_delay:
+                time.sleep(self.server.connect_delay)
             with self.server._lock:
                 self.server.connects += 1
                 self.server.open += 1
                 self.server.peak = max(self.server.peak, self.server.open)
-            self._facts = ServerFacts(self.server.version, self.server.identity, self.server.extensions,
-                                      self.spec.name)
+            extensions = self.server.database_extensions.get(self.spec.datname or "", self.server.extensions)
+            self._facts = ServerFacts(self.server.version, self.server.identity, extensions, self.spec.name)
         return self._facts
 
     def refresh_extensions(self) -> None:
@@ -103,7 +110,7 @@ class FakeSession:
         script = self.server.script_for(prepared.sql)
         if prepared.limit == 0:
             return self._probe(prepared, script)
-        self.server.log(prepared.sql)
+        self.server.log(prepared.sql, self.spec.datname)
         if script.fail is not None and script.failures > 0:
             script.failures -= 1
             error = script.fail()

@@ -7,7 +7,7 @@ from conftest import parse_exposition, sample
 from fake_session import FakeServer, Script
 
 from exporter.config import parse_config
-from exporter.scrape import runner as runner_module
+from exporter.scrape import execution
 from exporter.scrape.assembly import ScrapeText
 from exporter.scrape.runner import Runner
 from exporter.scrape.selfmetrics import render_self_metrics
@@ -72,7 +72,7 @@ def test_the_probe_runs_once_per_refresh_and_a_grant_brings_the_query_back(runne
     scrape(runner)
     scrape(runner)
     assert len(server.probes) == 2 and server.runs_of("-- allowed") == 2  # probed once, run twice
-    monkeypatch.setattr(runner_module, "CAPABILITY_REFRESH_SECONDS", 0.0)
+    monkeypatch.setattr(execution, "CAPABILITY_REFRESH_SECONDS", 0.0)
     samples = scrape(runner)  # the probe now passes (failures used up): a GRANT happened
     assert sample(samples, "pgvigil_query_skipped", query="forbidden") is None
     assert sample(samples, "forbidden_x") == 1

@@ -7,7 +7,7 @@ import uuid
 from conftest import parse_exposition, sample
 
 from exporter.config import parse_config
-from exporter.scrape import runner as runner_module
+from exporter.scrape import execution
 from exporter.scrape.assembly import ScrapeText
 from exporter.scrape.runner import Runner
 from exporter.scrape.selfmetrics import render_self_metrics
@@ -32,7 +32,7 @@ def test_a_connect_only_role_gets_zero_errors_and_a_grant_brings_skipped_queries
         assert sample(samples, "pgvigil_query_skipped", target="db", query="pg_wal", reason="permission_denied") == 1
         assert sample(samples, "pg_wal_segments") is None
         cluster.execute(f"GRANT pg_monitor TO {role}")
-        monkeypatch.setattr(runner_module, "CAPABILITY_REFRESH_SECONDS", 0.0)
+        monkeypatch.setattr(execution, "CAPABILITY_REFRESH_SECONDS", 0.0)
         samples = scrape(runner)
         assert sample(samples, "pgvigil_query_skipped", query="pg_wal") is None
         assert sample(samples, "pg_wal_segments") is not None

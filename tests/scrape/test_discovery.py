@@ -16,6 +16,7 @@ from exporter.scrape.assembly import ScrapeText
 from exporter.scrape.discovery import classify
 from exporter.scrape.runner import Runner
 from exporter.scrape.selfmetrics import render_self_metrics
+from exporter.scrape.session import QueryFailed
 
 QUERIES = """queries:
   - {name: per_db, sql: "SELECT 1 AS x -- per_db", metrics: {x: {}}}
@@ -30,10 +31,15 @@ def config(options: str = "", interval: str = "60s") -> Config:
                         f"    databases: all\n    discovery_interval: {interval}\n{options}" + QUERIES)
 
 
-def catalog(*names: str, template: tuple[str, ...] = (), closed: tuple[str, ...] = (),
-            forbidden: tuple[str, ...] = ()) -> Script:
-    rows = [(n, n in template, n not in closed, n not in forbidden) for n in (*names, *template, *closed, *forbidden)]
-    return Script("pg_database", columns=["datname", "datistemplate", "datallowconn", "may_connect"], rows=rows)
+def catalog(*names: str | bytes, template: tuple[str, ...] = (), closed: tuple[str, ...] = (),
+            forbidden: tuple[str, ...] = (), home: str = "postgres") -> Script:
+    """pg_database as discovery reads it, names as bytes; `home` is the DSN's database (listed if not named)."""
+    listed = [*names, *template, *closed, *forbidden]
+    listed += [home] if home not in listed else []
+    rows = [(n.encode() if isinstance(n, str) else n, n in template, n not in closed, n not in forbidden, n == home)
+            for n in listed]
+    return Script("pg_database", columns=["datname", "datistemplate", "datallowconn", "may_connect", "home"],
+                  rows=rows)
 
 
 def server_for(databases: Script) -> FakeServer:
@@ -54,7 +60,7 @@ def scrape(runner: Runner, only: list[str] | None = None) -> dict:
     (["*"], ["*"], (), 3),
 ])
 def test_patterns_choose_the_databases(include, exclude, monitored, excluded):
-    rows = [(n, False, True, True) for n in ("postgres", "billing", "app")]
+    rows = [(n.encode(), False, True, True, n == "postgres") for n in ("postgres", "billing", "app")]
     found = classify(rows, include, exclude)
     assert found.monitored == monitored
     assert found.skipped["excluded"] == excluded
@@ -64,14 +70,15 @@ def test_templates_closed_and_forbidden_databases_are_skipped_and_counted(run):
     server = server_for(catalog("app", template=("template0", "template1"), closed=("frozen",), forbidden=("hr",)))
     samples = scrape(run(config(), server))
     assert sample(samples, "pg_up", target="prod", datname="app") == 1
-    assert [n for n, ls in samples if n == "pg_up"] == ["pg_up"]  # only app
+    assert sample(samples, "pg_up", target="prod", datname="postgres") == 1  # the DSN's database
+    assert [n for n, ls in samples if n == "pg_up"] == ["pg_up", "pg_up"]  # only those
     counts = {o: sample(samples, "pgvigil_discovery_databases", target="prod", outcome=o)
               for o in ("monitored", "excluded", "template", "connections_not_allowed", "no_connect_privilege")}
-    assert counts == {"monitored": 1, "excluded": 0, "template": 2, "connections_not_allowed": 1,
+    assert counts == {"monitored": 2, "excluded": 0, "template": 2, "connections_not_allowed": 1,
                       "no_connect_privilege": 1}
     assert sample(samples, "pgvigil_discovery_success", target="prod") == 1
-    assert all(sample(samples, "pgvigil_query_errors_total", query=q, reason="error") == 0
-               for q in ("per_db", "per_db_named", "server"))
+    errors = [v for (name, labels), v in samples.items() if name == "pgvigil_query_errors_total"]
+    assert errors and not any(errors)
 
 
 def test_series_carry_target_and_datname_and_cluster_queries_run_once_per_server(run):
@@ -119,7 +126,7 @@ def test_a_database_list_within_its_interval_is_not_read_again(run):
 def test_connections_stay_within_the_budget_and_idle_ones_are_closed(run):
     names = [f"db{i:02}" for i in range(20)]
     gate = threading.Event()
-    server = server_for(catalog(*names))
+    server = server_for(catalog(*names, home="db00"))  # db00: the DSN's database
     server.scripts.insert(0, Script("-- per_db", gate=gate))
     runner = run(config("    connection_budget: 3\n"), server)
     done = threading.Thread(target=lambda: scrape(runner))
@@ -139,7 +146,7 @@ def test_a_database_whose_results_are_all_fresh_is_not_connected_to(run):
     """With more databases than the budget, a scrape that finds every per-database result within its
     ttl opens no connection to them: only the first database (it runs the cluster-wide queries)."""
     names = [f"db{i:02}" for i in range(6)]
-    server = server_for(catalog(*names))
+    server = server_for(catalog(*names, home="db00"))  # db00: the DSN's database
     cached = QUERIES.replace('per_db", metrics', 'per_db", ttl: 1h, metrics').replace(
         "labels: [datname],", "labels: [datname], ttl: 1h,")
     runner = run(parse_config("collectors: []\ntargets:\n  prod:\n    dsn: postgresql://monitor@127.0.0.1:1/postgres\n"
@@ -194,7 +201,7 @@ def test_a_database_without_a_result_is_waited_for(run):
 
 
 def test_with_room_in_the_budget_connections_are_kept_between_runs(run):
-    server = server_for(catalog("app", "billing"))
+    server = server_for(catalog("app", "billing", home="app"))
     runner = run(config("    connection_budget: 3\n"), server)
     scrape(runner)
     scrape(runner)
@@ -223,6 +230,112 @@ def test_an_unreachable_server_is_a_failed_discovery_not_a_crash(run):
 
 
 def test_health_lists_discovered_databases(run):
-    server = server_for(catalog("app", "billing"))
+    server = server_for(catalog("app", "billing", home="app"))
     runner = run(config(), server)
     assert set(runner.health()) == {"prod/app", "prod/billing"}
+
+
+def test_cluster_wide_queries_run_in_the_dsns_database_not_the_first_by_name(run):
+    server = server_for(catalog("!first", "app", "postgres"))
+    samples = scrape(run(config(), server))
+    assert [database for database, sql in server.executed_in if "-- server" in sql] == ["postgres"]
+    assert sample(samples, "server_x", target="prod") == 3
+    assert sample(samples, "per_db_x", datname="!first") == 1
+
+
+def test_the_dsns_database_left_out_by_the_patterns_still_runs_the_cluster_wide_queries_only(run):
+    server = server_for(catalog("app", "billing", "postgres"))
+    samples = scrape(run(config("    exclude_databases: [postgres]\n"), server))
+    assert [database for database, sql in server.executed_in if "-- server" in sql] == ["postgres"]
+    assert not [database for database, sql in server.executed_in if "-- per_db" in sql and database == "postgres"]
+    assert sample(samples, "server_x", target="prod") == 3
+    assert sample(samples, "per_db_x", datname="postgres") is None
+    assert sample(samples, "pgvigil_discovery_databases", outcome="monitored") == 2
+
+
+def test_a_required_extension_is_judged_in_the_database_the_query_runs_in(run):
+    """pg_stat_statements in `app` only, the DSN naming `postgres`: the cluster-wide query needing it is
+    skipped in `postgres`, visibly (self-metric, log), and not run in `app` either."""
+    server = server_for(catalog("app", "postgres"))
+    server.database_extensions["app"] = frozenset({"pg_stat_statements"})
+    queries = QUERIES + ('  - {name: statements, sql: "SELECT 4 AS x -- statements", scope: cluster,'
+                         ' requires_extension: pg_stat_statements, metrics: {x: {}}}\n')
+    server.scripts.append(Script("-- statements", rows=[(4,)]))
+    runner = run(parse_config("collectors: []\ntargets:\n  prod:\n    dsn: postgresql://monitor@127.0.0.1:1/postgres\n"
+                              "    databases: all\n" + queries), server)
+    samples = scrape(runner)
+    assert server.runs_of("-- statements") == 0
+    assert sample(samples, "pgvigil_query_skipped", datname="postgres", query="statements",
+                  reason="missing_extension") == 1
+    assert sample(samples, "pgvigil_query_skipped", datname="app", query="statements") is None
+    assert sample(samples, "pgvigil_query_success", query="statements") is None
+
+
+def test_a_database_name_that_is_not_utf8_is_skipped_counted_and_logged_escaped(run, caplog):
+    caplog.set_level("INFO", logger="exporter")
+    server = server_for(catalog("app", b"bad\xff\xfename", "postgres"))
+    samples = scrape(run(config(), server))
+    assert sample(samples, "pgvigil_discovery_success", target="prod") == 1
+    assert sample(samples, "pg_up", datname="app") == sample(samples, "pg_up", datname="postgres") == 1
+    assert sample(samples, "pgvigil_discovery_databases", outcome="undecodable_name") == 1
+    assert sample(samples, "pgvigil_discovery_databases", outcome="monitored") == 2
+    assert any("bad\\xff\\xfename" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("name", ["evil\nforged line", "evil\r\x1b[2Jforged", "evil\u2028forged", "evil\x85forged"])
+def test_database_names_are_escaped_in_every_log_line(run, caplog, name):
+    caplog.set_level("INFO", logger="exporter")
+    databases = catalog("app", name, "postgres")
+    server = server_for(databases)
+    server.scripts.insert(0, Script("-- per_db", fail=lambda: QueryFailed("relation does not exist"), failures=3))
+    runner = run(config(interval="10ms"), server)
+    scrape(runner)  # listed (new), a query failing there
+    server.missing_databases.add(name)  # unreachable now, then gone
+    for session in server.sessions:
+        session.close()
+    databases.rows = catalog("app", "postgres").rows
+    scrape(runner)
+    logged = [r.getMessage() for r in caplog.records if "forged" in r.getMessage()]
+    assert len(logged) >= 2, logged
+    for message in logged:
+        assert message.isprintable(), message
+
+
+def test_thousands_of_databases_answer_within_the_deadline_and_none_is_falsely_down(run):
+    """2,000 databases at the default budget (5), 2 ms a connect: each scrape answers by its deadline
+    with what it has; a database not yet visited has no pg_up (counted as not yet scraped), none is
+    reported down; /health answers from state at once; every database is reached in the end."""
+    count = 2000
+    names = [f"db{i:04}" for i in range(count)]
+    server = server_for(catalog(*names))
+    server.connect_delay = 0.002
+    cached = QUERIES.replace('per_db", metrics', 'per_db", ttl: 5m, metrics').replace(
+        "labels: [datname],", "labels: [datname], ttl: 5m,")
+    runner = run(parse_config("collectors: []\ntargets:\n  prod:\n    dsn: postgresql://monitor@127.0.0.1:1/postgres\n"
+                              "    databases: all\n" + cached), server)
+    deadline, reached, waiting = 0.5, 0, []
+    give_up = time.monotonic() + 120
+    while reached < count + 1:
+        assert time.monotonic() < give_up, f"{reached} databases reached"
+        took, samples = scrape_within(runner, deadline)
+        assert took < deadline + 0.25, took
+        up = [v for (name, labels), v in samples.items() if name == "pg_up"]
+        assert set(up) <= {1.0}, "a database waiting for a connection was reported down"
+        assert len(up) >= reached
+        reached = len(up)
+        waiting.append(sample(samples, "pgvigil_discovery_databases_not_yet_scraped", target="prod"))
+        assert waiting[-1] == count + 1 - reached
+        started = time.monotonic()
+        health = runner.health()
+        assert time.monotonic() - started < 1.0
+        assert not [name for name, t in health.items() if t["up"] is False]
+        assert len(health) == count + 1
+    assert server.peak <= 5 and waiting[-1] == 0 and len(waiting) > 1
+
+
+def scrape_within(runner: Runner, deadline: float) -> tuple[float, dict]:
+    """How long the scrape took, and its samples (parsed after the clock stopped)."""
+    started = time.monotonic()
+    result = runner.scrape(timeout=deadline)
+    took = time.monotonic() - started
+    return took, parse_exposition(ScrapeText(runner.config.queries).text(result) + render_self_metrics(result))
