@@ -6,9 +6,11 @@ a thresholds file moves those tests with it.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,7 +131,21 @@ def test_every_alert_and_severity_is_tested_both_sides():
             assert severity not in _severities_expected(silent[0], spec.name)
     healthy = [t for t in tests if t["name"].startswith("a healthy")]
     checked = {c["alertname"] for c in healthy[0]["alert_rule_test"] if c["exp_alerts"] == []}
-    assert checked == {spec.name for spec in alert_specs(thresholds)}
+    assert checked == {spec.name for spec in alert_specs(thresholds) if thresholds[spec.threshold].levels()}
+
+
+def test_an_opt_in_alert_is_off_as_shipped_and_on_with_a_level(tmp_path):
+    """PostgresTablesWithoutRls fired for every ordinary table: it ships off (both levels null)."""
+    shipped = yaml.safe_load((ROOT / "alerts" / "pgvigil-alerts.yml").read_text())
+    names = {rule.get("alert") for group in shipped["groups"] for rule in group["rules"]}
+    assert "PostgresTablesWithoutRls" not in names
+    text = _set_level(THRESHOLDS.read_text(), "tables_without_rls", "warning", "0")
+    (tmp_path / "thresholds.yaml").write_text(text)
+    result = CliRunner().invoke(main, ["bundle", "--thresholds", str(tmp_path / "thresholds.yaml"),
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    enabled = yaml.safe_load((tmp_path / "out" / "alerts" / "pgvigil-alerts.yml").read_text())
+    assert "PostgresTablesWithoutRls" in {rule.get("alert") for group in enabled["groups"] for rule in group["rules"]}
 
 
 def _severities_expected(test: dict, alertname: str) -> set[str]:
@@ -338,3 +354,44 @@ def test_generated_tests_hold_for_other_numbers(tmp_path, factor):
     write_bundle(mine, tmp_path / "out")
     result = run("promtool", "test", "rules", ALERT_FILES["tests"].name, cwd=tmp_path / "out" / "alerts" / "tests")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+
+def layout(tmp_path: Path, clone: bool) -> Path:
+    """This pgvigil's package where pip would put it (site/exporter), or in a copy of a clone (with the
+    repository's pyproject.toml and alerts/thresholds.yaml beside it); returns the directory for PYTHONPATH."""
+    root = tmp_path / ("clone" if clone else "site")
+    shutil.copytree(ROOT / "exporter", root / "exporter", ignore=shutil.ignore_patterns("__pycache__"))
+    if clone:
+        shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
+        (root / "alerts").mkdir()
+        shutil.copy(THRESHOLDS, root / "alerts" / "thresholds.yaml")
+    return root
+
+
+def bundle_from(package_root: Path, cwd: Path, *argv: str) -> subprocess.CompletedProcess:
+    cwd.mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "exporter", "bundle", *argv], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(package_root)))
+
+
+def test_an_installed_pgvigil_wants_out_and_writes_nothing_into_the_current_directory(tmp_path):
+    site = layout(tmp_path, clone=False)
+    result = bundle_from(site, tmp_path / "work")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "Error: give --out DIR, the directory to write alerts/ and dashboards/ into: this pgvigil is an installed "
+        "package, and only in a clone of the repository does bundle default to the clone's root")
+    assert list((tmp_path / "work").iterdir()) == []
+    result = bundle_from(site, tmp_path / "work", "--out", "deploy")
+    assert result.returncode == 0, result.stderr
+    assert "deploy/alerts/pgvigil-alerts.yml" in result.stdout.splitlines()
+    assert (tmp_path / "work" / "deploy" / "dashboards").is_dir()
+
+
+def test_in_a_clone_bundle_without_out_writes_into_the_clone_and_says_so(tmp_path):
+    clone = layout(tmp_path, clone=True)
+    result = bundle_from(clone, tmp_path / "work")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[0] == f"no --out: writing into the clone of the repository at {clone}"
+    assert f"{clone}/alerts/pgvigil-alerts.yml" in result.stdout.splitlines()
+    assert list((tmp_path / "work").iterdir()) == []

@@ -219,7 +219,7 @@ def healthy_series() -> dict[str, str]:
 
 def healthy_group(thresholds: dict[str, Threshold]) -> dict:
     """A healthy database fires nothing: every alert is checked, including at the end of the window."""
-    names = sorted({spec.name for spec in alert_specs(thresholds)})
+    names = sorted({spec.name for spec in alert_specs(thresholds) if thresholds[spec.threshold].levels()})
     checks = [
         {"eval_time": f"{minute}m", "alertname": name, "exp_alerts": []}
         for minute in (30, HEALTHY_MINUTES - 5)

@@ -24,7 +24,7 @@ DIRECTIONS = ("above", "below")
 THRESHOLD_KEYS = Section(
     "<threshold name>",
     Key("warning", required=True, doc="warning level, or null where the alert has no warning"),
-    Key("critical", required=True, doc="critical level, or null"),
+    Key("critical", required=True, doc="critical level, or null (both null: the alert is off, opt-in)"),
     Key("for", required=True, doc="Prometheus duration the condition must hold, e.g. 5m"),
     Key("unit", required=True, doc=", ".join(UNITS)),
     Key("direction", default="above", doc="above or below: which side of the level alerts"),
@@ -115,8 +115,6 @@ class _Checker(EntriesChecker[Threshold]):
         self.missing(entry, (name,), THRESHOLD_KEYS)
         warning, critical, min_rate = (self.number(entry.get(key), (name, key))
                                        for key in ("warning", "critical", "min_rate"))
-        if "warning" in entry and "critical" in entry and warning is None and critical is None:
-            self.error((name,), "at least one of warning and critical must be a number")
         duration = entry.get("for")
         problem = duration_problem(duration) if "for" in entry else None
         if problem:
