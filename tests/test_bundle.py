@@ -246,8 +246,6 @@ def test_example_group_needs_the_examples_directory(tmp_path):
      "t.yaml:3: a.critical: must be >= warning (3) when direction is above"),
     ("a:\n  warning: 0.8\n  critical: 0.9\n  direction: below\n  for: 5m\n  unit: ratio\n  description: d\n",
      "t.yaml:3: a.critical: must be <= warning (0.8) when direction is below"),
-    ("a:\n  warning: null\n  critical: null\n  for: 5m\n  unit: count\n  description: d\n",
-     "t.yaml:1: a: at least one of warning and critical must be a number"),
     ("a:\n  warning: 1\n  critical: 2\n  for: 5m\n  unit: parsecs\n  description: d\n",
      "t.yaml:5: a.unit: expected one of ratio, seconds, bytes, count, boolean, got 'parsecs'"),
     ("a:\n  warning: 1\n  critical: 2\n  unit: count\n  description: d\n",
