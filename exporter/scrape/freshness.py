@@ -9,7 +9,8 @@ deadline when a server has thousands of them: its scrape reports what its latest
 It is waited for only while that is not enough (never visited yet, unreachable last time, or a
 result past twice its ttl), and never beyond the deadline; a visit still queued or running then
 is neither a timeout nor a reason to call the database down. A database never visited has no
-series at all (it is counted in pgvigil_discovery_databases_not_yet_scraped), never `pg_up 0`.
+series at all (it is counted in pgvigil_discovery_databases_not_yet_scraped), never `pg_up 0`; nor
+has any target whose first connect has not ended yet.
 """
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ from exporter.scrape.state import TargetState
 
 
 def reported(state: TargetState) -> bool:
-    """Whether a scrape reports the target (its pg_up, its queries): not a database never reached yet,
-    nor one gone since its run began."""
-    return not state.removed and (not state.discovered_database or state.up is not None)
+    """Whether a scrape reports the target (its pg_up, its queries): not one never reached yet (its first
+    connect is still waiting or under way: not yet scraped, which is not down), nor a database gone since
+    its run began."""
+    return not state.removed and state.up is not None
 
 
 def awaited(state: TargetState, eligible: Sequence[QuerySpec]) -> bool:
