@@ -91,8 +91,14 @@ class QueryResults:
             self.previous_run[query.name] = result.prelude
         for reason in ROW_PROBLEM_REASONS:
             status.errors[reason] += getattr(run.problems, reason)
-        if run.problems.messages:
-            self._log_problem(query, "; ".join(run.problems.messages))
+        # Rows the driver could not read (a value not UTF-8, e.g. a database name made in a SQL_ASCII
+        # database, in pg_stat_database) were left out by the session (rows.py): counted, never silent.
+        unreadable = getattr(result, "unreadable", 0)
+        status.errors["invalid_value"] += unreadable
+        messages = run.problems.messages + ([f"{unreadable} row(s) with a value the driver cannot read "
+                                             "(text that is not UTF-8?) left out"] if unreadable else [])
+        if messages:
+            self._log_problem(query, "; ".join(messages))
         status.success, status.result, status.error = True, run, None
         status.rows, status.series = run.rows, run.series
         status.last_success = time.time()

@@ -270,7 +270,11 @@ def test_a_database_name_that_is_not_utf8_is_one_skipped_database_not_an_outage(
         names = [bytes(raw) for (raw,) in cluster.execute(
             "SELECT decode(replace(datname::text, E'\\\\', E'\\\\\\\\'), 'escape') FROM pg_database")]
         assert bad in names  # the server holds the name as it was given
-        runner = Runner(discovery_config(cluster, f"    databases: ['{prefix}_*']\n"))
+        # A cluster-wide query reading the names as text: the row the driver cannot read is counted.
+        names = ('  - {name: names, scope: cluster, labels: [datname], metrics: {x: {}},'
+                 f' sql: "SELECT datname, 1 AS x FROM pg_database WHERE datname LIKE \'{prefix}%\'"}}\n')
+        runner = Runner(parse_config(f"collectors: []\ntargets:\n  prod:\n    dsn: {cluster.dsn()}\n"
+                                     f"    databases: ['{prefix}_*']\n" + QUERIES + names, source="test.yaml"))
         caplog.set_level(logging.INFO, logger="exporter")
         try:
             _, samples = scrape(runner)
@@ -286,6 +290,8 @@ def test_a_database_name_that_is_not_utf8_is_one_skipped_database_not_an_outage(
     assert sample(samples, "pgvigil_discovery_databases", target="prod", outcome="undecodable_name") == 1
     logged = [r.getMessage() for r in caplog.records if "_bad" in r.getMessage()]
     assert logged and all(f"{prefix}_bad\\xff\\xfe" in m for m in logged), logged
+    assert sample(samples, "names_x", datname=f"{prefix}_ok") == 1
+    assert sample(samples, "pgvigil_query_errors_total", query="names", reason="invalid_value") == 1
 
 
 def test_a_database_name_cannot_forge_log_lines(cluster, prefix, caplog):
