@@ -165,6 +165,13 @@ def recording_rules(objective: Objective) -> list[dict]:
     return rules
 
 
+# A long window is judged only once it holds MIN_HISTORY seconds of data: on a fresh Prometheus (or a new
+# replica) a 1d or 3d ratio is the first minutes' ratio, cold caches and all, and would open tickets.
+# The 1h page is left alone: an hour's burn is what it measures.
+MIN_HISTORY = 5400
+GUARDED_FROM = 21600  # standard windows of 6h and longer
+
+
 def alert_expr(objective: Objective, burns: tuple[Burn, ...]) -> str:
     windows = objective.windows()
     selector = slo_selector(objective)
@@ -172,8 +179,20 @@ def alert_expr(objective: Objective, burns: tuple[Burn, ...]) -> str:
     for burn in burns:
         level = number(burn.factor * objective.budget)
         pairs.append(f"(\n  {ratio_name(windows[burn.long])}{selector} > {level}\n"
-                     f"  and {ratio_name(windows[burn.short])}{selector} > {level}\n)")
+                     f"  and {ratio_name(windows[burn.short])}{selector} > {level}"
+                     f"{_coverage_guard(objective, windows, burn.long)}\n)")
     return "\nor\n".join(pairs)
+
+
+def _coverage_guard(objective: Objective, windows: dict[int, str], long: int) -> str:
+    """`and` the long window holds MIN_HISTORY of data: the long ratio's own samples over the window (it
+    is recorded at every evaluation once its input exists) against its samples over the last 5m, scaled
+    up (the evaluation interval cancels out)."""
+    if long < GUARDED_FROM:
+        return ""
+    ratio = f"{ratio_name(windows[long])}{slo_selector(objective)}"
+    return (f"\n  and count_over_time({ratio}[{windows[long]}]) > {number(MIN_HISTORY / 300)}"
+            f" * count_over_time({ratio}[5m])")
 
 
 def alerting_rule(objective: Objective, severity: str, burns: tuple[Burn, ...]) -> dict:

@@ -7,7 +7,8 @@ kind:
   healthy     half the budget's error rate all along: no page, no ticket
   fast burn   two healthy hours, then everything fails: pages within the workbook's time
               (2 % of the budget: 14.4 x budget x 1h of full failure), checked at that minute
-  slow burn   4.5 x the budget's rate all along: the ticket opens, the page never does
+  slow burn   4.5 x the budget's rate all along: the ticket opens once the long windows hold 90 minutes of
+              data (slos_rules.MIN_HISTORY: none at 60 minutes on a fresh Prometheus), the page never does
   blip        two error-free hours, then full failure for 60 % of what would page: a threshold
               alert fires on it, the objective does not page
 
@@ -24,7 +25,17 @@ from typing import Callable, Iterable
 from exporter.bundle.catalog import BASE, number, selector
 from exporter.bundle.rules import BundleError
 from exporter.bundle.slos import REFERENCE_PERIOD, Objective, promql_duration
-from exporter.bundle.slos_rules import PAGE, SEVERITIES, Burn, description, runbook_url, slo_selector, summary
+from exporter.bundle.slos_rules import (
+    GUARDED_FROM,
+    MIN_HISTORY,
+    PAGE,
+    SEVERITIES,
+    Burn,
+    description,
+    runbook_url,
+    slo_selector,
+    summary,
+)
 
 RULE_FILE = "../pgvigil-slos.yml"
 # Minutes (of a 30-day period). Two hours of history before trouble keep the 6-hour window's ratio
@@ -180,13 +191,24 @@ class Timeline:
         """Severities firing at `at` seconds; None when a ratio is too close to its level to tell."""
         states = []
         for severity, burns in SEVERITIES:
-            state = _any(_all(self._above(at, window * self.scale, burn) for window in (burn.long, burn.short))
+            state = _any(_all([*(self._above(at, window * self.scale, burn) for window in (burn.long, burn.short)),
+                               self._history(at, burn.long)])
                          for burn in burns)
             if state is None:
                 return None
             if state:
                 states.append(severity)
         return states
+
+    def _history(self, at: float, long: int) -> bool | None:
+        """The rules' coverage guard: a window of 6h or longer holds MIN_HISTORY seconds of the recorded
+        ratio (recorded from the first evaluation on); None within two evaluations of the edge."""
+        if long < GUARDED_FROM:
+            return True
+        held = min(at, long * self.scale)  # from the first evaluation, give or take the first input sample
+        if abs(held - MIN_HISTORY) <= 2 * self.eval_interval + self.interval:
+            return None
+        return held > MIN_HISTORY
 
     def _above(self, at: float, window: float, burn: Burn) -> bool | None:
         level = burn.factor * self.objective.budget
@@ -238,8 +260,9 @@ def scenarios(objective: Objective) -> list[tuple[str, list[tuple[float, float]]
          [Check(60), Check(120), Check(LENGTH - 5)]),
         ("fast burn: everything fails after two healthy hours, and it pages",
          [(HEALTHY_PREFIX, healthy), (LENGTH - HEALTHY_PREFIX, 1.0)], [Check(HEALTHY_PREFIX - 1)]),
-        ("slow burn: 4.5 times the budget's error rate opens a ticket and never pages", [(LENGTH, 4.5 * budget)],
-         [Check(100), Check(150), Check(LENGTH - 5)]),
+        ("slow burn: 4.5 times the budget's error rate opens a ticket once 90 minutes are recorded, never pages",
+         [(LENGTH, 4.5 * budget)],
+         [Check(60, shift=False), Check(150), Check(LENGTH - 5)]),
         # error-free around the blip: over the (still short) history the 3-day ratio stays clear of its level
         (f"blip: {_minutes(blip)} of full failure after two error-free hours does not page",
          [(HEALTHY_PREFIX, 0.0), (blip, 1.0), (rest, 0.0)],
