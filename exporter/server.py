@@ -54,6 +54,9 @@ class Exporter:
         self.registry = process_registry(extra_collectors)
         self._reload_lock = threading.Lock()
         self._scraped = False  # the first scrape is logged with its duration and size
+        # Seconds the latest answer took to assemble after its scrape, for /metrics (True) and /probe (False):
+        # kept back from the next scrape's wait, so the answer is complete by the deadline.
+        self._assembly: dict[bool, float] = {True: 0.0, False: 0.0}
 
     @property
     def runner(self) -> Runner:
@@ -69,9 +72,12 @@ class Exporter:
         self._scraped = True
         if first:  # the first scrape of a large catalog takes seconds: say so while it runs
             log.info("first scrape: running the queries of %d target(s)", len(runner.targets))
-        scrape = runner.scrape(scrape_timeout, only=only)
+        whole = only is None
+        scrape = runner.scrape(scrape_timeout, only=only, reserve=self._assembly[whole])
+        assembling = time.monotonic()
         parts = text.parts(scrape)
         parts.append(render_self_metrics(scrape, self.registry).encode("utf-8"))
+        self._assembly[whole] = time.monotonic() - assembling
         if first:
             log.info("first scrape done in %.1f s: %d of %d queries succeeded, %d series, %d bytes",
                      scrape.duration, sum(o.included for o in scrape.outcomes), len(scrape.outcomes),

@@ -60,6 +60,7 @@ class Runner:
         self._inflight: dict[str, tuple[concurrent.futures.Future[None], int]] = {}
         self._checks: dict[str, concurrent.futures.Future[None]] = {}
         self._closed = False
+        self._tail = 0.0  # seconds the latest scrape took after it stopped waiting (its outcomes)
         # Configured targets and each server's DSN database run here; the other discovered databases
         # wait their turn in their server's visit queue, as many at once as its budget leaves them.
         width = len(self._targets.configured) + len(self.roots)
@@ -83,11 +84,16 @@ class Runner:
         return self._targets.roots
 
     # -- scraping ----------------------------------------------------------
-    def scrape(self, timeout: float | None = None, only: Iterable[str] | None = None) -> Scrape:
-        """Start (or join) a run on each target and wait for those that need it, until the scrape's deadline."""
+    def scrape(self, timeout: float | None = None, only: Iterable[str] | None = None,
+               reserve: float = 0.0) -> Scrape:
+        """Start (or join) a run on each target and wait for those that need it, until the scrape's deadline.
+
+        The wait ends early by what comes after it: this scrape's own outcomes (as long as the latest
+        scrape's took) and `reserve`, the caller's time to answer (its text, with thousands of databases
+        tens of megabytes), together at most half the budget: the answer is ready by the deadline."""
         start = time.monotonic()
         budget = self.config.defaults.scrape_timeout if timeout is None else timeout
-        deadline = start + budget
+        deadline = start + budget - min(budget / 2, self._tail + max(0.0, reserve))
         # A root never read is waited for (it has no databases yet); a due re-reading only briefly.
         first = any(root.status.success is None for root in self.roots.values())
         self._targets.refresh(wait=budget if first else budget / 4)
@@ -96,6 +102,7 @@ class Runner:
         runs = {state.name: self._start_run(state) for state in states}
         awaited = [runs[state.name][0] for state in states if freshness.awaited(state, self.eligible_queries(state))]
         concurrent.futures.wait(awaited, timeout=max(0.0, deadline - time.monotonic()))
+        waited = time.monotonic()
         shown = {state.name: freshness.reported(state) for state in states}  # one look: visits go on meanwhile
         reported = [state for state in states if shown[state.name]]
         outcomes = []
@@ -111,6 +118,7 @@ class Runner:
         waiting = {root.spec.name: sum(not shown.get(state.name, state.up is not None)
                                        for state in root.states.values() if state.discovered_database)
                    for root in discovery}
+        self._tail = time.monotonic() - waited
         return Scrape(outcomes=outcomes, targets=reported, duration=time.monotonic() - start, discovery=discovery,
                       not_yet_scraped=waiting)
 
