@@ -15,6 +15,7 @@ CONFIG answer one row per item; their views turn that into one row with a column
 from __future__ import annotations
 
 import decimal
+import math
 import re
 import threading
 import time
@@ -25,6 +26,7 @@ import psycopg
 
 from exporter.config import CONSOLE_COMMANDS, Defaults, TargetSpec
 from exporter.redaction import dsn_secrets
+from exporter.scrape.render import ROW_BYTES
 from exporter.scrape.session import (
     STALL_GRACE_SECONDS,
     ConnectFailed,
@@ -36,6 +38,7 @@ from exporter.scrape.session import (
     connect_message,
     cut_socket,
 )
+from exporter.scrape.wire import BoundedConnection
 
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 
@@ -116,6 +119,20 @@ def normalize(view: View, columns: Sequence[str], rows: Sequence[tuple]) -> Fetc
     return FetchResult(names, shaped)
 
 
+def with_row_bytes(result: FetchResult, labels: int, max_label_bytes: int | None) -> FetchResult:
+    """The ROW_BYTES column the SQL around a PostgreSQL query computes on the server, computed here: each
+    row's label bytes, or -1 when one is past max_label_bytes (the renderer drops and counts the row, and
+    bounds the query's text by the sizes). A console's names are whatever its config holds."""
+    if max_label_bytes is None:
+        return result
+    sized = []
+    for row in result.rows:
+        lengths = [len(str(value).encode("utf-8", "replace")) for value in row[:labels] if value is not None]
+        size = -1 if any(length > max_label_bytes for length in lengths) else sum(lengths)
+        sized.append((*row, size))
+    return FetchResult([*result.columns, ROW_BYTES], sized)
+
+
 def _pivot(rows: Sequence[tuple]) -> tuple:
     return tuple(row[1] for row in rows)
 
@@ -127,6 +144,8 @@ def _number(value: Any, microseconds: bool) -> Any:
             value = float(value)
         except ValueError:
             return value  # left as text: render reports it as an invalid value if a metric reads it
+        if not math.isfinite(value):
+            return str(value)  # no count or setting of PgBouncer is infinite: an invalid value, not +Inf
     if isinstance(value, decimal.Decimal):
         value = int(value) if value == value.to_integral_value() else float(value)
     if microseconds and isinstance(value, (int, float)):
@@ -160,8 +179,9 @@ class ConsoleSession:
             # The console has no transactions (psycopg's implicit BEGIN would be refused) and speaks only the
             # simple query protocol: execute() without parameters uses it, as long as psycopg never
             # prepares a command it has sent a few times (prepare_threshold=None).
-            conn = psycopg.connect(self.spec.dsn, connect_timeout=max(1, int(round(self.defaults.connect_timeout))),
-                                   application_name="pgvigil", autocommit=True, prepare_threshold=None)
+            conn = BoundedConnection.connect(
+                self.spec.dsn, connect_timeout=max(1, int(round(self.defaults.connect_timeout))),
+                application_name="pgvigil", autocommit=True, prepare_threshold=None)
         except psycopg.Error as exc:
             raise ConnectFailed(connect_message(exc, self.spec.dsn, self._secrets)) from None
         self._conn = conn
@@ -186,10 +206,13 @@ class ConsoleSession:
             raise QueryFailed(f"refused to run on a PgBouncer console: only {', '.join(VIEWS)} are sent")
         view = VIEWS[command]
         answer = self._send(view.command, timeout)
-        result = normalize(view, answer.columns, answer.rows)
+        try:
+            result = normalize(view, answer.columns, answer.rows)
+        except Exception as exc:  # a console (or something posing as one) answering what no release sends
+            raise QueryFailed(f"{view.command}: an answer no PgBouncer release sends ({type(exc).__name__})") from None
         if prepared.limit is not None:
             result = FetchResult(result.columns, result.rows[:prepared.limit])
-        return result
+        return with_row_bytes(result, len(view.labels), prepared.max_label_bytes)
 
     def _send(self, command: str, timeout: float) -> FetchResult:
         """Send one command from VIEWS (never anything else), bounded by `timeout` plus a grace."""

@@ -10,16 +10,20 @@ database list (`gone`): a dropped database is removed, not reported down.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import threading
 import time
 from typing import Callable
 
 from exporter.config import Defaults, QuerySpec
+from exporter.logs import loggable
 from exporter.scrape.budget import NoConnectionSlot
 from exporter.scrape.capability import CAPABILITY_REFRESH_SECONDS, probe
 from exporter.scrape.picks import picked_ids
 from exporter.scrape.session import FetchResult, QueryFailed, prepare_sql
 from exporter.scrape.state import Fetched, TargetState
+
+log = logging.getLogger(__name__)
 
 EXTENSION_REFRESH_SECONDS = 60.0
 
@@ -132,6 +136,12 @@ class Execution:
                 result = _query(state, index, query)
         except QueryFailed as exc:
             state.record_failure(query, run_id, exc.reason, str(exc), start)
+            return None
+        except SessionLost:
+            raise
+        except Exception as exc:  # a bug, or an answer no check foresaw: this query fails alone, counted
+            log.exception("query %s on target %s: unexpected failure", query.name, loggable(state.name))
+            state.record_failure(query, run_id, "error", f"unexpected failure: {type(exc).__name__}", start)
             return None
         return Fetched(result, start)
 

@@ -123,6 +123,7 @@ class PreparedSql:
     byte_budget: int | None = None
     sink: RowSink | None = None
     scope: NameScope = OWN_SQL
+    max_label_bytes: int | None = None  # for sessions that bound labels on our side (the PgBouncer console)
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def prepare_sql(query: QuerySpec, previous_run: str | None,
     sink = None if plain else RowSink(query, histograms if histograms is not None else {})
     return PreparedSql(sql, prelude, limit, columns=bounded_columns(query), batch_rows=batch,
                        byte_budget=query.max_query_bytes // max(1, len(query.metrics)) if plain else None, sink=sink,
-                       scope=scope_of(query))
+                       scope=scope_of(query), max_label_bytes=query.max_label_bytes)
 
 
 def bounded_columns(query: QuerySpec) -> str:

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from tests.fake_postgres import TEXT, Answer, FakePostgres, huge_error, huge_value_row, repeated
+from tests.conftest import parse_exposition, sample
+from tests.fake_postgres import INT4, TEXT, Answer, FakePostgres, huge_error, huge_value_row, repeated
 
 _CHILD = """
 import json, sys
@@ -56,3 +57,67 @@ def test_an_answer_past_the_bound_fails_its_query_and_frees_its_memory(case, ans
     assert "the server's answer passed 32 MB" in outcome["failed"], case
     assert outcome["lost"] is True
     assert outcome["peak_mb"] < 200, f"{case}: peak {outcome['peak_mb']} MB"
+
+
+_CONSOLE_CHILD = """
+import json, sys
+from exporter.config import parse_config
+from exporter.scrape.assembly import scrape_once
+config = parse_config(sys.argv[1])
+text = scrape_once(config)
+status = open("/proc/self/status").read()
+peak = int(next(l for l in status.splitlines() if l.startswith("VmHWM")).split()[1]) // 1024
+print(json.dumps({"text": text, "peak_mb": peak}))
+"""
+
+
+def _console(answers: dict[str, Answer]) -> tuple[dict, int]:
+    """Scrape a fake PgBouncer console with the shipped pgbouncer pack, in a child process."""
+    version = Answer([("version", TEXT)], [[("PgBouncer 1.24.1",)]], tag="SHOW")
+
+    def answer(sql: str) -> Answer:
+        return version if sql.upper().startswith("SHOW VERSION") else answers.get(sql.strip().upper(), Answer())
+
+    with FakePostgres(answer) as server:
+        config = (f"collectors: [pgbouncer]\ntargets:\n  bouncer:\n    kind: pgbouncer\n"
+                  f"    dsn: '{server.dsn().replace('dbname=fake', 'dbname=pgbouncer')}'\n")
+        done = subprocess.run([sys.executable, "-c", _CONSOLE_CHILD, config], capture_output=True, text=True,
+                              timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    outcome = json.loads(done.stdout)
+    return parse_exposition(outcome["text"]), outcome["peak_mb"]
+
+
+POOL_COLUMNS = [("database", TEXT), ("user", TEXT), ("cl_active", INT4), ("cl_waiting", INT4), ("maxwait", INT4),
+                ("maxwait_us", INT4)]
+
+
+def test_a_console_with_huge_names_cannot_grow_memory():
+    pools = [[(f"db{i}_" + "n" * 50_000, "u", "1", "0", "0", "0") for i in range(500)]]
+    samples, peak = _console({"SHOW POOLS": Answer(POOL_COLUMNS, pools, tag="SHOW")})
+    assert peak < 200, f"peak {peak} MB"
+    assert sample(samples, "pgvigil_query_errors_total", target="bouncer", query="pgbouncer_pools",
+                  reason="cardinality") == 500  # each row's name is past max_label_bytes: dropped, counted
+
+
+@pytest.mark.parametrize("case, pools, counted", [
+    # columns a release lacks are NULL by design (console.normalize): no sample, no failure
+    ("a missing column", Answer(POOL_COLUMNS[:1], [[("app",)]], tag="SHOW"), False),
+    ("a NULL where a number belongs", Answer(POOL_COLUMNS, [[("app", "u", None, "0", "1", None)]], tag="SHOW"), True),
+    ("Infinity", Answer([(n, TEXT) for n, _ in POOL_COLUMNS], [[("app", "u", "Infinity", "0", "0", "0")]],
+                        tag="SHOW"), True),
+])
+def test_a_malformed_console_answer_fails_its_query_alone(case, pools, counted):
+    """Before, an exception in one console query ended the target's run: 6 of 7 queries not run, nothing counted."""
+    stats = Answer([("database", TEXT), ("query_count", TEXT)], [[("app", "7")]], tag="SHOW")
+    samples, _ = _console({"SHOW POOLS": pools, "SHOW STATS_TOTALS": stats})
+    assert sample(samples, "pgbouncer_up", target="bouncer") == 1, case
+    assert sample(samples, "pgvigil_query_success", target="bouncer", query="pgbouncer_stats_totals") == 1, case
+    assert sample(samples, "pgbouncer_stats_totals_queries_pooled_total", target="bouncer", database="app") == 7, case
+    pools_ok = sample(samples, "pgvigil_query_success", target="bouncer", query="pgbouncer_pools")
+    errors = sum(v for (name, labels), v in samples.items()
+                 if name == "pgvigil_query_errors_total" and ("query", "pgbouncer_pools") in labels)
+    if counted:
+        assert pools_ok == 0 or errors >= 1, case  # failed, or its bad row counted: never silent
+        assert not any(name.startswith("pgbouncer_pools_client_active") and value == float("inf")
+                       for (name, _), value in samples.items())
