@@ -13,7 +13,7 @@ from exporter.server import scrape_budget, start_server
 
 QUERIES = """
   - {name: q, sql: "SELECT 1 AS x", metrics: {x: {}}}
-  - {name: nap, sql: "SELECT pg_sleep(3) IS NULL AS x", targets: [up], metrics: {x: {}}}
+  - {name: nap, sql: "SELECT pg_sleep(3) IS NULL AS x", allow_calls: [pg_sleep], targets: [up], metrics: {x: {}}}
 """
 
 
@@ -42,7 +42,8 @@ def test_metrics_parse_back_and_honour_the_scrape_timeout_header(server):
     samples = parse_exposition(body)
     assert sample(samples, "q_x", target="up") == 1
     assert sample(samples, "pg_up", target="down") == 0
-    assert sample(samples, "pgvigil_query_errors_total", query="nap", reason="timeout") == 1
+    assert sample(samples, "pgvigil_query_late_total", query="nap") == 1  # the client's deadline: late, not failed
+    assert sample(samples, "pgvigil_query_errors_total", query="nap", reason="timeout") == 0
     assert sample(samples, "pgvigil_build_info") == 1
     assert sample(samples, "process_resident_memory_bytes") > 0
 
@@ -101,3 +102,22 @@ def test_the_first_scrape_is_logged_with_its_duration_and_size(fresh_db, caplog)
     assert messages[0] == "first scrape: running the queries of 1 target(s)"
     assert messages[1].startswith("first scrape done in ") and ": 1 of 1 queries succeeded, 1 series, " in messages[1]
     assert len([m for m in messages if m.startswith("first scrape")]) == 2  # the second scrape is not logged
+
+
+def test_a_client_cutting_the_deadline_short_fails_no_query(fresh_db):
+    """30 scrapes announcing 0.55 s counted 377 query timeouts on a healthy database, and any client could
+    make PostgresExporterQueryFailing fire: a deadline the client shortens is not the database's failure."""
+    config = config_for(fresh_db, "".join(f"  - {{name: q{i}, sql: 'SELECT {i} AS x', metrics: {{x: {{}}}}}}\n"
+                                          for i in range(12)))
+    handle = start_server(config)
+    try:
+        for _ in range(30):
+            status, _, body = get(handle.url + "/metrics", {"X-Prometheus-Scrape-Timeout-Seconds": "0.55"})
+            assert status == 200
+        _, _, body = get(handle.url + "/metrics")  # the configured deadline: every result in
+        samples = parse_exposition(body)
+    finally:
+        handle.stop()
+    errors = {labels: value for (name, labels), value in samples.items() if name == "pgvigil_query_errors_total"}
+    assert errors and all(value == 0 for value in errors.values()), errors
+    assert all(sample(samples, f"q{i}_x") == i for i in range(12))

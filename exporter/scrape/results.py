@@ -41,6 +41,9 @@ class QueryStatus:
     error: str | None = None
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
     reused_through: int = 0  # the latest run that skipped this query because its result was within ttl
+    # Scrapes that could not wait for this query's result: the scrape's deadline, which a client sets
+    # (X-Prometheus-Scrape-Timeout-Seconds), not the query's own timeout, which fails it as "timeout".
+    late: int = 0
 
 
 @dataclass

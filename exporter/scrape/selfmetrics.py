@@ -71,10 +71,17 @@ def render_self_metrics(scrape: Scrape, registry: CollectorRegistry | None = Non
         "pgvigil_query_last_success_timestamp_seconds": ("gauge", "Unix time of the query's latest successful run", []),
         "pgvigil_query_errors_total": ("counter", "Query failures and dropped rows by reason "
                                        "(error, timeout, invalid_value, duplicate, cardinality)", []),
+        "pgvigil_query_late_total": ("counter", "Scrapes whose deadline passed before the query's result was ready "
+                                     "(the query goes on; never an error: a client sets the deadline)", []),
+        "pgvigil_role_can_write": ("gauge", "1 when the target's monitoring role could write, were a query to "
+                                   "escape its read-only transaction (superuser, or write privileges on a table)", []),
     }
     for state in scrape.targets:
         up = "pgbouncer_up" if state.spec.kind == "pgbouncer" else "pg_up"
         families[up][2].append((state.label_text, 1 if state.up else 0))
+        facts = state.facts
+        if facts is not None and state.spec.kind != "pgbouncer":
+            families["pgvigil_role_can_write"][2].append((state.label_text, 1 if facts.role_can_write else 0))
     failed = any(not state.up for state in scrape.targets) or any(not root.status.success for root in scrape.discovery)
     for outcome in scrape.outcomes:
         labels = f'{outcome.target.label_text},query="{escape_label_value(outcome.query.name)}"'
@@ -87,6 +94,7 @@ def render_self_metrics(scrape: Scrape, registry: CollectorRegistry | None = Non
         families["pgvigil_query_series"][2].append((labels, status.series))
         if status.last_success is not None:
             families["pgvigil_query_last_success_timestamp_seconds"][2].append((labels, status.last_success))
+        families["pgvigil_query_late_total"][2].append((labels, status.late))
         for reason in ERROR_REASONS:
             if reason in ALWAYS_PRESENT_REASONS or status.errors[reason]:
                 families["pgvigil_query_errors_total"][2].append((f'{labels},reason="{reason}"', status.errors[reason]))

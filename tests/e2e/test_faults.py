@@ -107,8 +107,8 @@ def test_backend_terminated_between_scrapes(fresh_db, cluster):
 
 def test_backend_terminated_during_a_query(fresh_db, cluster):
     dbname = fresh_db.rsplit("/", 1)[1]
-    config = config_for(fresh_db, "  - {name: slow, sql: 'SELECT 1 AS x FROM pg_sleep(1)', metrics: {x: {}}}\n"
-                                  + QUERY, "defaults: {timeout: 10s, scrape_timeout: 20s}\n")
+    config = config_for(fresh_db, "  - {name: slow, sql: 'SELECT 1 AS x FROM pg_sleep(1)', allow_calls: [pg_sleep],"
+                                  " metrics: {x: {}}}\n" + QUERY, "defaults: {timeout: 10s, scrape_timeout: 20s}\n")
     handle = start_server(config)
     killed = []
 
@@ -184,7 +184,8 @@ def test_a_blocked_query_does_not_hold_the_scrape_past_its_deadline(locked_table
         status, samples, _ = scrape(handle.url, timeout_header=3)
         assert status == 200
         assert sample(samples, "pgvigil_query_success", query="blocked") == 0
-        assert sample(samples, "pgvigil_query_errors_total", query="blocked", reason="timeout") == 1
+        assert sample(samples, "pgvigil_query_late_total", query="blocked") == 1  # not failed: still running
+        assert sample(samples, "pgvigil_query_errors_total", query="blocked", reason="timeout") == 0
         assert sample(samples, "pg_up", target="db") == 1
     finally:
         handle.stop()
@@ -253,7 +254,8 @@ def test_a_network_stall_is_cut_by_timeouts(cluster):
         assert status == 200
         assert sample(samples, "q_x", target="db") is None
         assert sample(samples, "pgvigil_query_success", target="db", query="q") == 0
-        assert sample(samples, "pgvigil_query_errors_total", target="db", query="q", reason="timeout") >= 1
+        assert (sample(samples, "pgvigil_query_errors_total", target="db", query="q", reason="timeout")
+                + sample(samples, "pgvigil_query_late_total", target="db", query="q")) >= 1
         # Keep scraping through the stall: every scrape answers; the watchdog cuts the stalled socket
         # and connects anew, which stalls too and is ended by connect_timeout: the target reads as down.
         seen_down = False

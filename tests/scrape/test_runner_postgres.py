@@ -107,13 +107,16 @@ def test_user_sql_cannot_write(fresh_db, cluster, sql):
 
 def test_a_query_cannot_make_the_next_one_read_write(fresh_db, cluster):
     """The session's default_transaction_read_only is the user's to change (set_config(..., false)
-    lasts the session): each transaction is made read-only by pgvigil's own first statement."""
+    lasts the session; check refuses it written in a query, a function hides it): each transaction is
+    made read-only by pgvigil's own first statement."""
     dbname = fresh_db.rsplit("/", 1)[1]
     cluster.execute("CREATE TABLE precious (id int); INSERT INTO precious SELECT generate_series(1, 10);"
-                    "CREATE FUNCTION erase_everything() RETURNS int LANGUAGE sql AS 'DELETE FROM precious; SELECT 0';",
+                    "CREATE FUNCTION erase_everything() RETURNS int LANGUAGE sql AS 'DELETE FROM precious; SELECT 0';"
+                    "CREATE FUNCTION flip() RETURNS boolean LANGUAGE sql"
+                    " AS $$SELECT set_config('default_transaction_read_only', 'off', false) = 'off'$$;",
                     dbname)
     config = config_for(fresh_db, """
-  - {name: flip, sql: "SELECT set_config('default_transaction_read_only', 'off', false) = 'off' AS x", metrics: {x: {}}}
+  - {name: flip, sql: "SELECT flip() AS x", metrics: {x: {}}}
   - {name: erase, sql: "SELECT erase_everything() AS x", metrics: {x: {}}}
 """)
     runner = Runner(config)
@@ -153,7 +156,7 @@ def test_a_result_larger_than_one_batch_is_read_whole_on_every_run(fresh_db, clu
 
 def test_statement_timeout_ends_a_slow_query(fresh_db):
     config = config_for(fresh_db, """
-  - {name: slow, sql: "SELECT pg_sleep(5) IS NULL AS x", timeout: 300ms, metrics: {x: {}}}
+  - {name: slow, sql: "SELECT pg_sleep(5) IS NULL AS x", allow_calls: [pg_sleep], timeout: 300ms, metrics: {x: {}}}
   - {name: quick, sql: "SELECT 1 AS x", metrics: {x: {}}}
 """)
     samples = parse_exposition(scrape_once(config))
@@ -162,9 +165,9 @@ def test_statement_timeout_ends_a_slow_query(fresh_db):
     assert sample(samples, "quick_x") == 1
 
 
-def test_scrape_deadline_reports_unfinished_queries_as_timeouts(fresh_db):
+def test_scrape_deadline_reports_unfinished_queries_as_late(fresh_db):
     config = config_for({"slow": fresh_db, "fast": fresh_db}, """
-  - {name: nap, sql: "SELECT pg_sleep(5) IS NULL AS x", targets: [slow], metrics: {x: {}}}
+  - {name: nap, sql: "SELECT pg_sleep(5) IS NULL AS x", allow_calls: [pg_sleep], targets: [slow], metrics: {x: {}}}
   - {name: one, sql: "SELECT 1 AS x", targets: [fast], metrics: {x: {}}}
 """)
     runner = Runner(config)
@@ -174,7 +177,8 @@ def test_scrape_deadline_reports_unfinished_queries_as_timeouts(fresh_db):
         samples = scrape(runner, timeout=2.0)
         assert sample(samples, "one_x", target="fast") == 1
         assert sample(samples, "nap_x") is None
-        assert sample(samples, "pgvigil_query_errors_total", target="slow", query="nap", reason="timeout") == 1
+        assert sample(samples, "pgvigil_query_late_total", target="slow", query="nap") == 1
+        assert sample(samples, "pgvigil_query_errors_total", target="slow", query="nap", reason="timeout") == 0
         assert sample(samples, "pgvigil_query_success", target="slow", query="nap") == 0
     finally:
         runner.close()
@@ -293,7 +297,8 @@ def test_ttl_caches_and_concurrent_scrapes_share_one_run(fresh_db, cluster):
     marker = "pgvigil_single_flight_marker"
     config = config_for(fresh_db, f"""
   - {{name: cached, sql: "SELECT 1 AS {marker}_a", ttl: 1h, metrics: {{{marker}_a: {{}}}}}}
-  - {{name: shared, sql: "SELECT pg_sleep(0.3) IS NULL AS {marker}_b", metrics: {{{marker}_b: {{}}}}}}
+  - {{name: shared, sql: "SELECT pg_sleep(0.3) IS NULL AS {marker}_b", allow_calls: [pg_sleep],
+     metrics: {{{marker}_b: {{}}}}}}
 """)
     cluster.execute("SELECT pg_stat_statements_reset()")
     runner = Runner(config)
