@@ -7,8 +7,10 @@ histograms, the rows `top_changed` compares against, and the ids a `pick` chose.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -16,6 +18,7 @@ from exporter.config import QuerySpec
 from exporter.logs import loggable
 from exporter.scrape.picks import Picked
 from exporter.scrape.render import Histogram, InvalidValue, RenderedRun, render_rows
+from exporter.scrape.retained import PROCESS, RETAINED_BYTES
 from exporter.scrape.session import FetchResult
 from exporter.scrape.topchanged import TopChangedRows
 from exporter.sqltext import masked_sql
@@ -67,6 +70,7 @@ class QueryResults:
         self.previous_run: dict[str, str] = {}
         self.picks: dict[tuple[str, int], Picked] = {}  # (a pick's SQL, max_series) -> the ids it chose
         self._logged: dict[str, str] = {}
+        weakref.finalize(self, PROCESS.release, id(self))  # its texts leave the process-wide budget with it
 
     def due(self, query: QuerySpec) -> bool:
         """Whether the query must run again (its last result is older than its ttl)."""
@@ -82,7 +86,14 @@ class QueryResults:
             # Histogram rows were folded into a sink while they were fetched (render.RowSink).
             rows = self._top_changed(query, result.columns, masked_rows(query, result.columns, result.rows)) \
                 if result.folded is None else result.folded
-            run = render_rows(query, result.columns, rows, labels, self.histograms[query.name], layout)
+            allowance = PROCESS.allowance(id(self), query.name)
+            bounded = query if allowance >= query.max_query_bytes else \
+                dataclasses.replace(query, max_query_bytes=allowance)
+            run = render_rows(bounded, result.columns, rows, labels, self.histograms[query.name], layout)
+            if bounded is not query and run.problems.cardinality:
+                run.problems.messages.append(f"pgvigil keeps at most {RETAINED_BYTES >> 20} MiB of exposition "
+                                             "text for all queries and targets together (scrape/retained.py)")
+            PROCESS.hold(id(self), query.name, sum(map(len, run.lines.values())))
         except InvalidValue as exc:
             self.record_failure(query, run_id, "error", str(exc), fetched.start)
             return
