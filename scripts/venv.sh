@@ -51,7 +51,9 @@ venv_install() {  # venv_install [EXTRA]: pip install -e .[EXTRA] unless done fo
     return 0
   fi
   echo "installing pgvigil ($spec) into $VENV_DIR" >&2
-  "$VENV_DIR/bin/python" -m pip install -q --disable-pip-version-check -e "$spec"
+  # TERM=dumb: on a terminal pip colours its warnings and errors even with -q (and --no-color leaves
+  # bold), and ends them with a reset code that lands at the start of the next program's first line.
+  TERM=dumb "$VENV_DIR/bin/python" -m pip install -q --disable-pip-version-check -e "$spec"
   printf '%s\n' "$want" >"$stamp"
   # An install with extras includes the plain one.
   [ -z "$extra" ] || printf '%s\n' "$want" >"$VENV_DIR/pgvigil-installed"

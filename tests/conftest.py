@@ -3,18 +3,28 @@
 `cluster` is the machine's PostgreSQL (Debian's 15 on CI). Tests that must hold on every supported
 major request `major_cluster` instead (or override `cluster` with it in their module): it is
 parametrized over 13-18 and each major's cluster starts once per session.
+
+Where the suite writes: each run's temporary files (throwaway clusters, PgBouncers, Prometheus and
+Alertmanager, the demo, every `tempfile` use) go into one directory, /tmp/pgvigil-tests-XXXXXXXX, made
+the run's TMPDIR, which the run removes at its end, after listing what its tests left there: any
+`pgvigil-*` entry fails the run, as does a cluster, PgBouncer or service no test cleaned up, or a
+process still running from there (stopped then). pytest's own tmp_path stays where pytest keeps it.
 """
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 
-from exporter.dev import stack
+from exporter.dev import processes, stack
 from exporter.dev.servers import SUPPORTED_MAJORS, server_bindir
 from exporter.dev.throwaway import ThrowawayCluster
 from exporter.pgbin import find_bindir
@@ -132,3 +142,126 @@ def run():
     yield make
     for runner in runners:
         runner.close()
+
+
+# -- where the suite writes, and what it leaves ------------------------------------------------------
+
+SUITE_TMP_PREFIX = "pgvigil-tests-"
+
+
+@dataclass
+class SuiteTmp:
+    """This run's temporary directory, and what to say about /tmp at the end."""
+
+    root: Path
+    system_tmp: Path
+    tmpdir_env: str | None  # TMPDIR before the run
+    removed: list[str]  # directories of killed runs removed at the start
+    before: set[str]  # the pgvigil-* names in system_tmp at the start
+
+
+_suite: list[SuiteTmp] = []
+
+
+def pytest_configure(config) -> None:
+    """Every tempfile of this run, ours and the servers' (TMPDIR), in one directory of its own."""
+    if _suite:
+        return
+    system_tmp = Path(tempfile.gettempdir())
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", str(system_tmp))  # pytest's tmp_path stays where pytest keeps it
+    removed = remove_dead_runs(system_tmp)
+    root = Path(tempfile.mkdtemp(prefix=SUITE_TMP_PREFIX, dir=system_tmp))
+    root.chmod(0o1777)  # like /tmp: the postgres user (the servers' own, as root) makes files there too
+    (root / ".owner").write_text(str(os.getpid()))
+    _suite.append(SuiteTmp(root, system_tmp, os.environ.get("TMPDIR"), removed,
+                           {entry.name for entry in system_tmp.glob("pgvigil-*")}))
+    os.environ["TMPDIR"] = tempfile.tempdir = str(root)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_sessionfinish(session, exitstatus):
+    """After every fixture's teardown: what the run left, loudly, and then nothing."""
+    yield
+    if not _suite:
+        return
+    suite = _suite.pop()
+    problems, notes = suite_leftovers(suite)
+    shutil.rmtree(suite.root, ignore_errors=True)
+    tempfile.tempdir = None
+    if suite.tmpdir_env is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = suite.tmpdir_env
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for title, lines, red in (("the test run left these behind (now removed)", problems, True),
+                              ("temporary files", notes, False)):
+        if lines and reporter is not None:
+            reporter.write_sep("=", title, red=red, bold=True)
+            for line in lines:
+                reporter.write_line(line)
+    if problems and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def remove_dead_runs(system_tmp: Path) -> list[str]:
+    """The directories of earlier runs killed before their end, removed when no process uses them."""
+    removed = []
+    for stale in system_tmp.glob(SUITE_TMP_PREFIX + "*"):
+        try:
+            owner = int((stale / ".owner").read_text())
+        except (OSError, ValueError):
+            continue
+        if not processes.alive(owner) and not processes_using(stale):
+            removed.append(f"{stale} ({disk_usage(stale) / 1e6:.1f} MB), left by a killed run (pid {owner})")
+            shutil.rmtree(stale, ignore_errors=True)
+    return removed
+
+
+def suite_leftovers(suite: SuiteTmp) -> tuple[list[str], list[str]]:
+    """(problems, notes) about what the run left; stops what still runs (stray servers, processes)."""
+    problems = [f"not cleaned up by its test: {thing}" for thing in processes.cleanup_all()]
+    for pid in processes_using(suite.root):
+        problems.append(f"a process still running from {suite.root}: {processes.describe(pid)}")
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    notes = [f"removed {line}" for line in suite.removed]
+    notes += [f"made in {suite.system_tmp} during this run, by it or by another program: {entry}"
+              for entry in sorted(suite.system_tmp.glob("pgvigil-*"))
+              if entry.name not in suite.before and not entry.name.startswith(SUITE_TMP_PREFIX)]
+    for entry in sorted(suite.root.iterdir()):
+        if entry.name == ".owner":
+            continue
+        line = f"{entry} ({disk_usage(entry) / 1e6:.1f} MB)"
+        if entry.name.startswith("pgvigil-"):
+            problems.append(f"left in the temporary directory: {line}")
+        else:
+            notes.append(f"left by a program the tests ran: {line}")
+    return problems, notes
+
+
+def processes_using(root: Path) -> list[int]:
+    """Live processes (this one aside) whose working directory or command line is inside `root`."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid() or not processes.alive(int(entry.name)):
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry.name}/cwd")
+            cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if cwd == str(root) or cwd.startswith(f"{root}/") or f"{root}/" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes of the files under `path` (or of the file)."""
+    try:
+        if not path.is_dir() or path.is_symlink():
+            return path.lstat().st_size
+        return sum(p.lstat().st_size for p in path.rglob("*"))
+    except OSError:
+        return 0

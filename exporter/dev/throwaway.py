@@ -1,14 +1,17 @@
 """Throwaway PostgreSQL clusters for the demo, the benchmarks and the tests.
 
-A cluster lives in a temporary directory, listens on loopback only and is
-removed on stop. When run as root (CI), the server runs as the ``postgres``
-system user because PostgreSQL refuses to run as root.
+A cluster lives in a temporary directory (`pgvigil-pg-*` under $TMPDIR), listens on loopback only
+and is removed by cleanup(): the server stopped (immediate shutdown, bounded, SIGKILL after it) and
+the directory deleted, also when its start failed. A cluster nobody cleaned up is cleaned up at exit
+(exporter.dev.processes). When run as root (CI), the server runs as the ``postgres`` system user
+because PostgreSQL refuses to run as root.
 """
 from __future__ import annotations
 
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -18,6 +21,7 @@ from typing import Mapping, Sequence
 
 import psycopg
 
+from exporter.dev import processes
 from exporter.pgbin import find_bindir
 
 SUPERUSER = "postgres"
@@ -48,15 +52,32 @@ class ThrowawayCluster:
         self.datadir = self.base / "data"
         self.logfile = self.base / "server.log"
         self._as_postgres = os.geteuid() == 0
+        processes.track(self)
+
+    def __repr__(self) -> str:
+        return f"ThrowawayCluster({self.base})"
 
     # -- process control -------------------------------------------------
-    def _run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    def _run(self, *argv: str, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
         cmd = [str(self.bindir / argv[0]), *argv[1:]]
         if self._as_postgres:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
         # cwd: the postgres user may not be able to enter the caller's directory (a clone under /root),
         # and initdb cannot find its own binaries from a directory it cannot read.
-        return subprocess.run(cmd, check=check, capture_output=True, text=True, cwd=self.base)
+        # A session of its own: a Ctrl-C in the caller's terminal is the caller's to act on (processes.py);
+        # and all of it ends when the caller gives up (a timeout, Ctrl-C): runuser's child too, which
+        # subprocess.run's kill() of runuser alone would leave writing into a removed directory.
+        with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=self.base, start_new_session=True) as process:
+            try:
+                stdout, stderr = process.communicate(timeout=timeout)
+            except BaseException:
+                processes.stop_session(process.pid, signal.SIGKILL, grace=5.0)
+                raise
+        done = subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
+        if check:
+            done.check_returncode()
+        return done
 
     def server_owned_dir(self, path: Path) -> Path:
         """A directory the server process can write (it runs as `postgres` when we are root)."""
@@ -91,22 +112,44 @@ class ThrowawayCluster:
     def start(self) -> "ThrowawayCluster":
         if not self.datadir.exists():
             self.init()
-        self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile), "-w", "-t", "60", "start")
+        self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile), "-w", "-t", "60", "start", timeout=90)
         self.wait_ready()
         return self
+
+    def postmaster_pid(self) -> int | None:
+        """The running postmaster's pid (from postmaster.pid, checked against /proc), else None."""
+        try:
+            pid = int((self.datadir / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+        try:  # the file outlives a crash, and its pid may belong to another process by now
+            if processes.alive(pid) and Path(os.readlink(f"/proc/{pid}/cwd")) == self.datadir.resolve():
+                return pid
+        except OSError:
+            pass
+        return None
+
+    def server_processes(self) -> list[int]:
+        """The live processes of this cluster's server: those working in its directory (each child of the
+        postmaster leads a session of its own)."""
+        return processes.working_in(self.base)
 
     @classmethod
     def standby_of(cls, primary: "ThrowawayCluster", slot: str) -> "ThrowawayCluster":
         """A started hot standby streaming from `primary` through a new physical slot (pg_basebackup -R)."""
         standby = cls(preload=(), bindir=primary.bindir)
-        standby.server_owned_dir(standby.base)
-        standby._run("pg_basebackup", "-D", str(standby.datadir), "-h", "127.0.0.1", "-p", str(primary.port),
-                     "-U", SUPERUSER, "-R", "-X", "stream", "-C", "-S", slot, "-c", "fast")
-        # The copied postgresql.conf still names the primary's port and socket directory; later lines win.
-        with open(standby.datadir / "postgresql.conf", "a") as conf:
-            conf.write(f"\n# pgvigil standby\nport = {standby.port}\n"
-                       f"unix_socket_directories = '{standby.base}'\narchive_mode = off\n")
-        return standby.start()
+        try:
+            standby.server_owned_dir(standby.base)
+            standby._run("pg_basebackup", "-D", str(standby.datadir), "-h", "127.0.0.1", "-p", str(primary.port),
+                         "-U", SUPERUSER, "-R", "-X", "stream", "-C", "-S", slot, "-c", "fast")
+            # The copied postgresql.conf still names the primary's port and socket directory; later lines win.
+            with open(standby.datadir / "postgresql.conf", "a") as conf:
+                conf.write(f"\n# pgvigil standby\nport = {standby.port}\n"
+                           f"unix_socket_directories = '{standby.base}'\narchive_mode = off\n")
+            return standby.start()
+        except BaseException:
+            standby.cleanup()
+            raise
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -119,20 +162,36 @@ class ThrowawayCluster:
                     raise
                 time.sleep(0.1)
 
-    def stop(self, mode: str = "fast") -> None:
+    def stop(self, mode: str = "fast", timeout: int = 60) -> None:
         if (self.datadir / "postmaster.pid").exists():
-            self._run("pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "stop", check=False)
+            try:
+                self._run("pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "-t", str(timeout), "stop",
+                          check=False, timeout=timeout + 5)
+            except subprocess.TimeoutExpired:
+                pass
 
     def restart(self) -> None:
         self.stop()
         self.start()
 
-    def cleanup(self) -> None:
-        self.stop("immediate")
-        shutil.rmtree(self.base, ignore_errors=True)
+    def cleanup(self) -> list[int]:
+        """Stop the server (immediate shutdown; SIGKILL what is left 10 + 5 s later) and remove the directory.
+        Returns the server's processes that survived (none, unless they cannot be signalled)."""
+        left: list[int] = []
+        try:
+            self.stop("immediate", timeout=10)
+            left = processes.stop_processes(self.server_processes, signum=None, grace=5.0)
+        finally:
+            shutil.rmtree(self.base, ignore_errors=True)
+            processes.forget(self)
+        return left
 
     def __enter__(self) -> "ThrowawayCluster":
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()  # __exit__ does not run when __enter__ fails
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
