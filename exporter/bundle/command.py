@@ -13,10 +13,22 @@ from exporter.bundle.slos import ObjectiveError
 from exporter.bundle.thresholds import ThresholdError
 
 
-def _default_out() -> Path:
-    # Inside a clone the bundle belongs at the repository root, next to alerts/thresholds.yaml.
+def clone_root() -> Path | None:
+    """The repository this pgvigil runs from (a clone, or `pip install -e` of one), else None (an installed
+    package): the root holding pyproject.toml and alerts/thresholds.yaml, where the committed bundle lives."""
     here = Path(__file__).resolve().parents[2]
-    return here if (here / "alerts").is_dir() else Path.cwd()
+    return here if (here / "pyproject.toml").is_file() and (here / "alerts" / "thresholds.yaml").is_file() else None
+
+
+def _default_out() -> Path:
+    """--out when not given: the clone's root, said on stderr; an installed pgvigil has no such place."""
+    root = clone_root()
+    if root is None:
+        raise click.UsageError("give --out DIR, the directory to write alerts/ and dashboards/ into: this pgvigil "
+                               "is an installed package, and only in a clone of the repository does bundle "
+                               "default to the clone's root")
+    click.echo(f"no --out: writing into the clone of the repository at {root}", err=True)
+    return root
 
 
 @click.command("bundle")
@@ -25,7 +37,8 @@ def _default_out() -> Path:
 @click.option("--objectives", "objectives_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Service level objectives YAML (default: the shipped alerts/objectives.yaml; see docs/slos.md).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory to write alerts/ and dashboards/ into (default: the repository root).")
+              help="Directory to write alerts/ and dashboards/ into. Required for an installed pgvigil; "
+                   "run from a clone of the repository it defaults to the clone's root (its committed files).")
 @click.option("--with-examples", is_flag=True, default=False,
               help="Also write the alert group of the application examples (examples/alerts/app-rules.yml) "
                    "as alerts/pgvigil-examples-rules.yml, with its promtool tests.")
