@@ -261,10 +261,10 @@ class TargetSession:
         except QueryFailed as exc:
             self.close()
             raise ConnectFailed(str(exc)) from None
-        if self._facts.role_can_write:
+        if self._facts.role_can_write and _first_warning(self.spec.name):
             log.warning("target %s: the monitoring role could write (%s); a read-only role is safer "
-                        "(docs/security.md, pgvigil grants)", loggable(self.spec.name),
-                        ", ".join(self._facts.role_can_write))
+                        "(docs/security.md, pgvigil grants; pgvigil_role_can_write says it on every scrape)",
+                        loggable(self.spec.name), ", ".join(self._facts.role_can_write))
         return self._facts
 
     def _own(self, sql: str) -> FetchResult:
@@ -510,6 +510,19 @@ def _fetch_batches(conn: psycopg.Connection, pins: Sequence[Any], prelude: str |
     with conn.pipeline():
         conn.execute("COMMIT")
     return FetchResult(columns, rows, prelude_value, prepared.sink, unreadable)
+
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _first_warning(target: str) -> bool:
+    """Whether the could-write warning for this target is the process's first (a discovered database
+    reconnects on every visit: a thousand of them would log a line each, every visit)."""
+    with _warned_lock:
+        first = target not in _warned
+        _warned.add(target)
+        return first
 
 
 def clean_message(exc: BaseException, secrets: list[str]) -> str:
