@@ -46,8 +46,6 @@ def test_a_shorter_wait_than_the_cap_is_kept():
      "p.yaml:3: thresholds.dead_tuples: warning 60000 and critical 50000 are out of order (direction above)"),
     ("description: d\nthresholds:\n  cache_hit_ratio: {warning: 0.5}\n",
      "p.yaml:3: thresholds.cache_hit_ratio: warning 0.5 and critical 0.8 are out of order (direction below)"),
-    ("description: d\nthresholds:\n  postgres_down: {critical: null}\n",
-     "p.yaml:3: thresholds.postgres_down: at least one of warning and critical must be a number"),
 ])
 def test_profile_errors_name_file_line_and_key(text, message):
     with pytest.raises(ProfileError) as raised:

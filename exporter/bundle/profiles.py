@@ -154,7 +154,7 @@ def _order_errors(threshold: Threshold) -> list[str]:
     """What the thresholds file's own checks would say about the overridden levels."""
     levels = threshold.levels()
     if not levels:
-        return ["at least one of warning and critical must be a number"]
+        return []  # both null: the alert is off, as in the thresholds file
     if len(levels) < 2:
         return []
     warning, critical = levels["warning"], levels["critical"]

@@ -68,7 +68,6 @@ class Incident:
 INCIDENTS = (
     Incident("PostgresReplicationSlotInactive", "replication_slot_inactive",
              "slot decommissioned_standby was left behind by a standby that is gone"),
-    Incident("PostgresTablesWithoutRls", "tables_without_rls", "the shop's tables have no row-level security"),
     Incident("PostgresDeadTuplesHigh", "dead_tuples",
              "updates leave dead tuples in table events, whose autovacuum is off",
              onset={"warning": 40, "critical": 75}),
