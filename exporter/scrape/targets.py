@@ -83,12 +83,26 @@ class TargetSet:
             return self._reading
 
     def _read(self) -> None:
-        gone = [state for root in self.roots.values() for state in root.refresh()]
+        gone: list[TargetState] = []
+        for root in self.roots.values():
+            dropped = root.refresh()
+            if dropped:
+                self._expire_cluster_results(root)
+            gone += dropped
         self._assemble()
         if self._closed:  # closed while reading: what the reading found is closed too
             gone += list(self.current.values())
         for state in gone:
             state.close()
+
+    def _expire_cluster_results(self, root: Discovery) -> None:
+        """A database went: the server's cluster-wide results (pg_database_size, kept 5 minutes) still
+        hold its rows. They run again at the next scrape instead of showing a dropped database."""
+        cluster_wide = [query.name for query in self.config.queries if query.scope == "cluster"]
+        for state in root.states.values():
+            if state.runs_cluster_queries:
+                for name in cluster_wide:
+                    state.statuses[name].finished_at = float("-inf")
 
     def _assemble(self) -> None:
         """`current` in config order, each root's databases in its place (a new dict: scrapes may be iterating)."""

@@ -126,7 +126,8 @@ def test_connections_stay_within_the_budget_and_idle_ones_are_closed(cluster, pr
         cluster.execute(f'CREATE DATABASE "{prefix}_{i}"')
     config = parse_config(f"collectors: []\ntargets:\n  slow:\n    dsn: {cluster.dsn()}\n"
                           f"    databases: ['{prefix}_*']\n    connection_budget: 3\n" + QUERIES
-                          + '  - {name: per_db_slow, sql: "SELECT 1 AS x FROM pg_sleep(0.2)", metrics: {x: {}}}\n')
+                          + '  - {name: per_db_slow, sql: "SELECT 1 AS x FROM pg_sleep(0.2)", allow_calls: [pg_sleep],'
+                          ' metrics: {x: {}}}\n')
     count = ("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgvigil'"
              f" AND datname LIKE '{prefix}%'")
     seen: list[int] = []
@@ -377,3 +378,24 @@ def test_hundreds_of_databases_answer_within_the_deadline_never_falsely_down(clu
     assert pending[-1] == 0 and pending == sorted(pending, reverse=True), pending
     print(f"{count} databases: slowest scrape {slowest:.2f}s, slowest /health {slowest_health:.3f}s, "
           f"{len(pending)} scrapes until every database was reached")
+
+
+def test_a_dropped_database_leaves_the_cached_cluster_wide_results_at_once(cluster, prefix):
+    """pg_database_size is cached 5 minutes: a database dropped meanwhile kept its size series until then."""
+    cluster.execute(f'CREATE DATABASE "{prefix}_a"')
+    cluster.execute(f'CREATE DATABASE "{prefix}_b"')
+    runner = Runner(discovery_config(cluster, f"    databases: ['{prefix}_*']\n    discovery_interval: 200ms\n",
+                                     collectors="[database]"))
+    try:
+        _, samples = scrape(runner)
+        assert sample(samples, "pg_database_size_bytes", target="prod", datname=f"{prefix}_a") > 0
+        cluster.execute(f'DROP DATABASE "{prefix}_a" WITH (FORCE)')
+        threading.Event().wait(0.3)  # past the discovery interval
+        deadline = time.monotonic() + 10
+        while sample(scrape(runner)[1], "pg_database_size_bytes", target="prod", datname=f"{prefix}_a") is not None:
+            assert time.monotonic() < deadline, "the dropped database's size is still exported"
+            threading.Event().wait(0.2)
+        _, samples = scrape(runner)
+        assert sample(samples, "pg_database_size_bytes", target="prod", datname=f"{prefix}_b") > 0
+    finally:
+        runner.close()
