@@ -45,6 +45,7 @@ targets:
 queries:
   - name: bench_marker
     sql: "SELECT /* {MARKER} */ 1 AS runs FROM pg_sleep({sleep})"
+    allow_calls: [pg_sleep]
     ttl: {ttl}s
     metrics: {{runs: {{type: gauge}}}}
 """)

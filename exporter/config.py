@@ -178,6 +178,9 @@ QUERY_KEYS = Section(
                           "(see [docs/statements.md](docs/statements.md))"),
     Key("pick", doc="`{sql, every}`: choose the rows to read every `every` (e.g. the 200 largest of 5,000 tables) "
                     "and read only those on each run, through `{{picked}}` in `sql` (see `queries[].pick` below)"),
+    Key("allow_calls", doc="functions the SQL may call although a read-only transaction does not stop their effect, "
+                           "from the few that allow it: " + ", ".join(f"`{f}`" for f in sqlshape.OPT_IN)
+                           + " (every other such call is refused; see [docs/security.md](docs/security.md))"),
 )
 PICK_KEYS = Section(
     "`queries[].pick`",
@@ -213,6 +216,11 @@ PACK_KEYS = Section(
     Key("queries", doc="queries, as in the config"),
 )
 SECTIONS = (TOP_KEYS, TARGET_KEYS, DEFAULT_KEYS, QUERY_KEYS, PICK_KEYS, METRIC_KEYS, BACKUP_KEYS)
+
+
+def _checkable_sql(sql: str) -> str:
+    """A query's SQL with its placeholders replaced by what they become, as the session will send it."""
+    return sql.replace(PREVIOUS_RUN_PLACEHOLDER, "now()").replace(PICKED_PLACEHOLDER, "'{}'")
 
 
 def key_reference() -> str:
@@ -658,7 +666,8 @@ class _Checker(Checker):
         self._check_kind(raw, sql, path, doc)
         pick = self.pick(raw, sql, path, defaults, doc)
         if raw.get("kind", QUERY_KEYS["kind"].default) == "postgres" and isinstance(sql, str):
-            self._check_sql(sql, path + ("sql",), doc)
+            self._check_sql(sql, path + ("sql",), doc, raw)
+            self._check_allow_calls(raw, (sql,) if pick is None else (sql, pick.sql), path, doc)
         self.query_refs.append(_QueryRef(path if pack is None else (f"pack {pack}", name), name, targets,
                                          raw.get("kind", QUERY_KEYS["kind"].default)))
         if len(self.errors) > before:
@@ -732,7 +741,7 @@ class _Checker(Checker):
             self.error(path + ("sql",), f"a pick's sql cannot use {PICKED_PLACEHOLDER} or {PREVIOUS_RUN_PLACEHOLDER}",
                        doc)
             return None
-        self._check_sql(pick_sql, path + ("sql",), doc)
+        self._check_sql(pick_sql, path + ("sql",), doc, raw)
         return Pick(pick_sql, every) if every else None
 
     def metrics(self, value: Any, path: tuple, query: str, query_help: str, doc: LocatedData) -> tuple[MetricSpec, ...]:
@@ -791,17 +800,45 @@ class _Checker(Checker):
         if PREVIOUS_RUN_PLACEHOLDER in sql and not any(m.type is MetricType.HISTOGRAM for m in metrics):
             self.error(path + ("sql",), f"{PREVIOUS_RUN_PLACEHOLDER} only makes sense for histogram metrics", doc)
 
-    def _check_sql(self, sql: str, path: tuple, doc: LocatedData) -> None:
-        """PostgreSQL's grammar decides that the SQL is one read-only query (exporter/sqlshape.py);
-        calls of functions whose effects read-only does not stop are warnings."""
+    def _check_sql(self, sql: str, path: tuple, doc: LocatedData, raw: dict) -> None:
+        """PostgreSQL's grammar decides that the SQL is one read-only query that calls no function whose effect
+        a read-only transaction does not stop (exporter/sqlshape.py), but those the query lists in
+        `allow_calls`; each problem is one error, the query named in those about a call."""
+        name = raw.get("name")
+        query = f"query '{name}'" if isinstance(name, str) and _METRIC_NAME.match(name) else "the query"
         try:
-            shape = sqlshape.inspect(sql.replace(PREVIOUS_RUN_PLACEHOLDER, "now()").replace(PICKED_PLACEHOLDER, "'{}'"))
+            shape = sqlshape.inspect(_checkable_sql(sql))
         except sqlshape.NotAQuery as exc:
-            self.error(path, str(exc), doc)
+            for problem in exc.problems:
+                self.error(path, f"{query} {problem}" if problem.startswith("calls ") else problem, doc)
             return
-        if shape.side_effect_calls:
-            self.warnings.add(path, f"calls {', '.join(shape.side_effect_calls)}: effects a read-only transaction "
-                                    "does not stop (see docs/security.md)", doc)
+        allowed = raw.get("allow_calls")
+        allowed = {f.lower() for f in allowed if isinstance(f, str)} if isinstance(allowed, list) else set()
+        for function in shape.side_effect_calls:
+            if function not in allowed:
+                self.error(path, f"{query} calls {function}(): {sqlshape.OPT_IN[function]}; if that is intended, "
+                                 f"add `allow_calls: [{function}]` to the query", doc)
+
+    def _check_allow_calls(self, raw: dict, sqls: tuple[str, ...], path: tuple, doc: LocatedData) -> None:
+        """`allow_calls` names functions that allow an opt-in; one the SQL does not call is a warning."""
+        if "allow_calls" not in raw:
+            return
+        path = path + ("allow_calls",)
+        called: set[str] = set()
+        for sql in sqls:
+            try:
+                called.update(sqlshape.inspect(_checkable_sql(sql)).side_effect_calls)
+            except sqlshape.NotAQuery:
+                return  # already an error
+        for i, function in enumerate(self.string_list(raw["allow_calls"], path, doc)):
+            why = sqlshape.refusal(function)
+            if why is not None:
+                self.error(path + (i,), f"{shown(function.lower(), quoted=False)}() cannot be allowed: {why}", doc)
+            elif function.lower() not in sqlshape.OPT_IN:
+                self.error(path + (i,), f"expected one of {', '.join(sqlshape.OPT_IN)} (the calls a query may "
+                                        f"allow), got {describe_value(function)}", doc)
+            elif function.lower() not in called:
+                self.warnings.add(path + (i,), f"the query does not call {function.lower()}()", doc)
 
     def _check_kind(self, raw: dict, sql: str, path: tuple, doc: LocatedData) -> None:
         """A pgbouncer query sends one of the console's allowed SHOW commands, nothing else."""

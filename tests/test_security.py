@@ -21,6 +21,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
+import psycopg
 import pytest
 from conftest import config_for, parse_exposition, sample
 from tls_support import make_certificates
@@ -53,8 +54,8 @@ BEGIN
 END $$;
 """
 
-# Refused by `pgvigil check` (PostgreSQL's grammar says they are not one read-only query) and by the
-# session again if they get that far.
+# Refused by `pgvigil check` (PostgreSQL's grammar says they are not one read-only query, or call a
+# function read-only does not stop) and by the session again if they get that far.
 NOT_A_QUERY = {
     "delete": "DELETE FROM precious RETURNING id AS n",
     "update": "UPDATE precious SET v = 'pwned' RETURNING id AS n",
@@ -70,6 +71,7 @@ NOT_A_QUERY = {
     "set_local": "SET LOCAL statement_timeout = 0",
     "select_into": "SELECT 1 AS n INTO copy_of_precious",
     "for_update": "SELECT id AS n FROM precious FOR UPDATE",
+    "nextval": "SELECT nextval('precious_seq') AS n",
 }
 # One query each, though they look like more: they run, and what looks like a second statement is text.
 ONE_QUERY_IN_DISGUISE = {
@@ -83,7 +85,6 @@ WRITES_AT_RUN_TIME = {
     "function_with_delete": "SELECT wipe() AS n",
     "function_turning_off_read_only": "SELECT sneaky() AS n",
     "function_set_transaction_read_write": "SELECT escalate() AS n",
-    "nextval": "SELECT nextval('precious_seq') AS n",
 }
 
 
@@ -157,7 +158,7 @@ def test_a_second_statement_in_a_comment_or_string_is_text(cluster, victim_db, s
     _assert_intact(cluster, name)
 
 
-def test_check_warns_about_side_effect_functions(victim_db, tmp_path):
+def test_check_refuses_functions_read_only_does_not_stop(victim_db, tmp_path):
     _, dsn = victim_db
     path = tmp_path / "pgvigil.yaml"
     path.write_text(f"collectors: []\ntargets:\n  db:\n    dsn: {dsn}\nqueries:\n"
@@ -165,11 +166,11 @@ def test_check_warns_about_side_effect_functions(victim_db, tmp_path):
                     + _attempt("SELECT count(*) AS n FROM pg_stat_activity").replace("attempt", "fine"))
     done = subprocess.run([sys.executable, "-m", "exporter", "check", "--config", str(path)],
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    warnings = [line for line in done.stderr.splitlines() if "warning" in line]
-    assert len(warnings) == 1, done.stderr
-    assert f"{path}:6: queries[0].sql: " in warnings[0]
-    assert "pg_advisory_lock, pg_notify" in warnings[0]
+    assert done.returncode == 1, done.stdout
+    errors = [line.strip() for line in done.stderr.splitlines()[1:]]
+    assert [error.split("(): ")[0] for error in errors] == [  # then why: tests/test_sqlshape.py has the words
+        f"{path}:6: queries[0].sql: query 'attempt' calls pg_advisory_lock",
+        f"{path}:6: queries[0].sql: query 'attempt' calls pg_notify"]
 
 
 def test_read_only_session_leaves_no_transaction_open(cluster, victim_db):
@@ -187,9 +188,16 @@ def test_read_only_session_leaves_no_transaction_open(cluster, victim_db):
 
 # -- abandoned queries are cancelled on the server ------------------------------------------------------
 
-# Tries to outlive pgvigil: switches the statement timeout off for the session, then sleeps.
-SLEEPER = ("SELECT 1 AS n FROM (SELECT set_config('statement_timeout', '0', false), "
-           "set_config('lock_timeout', '0', false)) s, pg_sleep(120)")
+# Tries to outlive pgvigil: switches the statement timeout off for the session, then sleeps (the
+# switching in a function: check refuses a session-level set_config written in the query).
+SLEEPER = "SELECT 1 AS n FROM (SELECT lift_timeouts()) s, pg_sleep(120)"
+
+
+def _create_lift_timeouts(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE OR REPLACE FUNCTION lift_timeouts() RETURNS void LANGUAGE plpgsql AS $$ BEGIN"
+                     " PERFORM set_config('statement_timeout', '0', false);"
+                     " PERFORM set_config('lock_timeout', '0', false); END $$")
 
 
 def _active(cluster, dbname: str) -> int:
@@ -208,7 +216,9 @@ def _wait_for_active(cluster, dbname: str, count: int, within: float) -> bool:
 
 
 def _sleeper_config(dsn: str, timeout: str = "60s", scrape_timeout: str = "30s"):
-    return config_for(dsn, f"  - {{name: sleeper, sql: \"{SLEEPER}\", timeout: {timeout}, metrics: {{n: {{}}}}}}\n",
+    _create_lift_timeouts(dsn)
+    return config_for(dsn, f"  - {{name: sleeper, sql: \"{SLEEPER}\", allow_calls: [pg_sleep], timeout: {timeout},"
+                           " metrics: {n: {}}}\n",
                       extra=f"defaults: {{scrape_timeout: {scrape_timeout}}}\n")
 
 
@@ -279,8 +289,10 @@ def test_a_reload_cancels_the_old_config_queries_and_the_waiting_scrape_answers(
 def test_shutdown_cancels_running_queries(cluster, fresh_db, tmp_path):
     dbname = fresh_db.rsplit("/", 1)[-1]
     path = tmp_path / "pgvigil.yaml"
+    _create_lift_timeouts(fresh_db)
     path.write_text(f"collectors: []\ndefaults: {{scrape_timeout: 30s}}\ntargets:\n  db:\n    dsn: {fresh_db}\n"
-                    f"queries:\n  - {{name: sleeper, sql: \"{SLEEPER}\", timeout: 60s, metrics: {{n: {{}}}}}}\n")
+                    f"queries:\n  - {{name: sleeper, sql: \"{SLEEPER}\", allow_calls: [pg_sleep], timeout: 60s,"
+                    " metrics: {n: {}}}\n")
     port = free_port()
     serve = subprocess.Popen([sys.executable, "-m", "exporter", "serve", "--config", str(path),
                               "--listen", f"127.0.0.1:{port}"], stderr=subprocess.PIPE, text=True)

@@ -28,7 +28,7 @@ def test_simultaneous_scrapes_share_one_run(cluster):
     # reach the server over about 0.7 s on a busy 2-core machine, too close to a 1 s run (a late one
     # would start a second run). The query's own timeout is raised above the run for that.
     config = config_for(cluster.dsn(), f"  - {{name: marked, sql: 'SELECT /* {MARKER} */ 1 AS x FROM pg_sleep(3)', "
-                                       "timeout: 10s, metrics: {x: {}}}\n")
+                                       "allow_calls: [pg_sleep], timeout: 10s, metrics: {x: {}}}\n")
     handle = start_server(config)
     try:
         get(handle.url + "/metrics")  # connect and learn the server first
@@ -52,7 +52,8 @@ def test_simultaneous_scrapes_share_one_run(cluster):
 def test_a_cached_query_stays_in_scrapes_whose_run_outlives_its_ttl(cluster):
     # `slow` (no ttl) runs first and takes 1 s; `cached` (ttl 1 s) runs after it. The second scrape
     # starts right after the first: `cached` is not due, and its ttl runs out while `slow` runs.
-    config = config_for(cluster.dsn(), "  - {name: slow, sql: 'SELECT 1 AS x FROM pg_sleep(1)', metrics: {x: {}}}\n"
+    config = config_for(cluster.dsn(), "  - {name: slow, sql: 'SELECT 1 AS x FROM pg_sleep(1)',"
+                                       " allow_calls: [pg_sleep], metrics: {x: {}}}\n"
                                        "  - {name: cached, sql: 'SELECT 2 AS y', ttl: 1s, metrics: {y: {}}}\n")
     handle = start_server(config)
     try:
