@@ -3,6 +3,9 @@ standby, so the replication series exist), the standby, and a server of each sup
 every series name postgres_exporter exports by default must come out of pgvigil's default packs
 with the same type and label names, apart from the short list in docs/postgres_exporter.md, which
 this test reads. Settings must also agree in value: that is what proves the unit conversions.
+
+The Debian postgres_exporter is 0.11; what 0.20 added or renamed (read from its source) is checked
+against the cluster's own views instead: names, types, labels and values.
 """
 from __future__ import annotations
 
@@ -13,9 +16,11 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
+import psycopg
 import pytest
 
 from exporter.config import parse_config
@@ -119,21 +124,47 @@ def wait_streaming(primary: ThrowawayCluster) -> None:
         time.sleep(0.2)
 
 
+# Sessions held in their own database while both exporters scrape (they connect to "dropin"):
+# (user, application_name, idle in a transaction?) - several users, applications and states.
+SESSIONS_DB = "sessions"
+SESSIONS = [("alice", "web", False), ("alice", "web", False), ("alice", "web", True), ("bob", "web", False),
+            ("bob", "batch", True), ("carol", "report", False), ("carol", "", False)]
+
+
 @pytest.fixture(scope="module")
-def servers() -> Iterator[dict[str, tuple[Series, Series]]]:
-    """postgres_exporter's and pgvigil's series on a primary and on its streaming standby."""
+def cluster_pair() -> Iterator[tuple[ThrowawayCluster, ThrowawayCluster]]:
+    """A primary (a table with an index in "dropin", the sessions above, a WAL size limit so slots have a
+    safe_wal_size) and its streaming standby."""
     if POSTGRES_EXPORTER is None:
         pytest.skip("postgres_exporter not installed (scripts/test.sh installs it)")
-    with ThrowawayCluster(settings={"max_connections": "200"}) as primary:
+    with ThrowawayCluster(settings={"max_connections": "200", "max_slot_wal_keep_size": "1GB"}) as primary:
         primary.create_database("dropin")
+        primary.execute("CREATE TABLE sized (id int PRIMARY KEY, v text);"
+                        "INSERT INTO sized SELECT g, repeat('v', 300) FROM generate_series(1, 2000) g", "dropin")
+        primary.create_database(SESSIONS_DB)
+        primary.execute("CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN; CREATE ROLE carol LOGIN")
         standby = ThrowawayCluster.standby_of(primary, "dropin_standby")
+        sessions = []
         try:
+            for user, application, in_transaction in SESSIONS:
+                conn = psycopg.connect(primary.dsn(SESSIONS_DB, user=user), application_name=application,
+                                       autocommit=not in_transaction)
+                conn.execute("SELECT 1")
+                sessions.append(conn)
             wait_streaming(primary)
-            yield {role: (series_by_name(scrape_postgres_exporter(server.dsn("dropin")), own_label="server"),
-                          series_by_name(scrape_pgvigil(server.dsn("dropin")), own_label="target"))
-                   for role, server in (("primary", primary), ("standby", standby))}
+            yield primary, standby
         finally:
+            for conn in sessions:
+                conn.close()
             standby.cleanup()
+
+
+@pytest.fixture(scope="module")
+def servers(cluster_pair) -> dict[str, tuple[Series, Series]]:
+    """postgres_exporter's and pgvigil's series on a primary and on its streaming standby."""
+    return {role: (series_by_name(scrape_postgres_exporter(server.dsn("dropin")), own_label="server"),
+                   series_by_name(scrape_pgvigil(server.dsn("dropin")), own_label="target"))
+            for role, server in zip(("primary", "standby"), cluster_pair)}
 
 
 @pytest.fixture(params=["primary", "standby"])
@@ -214,10 +245,11 @@ def test_database_rows_differ_only_as_documented(servers):
     assert sizes == {"template0", "template1"}
 
 
-# The default collectors of postgres_exporter's current releases (0.15 to 0.17, read from its
+# The default collectors of postgres_exporter's later releases (0.15 to 0.20, read from its
 # collector/*.go), which the Debian 0.11 above predates: name -> label names on PostgreSQL 15.
 # Per-table series appear only where tables exist, slot series only where slots do, so these are
-# checked against the default packs' declarations rather than a scrape.
+# checked against the default packs' declarations rather than a scrape (and RELEASE_020's below
+# against a live cluster's views too).
 _STAT_DATABASE = ("numbackends", "xact_commit", "xact_rollback", "blks_read", "blks_hit", "tup_returned",
                   "tup_fetched", "tup_inserted", "tup_updated", "tup_deleted", "conflicts", "temp_files",
                   "temp_bytes", "deadlocks", "blk_read_time", "blk_write_time", "stats_reset",
@@ -249,6 +281,44 @@ CURRENT_RELEASE: dict[str, tuple[str, ...]] = {
     **{f"pg_statio_user_tables_{n}": _TABLE for n in _STATIO},
 }
 
+# What postgres_exporter 0.20.0 and 0.20.1 renamed or added, from their source
+# (github.com/prometheus-community/postgres_exporter, tags v0.20.0 and v0.20.1): name -> (type, labels).
+# - collector/pg_replication_slots.go: the replication_slot collector became replication_slots, and its
+#   pg_replication_slot_{slot_current_wal_lsn, slot_confirmed_flush_lsn, slot_is_active,
+#   safe_wal_size_bytes, wal_status} became pg_replication_slots_* (CHANGELOG 0.20.0); pgvigil serves both.
+# - collector/pg_stat_activity.go: statActivityLabels adds usename, application_name, backend_type,
+#   wait_event_type and wait_event to datname and state; the (database, state) pairs without sessions
+#   stay, with those labels empty.
+# - collector/pg_stat_replication.go (0.20.1): statReplicationLabels are application_name,
+#   client_addr (client_addr::text, so 127.0.0.1/32) and state, plus slot_name joined from
+#   pg_replication_slots on active_pid (0.11 put the WAL sender's pid there).
+# - collector/pg_stat_user_tables.go: table_size_bytes (pg_table_size) and index_size_bytes
+#   (pg_indexes_size) per table.
+# - collector/pg_stat_progress_vacuum.go (off by default there, on in pgvigil): param6 and param7 of
+#   pg_stat_get_progress_info('VACUUM') as max_dead_tuples and num_dead_tuples on every version
+#   (max_dead_tuple_bytes and dead_tuple_bytes from PG 17).
+_ACTIVITY = ("datname", "state", "usename", "application_name", "backend_type", "wait_event_type", "wait_event")
+_REPLICA = ("application_name", "client_addr", "state", "slot_name")
+_VACUUM = ("datname", "relname")
+RELEASE_020: dict[str, tuple[str, tuple[str, ...]]] = {
+    "pg_replication_slots_slot_current_wal_lsn": ("gauge", _SLOT),
+    "pg_replication_slots_slot_confirmed_flush_lsn": ("gauge", _SLOT),
+    "pg_replication_slots_slot_is_active": ("gauge", _SLOT),
+    "pg_replication_slots_safe_wal_size_bytes": ("gauge", _SLOT),
+    "pg_replication_slots_wal_status": ("gauge", _SLOT + ("wal_status",)),
+    "pg_stat_activity_count": ("gauge", _ACTIVITY),
+    "pg_stat_activity_max_tx_duration": ("gauge", _ACTIVITY),
+    "pg_stat_replication_pg_current_wal_lsn_bytes": ("gauge", _REPLICA),
+    "pg_stat_replication_pg_wal_lsn_diff": ("gauge", _REPLICA),
+    "pg_stat_user_tables_table_size_bytes": ("gauge", _TABLE),
+    "pg_stat_user_tables_index_size_bytes": ("gauge", _TABLE),
+    "pg_stat_progress_vacuum_max_dead_tuples": ("gauge", _VACUUM),
+    "pg_stat_progress_vacuum_num_dead_tuples": ("gauge", _VACUUM),
+    **{f"pg_stat_progress_vacuum_{n}": ("gauge", _VACUUM)
+       for n in ("heap_blks", "heap_blks_scanned", "heap_blks_vacuumed", "index_vacuums")},
+    "pg_stat_progress_vacuum_phase": ("gauge", _VACUUM + ("phase",)),
+}
+
 
 def test_current_release_default_names_are_declared():
     declared = {m.name: q.labels for q in parse_config("collectors: [default]\n").queries
@@ -259,6 +329,109 @@ def test_current_release_default_names_are_declared():
     differ = {n: (labels, declared[n]) for n, labels in CURRENT_RELEASE.items()
               if n in declared and set(labels) != set(declared[n])}
     assert differ == {}
+
+
+@pytest.mark.parametrize("version", [130000, 150000, 170000, 180000])
+def test_release_020_names_are_declared_on_every_major(version):
+    declared = {m.name: (m.type.value, q.labels) for q in parse_config("collectors: [default]\n").queries
+                if q.runs_on_version(version) for m in q.metrics}
+    assert {n: declared.get(n) for n in RELEASE_020 if declared.get(n) != RELEASE_020[n]} == {}
+
+
+def test_renamed_in_020_both_names_are_documented():
+    renamed = documented("Renamed between releases")
+    for name in ("slot_current_wal_lsn", "slot_confirmed_flush_lsn", "slot_is_active", "safe_wal_size_bytes",
+                 "wal_status"):
+        assert f"`pg_replication_slots_{name}` (0.20+)" in renamed[f"pg_replication_slot_{name}"]
+
+
+@pytest.fixture(scope="module")
+def release_020(cluster_pair) -> tuple[Series, dict[str, list[tuple]]]:
+    """pgvigil's series on the primary, and the views they come from, read right after the scrape."""
+    primary, _ = cluster_pair
+    ours = series_by_name(scrape_pgvigil(primary.dsn("dropin")), own_label="target")
+    views = {
+        "slots": primary.execute("SELECT slot_name, slot_type, active, safe_wal_size, wal_status,"
+                                 " pg_current_wal_lsn() - '0/0' FROM pg_replication_slots"),
+        "replicas": primary.execute(
+            "SELECT r.application_name, r.client_addr::text, r.state, s.slot_name::text"
+            " FROM pg_stat_replication r LEFT JOIN pg_replication_slots s ON s.active_pid = r.pid"),
+        "sessions": primary.execute(
+            "SELECT datname, state, usename, application_name, backend_type, coalesce(wait_event_type, ''),"
+            f" coalesce(wait_event, ''), count(*) FROM pg_stat_activity WHERE datname = '{SESSIONS_DB}'"
+            " GROUP BY 1, 2, 3, 4, 5, 6, 7"),
+        "sizes": primary.execute("SELECT pg_table_size('sized'), pg_indexes_size('sized')", "dropin"),
+    }
+    return ours, views
+
+
+def labelled(series: Series, name: str) -> dict[tuple, float]:
+    """name's samples keyed by its label values in RELEASE_020's order."""
+    _, labels = RELEASE_020[name]
+    return {tuple(dict(key)[label] for label in labels): value for key, value in series[name][2].items()}
+
+
+def test_release_020_names_types_and_labels_live(release_020):
+    ours, _ = release_020
+    live = {n for n in RELEASE_020 if not n.startswith("pg_stat_progress_vacuum_")}  # no VACUUM runs here
+    assert {n: (ours[n][0], sorted(ours[n][1])) for n in live if n in ours} == \
+        {n: (kind, sorted(labels)) for n, (kind, labels) in RELEASE_020.items() if n in live}
+
+
+def test_release_020_slot_names_carry_the_views_values(release_020):
+    ours, views = release_020
+    [(slot, slot_type, active, safe_wal_size, wal_status, lsn_after)] = views["slots"]
+    key = (slot, slot_type)
+    assert (slot, active) == ("dropin_standby", True)
+    assert labelled(ours, "pg_replication_slots_slot_is_active") == {key: 1}
+    assert labelled(ours, "pg_replication_slots_wal_status") == {key + (wal_status,): 1}
+    # max_slot_wal_keep_size (1GB) past the slot's segment: the same within a WAL segment of the view's
+    assert safe_wal_size > 1024 ** 3 - 16 * 1024 ** 2
+    assert abs(labelled(ours, "pg_replication_slots_safe_wal_size_bytes")[key] - safe_wal_size) <= 16 * 1024 ** 2
+    assert 0 < labelled(ours, "pg_replication_slots_slot_current_wal_lsn")[key] <= float(lsn_after)
+    assert labelled(ours, "pg_replication_slots_slot_confirmed_flush_lsn") == {key: 0}  # physical: none
+    for name in ("slot_current_wal_lsn", "slot_confirmed_flush_lsn", "slot_is_active", "safe_wal_size_bytes",
+                 "wal_status"):  # the names before 0.20, from the same row
+        assert ours[f"pg_replication_slot_{name}"][1:] == ours[f"pg_replication_slots_{name}"][1:], name
+
+
+def test_release_020_replica_labels_are_the_views(release_020):
+    ours, views = release_020
+    [replica] = views["replicas"]
+    assert replica[1] == "127.0.0.1/32" and replica[3] == "dropin_standby"
+    for name in ("pg_stat_replication_pg_current_wal_lsn_bytes", "pg_stat_replication_pg_wal_lsn_diff"):
+        assert list(labelled(ours, name)) == [replica], name
+
+
+def test_release_020_session_labels_are_the_views(release_020):
+    ours, views = release_020
+    served = {key: value for key, value in labelled(ours, "pg_stat_activity_count").items()
+              if key[0] == SESSIONS_DB and value}
+    assert served == {tuple(row[:7]): row[7] for row in views["sessions"]}
+    assert {(key[2], key[3]) for key in served} == {(user, application) for user, application, _ in SESSIONS}
+
+
+def test_release_020_sessions_sum_to_the_old_labels(servers):
+    """sum by (datname, state) of the 0.20 series is what postgres_exporter 0.11 (datname, state) counts."""
+    theirs, ours = servers["primary"]
+    old = {(dict(k)["datname"], dict(k)["state"]): v for k, v in theirs["pg_stat_activity_count"][2].items()}
+    summed: Counter = Counter()
+    for key, value in ours["pg_stat_activity_count"][2].items():
+        summed[dict(key)["datname"], dict(key)["state"]] += value
+    sessions_db = {pair: value for pair, value in old.items() if pair[0] == SESSIONS_DB}
+    assert sessions_db[SESSIONS_DB, "idle"] == 5 and sessions_db[SESSIONS_DB, "idle in transaction"] == 2
+    assert {pair: summed[pair] for pair in sessions_db} == sessions_db
+    assert set(summed) == set(old)  # the same (database, state) pairs, each present
+
+
+def test_release_020_table_sizes_are_the_views(release_020):
+    ours, views = release_020
+    [(table_size, index_size)] = views["sizes"]
+    key = ("dropin", "public", "sized")
+    assert labelled(ours, "pg_stat_user_tables_table_size_bytes")[key] == table_size > 0
+    assert labelled(ours, "pg_stat_user_tables_index_size_bytes")[key] == index_size > 0
+    total = {tuple(dict(k)[label] for label in _TABLE): v for k, v in ours["pg_stat_user_tables_size_bytes"][2].items()}
+    assert total[key] == table_size + index_size
 
 
 def test_every_major(major_cluster):

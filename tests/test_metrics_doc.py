@@ -48,14 +48,17 @@ pg_vector_index_size_bytes pg_vector_index_scans_total pg_vector_index_tuples_re
 """.split()
 
 CONTRACT_LABELS = {
-    "pg_stat_activity_count": ("datname", "state"),
-    "pg_stat_activity_max_tx_duration": ("datname", "state"),
+    # postgres_exporter 0.20's labels; a sum by (datname, state) is the series of earlier releases
+    "pg_stat_activity_count": ("datname", "state", "usename", "application_name", "backend_type", "wait_event_type",
+                               "wait_event"),
+    "pg_stat_activity_max_tx_duration": ("datname", "state", "usename", "application_name", "backend_type",
+                                         "wait_event_type", "wait_event"),
     "pg_locks_count": ("datname", "mode"),
     "pg_stat_statements_calls_total": ("user", "datname", "queryid"),
     "pg_stat_database_xact_commit": ("datid", "datname"),
     "pg_stat_user_tables_n_dead_tup": ("datname", "schemaname", "relname"),
     "pg_stat_user_indexes_idx_scan": ("datname", "schemaname", "relname", "indexrelname"),
-    "pg_stat_replication_pg_wal_lsn_diff": ("application_name", "client_addr", "state"),
+    "pg_stat_replication_pg_wal_lsn_diff": ("application_name", "client_addr", "state", "slot_name"),
     "pg_replication_slots_active": ("slot_name", "database"),
     "pg_vector_index_size_bytes": ("datname", "schemaname", "relname", "indexrelname", "method"),
     "pg_security_tables_without_rls": ("datname", "schemaname"),

@@ -51,6 +51,16 @@ def ensure_monitor_role(cluster) -> None:
     )
 
 
+SESSION_ROLES = ("pgvigil_alice", "pgvigil_bob")  # users of the sessions of the pg_stat_activity tests
+
+
+def ensure_session_roles(cluster) -> None:
+    """Made before the provoked scrape too, so the role counts it reads stay the cluster's."""
+    cluster.execute("DO $$ BEGIN " + " ".join(
+        f"IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN CREATE ROLE {role} LOGIN; END IF;"
+        for role in SESSION_ROLES) + " END $$")
+
+
 def scrape(cluster, dbname: str, role: str, collectors: str = "[default]") -> list[Sample]:
     if role == "monitor":
         ensure_monitor_role(cluster)
@@ -154,6 +164,7 @@ class HeldSessions:
 def provoked(cluster):
     """A database with every provoked condition, scraped by both roles while it holds."""
     ensure_monitor_role(cluster)
+    ensure_session_roles(cluster)
     db = "t_packs_" + uuid.uuid4().hex[:8]
     dsn = cluster.create_database(db)
     cluster.execute(SETUP_SQL, db)
@@ -286,6 +297,18 @@ def test_dead_tuples(result):
     assert value(samples, "pg_statio_user_tables_heap_blocks_hit", **bloat) > 0
 
 
+def test_table_and_index_sizes(cluster, result):
+    """postgres_exporter's per-table sizes: pg_table_size and pg_indexes_size, adding up to size_bytes."""
+    db, samples = result
+    for table in ("bloat", "indexed"):
+        labels = {"datname": db, "schemaname": "public", "relname": table}
+        table_size, index_size = cluster.execute(
+            f"SELECT pg_table_size('{table}'), pg_indexes_size('{table}')", db)[0]
+        assert value(samples, "pg_stat_user_tables_table_size_bytes", **labels) == table_size > 0
+        assert value(samples, "pg_stat_user_tables_index_size_bytes", **labels) == index_size > 0
+        assert value(samples, "pg_stat_user_tables_size_bytes", **labels) == table_size + index_size
+
+
 def test_vacuum_times_are_epoch_seconds_and_zero_when_never(cluster, result):
     db, samples = result
     vacuumed = value(samples, "pg_stat_user_tables_last_vacuum", datname=db, relname="vacuumed")
@@ -300,7 +323,9 @@ def test_vacuum_times_are_epoch_seconds_and_zero_when_never(cluster, result):
 def test_exclusively_locked_table_is_listed_without_a_size(result):
     db, samples = result
     assert value(samples, "pg_stat_user_tables_n_live_tup", datname=db, relname="locked") == 0
-    assert find(samples, "pg_stat_user_tables_size_bytes", datname=db, relname="locked") == []
+    for size in ("size_bytes", "table_size_bytes", "index_size_bytes"):
+        assert find(samples, f"pg_stat_user_tables_{size}", datname=db, relname="locked") == []
+        assert find(samples, f"pg_stat_user_tables_{size}", datname=db, relname="bloat") != []
 
 
 # -- indexes -----------------------------------------------------------------
@@ -344,11 +369,164 @@ def test_held_lock_and_blocked_session(result):
 def test_blocked_query_is_the_longest_running_and_in_the_age_histogram(result):
     db, samples = result
     assert value(samples, "pg_stat_activity_max_query_duration_seconds", datname=db) >= 1.0
-    assert value(samples, "pg_stat_activity_count", datname=db, state="active") >= 1
+    # the blocked session, under its wait event (postgres_exporter 0.20's labels), beside pgvigil's own
+    assert value(samples, "pg_stat_activity_count", datname=db, state="active", wait_event_type="Lock",
+                 wait_event="relation") == 1
+    assert value(samples, "pg_stat_activity_count", datname=db, state="active", application_name="pgvigil") == 1
     older_than_a_second = (value(samples, "pg_stat_activity_query_age_seconds_bucket", le="+Inf")
                            - value(samples, "pg_stat_activity_query_age_seconds_bucket", le="1.0"))
     assert older_than_a_second >= 1
     assert value(samples, "pg_stat_activity_query_age_seconds_gcount") >= 1
+
+
+# pgvigil's pg_stat_activity query before postgres_exporter 0.20's labels: the series a sum by
+# (datname, state) of the new ones must equal.
+OLD_ACTIVITY_SQL = """
+SELECT d.datname, s.state, coalesce(a.count, 0) AS count
+FROM pg_database d
+CROSS JOIN (VALUES ('active'), ('idle'), ('idle in transaction'), ('idle in transaction (aborted)'),
+                   ('fastpath function call'), ('disabled')) AS s(state)
+LEFT JOIN (SELECT datname, state, count(*) AS count FROM pg_stat_activity
+           WHERE datname IS NOT NULL AND state IS NOT NULL GROUP BY datname, state) a
+  ON a.datname = d.datname AND a.state = s.state
+"""
+ACTIVITY_LABELS = ("datname", "state", "usename", "application_name", "backend_type", "wait_event_type",
+                   "wait_event")
+
+
+class Sessions:
+    """Sessions of several users and applications in `db`: idle, idle in a transaction, sleeping."""
+
+    def __init__(self, cluster, db: str, spec: list[tuple[str, str, str]]) -> None:
+        self.conns: list = []
+        self.threads: list[threading.Thread] = []
+        for user, application, state in spec:
+            conn = psycopg.connect(cluster.dsn(db, user=user), application_name=application,
+                                   autocommit=state != "idle in transaction")
+            self.conns.append(conn)
+            if state == "active":
+                thread = threading.Thread(target=self._sleep, args=(conn,), daemon=True)
+                thread.start()
+                self.threads.append(thread)
+            else:
+                conn.execute("SELECT 1")
+        wait_until(lambda: cluster.execute(
+            f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND wait_event = 'PgSleep'")[0][0]
+            == sum(1 for *_, state in spec if state == "active"), "the sleeping sessions")
+
+    @staticmethod
+    def _sleep(conn) -> None:
+        try:
+            conn.execute("SELECT pg_sleep(60)")
+        except psycopg.errors.QueryCanceled:
+            pass
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.cancel()
+        for thread in self.threads:
+            thread.join(timeout=30)
+        for conn in self.conns:
+            conn.close()
+
+
+def activity_series(samples, db: str) -> dict[tuple, float]:
+    """pg_stat_activity_count of `db` with sessions in it, by the label values in ACTIVITY_LABELS' order."""
+    return {tuple(s.labels[k] for k in ACTIVITY_LABELS): s.value
+            for s in find(samples, "pg_stat_activity_count", datname=db) if s.value}
+
+
+def summed_by_database_and_state(samples) -> dict[tuple[str, str], float]:
+    summed: dict[tuple[str, str], float] = {}
+    for s in find(samples, "pg_stat_activity_count"):
+        key = (s.labels["datname"], s.labels["state"])
+        summed[key] = summed.get(key, 0) + s.value
+    return summed
+
+
+@pytest.fixture
+def session_roles(cluster):
+    ensure_session_roles(cluster)
+    return SESSION_ROLES
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_sessions_by_postgres_exporter_020_labels_sum_to_database_and_state(cluster, fresh_db, session_roles, role):
+    """pg_stat_activity_count carries postgres_exporter 0.20's labels (collector/pg_stat_activity.go:
+    datname, state, usename, application_name, backend_type, wait_event_type, wait_event), each label
+    set's count is the view's, and a sum by (datname, state) is the old series."""
+    db = fresh_db.rsplit("/", 1)[1]
+    alice, bob = session_roles
+    sessions = Sessions(cluster, db, [(alice, "web", "idle"), (alice, "web", "idle"), (alice, "web", "active"),
+                                      (bob, "web", "idle in transaction"), (bob, "batch", "idle"),
+                                      ("postgres", "", "idle"), ("postgres", "psql", "active")])
+    try:
+        samples = scrape(cluster, "postgres", role)  # pgvigil's own session is not in db
+        old = dict(((datname, state), count) for datname, state, count in cluster.execute(OLD_ACTIVITY_SQL))
+        view = {tuple(row[:7]): row[7] for row in cluster.execute(
+            "SELECT datname, state, usename, application_name, backend_type, coalesce(wait_event_type, ''),"
+            f" coalesce(wait_event, ''), count(*) FROM pg_stat_activity WHERE datname = '{db}'"
+            " GROUP BY 1, 2, 3, 4, 5, 6, 7")}
+    finally:
+        sessions.close()
+    assert {tuple(sorted(s.labels)) for s in find(samples, "pg_stat_activity_count")} == \
+        {tuple(sorted(ACTIVITY_LABELS + ("target",)))}
+    assert activity_series(samples, db) == view
+    assert activity_series(samples, db)[(db, "idle", alice, "web", "client backend", "Client", "ClientRead")] == 2
+    summed = summed_by_database_and_state(samples)
+    assert {key: summed[key] for key in old if key[0] == db} == {key: v for key, v in old.items() if key[0] == db}
+    assert {key: summed[key] for key in old if key[0] == db}[db, "active"] == 2
+    assert set(summed) == set(old)  # every (database, state) pair, none added
+    # an empty pair: one series, its other labels empty, 0
+    [empty] = find(samples, "pg_stat_activity_count", datname=db, state="disabled")
+    assert empty.value == 0 and all(empty.labels[k] == "" for k in ACTIVITY_LABELS[2:])
+    [longest] = find(samples, "pg_stat_activity_max_tx_duration", datname=db, state="idle in transaction")
+    assert longest.value > 0 and longest.labels["usename"] == bob
+
+
+def test_sessions_past_the_top_applications_count_as_other(cluster, fresh_db):
+    """Application names past the 20 with most sessions are folded into "other"; the sums stay."""
+    db = fresh_db.rsplit("/", 1)[1]
+    spec = [("postgres", "busy", "idle")] * 3 + [("postgres", f"app{i:02d}", "idle") for i in range(25)]
+    sessions = Sessions(cluster, db, spec)
+    try:
+        samples = scrape(cluster, db, "monitor")
+        old = dict(((datname, state), count) for datname, state, count in cluster.execute(OLD_ACTIVITY_SQL))
+    finally:
+        sessions.close()
+    applications = {s.labels["application_name"] for s in find(samples, "pg_stat_activity_count") if s.value}
+    assert "busy" in applications and "other" in applications
+    assert len(applications - {"other"}) == 20
+    summed = summed_by_database_and_state(samples)
+    assert summed[db, "idle"] == old[db, "idle"] == 28
+
+
+def test_sessions_past_the_label_set_bound_keep_their_sums(cluster, fresh_db, session_roles):
+    """The query's bounds, lowered so a handful of sessions exceed them (1 application, 2 label sets),
+    fold the rest of each (database, state) into one series labelled "other" and keep every sum."""
+    [query] = [q for q in parse_config("collectors: [connections]\n").queries if q.name == "pg_stat_activity"]
+    assert query.sql.count("LIMIT 20") == 1 and query.sql.count("1000") == 2
+    lowered = query.sql.replace("LIMIT 20", "LIMIT 1").replace("1000", "2")
+    db = fresh_db.rsplit("/", 1)[1]
+    alice, bob = session_roles
+    sessions = Sessions(cluster, db, [(alice, "web", "idle")] * 3 + [(alice, "batch", "idle"), (bob, "web", "idle"),
+                                      (bob, "report", "idle in transaction"), ("postgres", "psql", "idle")])
+    try:
+        rows = cluster.execute(lowered)
+        old = dict(((datname, state), count) for datname, state, count in cluster.execute(OLD_ACTIVITY_SQL))
+    finally:
+        sessions.close()
+    busy = {tuple(row[:7]): row[7] for row in rows if row[7]}
+    folded = ("other",) * 5
+    assert busy[(db, "idle", alice, "web", "client backend", "Client", "ClientRead")] == 3  # the most sessions
+    assert busy[(db, "idle in transaction") + folded] == 1
+    assert busy[(db, "idle") + folded] >= 1
+    assert len([key for key in busy if key[2:] != folded]) <= 2  # two label sets kept, cluster-wide
+    assert {key[3] for key in busy} <= {"web", "other"}  # one application name kept
+    summed: dict[tuple[str, str], int] = {}
+    for row in rows:
+        summed[row[0], row[1]] = summed.get((row[0], row[1]), 0) + row[7]
+    assert {key: summed[key] for key in old if key[0] == db} == {key: v for key, v in old.items() if key[0] == db}
 
 
 def test_connections_per_user_and_client(result):
@@ -448,6 +626,15 @@ def test_primary_replication_and_slot(result):
     assert value(samples, "pg_replication_slots_active", **slot) == 0
     assert value(samples, "pg_replication_slots_retained_bytes", **slot) > 0
     assert find(samples, "pg_stat_replication_pg_wal_lsn_diff") == []
+    # postgres_exporter 0.20's names (collector/pg_replication_slots.go) and the names before 0.20
+    physical = {"slot_name": "pgvigil_test_slot", "slot_type": "physical"}
+    for prefix in ("pg_replication_slots_", "pg_replication_slot_"):
+        assert value(samples, prefix + "slot_is_active", **physical) == 0
+        assert value(samples, prefix + "slot_current_wal_lsn", **physical) > 0
+        assert find(samples, prefix + "slot_confirmed_flush_lsn", **physical) == []  # inactive: none
+        assert value(samples, prefix + "wal_status", wal_status="reserved", **physical) == 1
+    assert value(samples, "pg_replication_slots_slot_current_wal_lsn", **physical) == \
+        value(samples, "pg_replication_slot_slot_current_wal_lsn", **physical)
 
 
 def test_archiver_and_checkpoints(result):

@@ -105,7 +105,10 @@ def test_replica_lag_while_replay_is_paused(servers):
         on_primary = scrape(primary)
         assert value(on_primary, "pg_replication_is_replica") == 0
         assert value(on_primary, "pg_replication_lag_seconds") == 0
-        assert value(on_primary, "pg_stat_replication_pg_wal_lsn_diff", client_addr="127.0.0.1", state="streaming") > 0
+        # postgres_exporter 0.20.1's labels: the address as inet text, the slot the WAL sender streams from
+        replica = {"client_addr": "127.0.0.1/32", "state": "streaming", "slot_name": SLOT}
+        assert value(on_primary, "pg_stat_replication_pg_wal_lsn_diff", **replica) > 0
+        assert value(on_primary, "pg_stat_replication_pg_current_wal_lsn_bytes", **replica) > 0
         assert value(on_primary, "pg_replication_slots_active", slot_name=SLOT, database="") == 1
         # an active physical slot follows the standby's flush position, which keeps up while replay
         # is paused; the inactive slot in test_packs.py shows retained WAL

@@ -30,7 +30,7 @@ from exporter.scrape.assembly import scrape_once
 
 ROOT = Path(__file__).resolve().parents[1]
 MAJORS = (13, 14, 15, 16, 17, 18)
-PACKS = ("io", "checkpointer", "wal", "logical_replication", "vacuum_progress", "wait_events")
+PACKS = ("io", "checkpointer", "wal", "logical_replication", "slot_positions", "vacuum_progress", "wait_events")
 ROLES = ("superuser", "monitor")
 APP_DB = "app"
 PUB_DB = "publisher"
@@ -157,9 +157,18 @@ def scrape(cluster: ThrowawayCluster, role: str) -> list[Sample]:
     return parse_samples(scrape_once(config))
 
 
+def dead_tuple_counters(cluster: ThrowawayCluster, major: int) -> tuple[int, int]:
+    """The running VACUUM's dead tuple store, by the view's own names: its capacity and fill in tuples
+    up to PG 16, in bytes from 17 (postgres_exporter 0.20 reads the same two counters on every version)."""
+    columns = "max_dead_tuple_bytes, dead_tuple_bytes" if major >= 17 else "max_dead_tuples, num_dead_tuples"
+    [row] = cluster.execute(f"SELECT {columns} FROM pg_stat_progress_vacuum WHERE relid = 'slow_vacuum'::regclass",
+                            APP_DB)
+    return row
+
+
 @pytest.fixture(scope="module", params=MAJORS, ids=lambda major: f"pg{major}")
-def provoked(request) -> Iterator[tuple[int, dict[str, list[Sample]]]]:
-    """(major, {role: samples}) scraped while everything provoked holds."""
+def provoked(request) -> Iterator[tuple[int, dict[str, list[Sample]], dict[str, tuple]]]:
+    """(major, {role: samples}, the views read around the scrapes) while everything provoked holds."""
     major = request.param
     with ThrowawayCluster(bindir=server_bindir(major), preload=(), settings=SETTINGS) as cluster:
         state = Provoked(cluster, major)
@@ -169,14 +178,17 @@ def provoked(request) -> Iterator[tuple[int, dict[str, list[Sample]]]]:
             cluster.execute("CHECKPOINT")
             wait_until(lambda: counters_arrived(cluster, major),
                        "the WAL, I/O and checkpointer statistics to reach their views", attempts=600)
-            yield major, {role: scrape(cluster, role) for role in ROLES}
+            before = dead_tuple_counters(cluster, major)
+            scrapes = {role: scrape(cluster, role) for role in ROLES}
+            views = {"dead_tuples_before": before, "dead_tuples_after": dead_tuple_counters(cluster, major)}
+            yield major, scrapes, views
         finally:
             state.close()
 
 
 @pytest.fixture(params=ROLES)
 def result(request, provoked) -> tuple[int, list[Sample]]:
-    major, scrapes = provoked
+    major, scrapes, _ = provoked
     return major, scrapes[request.param]
 
 
@@ -273,6 +285,22 @@ def test_slot_lost_and_slot_safe(result):
     assert value(samples, "pg_replication_slot_wal_status", slot_name="sub", slot_type="logical") == 1
 
 
+def test_slot_series_under_postgres_exporter_020_names(result):
+    """0.20 renamed pg_replication_slot_* to pg_replication_slots_* (collector/pg_replication_slots.go):
+    both are served, from the same rows."""
+    _, samples = result
+    for name in ("slot_current_wal_lsn", "slot_confirmed_flush_lsn", "slot_is_active", "safe_wal_size_bytes",
+                 "wal_status"):
+        old = {(tuple(sorted(s.labels.items())), s.value) for s in find(samples, f"pg_replication_slot_{name}")}
+        new = {(tuple(sorted(s.labels.items())), s.value) for s in find(samples, f"pg_replication_slots_{name}")}
+        assert new == old, name
+        # confirmed_flush_lsn is for active slots only: the subscription's may be between restarts
+        assert old or name == "slot_confirmed_flush_lsn", name
+    assert value(samples, "pg_replication_slots_wal_status", slot_name="doomed", wal_status="lost") == 1
+    assert value(samples, "pg_replication_slots_slot_is_active", slot_name="fresh", slot_type="physical") == 0
+    assert value(samples, "pg_replication_slots_safe_wal_size_bytes", slot_name="fresh") > 0
+
+
 def test_running_vacuum(result):
     _, samples = result
     table = {"datname": APP_DB, "relname": "slow_vacuum"}
@@ -282,6 +310,21 @@ def test_running_vacuum(result):
     assert value(samples, "pg_stat_progress_vacuum_index_vacuums", **table) == 0
     assert value(samples, "pg_stat_progress_vacuum_duration_seconds", **table) > 0.1
     assert value(samples, "pg_stat_progress_vacuum_phase", phase="scanning heap", **table) == 1
+
+
+def test_running_vacuum_dead_tuples_as_postgres_exporter_020(provoked):
+    """pg_stat_progress_vacuum_max_dead_tuples and _num_dead_tuples (collector/pg_stat_progress_vacuum.go):
+    up to PG 16 the view's max_dead_tuples and num_dead_tuples, from 17 max_dead_tuple_bytes and
+    dead_tuple_bytes; the capacity is fixed while a VACUUM runs, the fill only grows within a cycle."""
+    major, scrapes, views = provoked
+    table = {"datname": APP_DB, "relname": "slow_vacuum"}
+    (capacity, fill_before), (_, fill_after) = views["dead_tuples_before"], views["dead_tuples_after"]
+    assert capacity > 0 and views["dead_tuples_after"][0] == capacity
+    for samples in scrapes.values():
+        assert value(samples, "pg_stat_progress_vacuum_max_dead_tuples", **table) == capacity
+        assert fill_before <= value(samples, "pg_stat_progress_vacuum_num_dead_tuples", **table) <= fill_after
+    if major >= 17:  # bytes: at least the memory limit's first block, far more than the 20,000 rows' tuples
+        assert capacity >= 1024 * 1024
 
 
 def test_sessions_by_wait_event_type(result):
@@ -296,7 +339,7 @@ def test_sessions_by_wait_event_type(result):
 def test_shipped_rule_fires_for_the_lost_slot(provoked, tmp_path):
     """The wal_status series pgvigil exports for a really lost slot fire PostgresReplicationSlotLost,
     and only for that slot."""
-    _, scrapes = provoked
+    _, scrapes, _ = provoked
     status = find(scrapes["monitor"], "pg_replication_slot_wal_status")
     thresholds = load_thresholds()
     [spec] = [s for s in alert_specs(thresholds) if s.name == "PostgresReplicationSlotLost"]

@@ -20,6 +20,7 @@ from exporter.bundle.catalog import (
     constant,
     counter,
     selector,
+    session_series,
 )
 from exporter.bundle.humanize import format_level
 from exporter.bundle.rules import alert_specs, render_description
@@ -169,8 +170,8 @@ def healthy_series() -> dict[str, str]:
         selector("pg_up", BASE): constant(1, n),
         selector("pg_settings_max_connections", BASE): constant(100, n),
         selector("pg_settings_superuser_reserved_connections", BASE): constant(3, n),
-        selector("pg_stat_activity_count", {**BASE, "datname": "app", "state": "active"}): constant(3, n),
-        selector("pg_stat_activity_count", {**BASE, "datname": "app", "state": "idle"}): constant(9, n),
+        **session_series("app", "active", 3, n),
+        **session_series("app", "idle", 9, n),
         selector("pg_stat_activity_max_query_duration_seconds", {**BASE, "datname": "app"}): constant(0.2, n),
         selector("pg_stat_activity_max_idle_in_transaction_seconds", {**BASE, "datname": "app"}): constant(0, n),
         selector("pg_stat_statements_mean_seconds_max", {**BASE, "datname": "app"}): constant(0.04, n),

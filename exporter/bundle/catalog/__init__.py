@@ -38,6 +38,7 @@ from exporter.bundle.catalog.spec import (
     counter,
     number,
     selector,
+    session_series,
 )
 
 # In this order in pgvigil-alerts.yml: each area is one rule group.
@@ -58,5 +59,5 @@ def catalog() -> list[AlertSpec]:
 
 __all__ = [
     "APP_TABLE", "BASE", "EXPORTER_JOB", "IDENTIFYING_LABELS", "RECORDING_RULES", "RUNBOOK_BASE", "AlertSpec",
-    "Case", "Scenario", "ValueKind", "catalog", "constant", "counter", "number", "selector",
+    "Case", "Scenario", "ValueKind", "catalog", "constant", "counter", "number", "selector", "session_series",
 ]

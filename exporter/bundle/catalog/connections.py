@@ -1,7 +1,7 @@
 """Connections: how close the server is to max_connections, and sessions that hold or work too long."""
 from __future__ import annotations
 
-from exporter.bundle.catalog.spec import BASE, AlertSpec, Case, Scenario, constant, gauge, selector
+from exporter.bundle.catalog.spec import BASE, AlertSpec, Case, Scenario, constant, gauge, selector, session_series
 
 GROUP = "pgvigil-connections"
 
@@ -12,9 +12,8 @@ def _connection_utilization(case: Case) -> Scenario:
     connections = round(case.value * usable)
     active = connections // 2
     series = {
-        selector("pg_stat_activity_count", {**BASE, "datname": "app", "state": "active"}): constant(active, minutes),
-        selector("pg_stat_activity_count", {**BASE, "datname": "app", "state": "idle"}):
-            constant(connections - active, minutes),
+        **session_series("app", "active", active, minutes),
+        **session_series("app", "idle", connections - active, minutes),
         selector("pg_settings_max_connections", BASE): constant(usable + 3, minutes),
         selector("pg_settings_superuser_reserved_connections", BASE): constant(3, minutes),
     }
@@ -25,12 +24,10 @@ def _active_connections(case: Case) -> Scenario:
     value, minutes = case.value, case.minutes
     half = int(value) // 2
     series = {
-        selector("pg_stat_activity_count", {**BASE, "datname": "app", "state": "active"}):
-            constant(value - half, minutes),
-        selector("pg_stat_activity_count", {**BASE, "datname": "postgres", "state": "active"}):
-            constant(half, minutes),
+        **session_series("app", "active", value - half, minutes),
+        **session_series("postgres", "active", half, minutes),
         # idle sessions are not active connections: they must not count
-        selector("pg_stat_activity_count", {**BASE, "datname": "app", "state": "idle"}): constant(500, minutes),
+        **session_series("app", "idle", 500, minutes),
     }
     return Scenario(series, value, dict(BASE))
 

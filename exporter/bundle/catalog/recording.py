@@ -1,12 +1,15 @@
 """Recording rules: ratios and counts the alerts and the dashboards share (name, PromQL)."""
 from __future__ import annotations
 
+# pg_stat_activity_count's labels below the target (postgres_exporter 0.20's): summed away, one series per target.
+SESSION_LABELS = "datname, state, usename, application_name, backend_type, wait_event_type, wait_event"
+
 RECORDING_RULES: list[tuple[str, str]] = [
     ("pgvigil:connection_utilization:ratio",
-     "sum without(datname, state) (pg_stat_activity_count)\n"
+     f"sum without({SESSION_LABELS}) (pg_stat_activity_count)\n"
      "/ (pg_settings_max_connections - pg_settings_superuser_reserved_connections)"),
     ("pgvigil:active_connections:count",
-     'sum without(datname, state) (pg_stat_activity_count{state="active"})'),
+     f'sum without({SESSION_LABELS}) (pg_stat_activity_count{{state="active"}})'),
     ("pgvigil:slow_statements:count",
      "pg_stat_statements_mean_time_seconds_gcount\n"
      '- ignoring(le) pg_stat_statements_mean_time_seconds_bucket{le=~"1|1.0"}'),

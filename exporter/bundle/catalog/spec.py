@@ -89,6 +89,21 @@ def constant(value: float, minutes: int) -> str:
     return f"{number(value)}+0x{minutes}"
 
 
+def session_series(datname: str, state: str, count: float, minutes: int) -> dict[str, str]:
+    """`count` sessions of one database and state, as pg_stat_activity_count splits them (postgres_exporter
+    0.20's labels): by user, application and wait event, so the rules must sum them back."""
+    web = count - count // 2
+    labels = {**BASE, "datname": datname, "state": state, "backend_type": "client backend"}
+    return {
+        selector("pg_stat_activity_count", {**labels, "usename": "app", "application_name": "web",
+                                            "wait_event_type": "Client", "wait_event": "ClientRead"}):
+            constant(web, minutes),
+        selector("pg_stat_activity_count", {**labels, "usename": "batch", "application_name": "worker",
+                                            "wait_event_type": "", "wait_event": ""}):
+            constant(count - web, minutes),
+    }
+
+
 def counter(per_minute: float, minutes: int) -> str:
     return f"0+{number(per_minute)}x{minutes}"
 
