@@ -22,6 +22,7 @@ QUERIES = [
     "SELECT txid_current_if_assigned(), pg_current_xact_id_if_assigned(), pg_ls_waldir(), pg_current_wal_lsn()",
     "SELECT set_config('work_mem', '1MB', true), set_config('a.b', 'c', is_local => 'on')",
     "SELECT 'lo_create(0)' AS text_not_a_call, \"lo_create\" FROM (SELECT 1 AS lo_create) s",
+    "SELECT s.lo_compat_privileges, (s).lo_compat_privileges FROM (SELECT 1 AS lo_compat_privileges) s",
     # SQL strings that are literals and only read
     "SELECT query_to_xml('SELECT 1', true, false, '')",
     "SELECT query_to_xml(query => E'SELECT \\'x\\'', nulls => true, tableforest => false, targetns => '')",
