@@ -528,7 +528,16 @@ def _first_warning(target: str) -> bool:
 def clean_message(exc: BaseException, secrets: list[str]) -> str:
     """The first lines of a driver or server error, secrets masked, at most MAX_MESSAGE_CHARS."""
     first = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
-    return shorten(redact(first, secrets))  # redacted first, so no cut leaves a secret's prefix
+    longest = max(map(len, secrets), default=0)
+    head = MAX_MESSAGE_CHARS + 2 * longest + 64
+    if len(first) <= head:
+        return shorten(redact(first, secrets))  # redacted first, so no cut leaves a secret's prefix
+    # A message of megabytes (an error quoting a 20 MB value) is masked on its head only. A secret the
+    # head's end cuts lies within its last `longest` characters, which redaction leaves in place: dropped.
+    masked = redact(first[:head], secrets)
+    if longest:
+        masked = masked[:-longest]
+    return f"{masked[:MAX_MESSAGE_CHARS]}... ({len(first) - MAX_MESSAGE_CHARS} more characters)"
 
 
 def connect_message(exc: BaseException, dsn: str, secrets: list[str]) -> str:
