@@ -167,6 +167,9 @@ QUERY_KEYS = Section(
     Key("scope", default="database", doc="`database` (the default), or `cluster`: runs once per server even "
                                          "when several targets share it"),
     Key("requires_extension", "str", doc="skipped, not failed, where this extension is absent"),
+    Key("optional", "bool", False, doc="`true`: skipped, not failed, where a table, view, function or schema it "
+                                      "reads is absent or the role may not read it (the shipped packs are); "
+                                      "default `false`: your query fails, counted, and `check --connect` says why"),
     Key("max_series", "int", NONZERO_FROM_DEFAULTS, doc="default: `defaults.max_series`"),
     Key("max_label_bytes", "int", NONZERO_FROM_DEFAULTS, doc="default: `defaults.max_label_bytes`"),
     Key("max_query_bytes", "int", NONZERO_FROM_DEFAULTS, doc="default: `defaults.max_query_bytes`"),
@@ -310,6 +313,7 @@ class QuerySpec:
     kind: str = QUERY_KEYS["kind"].default  # the kind of target it runs on
     pick: Pick | None = None
     sql_labels: tuple[str, ...] = ()  # labels whose values are SQL text, masked (exporter/sqltext.py)
+    optional: bool = False  # a missing object or privilege skips it (capability.py) instead of failing it
 
     @property
     def uses_previous_run(self) -> bool:

@@ -29,7 +29,7 @@ from pglast.visitors import Visitor
 
 from exporter.config import Config, QuerySpec, TargetSpec
 from exporter.logs import loggable
-from exporter.scrape.capability import probed_texts
+from exporter.scrape.capability import SKIP_REASONS, probed_texts
 from exporter.scrape.runner import Runner
 from exporter.scrape.session import ConnectFailed, PreparedSql, QueryFailed, Session, scope_of
 from exporter.scrape.state import TargetState
@@ -182,7 +182,13 @@ def _fill(report: TargetGrants, state: TargetState, runner: Runner) -> None:
     for extension, schema in (item.split(".", 1) for item in hidden):
         if extension in required:
             wanted[f"GRANT USAGE ON SCHEMA {sql_identifier(schema)} TO {grantee};"] = None
-    for name, reason in sorted(state.skipped.items()):
+    refused = dict(state.skipped)
+    for query in eligible:  # the user's own queries are not skipped but fail: probed here
+        if query.name not in refused and query.pack is None and not query.optional and query.kind == "postgres":
+            failed = _probe(session, state, query, runner)
+            if failed is not None and SKIP_REASONS.get(failed.sqlstate or "") is not None:
+                refused[query.name] = SKIP_REASONS[failed.sqlstate or ""]
+    for name, reason in sorted(refused.items()):
         query = next(q for q in runner.config.queries if q.name == name)
         message = _refusal(session, state, query, runner)
         report.missing.append(f"{name} ({reason}: {message})")
@@ -206,14 +212,20 @@ def _fill(report: TargetGrants, state: TargetState, runner: Runner) -> None:
 
 def _refusal(session: Session, state: TargetState, query: QuerySpec, runner: Runner) -> str:
     """PostgreSQL's message for a skipped query, from probing it once more."""
+    failed = _probe(session, state, query, runner)
+    return "runs now" if failed is None else str(failed).removeprefix("ERROR:").strip()
+
+
+def _probe(session: Session, state: TargetState, query: QuerySpec, runner: Runner) -> QueryFailed | None:
+    """The query planned and started with LIMIT 0 (capability.py's probe): its failure, if any."""
     try:
         with state.session_locks[0]:
             for sql in probed_texts(query):
                 session.run(PreparedSql(sql, limit=0, scope=scope_of(query)), timeout=runner.config.defaults.timeout,
                             lock_timeout=runner.config.defaults.lock_timeout)
     except QueryFailed as exc:
-        return str(exc).removeprefix("ERROR:").strip()
-    return "runs now"
+        return exc
+    return None
 
 
 class _Names(Visitor):

@@ -5,8 +5,9 @@ SELECT privilege on every table and view and its EXECUTE privilege on every func
 when the executor starts, and resolves every name (an extension's view in a schema
 off the search path, a view of another version) before that, yet no row is read.
 (The probe's text names `pgvigil_probe`: it has its own pg_stat_statements entry.)
-A query refused for one of those reasons is skipped on that target
-(pgvigil_query_skipped{target,query,reason}), logged once, never counted as an error;
+A shipped pack's query (or one marked `optional: true`) refused for one of those reasons is
+skipped on that target (pgvigil_query_skipped{target,query,reason}), logged once, never counted as an error;
+the user's own queries fail instead, counted, and `check --connect` shows why (a missing GRANT or a typo).
 it is probed again every CAPABILITY_REFRESH_SECONDS, so a GRANT takes effect without
 a restart. Any other failure is left to the query's real run to report.
 """
@@ -46,9 +47,10 @@ def probe(state: TargetState, queries: Sequence[QuerySpec], timeout: float, lock
             if exc.connection_lost:
                 return
             reason = SKIP_REASONS.get(exc.sqlstate or "")
-            if reason is not None:
+            if reason is not None and (query.pack is not None or query.optional):
                 state.skip(query, reason, str(exc))
                 continue
+            # The user's own query: a missing table or GRANT is an error (its run fails, counted), not a skip.
         state.unskip(query)
     state.mark_probed()
 

@@ -19,7 +19,7 @@ CONFIG = """targets:
 collectors: []
 queries:
   - {name: allowed, sql: "SELECT 1 AS x -- allowed", metrics: {x: {}}}
-  - {name: forbidden, sql: "SELECT 1 AS x -- forbidden", metrics: {x: {}}}
+  - {name: forbidden, sql: "SELECT 1 AS x -- forbidden", optional: true, metrics: {x: {}}}
 """
 
 
@@ -55,6 +55,22 @@ def test_a_query_the_role_cannot_run_is_skipped_not_failed(runner_for, sqlstate,
     assert sample(samples, "allowed_x") == 1
     assert sample(samples, "pg_exporter_last_scrape_error") == 0
     assert server.runs_of("-- forbidden") == 0 and len(server.probes) == 2  # probed, never run
+
+
+@pytest.mark.parametrize("sqlstate", ["42501", "42P01"])
+def test_the_users_own_query_is_not_skipped_but_fails_counted(sqlstate):
+    """A missing GRANT or a typo in a table name is the user's to hear about: an error, not a quiet skip."""
+    refused = lambda: QueryFailed("permission denied for table audit", sqlstate=sqlstate)  # noqa: E731
+    server = FakeServer(Script("-- allowed"),
+                        Script("-- forbidden", fail=refused, failures=99, probe_fail=refused, probe_failures=99))
+    runner = Runner(parse_config(CONFIG.replace(", optional: true", "")), session_factory=server.factory)
+    try:
+        samples = scrape(runner)
+    finally:
+        runner.close()
+    assert sample(samples, "pgvigil_query_skipped", query="forbidden") is None
+    assert sample(samples, "pgvigil_query_errors_total", query="forbidden", reason="error") == 1
+    assert sample(samples, "pg_exporter_last_scrape_error") == 1
 
 
 def test_other_failures_are_not_skipped_but_reported_by_the_run(runner_for):
