@@ -661,10 +661,12 @@ class _Checker(Checker):
             elif label in labels[:i]:
                 self.error(path + ("labels", i), f"label {shown(label)} is listed twice", doc)
         help_text = values.get("help", name)
+        before_metrics = len(self.errors)
         metrics = self.metrics(raw.get("metrics"), path + ("metrics",), name, help_text, doc)
+        metrics_whole = len(self.errors) == before_metrics  # else what follows from them would be a consequence
         scope = self.choice(raw.get("scope", QUERY_KEYS["scope"].default), path + ("scope",), SCOPES, doc)
         targets = self.string_list(raw["targets"], path + ("targets",), doc) if "targets" in raw else None
-        self._check_query_shape(labels, metrics, sql, path, doc)
+        self._check_query_shape(labels, metrics, sql, path, doc, metrics_whole)
         sql_labels = self.sql_labels(raw, labels, metrics, path, doc)
         top_changed = self.top_changed(raw, labels, metrics, path, doc) if "top_changed" in raw else None
         self._check_kind(raw, sql, path, doc)
@@ -793,7 +795,8 @@ class _Checker(Checker):
             return ()
         return tuple(float(b) for b in bounds)
 
-    def _check_query_shape(self, labels: tuple, metrics: tuple, sql: str, path: tuple, doc: LocatedData) -> None:
+    def _check_query_shape(self, labels: tuple, metrics: tuple, sql: str, path: tuple, doc: LocatedData,
+                           metrics_whole: bool = True) -> None:
         for metric in metrics:
             if metric.column in labels:
                 self.error(path + ("metrics", metric.column),
@@ -801,7 +804,8 @@ class _Checker(Checker):
                            doc)
             if metric.type.is_histogram and "le" in labels:
                 self.error(path + ("labels",), "label 'le' is reserved for histogram buckets", doc)
-        if PREVIOUS_RUN_PLACEHOLDER in sql and not any(m.type is MetricType.HISTOGRAM for m in metrics):
+        if metrics_whole and PREVIOUS_RUN_PLACEHOLDER in sql and \
+                not any(m.type is MetricType.HISTOGRAM for m in metrics):
             self.error(path + ("sql",), f"{PREVIOUS_RUN_PLACEHOLDER} only makes sense for histogram metrics", doc)
 
     def _check_sql(self, sql: str, path: tuple, doc: LocatedData, raw: dict) -> None:

@@ -137,6 +137,14 @@ def test_error_messages(text, expected):
     assert any(e.startswith(shifted) for e in errors), errors
 
 
+def test_the_cause_is_reported_not_its_consequences():
+    """A typo in a histogram's type made {{previous_run}} look misused too, and that was listed first."""
+    errors = errors_of("collectors: []\nqueries:\n  - name: ev\n    sql: SELECT s FROM e WHERE at > {{previous_run}}\n"
+                       "    metrics: {s: {type: histgram, buckets: [1]}}\n")
+    assert errors == ["c.yaml:5: queries[0].metrics.s.type: expected one of gauge, counter, histogram, "
+                      "gauge_histogram, got the string 'histgram'; did you mean 'histogram'?"]
+
+
 def _shift(message: str) -> str:
     """The test prepends one line, so expected line numbers move by one."""
     source, line, rest = message.split(":", 2)
