@@ -150,7 +150,9 @@ def serve(ctx: click.Context, config_path: str | None, dsn: str | None, listen: 
         except (ConfigError, pe.Refused) as exc:
             problems = exc.errors if isinstance(exc, ConfigError) else exc.problems
             log.error("config reload rejected, still serving the previous config:\n  %s", "\n  ".join(problems))
+            exporter.stats.reloaded(False)
             return
+        exporter.stats.reloaded(True)
         if not exporter.reload(new, extra_collectors(new)):
             log.info("config reloaded: unchanged")
             return

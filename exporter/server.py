@@ -25,7 +25,7 @@ from exporter.scrape.assembly import ScrapeText
 from exporter.scrape.discovery import health_of, http_sd
 from exporter.scrape.exposition import CONTENT_TYPE
 from exporter.scrape.runner import Runner, SessionFactory, open_session
-from exporter.scrape.selfmetrics import process_registry, render_self_metrics
+from exporter.scrape.selfmetrics import ServingStats, process_registry, render_self_metrics
 from exporter.scrape.session import shorten
 from exporter.scrape.state import TargetState
 
@@ -51,7 +51,8 @@ class Exporter:
         self._session_factory = session_factory
         # Swapped as one value on reload, so a scrape never pairs one config's runner with another's families.
         self._serving = (Runner(config, session_factory), ScrapeText(config.queries))
-        self.registry = process_registry(extra_collectors)
+        self.stats = ServingStats()
+        self.registry = process_registry([*extra_collectors, self.stats])
         self._reload_lock = threading.Lock()
         self._scraped = False  # the first scrape is logged with its duration and size
         # Seconds the latest answer took to assemble after its scrape, for /metrics (True) and /probe (False):
@@ -76,6 +77,7 @@ class Exporter:
         scrape = runner.scrape(scrape_timeout, only=only, reserve=self._assembly[whole])
         assembling = time.monotonic()
         parts = text.parts(scrape)
+        self.stats.scraped(scrape.duration)
         parts.append(render_self_metrics(scrape, self.registry).encode("utf-8"))
         self._assembly[whole] = time.monotonic() - assembling
         if first:
@@ -95,7 +97,7 @@ class Exporter:
                 return False
             old = self.runner
             self.config, self._serving = config, (Runner(config, self._session_factory), ScrapeText(config.queries))
-            self.registry = process_registry(extra_collectors)
+            self.registry = process_registry([*extra_collectors, self.stats])
             old.close()
             return True
 

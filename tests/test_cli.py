@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 from conftest import parse_exposition, sample, wait_until
 
@@ -89,3 +90,30 @@ def _wait_for(url: str, timeout: float = 30) -> str:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def test_the_self_metrics_dashboards_read_under_postgres_exporter_names(tmp_path, fresh_db):
+    """grafana.com 9628's variables read pg_exporter_last_scrape_duration_seconds; postgres_exporter 0.20 adds
+    pg_scrape_collector_* and its config-reload pair: served under its names and pgvigil's."""
+    port = free_port()
+    path = write_config(tmp_path, fresh_db, "  - {name: q, sql: 'SELECT 1 AS x', metrics: {x: {}}}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "exporter", "serve", "--config", path],
+                            env={**os.environ, "PGVIGIL_LISTEN": f"127.0.0.1:{port}"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/metrics")
+        samples = parse_exposition(_wait_for(f"http://127.0.0.1:{port}/metrics"))
+        assert sample(samples, "pg_exporter_scrapes_total") >= 1
+        assert sample(samples, "pg_exporter_last_scrape_duration_seconds") > 0
+        assert sample(samples, "pg_scrape_collector_success", target="db", collector="q") == 1
+        assert sample(samples, "pg_scrape_collector_duration_seconds", target="db", collector="q") >= 0
+        for prefix in ("pgvigil", "postgres_exporter"):
+            assert sample(samples, f"{prefix}_config_last_reload_successful") == 1
+            assert sample(samples, f"{prefix}_config_last_reload_success_timestamp_seconds") > 0
+        Path(path).write_text("queries: [\n")  # a broken config: the reload is rejected
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: sample(parse_exposition(_wait_for(f"http://127.0.0.1:{port}/metrics")),
+                                  "postgres_exporter_config_last_reload_successful") == 0, 10, "the rejected reload")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)

@@ -7,6 +7,8 @@ from prometheus_client's registry.
 from __future__ import annotations
 
 import platform
+import threading
+import time
 from typing import Iterable
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
@@ -47,6 +49,45 @@ class SqlTextCollector:
                                   "because PostgreSQL could read their quotes two ways", value=dropped_texts())
 
 
+class ServingStats:
+    """Scrapes served and the latest config reload, under pgvigil's names and postgres_exporter's (real
+    dashboards' variables read them: grafana.com 9628's $namespace/$release read
+    pg_exporter_last_scrape_duration_seconds, and every panel hangs on them)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.scrapes = 0
+        self.last_duration = 0.0
+        self.reload_ok = True
+        self.reloaded_at = time.time()  # the config read at start counts as the first successful load
+
+    def scraped(self, duration: float) -> None:
+        with self._lock:
+            self.scrapes += 1
+            self.last_duration = duration
+
+    def reloaded(self, ok: bool) -> None:
+        with self._lock:
+            self.reload_ok = ok
+            if ok:
+                self.reloaded_at = time.time()
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        with self._lock:
+            scrapes, duration, ok, at = self.scrapes, self.last_duration, self.reload_ok, self.reloaded_at
+        yield CounterMetricFamily("pg_exporter_scrapes", "Scrapes served (postgres_exporter compatible)", value=scrapes)
+        yield GaugeMetricFamily("pg_exporter_last_scrape_duration_seconds",
+                                "Seconds the latest scrape took (postgres_exporter compatible)", value=duration)
+        for prefix in ("pgvigil", "postgres_exporter"):
+            yield GaugeMetricFamily(f"{prefix}_config_last_reload_successful",
+                                    "Whether the latest config reload succeeded (1) or was rejected (0)", value=int(ok))
+            yield GaugeMetricFamily(f"{prefix}_config_last_reload_success_timestamp_seconds",
+                                    "Unix time of the latest successful config load", value=at)
+
+
 def process_registry(extra_collectors: Iterable[Collector] = ()) -> CollectorRegistry:
     """Registry of process/platform metrics, build info, masked SQL texts and any extra collectors (backups)."""
     registry = CollectorRegistry(auto_describe=False)
@@ -71,6 +112,10 @@ def render_self_metrics(scrape: Scrape, registry: CollectorRegistry | None = Non
         "pgvigil_query_last_success_timestamp_seconds": ("gauge", "Unix time of the query's latest successful run", []),
         "pgvigil_query_errors_total": ("counter", "Query failures and dropped rows by reason "
                                        "(error, timeout, invalid_value, duplicate, cardinality)", []),
+        "pg_scrape_collector_duration_seconds": ("gauge", "Duration of a query's latest run, by query as the "
+                                                "collector (postgres_exporter compatible)", []),
+        "pg_scrape_collector_success": ("gauge", "Whether a query succeeded in this scrape, by query as the "
+                                        "collector (postgres_exporter compatible)", []),
         "pgvigil_query_late_total": ("counter", "Scrapes whose deadline passed before the query's result was ready "
                                      "(the query goes on; never an error: a client sets the deadline)", []),
         "pgvigil_role_can_write": ("gauge", "1 when the target's monitoring role could write, were a query to "
@@ -95,6 +140,9 @@ def render_self_metrics(scrape: Scrape, registry: CollectorRegistry | None = Non
         if status.last_success is not None:
             families["pgvigil_query_last_success_timestamp_seconds"][2].append((labels, status.last_success))
         families["pgvigil_query_late_total"][2].append((labels, status.late))
+        collector = f'{outcome.target.label_text},collector="{escape_label_value(outcome.query.name)}"'
+        families["pg_scrape_collector_duration_seconds"][2].append((collector, status.duration))
+        families["pg_scrape_collector_success"][2].append((collector, 1 if ok else 0))
         for reason in ERROR_REASONS:
             if reason in ALWAYS_PRESENT_REASONS or status.errors[reason]:
                 families["pgvigil_query_errors_total"][2].append((f'{labels},reason="{reason}"', status.errors[reason]))
