@@ -71,8 +71,8 @@ def test_the_bounded_select_list_quotes_columns_and_bounds_each_value():
     query = dataclasses.replace(PLAIN, labels=('we"ird',), max_label_bytes=10)
     columns = bounded_columns(query)
     assert 'pgvigil_query."we""ird"' in columns
-    assert "octet_length(pgvigil_query.\"we\"\"ird\"::text) > 10" in columns
-    assert "pg_column_size(pgvigil_query.\"v\") > 64" in columns and columns.endswith(f"AS {ROW_BYTES}")
+    assert "pg_catalog.octet_length(pgvigil_query.\"we\"\"ird\"::pg_catalog.text) > 10" in columns
+    assert "pg_catalog.pg_column_size(pgvigil_query.\"v\") > 64" in columns and columns.endswith(f"AS {ROW_BYTES}")
 
 
 def test_a_batch_holds_a_bounded_number_of_bytes():
