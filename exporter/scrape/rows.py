@@ -14,13 +14,31 @@ from typing import Any
 
 import psycopg
 from psycopg.adapt import Buffer, Transformer
-from psycopg.types.datetime import DateLoader, TimestampLoader, TimestamptzLoader
+from psycopg.types.datetime import DateLoader, IntervalLoader, TimestampLoader, TimestamptzLoader
 
 # What the driver raises when a loader refuses a value (UnicodeDecodeError is a ValueError).
 UNREADABLE = (ValueError, OverflowError, psycopg.DataError)
 
 _INFINITE = {b"infinity": dt.datetime.max, b"-infinity": dt.datetime.min}
 _INFINITE_DATE = {b"infinity": dt.date.max, b"-infinity": dt.date.min}
+
+
+# The most years a Python timedelta holds (999,999,999 days). Past it psycopg's C loader wraps around and
+# returns a wrong, finite interval (178,000,000 years read as 545,490,560 days) instead of refusing it.
+_MAX_YEARS = 999_999_999 // 366
+
+
+def check_intervals(conn: psycopg.Connection) -> None:
+    """Intervals a timedelta cannot hold are refused on this connection (and their row left out, counted)."""
+    conn.adapters.register_loader("interval", _CheckedInterval)
+
+
+class _CheckedInterval(IntervalLoader):
+    def load(self, data: Buffer) -> Any:
+        text = bytes(data)
+        if b"year" in text and abs(int(text.split(b" ", 1)[0] or 0)) > _MAX_YEARS:
+            raise psycopg.DataError(f"interval too large for Python: {text[:40]!r}")
+        return super().load(data)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from exporter.logs import loggable
 from exporter.redaction import connect_error, dsn_secrets, redact
 from exporter.scrape.abandon import cancel_on_server, cut_socket
 from exporter.scrape.render import ROW_BYTES, Histogram, InvalidValue, RowSink
-from exporter.scrape.rows import read_rows
+from exporter.scrape.rows import check_intervals, read_rows
 from exporter.scrape.transaction import (
     OWN_SQL,
     PIN,
@@ -255,6 +255,7 @@ class TargetSession:
             )
         except psycopg.Error as exc:
             raise ConnectFailed(self.connect_message(exc)) from None
+        check_intervals(conn)
         self._conn = conn
         try:
             self._facts = self._read_facts()
