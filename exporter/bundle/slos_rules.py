@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from exporter.bundle.catalog import RUNBOOK_BASE
-from exporter.bundle.slos import Objective, promql_duration
+from exporter.bundle.slos import REFERENCE_PERIOD, Objective, promql_duration
 
 STATEMENT_LABELS = ("user", "datname", "queryid")
 DATABASE_LABELS = ("datid", "datname")
@@ -165,9 +165,10 @@ def recording_rules(objective: Objective) -> list[dict]:
     return rules
 
 
-# A long window is judged only once it holds MIN_HISTORY seconds of data: on a fresh Prometheus (or a new
-# replica) a 1d or 3d ratio is the first minutes' ratio, cold caches and all, and would open tickets.
-# The 1h page is left alone: an hour's burn is what it measures.
+# A long window is judged only once it holds MIN_HISTORY seconds of data (of a 30-day period, scaled with the
+# objective's period like the windows): on a fresh Prometheus (or a new replica) a 1d or 3d ratio is the first
+# minutes' ratio, cold caches and all, and would open tickets. The 1h page is left alone: an hour's burn is what
+# it measures.
 MIN_HISTORY = 5400
 GUARDED_FROM = 21600  # standard windows of 6h and longer
 
@@ -191,7 +192,8 @@ def _coverage_guard(objective: Objective, windows: dict[int, str], long: int) ->
     if long < GUARDED_FROM:
         return ""
     ratio = f"{ratio_name(windows[long])}{slo_selector(objective)}"
-    return (f"\n  and count_over_time({ratio}[{windows[long]}]) > {number(MIN_HISTORY / 300)}"
+    history = MIN_HISTORY * objective.period / REFERENCE_PERIOD
+    return (f"\n  and count_over_time({ratio}[{windows[long]}]) > {number(round(history / 300, 4))}"
             f" * count_over_time({ratio}[5m])")
 
 

@@ -206,9 +206,10 @@ class Timeline:
         if long < GUARDED_FROM:
             return True
         held = min(at, long * self.scale)  # from the first evaluation, give or take the first input sample
-        if abs(held - MIN_HISTORY) <= 2 * self.eval_interval + self.interval:
+        history = MIN_HISTORY * self.scale
+        if abs(held - history) <= 2 * self.eval_interval + self.interval:
             return None
-        return held > MIN_HISTORY
+        return held > history
 
     def _above(self, at: float, window: float, burn: Burn) -> bool | None:
         level = burn.factor * self.objective.budget
