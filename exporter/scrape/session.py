@@ -410,6 +410,10 @@ class TargetSession:
             self.close()
 
     def _failure(self, conn: psycopg.Connection, exc: psycopg.Error) -> QueryFailed:
+        exceeded = getattr(conn, "exceeded", None)
+        if exceeded is not None:  # wire.py closed it: whatever the driver said next, this is why
+            self.close()
+            return QueryFailed(exceeded, connection_lost=True)
         code = exc.sqlstate
         lost = conn.closed or conn.broken or isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)) and (
             code is None or code.startswith("57P") or code.startswith("08"))
