@@ -115,11 +115,11 @@ def test_queries_with_the_same_pick_share_it(run):
     assert all("ANY ('{6}')" in sql for sql in server.executed if "-- pick" not in sql)
 
 
-def test_a_pick_the_role_cannot_run_skips_its_query(run):
+def test_a_pick_the_role_cannot_run_skips_its_optional_query(run):
     denied = QueryFailed("permission denied for view secret", sqlstate="42501")
     server = FakeServer(Script("-- pick", columns=["id"], probe_fail=lambda: denied, probe_failures=1),
                         Script("-- main"))
-    runner = run(config(PICKED % "60s"), server)
+    runner = run(config(PICKED % "60s" + "    optional: true\n"), server)
     runner.scrape()
     assert runner.targets["db"].skipped == {"q": "permission_denied"}
     assert server.runs_of("-- pick") == 0 and server.runs_of("-- main") == 0
