@@ -189,7 +189,7 @@ def test_several_pgbouncers_and_postgres_from_one_process(cluster, bouncer):
         by_target: dict[str, set[str]] = {}
         for (name, labels), _ in samples.items():
             target = dict(labels).get("target")
-            if target and not name.startswith("pgvigil_"):
+            if target and not name.startswith(("pgvigil_", "pg_scrape_collector_")):  # pgvigil's own series
                 by_target.setdefault(target, set()).add(name.split("_")[0])
         assert by_target == {"db": {"pg"}, "one": {"pgbouncer"}, "two": {"pgbouncer"}}
         pools = {"database": "postgres", "user": "postgres"}
