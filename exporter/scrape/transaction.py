@@ -1,11 +1,12 @@
 """What pgvigil sends around a query so that nothing a previous query did reaches it.
 
-Every statement goes through the extended query protocol (psycopg's pipeline mode or
-stream(): one statement per Parse, so the server itself refuses a second one, whatever
-lexing settings it was told to use). One run of a query is one pipeline, so one round trip:
+Every statement goes through the extended query protocol (psycopg's pipeline mode: one statement
+per Parse, so the server itself refuses a second one, whatever lexing settings it was told to use).
+One run of a query is one pipeline, so one round trip:
 
     RESET ALL                                        every setting back to the connection's own
-    SELECT pg_catalog.set_config(..., true), ...     read-only, timeouts, search_path, role
+    SELECT pg_catalog.set_config(..., true), ...     read-only, timeouts, search_path, role, and
+                                                     pg_advisory_unlock_all()
     [prelude]                                        e.g. the server time for {{previous_run}}
     query
 
