@@ -40,6 +40,7 @@ from exporter.scrape.transaction import (
     search_path,
 )
 from exporter.scrape.wire import BoundedConnection
+from exporter.scrape.writecheck import first_warning, role_can_write
 from exporter.sqlshape import NotAQuery, inspect
 
 log = logging.getLogger(__name__)
@@ -95,16 +96,6 @@ _ROWS_CURSOR = "pgvigil_rows"
 _WRAPPER = "pgvigil_query"  # the alias of the user's query inside pgvigil's select list
 _UNDEFINED_COLUMN = "42703"
 _CONFIGURED_COLUMN = re.compile(r'pgvigil_query\."((?:[^"]|"")*)"')
-# Why a role could write, were a query to escape its read-only transaction (logged, and a self-metric).
-_ROLE_CAN_WRITE = """
-SELECT reason FROM (
-  SELECT 'superuser' AS reason FROM pg_catalog.pg_roles WHERE rolname = current_user AND rolsuper
-  UNION ALL
-  SELECT 'writes tables' WHERE EXISTS (
-    SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-      AND pg_catalog.has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE'))
-) AS why"""
 
 
 @dataclass(frozen=True)
@@ -262,7 +253,7 @@ class TargetSession:
         except QueryFailed as exc:
             self.close()
             raise ConnectFailed(str(exc)) from None
-        if self._facts.role_can_write and _first_warning(self.spec.name):
+        if self._facts.role_can_write and first_warning(self.spec.name):
             log.warning("target %s: the monitoring role could write (%s); a read-only role is safer "
                         "(docs/security.md, pgvigil grants; pgvigil_role_can_write says it on every scrape)",
                         loggable(self.spec.name), ", ".join(self._facts.role_can_write))
@@ -277,7 +268,7 @@ class TargetSession:
         # time tells the two servers apart while staying equal for every database of one server.
         identity = f"{self._system_identifier() or address}@{started}"
         schemas = tuple(sorted(self._own(_EXTENSIONS_SQL).rows))
-        writes = tuple(row[0] for row in self._own(_ROLE_CAN_WRITE).rows)
+        writes = role_can_write(self.spec.name, database, lambda sql: self._own(sql).rows)
         return ServerFacts(version=version, identity=identity, extensions=frozenset(name for name, _ in schemas),
                            database=database, extension_schemas=schemas, role_path=role_path, role_can_write=writes)
 
@@ -515,19 +506,6 @@ def _fetch_batches(conn: psycopg.Connection, pins: Sequence[Any], prelude: str |
     with conn.pipeline():
         conn.execute("COMMIT")
     return FetchResult(columns, rows, prelude_value, prepared.sink, unreadable)
-
-
-_warned: set[str] = set()
-_warned_lock = threading.Lock()
-
-
-def _first_warning(target: str) -> bool:
-    """Whether the could-write warning for this target is the process's first (a discovered database
-    reconnects on every visit: a thousand of them would log a line each, every visit)."""
-    with _warned_lock:
-        first = target not in _warned
-        _warned.add(target)
-        return first
 
 
 def clean_message(exc: BaseException, secrets: list[str]) -> str:
