@@ -14,7 +14,7 @@ import click
 
 from exporter import __version__
 from exporter import postgres_exporter as pe
-from exporter.config import Config, ConfigError, listen_problem, load_config, parse_listen
+from exporter.config import Config, ConfigError, listen_problem, parse_listen
 from exporter.logs import LEVELS, setup_logging
 from exporter.redaction import dsn_secrets
 
@@ -57,11 +57,20 @@ def main() -> None:
 
 
 def read_config(config_path: str | None, dsn: str | None) -> Config:
-    """Load the config or exit 1 listing every error."""
+    """The config `serve` would run with the same options and environment (postgres_exporter's
+    DATA_SOURCE_NAME and friends included), or exit listing every error: 1 for the config, 2 for
+    postgres_exporter settings pgvigil cannot honour."""
     try:
-        return load_config(config_path, dsn=dsn)
-    except ConfigError as exc:
-        exit_invalid(exc)
+        settings = pe.read_settings([], os.environ)
+    except pe.Refused as exc:
+        click.echo(f"postgres_exporter settings pgvigil cannot honour ({len(exc.problems)}):", err=True)
+        for line in exc.problems:
+            click.echo(f"  {line}", err=True)
+        sys.exit(2)
+    built = build_config(settings, config_path, dsn)
+    for warning in built.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    return built.config
 
 
 def exit_invalid(exc: ConfigError) -> NoReturn:

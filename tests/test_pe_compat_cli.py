@@ -139,6 +139,24 @@ def test_data_source_name_with_several_dsns_is_a_target_each(tmp_path, cluster, 
     assert taken_line(served.log).startswith(f"DATA_SOURCE_NAME (2 targets: {first}, {second})")
 
 
+def test_check_and_grants_read_the_targets_serve_would_run(cluster, fresh_db):
+    """`pgvigil check` and `pgvigil grants` under postgres_exporter's environment see its targets."""
+    dbname = fresh_db.rsplit("/", 1)[1]
+    env = service_env(DATA_SOURCE_NAME=key_value_dsn(cluster, dbname))
+    check = subprocess.run([PGVIGIL, "check", "--connect"], env=env, capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stderr
+    assert "config OK: 1 target," in check.stdout
+    assert "default" in check.stdout
+    grants = subprocess.run([PGVIGIL, "grants"], env=env, capture_output=True, text=True, timeout=120)
+    assert grants.returncode == 0, grants.stderr
+    assert "default" in grants.stdout
+    refused = subprocess.run([PGVIGIL, "check"], env=service_env(DATA_SOURCE_NAME=key_value_dsn(cluster, dbname),
+                                                                 PG_EXPORTER_AUTO_DISCOVER_DATABASES="maybe"),
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "PG_EXPORTER_AUTO_DISCOVER_DATABASES" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 # -- DATA_SOURCE_URI, _USER, _PASS and their files; passwords never shown --------------------------------
 
 
