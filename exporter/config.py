@@ -314,6 +314,8 @@ class QuerySpec:
     pick: Pick | None = None
     sql_labels: tuple[str, ...] = ()  # labels whose values are SQL text, masked (exporter/sqltext.py)
     optional: bool = False  # a missing object or privilege skips it (capability.py) instead of failing it
+    # Where the query is written (`file:line`), for errors only the server can find (a missing column).
+    origin: str = field(default="", compare=False)
 
     @property
     def uses_previous_run(self) -> bool:
@@ -681,7 +683,8 @@ class _Checker(Checker):
         options = {key.name: _option(key, values, defaults) for key in QUERY_KEYS.keys if key.kind is not None}
         spec = QuerySpec(**{**options, "help": help_text, "labels": labels, "metrics": metrics,
                             "targets": targets, "scope": scope, "pack": pack,
-                            "top_changed": top_changed, "pick": pick, "sql_labels": sql_labels})
+                            "top_changed": top_changed, "pick": pick, "sql_labels": sql_labels,
+                            "origin": f"{doc.source}:{doc.line_of(path) or 1}"})
         self.places[id(spec)] = self.query_refs[-1].where
         return spec
 

@@ -115,6 +115,7 @@ class PreparedSql:
     sink: RowSink | None = None
     scope: NameScope = OWN_SQL
     max_label_bytes: int | None = None  # for sessions that bound labels on our side (the PgBouncer console)
+    origin: str = ""  # where the query is written (`file:line`), for the errors only the server finds
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ def prepare_sql(query: QuerySpec, previous_run: str | None,
     sink = None if plain else RowSink(query, histograms if histograms is not None else {})
     return PreparedSql(sql, prelude, limit, columns=bounded_columns(query), batch_rows=batch,
                        byte_budget=query.max_query_bytes // max(1, len(query.metrics)) if plain else None, sink=sink,
-                       scope=scope_of(query), max_label_bytes=query.max_label_bytes)
+                       scope=scope_of(query), max_label_bytes=query.max_label_bytes, origin=query.origin)
 
 
 def bounded_columns(query: QuerySpec) -> str:
@@ -333,8 +334,8 @@ class TargetSession:
         wanted = _CONFIGURED_COLUMN.findall(prepared.columns)
         missing = [name for name in dict.fromkeys(n.replace('""', '"') for n in wanted) if name not in returned]
         return QueryFailed(f"its labels and metrics name columns its SQL does not return: "
-                           f"{', '.join(repr(m) for m in missing) or '?'}; it returns: {', '.join(returned) or 'none'}",
-                           sqlstate=exc.sqlstate)
+                           f"{', '.join(repr(m) for m in missing) or '?'}; it returns: {', '.join(returned) or 'none'}"
+                           f"{f' (written at {prepared.origin})' if prepared.origin else ''}", sqlstate=exc.sqlstate)
 
     def fetch(self, sql: str, timeout: float, lock_timeout: float, wrap: bool = True,
               prelude: str | None = None, limit: int | None = None,

@@ -196,4 +196,4 @@ def test_a_column_the_config_names_but_the_sql_lacks_is_said_in_the_configs_term
     finally:
         session.close()
     assert str(failed.value) == ("its labels and metrics name columns its SQL does not return: 'whom', "
-                                 "'oldest_secs'; it returns: oldest, who")
+                                 "'oldest_secs'; it returns: oldest, who (written at test.yaml:7)")
