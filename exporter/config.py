@@ -135,7 +135,7 @@ TARGET_KEYS = Section(
     Key("sample_interval", default=1.0, doc="how often pg_stat_activity is sampled between scrapes (one connection "
                                             "per server, see [docs/diagnosis.md](docs/diagnosis.md)); `0` or `off`: "
                                             "not sampled; default 1s"),
-    Key("sample_top", "int", 100, doc="label sets (and statements) the sampler exports as themselves, 1 to 1000; "
+    Key("sample_top", default=100, doc="label sets (and statements) the sampler exports as themselves, 1 to 1000; "
                                       "the rest add up in `other` rows; default 100"),
 )
 DEFAULT_KEYS = Section(
@@ -566,7 +566,7 @@ class _Checker(Checker):
                                                         f"or 0 or off to sample nothing, got {describe_value(value)}")
             else:
                 found["sample_interval"] = seconds
-        top = self.scalars(raw, path, TARGET_KEYS).get("sample_top")
+        top = self.typed(raw["sample_top"], path + ("sample_top",), "int") if "sample_top" in raw else None
         if top is not None:
             if 1 <= top <= 1000:
                 found["sample_top"] = top
