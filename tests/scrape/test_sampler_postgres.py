@@ -100,7 +100,7 @@ def by_wait(sampler: Sampler, application: str | None = None) -> dict[tuple[str,
     found: dict[tuple[str, str], float] = {}
     with sampler._lock:
         rows = [*sampler.waits.tracked.items(), *sampler.waits.remainders.items()]
-    for (_, _, app, _, state, event_type, event), seconds in rows:
+    for (_, _, app, _, _state, event_type, event), seconds in rows:
         if application is None or app == application:
             found[(event_type, event)] = found.get((event_type, event), 0.0) + seconds
     return found
@@ -143,7 +143,7 @@ def test_accuracy_and_a_bursty_lock_wait_a_15s_snapshot_misses(workload, fresh_d
             burst_holder.execute("SELECT * FROM gt WHERE id = 2 FOR UPDATE")
             done = threading.Event()
 
-            def update() -> None:
+            def update(done: threading.Event = done) -> None:
                 start = time.monotonic()
                 with contextlib.suppress(psycopg.errors.QueryCanceled):  # cancelled at the end of the test
                     burst_waiter.execute("UPDATE gt SET v = v + 1 WHERE id = 2")
