@@ -29,7 +29,7 @@ from exporter.config import Defaults, TargetSpec
 from exporter.logs import loggable
 from exporter.scrape.budget import BudgetedSession, ConnectionBudget
 from exporter.scrape.exposition import family_header
-from exporter.scrape.session import ConnectFailed, PreparedSql, QueryFailed, Session
+from exporter.scrape.session import ConnectFailed, PreparedSql, QueryFailed, Session, TargetSession
 from exporter.scrape.waitprofile import WaitProfile, bounded
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ STATEMENT_LABELS = ("datname", "queryid", "wait_event_type", "wait_event")
 # Tenants choose these; the rest of a label set is PostgreSQL's own closed vocabulary.
 WAIT_FOLDED = ("datname", "usename", "application_name")
 STATEMENT_FOLDED = ("datname", "queryid")
+APPLICATION_NAME = "pgvigil-sampler"  # the sampler's session in pg_stat_activity (abandon.py cancels it too)
 CPU = "CPU"  # wait_event_type and wait_event of a session active with no wait event
 # The label sets exported are chosen again this often (waitprofile.py).
 ROTATION_SECONDS = 300.0
@@ -235,6 +236,8 @@ class Samplers:
             if spec.kind != "postgres" or spec.sample_interval <= 0:
                 continue
             session = session_factory(spec, defaults)
+            if isinstance(session, TargetSession):
+                session.application_name = APPLICATION_NAME
             if spec.discovers:
                 budget = budgets[spec.name]
                 if budget.limit < MIN_BUDGET:
@@ -285,7 +288,11 @@ def render_samplers(samplers: Sequence[Sampler]) -> list[bytes]:
 
 def self_metric_families(samplers: Sequence[Sampler]) -> dict[str, tuple[str, str, list]]:
     """pgvigil_sampler_*: each shown sampler's own work, by target."""
-    taken, skipped, failed, seconds, series = [], [], [], [], []
+    taken: list = []
+    skipped: list = []
+    failed: list = []
+    seconds: list = []
+    series: list = []
     for sampler in samplers:
         stats, count = sampler.snapshot()
         taken.append((sampler.label_text, stats.samples))
@@ -295,14 +302,19 @@ def self_metric_families(samplers: Sequence[Sampler]) -> dict[str, tuple[str, st
         series.append((sampler.label_text, count))
     if not samplers:
         return {}
-    return {
-        "pgvigil_sampler_samples_total": ("counter", "Samples of pg_stat_activity taken", taken),
-        "pgvigil_sampler_skipped_total": ("counter", "Sample ticks skipped because the previous sample overran: "
-                                          "samples never pile up", skipped),
-        "pgvigil_sampler_failures_total": ("counter", "Samples or connects of the sampler that failed", failed),
-        "pgvigil_sampler_seconds_total": ("counter", "Wall-clock seconds the sampler spent taking samples "
-                                          "(round trip included)", seconds),
-        "pgvigil_sampler_series": ("gauge", "Label sets the sampler exports now (bounded by sample_top, "
-                                   "plus the other remainders)", series),
-    }
+    values: dict[str, list] = dict(zip(SELF_METRICS, (taken, skipped, failed, seconds, series)))
+    return {name: (mtype, help_text, values[name]) for name, (mtype, help_text) in SELF_METRICS.items()}
+
+
+# pgvigil's own series about its samplers, by target (docs/metrics.md lists them from here).
+SELF_METRICS = {
+    "pgvigil_sampler_samples_total": ("counter", "Samples of pg_stat_activity taken"),
+    "pgvigil_sampler_skipped_total": ("counter", "Sample ticks skipped because the previous sample overran: "
+                                      "samples never pile up"),
+    "pgvigil_sampler_failures_total": ("counter", "Samples or connects of the sampler that failed"),
+    "pgvigil_sampler_seconds_total": ("counter", "Wall-clock seconds the sampler spent taking samples "
+                                      "(round trip included)"),
+    "pgvigil_sampler_series": ("gauge", "Label sets the sampler exports now (bounded by sample_top, "
+                               "plus the other remainders)"),
+}
 

@@ -306,3 +306,49 @@ def test_on_metrics_with_self_metrics_stopped_on_reload_and_close_and_the_off_sw
         assert "pg_wait_sampled" not in text and "pgvigil_sampler_" not in text
     finally:
         exporter.close()
+
+
+def test_a_discovery_root_samples_once_for_its_server_on_a_slot_of_its_budget(workload, cluster, fresh_db):
+    from exporter.config import parse_config
+    from exporter.server import Exporter
+
+    dbname = fresh_db.rsplit("/", 1)[1]
+    workload.loop("root-sleeper", "SELECT pg_sleep(5)")
+    body = (f"collectors: []\ntargets:\n  all:\n    dsn: {cluster.dsn()}\n    databases: ['{dbname}', postgres]\n"
+            "    sample_interval: 0.5\n")
+    exporter = Exporter(parse_config(body, source="t.yaml"))
+    try:
+        sampler = exporter.runner.samplers.by_target["all"]
+        wait_until(lambda: sampler.stats.samples >= 2, 30, "two samples")
+        samples = parse_exposition(exporter.metrics(10.0))
+        found = [labels for (name, labels) in samples
+                 if name == "pg_wait_sampled_seconds_total" and ("application_name", "root-sleeper") in labels]
+        # the server's series: labelled with the root, the session's own database, once
+        assert found == [frozenset({("target", "all"), ("datname", dbname), ("usename", "postgres"),
+                                    ("application_name", "root-sleeper"), ("backend_type", "client backend"),
+                                    ("state", "active"), ("wait_event_type", "Timeout"), ("wait_event", "PgSleep")})]
+        assert exporter.runner.roots["all"].budget.open <= 5
+    finally:
+        exporter.close()
+    assert not sampler.alive and exporter.runner.roots["all"].budget.open == 0
+
+    small = parse_config(body + "    connection_budget: 3\n", source="t.yaml")
+    exporter = Exporter(small)
+    try:
+        assert exporter.runner.samplers.by_target == {}  # the budget leaves the sampler no slot
+    finally:
+        exporter.close()
+
+
+def test_two_targets_on_one_server_sample_it_once(fresh_db, cluster):
+    from exporter.server import Exporter
+
+    exporter = Exporter(config_for({"first": cluster.dsn(), "second": fresh_db}))
+    try:
+        first, second = exporter.runner.samplers.by_target.values()
+        wait_until(lambda: second.standing_by and first.stats.samples >= 2, 30, "the second to stand by")
+        text = exporter.metrics(10.0)
+        assert 'pgvigil_sampler_samples_total{target="first"}' in text
+        assert 'pgvigil_sampler_samples_total{target="second"}' not in text
+    finally:
+        exporter.close()
