@@ -352,3 +352,21 @@ def test_two_targets_on_one_server_sample_it_once(fresh_db, cluster):
         assert 'pgvigil_sampler_samples_total{target="second"}' not in text
     finally:
         exporter.close()
+
+
+def test_sessions_a_role_may_not_see_are_not_counted_as_cpu(workload, fresh_db, cluster):
+    role = "sampler_" + fresh_db.rsplit("_", 1)[1]
+    dbname = fresh_db.rsplit("/", 1)[1]
+    cluster.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'; GRANT CONNECT ON DATABASE {dbname} TO {role}")
+    try:
+        workload.loop("hidden-sleeper", "SELECT pg_sleep(5)")  # the superuser's: hidden from the role
+        wait_until(lambda: any(r[3] == "PgSleep" for r in active_states(fresh_db, "hidden-sleeper")), 30,
+                   "the sleeper")
+        dsn = cluster.dsn(dbname, user=role, password="pw")
+        with started(make_sampler(dsn, 0.2)) as sampler:
+            wait_until(lambda: sampler.stats.samples >= 5, 30, "five samples")
+        assert sampler.stats.failures == 0
+        assert by_wait(sampler, "") == {}  # its application_name is hidden too: nothing counted, no CPU
+        assert by_wait(sampler, "hidden-sleeper") == {}
+    finally:
+        cluster.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
