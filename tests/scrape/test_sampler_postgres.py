@@ -370,3 +370,30 @@ def test_sessions_a_role_may_not_see_are_not_counted_as_cpu(workload, fresh_db, 
         assert by_wait(sampler, "hidden-sleeper") == {}
     finally:
         cluster.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+def test_every_supported_major(major_cluster, major):
+    """The sample's SQL on 13 to 18: waits everywhere, statements (query_id) from 14."""
+    dbname = f"sampler_{major}"
+    major_cluster.execute(f"DROP DATABASE IF EXISTS {dbname}")
+    dsn = major_cluster.create_database(dbname)
+    work = Workload(dsn)
+    try:
+        conn = work.connect("x")
+        if major >= 14:
+            conn.execute("SET compute_query_id = on")
+
+        def sleep() -> None:
+            with contextlib.suppress(psycopg.Error):  # cancelled at the end
+                conn.execute("SELECT pg_sleep(3)")
+        work.spawn(sleep)
+        wait_until(lambda: any(r[3] == "PgSleep" for r in active_states(dsn, "x")), 30, "the sleeper")
+        with started(make_sampler(dsn, 0.2)) as sampler:
+            wait_until(lambda: sampler.stats.samples >= 3, 30, "three samples")
+        assert sampler.stats.failures == 0
+        assert by_wait(sampler, "x").get(("Timeout", "PgSleep"), 0) >= 0.4
+        statements = [key for key in sampler.statements.tracked if key[2:] == ("Timeout", "PgSleep")]
+        assert len(statements) == (1 if major >= 14 else 0)
+    finally:
+        work.close()
+        major_cluster.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
