@@ -157,13 +157,16 @@ class Sampler:
             self.standing_by = False
             result = self.session.run(PreparedSql(sample_sql(facts.version), limit=MAX_ROWS),
                                       timeout=self.defaults.timeout, lock_timeout=self.defaults.lock_timeout)
+            self._record(result.columns, result.rows)
         except (ConnectFailed, QueryFailed) as exc:
             return self._failed(exc)
+        except Exception as exc:  # noqa: BLE001 (a sampler that dies would stop sampling for good, silently)
+            log.error("sampler of target %s: unexpected %s", self._log_name, type(exc).__name__)
+            return self._failed(ConnectFailed(f"unexpected {type(exc).__name__}"))
         self._backoff = 0.0
         if self._failed_with is not None:
             log.info("sampler of target %s: sampling again", self._log_name)
             self._failed_with = None
-        self._record(result.columns, result.rows)
         return 0.0
 
     def _failed(self, exc: Exception) -> float:

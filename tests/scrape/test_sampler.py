@@ -1,6 +1,8 @@
 """The sampler's bounded accumulator (waitprofile.py) and its config keys: no database needed."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from exporter.config import ConfigError, parse_config
@@ -95,3 +97,54 @@ def test_sampling_keys_errors_are_located(line, message):
     with pytest.raises(ConfigError) as caught:
         parse_config(target(f"    {line}\n"), source="t.yaml")
     assert caught.value.errors == [message]
+
+
+class ScriptedSession:
+    """A session whose first sample raises something unexpected, then answers one sleeping session."""
+
+    def __init__(self) -> None:
+        from exporter.scrape.session import ServerFacts
+
+        self.facts = ServerFacts(version=150000, identity="s", extensions=frozenset(), database="db")
+        self.runs = 0
+        self.closed = 0
+
+    def ensure_connected(self):  # type: ignore[no-untyped-def]
+        return self.facts
+
+    def run(self, prepared, timeout, lock_timeout):  # type: ignore[no-untyped-def]
+        from exporter.scrape.session import FetchResult
+
+        self.runs += 1
+        if self.runs == 1:
+            raise RuntimeError("a bug")
+        columns = ["datname", "usename", "application_name", "backend_type", "state", "wait_event_type",
+                   "wait_event", "queryid", "sessions"]
+        return FetchResult(columns, [("db", "u", "app", "client backend", "active", None, None, "42", 2)])
+
+    def cancel(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_an_unexpected_error_is_counted_and_sampling_goes_on():
+    from exporter.config import Defaults
+    from exporter.scrape.sampler import Sampler
+
+    session = ScriptedSession()
+    sampler = Sampler("db", 'target="db"', session, 0.1, 10, Defaults())  # type: ignore[arg-type]
+    sampler.start()
+    try:
+        for _ in range(100):
+            if sampler.stats.samples >= 2:
+                break
+            time.sleep(0.05)
+    finally:
+        sampler.close()
+    assert sampler.stats.failures == 1 and sampler.stats.samples >= 2
+    assert sampler.waits.tracked[("db", "u", "app", "client backend", "active", "CPU", "CPU")] == \
+        pytest.approx(0.2 * sampler.stats.samples)
+    assert sampler.statements.tracked[("db", "42", "CPU", "CPU")] == pytest.approx(0.2 * sampler.stats.samples)
+    assert not sampler.alive and session.closed >= 1

@@ -397,3 +397,15 @@ def test_every_supported_major(major_cluster, major):
     finally:
         work.close()
         major_cluster.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+
+
+def test_the_sampler_survives_a_server_restart():
+    from exporter.dev.throwaway import ThrowawayCluster
+
+    with ThrowawayCluster() as pg:
+        with started(make_sampler(pg.dsn(), 0.2)) as sampler:
+            wait_until(lambda: sampler.stats.samples >= 2, 30, "the first samples")
+            pg.restart()
+            taken = sampler.stats.samples
+            wait_until(lambda: sampler.stats.samples >= taken + 3, 60, "samples after the restart")
+        assert sampler.stats.failures >= 1
