@@ -57,13 +57,7 @@ class Runner:
         self.config = config
         self._targets = TargetSet(config, session_factory)
         # One sampler per server (sampler.py), started by whoever serves scrapes (server.Exporter).
-        self.samplers = Samplers(config.targets if sampling else (), config.defaults, session_factory,
-                                 {name: root.budget for name, root in self.roots.items()},
-                                 {name: state.row_label_text for name, state in self._targets.configured.items()}
-                                 | {name: root.label_text for name, root in self.roots.items()})
-        for name in self.samplers.by_target:
-            if name in self.roots:
-                self.roots[name].sampled = True  # its budget keeps a slot for the sampler
+        self.samplers = Samplers.of(self._targets if sampling else None, session_factory)
         self.eligibility = Eligibility(config.queries)
         self._lock = threading.Lock()
         self._inflight: dict[str, tuple[concurrent.futures.Future[None], int]] = {}

@@ -15,10 +15,13 @@ The sampler goes through the same session layer as queries (session.py, transact
 transaction, RESET ALL, pinned search_path and timeouts). It never piles up: samples run one after
 another on their own thread, and the ticks that pass while one overruns are skipped and counted. A lost
 connection (pg_terminate_backend, a server restart) is reconnected at the next tick, then backing off
-to BACKOFF_MAX_SECONDS while it keeps failing. It stops when its runner closes (shutdown, reload).
+to BACKOFF_MAX_SECONDS while it keeps failing. It samples only while its target is up, as the scrapes
+found it: it never connects before the first scrape reached the server, nor takes the last free
+connection from a scrape. It stops when its runner closes (shutdown, reload).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -30,6 +33,7 @@ from exporter.logs import loggable
 from exporter.scrape.budget import BudgetedSession, ConnectionBudget
 from exporter.scrape.exposition import family_header
 from exporter.scrape.session import ConnectFailed, PreparedSql, QueryFailed, Session, TargetSession
+from exporter.scrape.targets import TargetSet
 from exporter.scrape.waitprofile import WaitProfile, bounded
 
 log = logging.getLogger(__name__)
@@ -100,13 +104,15 @@ class Sampler:
 
     def __init__(self, name: str, label_text: str, session: Session, interval: float, capacity: int,
                  defaults: Defaults, speaks: Callable[["Sampler"], bool] = lambda sampler: True,
-                 rotation: float = ROTATION_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+                 rotation: float = ROTATION_SECONDS, clock: Callable[[], float] = time.monotonic,
+                 ready: Callable[[], bool] = lambda: True) -> None:
         self.name = name
         self.label_text = label_text
         self.session = session
         self.interval = interval
         self.defaults = defaults
         self.speaks = speaks
+        self.ready = ready  # whether the target is up, as its scrapes found it
         self.clock = clock
         self.stats = SamplerStats()
         self.waits = WaitProfile(WAIT_LABELS, WAIT_FOLDED, capacity, rotation)
@@ -147,6 +153,10 @@ class Sampler:
 
     def _take(self) -> float:
         """One sample; the seconds to wait before the next try when the connection failed (0: none)."""
+        if not self.ready():
+            # The target is not up (not scraped yet, or its scrapes cannot reach it): the sampler does not
+            # knock on its own, and never takes the connection a scrape is waiting for (max_connections).
+            return 0.0
         try:
             facts = self.session.ensure_connected()
             self.identity = facts.identity
@@ -237,7 +247,8 @@ class Samplers:
 
     def __init__(self, specs: Iterable[TargetSpec], defaults: Defaults,
                  session_factory: Callable[[TargetSpec, Defaults], Session],
-                 budgets: dict[str, ConnectionBudget], label_texts: dict[str, str]) -> None:
+                 budgets: dict[str, ConnectionBudget], label_texts: dict[str, str],
+                 ready: Callable[[str], bool] = lambda name: True) -> None:
         self.by_target: dict[str, Sampler] = {}
         for spec in specs:
             if spec.kind != "postgres" or spec.sample_interval <= 0:
@@ -254,7 +265,32 @@ class Samplers:
                     continue
                 session = BudgetedSession(session, budget, defaults.scrape_timeout)
             self.by_target[spec.name] = Sampler(spec.name, label_texts[spec.name], session, spec.sample_interval,
-                                                spec.sample_top, defaults, self._speaks)
+                                                spec.sample_top, defaults, self._speaks,
+                                                ready=functools.partial(ready, spec.name))
+
+    @classmethod
+    def of(cls, targets: TargetSet | None, session_factory: Callable[[TargetSpec, Defaults], Session]) -> "Samplers":
+        """The samplers of a runner's targets (None: sampling off): each configured target's, each root's on a
+        slot of its budget (which its discovery then keeps for it)."""
+        if targets is None:
+            return cls((), Defaults(), session_factory, {}, {})
+        roots, configured = targets.roots, targets.configured
+
+        def up(name: str) -> bool:
+            """Whether the target (a root: its DSN's database) is up, as its scrapes found it."""
+            root = roots.get(name)
+            if root is None:
+                return bool(configured[name].up)
+            return any(state.up for state in root.states.values() if state.runs_cluster_queries)
+
+        samplers = cls(targets.config.targets, targets.config.defaults, session_factory,
+                       {name: root.budget for name, root in roots.items()},
+                       {name: state.row_label_text for name, state in configured.items()}
+                       | {name: root.label_text for name, root in roots.items()}, up)
+        for name in samplers.by_target:
+            if name in roots:
+                roots[name].sampled = True
+        return samplers
 
     def start(self) -> None:
         for sampler in self.by_target.values():

@@ -283,6 +283,9 @@ def test_on_metrics_with_self_metrics_stopped_on_reload_and_close_and_the_off_sw
     exporter = Exporter(config)
     try:
         sampler = exporter.runner.samplers.by_target["db"]
+        time.sleep(1.5)  # not scraped yet: the sampler does not connect on its own
+        assert (sampler.stats.samples, sampler.stats.failures, sampler.session.facts) == (0, 0, None)
+        exporter.metrics(5.0)
         wait_until(lambda: sampler.stats.samples >= 2, 30, "two samples")
         samples = parse_exposition(exporter.metrics(5.0))
         assert sample(samples, "pgvigil_sampler_samples_total", target="db") >= 2
@@ -293,6 +296,7 @@ def test_on_metrics_with_self_metrics_stopped_on_reload_and_close_and_the_off_sw
         assert exporter.reload(dataclasses.replace(config, listen="127.0.0.1:1"))
         assert not sampler.alive
         sampler = exporter.runner.samplers.by_target["db"]
+        exporter.metrics(5.0)
         wait_until(lambda: sampler.stats.samples >= 1, 30, "a sample of the new sampler")
     finally:
         exporter.close()
@@ -319,6 +323,7 @@ def test_a_discovery_root_samples_once_for_its_server_on_a_slot_of_its_budget(wo
     exporter = Exporter(parse_config(body, source="t.yaml"))
     try:
         sampler = exporter.runner.samplers.by_target["all"]
+        exporter.metrics(10.0)
         wait_until(lambda: sampler.stats.samples >= 2, 30, "two samples")
         samples = parse_exposition(exporter.metrics(10.0))
         found = [labels for (name, labels) in samples
@@ -346,6 +351,7 @@ def test_two_targets_on_one_server_sample_it_once(fresh_db, cluster):
     exporter = Exporter(config_for({"first": cluster.dsn(), "second": fresh_db}))
     try:
         first, second = exporter.runner.samplers.by_target.values()
+        exporter.metrics(10.0)
         wait_until(lambda: second.standing_by and first.stats.samples >= 2, 30, "the second to stand by")
         text = exporter.metrics(10.0)
         assert 'pgvigil_sampler_samples_total{target="first"}' in text
