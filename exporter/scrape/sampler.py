@@ -155,7 +155,8 @@ class Sampler:
         """One sample; the seconds to wait before the next try when the connection failed (0: none)."""
         if not self.ready():
             # The target is not up (not scraped yet, or its scrapes cannot reach it): the sampler does not
-            # knock on its own, and never takes the connection a scrape is waiting for (max_connections).
+            # knock on its own, and never takes (nor keeps) the connection a scrape needs (max_connections).
+            self.session.close()
             return 0.0
         try:
             facts = self.session.ensure_connected()
@@ -215,6 +216,10 @@ class Sampler:
             self.stats.samples += 1
 
     # -- lifecycle -----------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to end (close() waits for it)."""
+        self._stop.set()
+
     def close(self, wait: float = 5.0) -> None:
         """Stop sampling: a sample under way is cancelled on the server; the connection is closed."""
         self._stop.set()
@@ -312,7 +317,7 @@ class Samplers:
 
     def close(self) -> None:
         for sampler in self.by_target.values():
-            sampler._stop.set()  # all stop at once, then each is waited for
+            sampler.stop()  # all stop at once, then each is waited for
         for sampler in self.by_target.values():
             sampler.close()
 

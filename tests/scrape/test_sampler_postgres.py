@@ -258,7 +258,6 @@ def test_hostile_application_names_are_bounded_with_other_and_sums_stay_exact(wo
                "the sleepers")
     with started(make_sampler(fresh_db, 0.2, top=4, rotation=1.0)) as sampler:
         wait_until(lambda: sampler.stats.samples >= 10, 30, "ten samples")
-        sampler._stop.set()
         sampler.close()
         lines = "".join(line for family in sampler.lines().values() for line in family)
     assert sampler.waits.series <= 4 + 4
