@@ -114,6 +114,8 @@ TOP_KEYS = Section(
     Key("queries", doc="your own queries (below)"),
     Key("backup", doc="scheduled `pg_dump` backups, see [docs/backups.md](docs/backups.md)"),
 )
+# The sampler's interval: below 100ms its own cost would show; above an hour it would say nothing.
+MIN_SAMPLE_INTERVAL, MAX_SAMPLE_INTERVAL = 0.1, 3600.0
 TARGET_KEYS = Section(
     "`targets.<name>` (or just the DSN string)",
     Key("dsn", doc="libpq URL or key=value string; `${VAR}` and `${VAR:-default}` are expanded"),
@@ -130,6 +132,11 @@ TARGET_KEYS = Section(
                                            "(discovery's own included); default 5"),
     Key("discovery_interval", "duration", 60.0, doc="with `databases`: how often the database list is read "
                                                      "again; default 60s"),
+    Key("sample_interval", default=1.0, doc="how often pg_stat_activity is sampled between scrapes (one connection "
+                                            "per server, see [docs/diagnosis.md](docs/diagnosis.md)); `0` or `off`: "
+                                            "not sampled; default 1s"),
+    Key("sample_top", default=100, doc="label sets (and statements) the sampler exports as themselves, 1 to 1000; "
+                                      "the rest add up in `other` rows; default 100"),
 )
 DEFAULT_KEYS = Section(
     "`defaults`",
@@ -251,6 +258,8 @@ class TargetSpec:
     exclude_databases: tuple[str, ...] = ()
     connection_budget: int = TARGET_KEYS["connection_budget"].default
     discovery_interval: float = TARGET_KEYS["discovery_interval"].default
+    sample_interval: float = TARGET_KEYS["sample_interval"].default  # 0: the sampler is off (scrape/sampler.py)
+    sample_top: int = TARGET_KEYS["sample_top"].default
     parent: str | None = None  # a discovered database: the configured target it was found from
     datname: str | None = None
 
@@ -545,7 +554,27 @@ class _Checker(Checker):
             self.error(path + ("databases",),
                        "a pgbouncer target is one admin console: it has no databases to discover")
         return TargetSpec(name=name, dsn=dsn or "", labels=tuple(labels), pool_size=pool, kind=kind,
-                          storage_allocation_bytes=allocation, **self.discovery(raw, path, labels))
+                          storage_allocation_bytes=allocation, **self.discovery(raw, path, labels),
+                          **self.sampling(raw, path))
+
+    def sampling(self, raw: dict, path: tuple) -> dict[str, Any]:
+        """The sampler's keys of a target (sample_interval, sample_top): exporter/scrape/sampler.py."""
+        found: dict[str, Any] = {}
+        if "sample_interval" in raw:
+            value = raw["sample_interval"]
+            seconds = 0.0 if value in ("off", False) else parse_duration(value)
+            if seconds is None or 0 < seconds < MIN_SAMPLE_INTERVAL or seconds > MAX_SAMPLE_INTERVAL:
+                self.error(path + ("sample_interval",), "expected a duration from 100ms to 1h such as 1s, "
+                                                        f"or 0 or off to sample nothing, got {describe_value(value)}")
+            else:
+                found["sample_interval"] = seconds
+        top = self.typed(raw["sample_top"], path + ("sample_top",), "int") if "sample_top" in raw else None
+        if top is not None:
+            if 1 <= top <= 1000:
+                found["sample_top"] = top
+            else:
+                self.error(path + ("sample_top",), "expected a number of label sets between 1 and 1000")
+        return found
 
     def discovery(self, raw: dict, path: tuple, labels: list[tuple[str, str]]) -> dict[str, Any]:
         """The discovery keys of a target (databases, exclude_databases, connection_budget, discovery_interval)."""

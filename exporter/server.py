@@ -46,11 +46,14 @@ class Exporter:
     """The running state behind the HTTP server; `reload()` swaps in a new config atomically."""
 
     def __init__(self, config: Config, extra_collectors: Iterable[Collector] = (),
-                 session_factory: SessionFactory = open_session) -> None:
+                 session_factory: SessionFactory = open_session, sampling: bool | None = None) -> None:
         self.config = config
         self._session_factory = session_factory
+        # Sessions are sampled between scrapes (scrape/sampler.py) on real servers; a scripted fake
+        # session (tests of scheduling) has no pg_stat_activity to sample unless a test asks for it.
+        self._sampling = session_factory is open_session if sampling is None else sampling
         # Swapped as one value on reload, so a scrape never pairs one config's runner with another's families.
-        self._serving = (Runner(config, session_factory), ScrapeText(config.queries))
+        self._serving = (self._runner(config), ScrapeText(config.queries))
         self.stats = ServingStats()
         self.registry = process_registry([*extra_collectors, self.stats])
         self._reload_lock = threading.Lock()
@@ -96,13 +99,18 @@ class Exporter:
             if config == self.config:
                 return False
             old = self.runner
-            self.config, self._serving = config, (Runner(config, self._session_factory), ScrapeText(config.queries))
+            self.config, self._serving = config, (self._runner(config), ScrapeText(config.queries))
             self.registry = process_registry([*extra_collectors, self.stats])
             old.close()
             return True
 
     def close(self) -> None:
         self.runner.close()
+
+    def _runner(self, config: Config) -> Runner:
+        runner = Runner(config, self._session_factory, sampling=self._sampling)
+        runner.samplers.start()
+        return runner
 
 
 def scrape_budget(header: str | None, configured: float) -> float:

@@ -27,6 +27,7 @@ STABLE_UIDS = {  # uids are part of every bookmarked URL: never change them
     "pgbouncer.json": "pgvigil-pgbouncer",
     "exporter.json": "pgvigil-exporter",
     "slos.json": "pgvigil-slos",
+    "diagnosis.json": "pgvigil-diagnosis",
 }
 ANGULAR_TYPES = {"graph", "singlestat", "table-old", "grafana-piechart-panel", "grafana-worldmap-panel",
                  "natel-discrete-panel", "grafana-polystat-panel", "heatmap-old"}

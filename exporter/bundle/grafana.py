@@ -70,6 +70,7 @@ class Panel:
     mappings: tuple[tuple[str, str, str], ...] = ()  # (value, text, color)
     minimum: Optional[float] = None
     maximum: Optional[float] = None
+    stacked: bool = False  # timeseries: the series stacked (parts of one whole, e.g. average active sessions)
 
     def __post_init__(self) -> None:
         if self.kind not in PANEL_KINDS:
@@ -153,6 +154,8 @@ def field_defaults(panel: Panel) -> dict[str, Any]:
             "spanNulls": False,
             "thresholdsStyle": {"mode": "line+area" if banded else "off"},
         }
+        if panel.stacked:
+            defaults["custom"].update({"fillOpacity": 60, "stacking": {"group": "A", "mode": "normal"}})
     if panel.kind == "table":
         defaults["custom"] = {"align": "auto", "cellOptions": {"type": "auto"}, "inspect": False}
     return defaults

@@ -17,6 +17,7 @@ import yaml
 
 from exporter.config import MetricSpec, MetricType, QuerySpec, available_packs, parse_config
 from exporter.files import CONFIG_LIMIT, read_text
+from exporter.scrape import sampler
 
 # The majors the test suite runs every pack on, live (exporter.dev.servers.SUPPORTED_MAJORS;
 # tests/test_servers.py keeps the two equal). The PostgreSQL column lists the ones a metric exists on.
@@ -223,6 +224,32 @@ def render_sizing() -> list[str]:
     ]
 
 
+def render_sampled() -> list[str]:
+    """The sampler's series (exporter/scrape/sampler.py): not a pack, so listed from the sampler's own tables."""
+    rows = [(sampler.WAITS, "counter", ("target", *sampler.WAIT_LABELS), sampler.HELP[sampler.WAITS]),
+            (sampler.STATEMENTS, "counter", ("target", *sampler.STATEMENT_LABELS), sampler.HELP[sampler.STATEMENTS]),
+            *((name, mtype, ("target",), help_text) for name, (mtype, help_text) in sampler.SELF_METRICS.items())]
+    return [
+        "## Sessions sampled between scrapes",
+        "",
+        "Not a pack: one sampler per server reads `pg_stat_activity` every `sample_interval` (default 1s,",
+        "`0` or `off` switches it off) on a connection of its own and adds the interval's seconds to the",
+        "label set of every session that is not idle. `rate()` of the first counter is the average number",
+        "of active sessions by wait event (`wait_event_type=\"CPU\"`: active with no wait event). At most",
+        "`sample_top` (default 100) label sets are exported as themselves; the rest add up in rows whose",
+        "database, user and application (or queryid) read `other`, so sums stay exact. The statement",
+        "counter's `datname` and `queryid` match the `pg_stat_statements` and `statement_texts` packs",
+        "(PostgreSQL 14+, `compute_query_id` on or auto with pg_stat_statements). See",
+        "[diagnosis.md](diagnosis.md).",
+        "",
+        "| Metric | Type | Labels | Meaning |",
+        "| --- | --- | --- | --- |",
+        *(f"| `{name}` | {mtype} | {', '.join(f'`{label}`' for label in labels)} | {_cell(help_text)} |"
+          for name, mtype, labels, help_text in rows),
+        "",
+    ]
+
+
 def render(docs: list[PackDoc] | None = None) -> str:
     docs = pack_docs() if docs is None else docs
     lines = [
@@ -254,6 +281,7 @@ def render(docs: list[PackDoc] | None = None) -> str:
         *render_packs_table(docs),
         "",
         *render_sizing(),
+        *render_sampled(),
     ]
     for doc in docs:
         lines += render_pack(doc)

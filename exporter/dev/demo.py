@@ -148,6 +148,7 @@ class Workload:
 
     def start(self) -> "Workload":
         bodies = [self.traffic, self.long_report, self.idle_in_transaction_with_waiter, self.slow_vacuum]
+        bodies += [self.hot_row, self.hot_row]  # two sessions taking turns: lock waits (docs/diagnosis.md)
         if self.pooled_dsn:
             bodies.append(self.pooled_traffic)
         for body in bodies:
@@ -213,6 +214,15 @@ class Workload:
         waiter = self.connect()
         with waiter.cursor() as cur:
             cur.execute("UPDATE customers SET email = email WHERE id = 1")  # blocks behind the holder
+
+    def hot_row(self) -> None:
+        """Update one customer and hold it 0.4 s, again and again: with two sessions doing it, each waits
+        for the other's row lock about half the time (the "Where the time goes" dashboard's Lock waits)."""
+        conn = self.connect()
+        while not self.stopping.wait(0.05):
+            with conn.transaction():
+                conn.execute("UPDATE customers SET email = email WHERE id = 2")
+                conn.execute("SELECT pg_sleep(0.4) /* hot row */")
 
     def slow_vacuum(self) -> None:
         """VACUUM of every page of audit_log, slowed by cost delays (about 10 s a run), again and again."""

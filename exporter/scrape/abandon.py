@@ -14,7 +14,7 @@ CANCEL_GRACE_SECONDS = 1.0
 
 # Only a pgvigil backend of this role: behind a pooler the pid a session knows may be the pooler's.
 _CANCEL_BACKEND = ("SELECT pg_catalog.pg_cancel_backend(pid) FROM pg_catalog.pg_stat_activity"
-                   " WHERE pid = %s AND application_name = 'pgvigil' AND usename = current_user")
+                   " WHERE pid = %s AND application_name IN ('pgvigil', 'pgvigil-sampler') AND usename = current_user")
 
 
 def cancel_on_server(dsn: str, conn: Any) -> None:

@@ -14,6 +14,7 @@ from exporter.scrape.exposition import family_header
 from exporter.scrape.outcome import Scrape
 from exporter.scrape.render import RenderedRun
 from exporter.scrape.runner import Runner
+from exporter.scrape.sampler import render_samplers
 from exporter.scrape.selfmetrics import render_self_metrics
 
 
@@ -57,6 +58,7 @@ class ScrapeText:
             if chunks:
                 parts.append(family_header(family.name, family.help, family.type).encode("utf-8"))
                 parts.extend(chunks)
+        parts.extend(render_samplers(scrape.samplers))  # sessions sampled between scrapes
         return parts
 
     def text(self, scrape: Scrape) -> str:

@@ -37,6 +37,7 @@ from psycopg.conninfo import make_conninfo
 from exporter.config import Defaults, QuerySpec, TargetSpec
 from exporter.logs import loggable
 from exporter.scrape.budget import BudgetedSession, ConnectionBudget, NoConnectionSlot
+from exporter.scrape.exposition import label_text
 from exporter.scrape.session import ConnectFailed, PreparedSql, QueryFailed, Session
 from exporter.scrape.state import TargetState
 
@@ -148,6 +149,8 @@ class Discovery:
         self._session = BudgetedSession(session_factory(spec, defaults), self.budget, defaults.scrape_timeout,
                                         urgent=True)
         self._undecodable: tuple[str, ...] = ()
+        self.sampled = False  # set by the runner: its sampler holds one slot of the budget (sampler.py)
+        self.label_text = label_text([("target", spec.name), *spec.labels])  # the server's series (the sampler's)
         self._next_refresh = float("-inf")  # monotonic
         self._lock = threading.Lock()
 
@@ -205,7 +208,8 @@ class Discovery:
             log.warning("target %s: database %s is skipped: its name is not UTF-8, which pgvigil cannot connect "
                         "with nor put in a label (rename it to monitor it)", self.log_name, name)
         self._undecodable = found.undecodable
-        keep_open = len(order) < self.budget.limit  # one slot stays free for discovery itself
+        # one slot stays free for discovery itself (and one for the sampler)
+        keep_open = len(order) < self.budget.limit - self.sampled
         monitored = set(found.monitored)
         states = {d: self.states.get(d) or self._state(d) for d in order}
         for datname, state in states.items():
@@ -216,7 +220,7 @@ class Discovery:
                     session.urgent = speaks  # it runs the cluster-wide queries on every scrape: it goes first
             # The DSN's database keeps its connection when the budget still leaves a slot for discovery
             # and one for the other databases.
-            state.close_when_idle = not (keep_open or speaks and self.budget.limit >= 3)
+            state.close_when_idle = not (keep_open or speaks and self.budget.limit - self.sampled >= 3)
         self.home, self.states = home, states
         self.status = DiscoveryStatus(self.spec.name, True, None, len(found.monitored), found.skipped, time.time())
         for state in gone:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from exporter.config import QuerySpec
 from exporter.scrape.discovery import Discovery
+from exporter.scrape.sampler import Sampler
 from exporter.scrape.state import QueryStatus, TargetState
 
 
@@ -32,3 +33,4 @@ class Scrape:
     discovery: list[Discovery] = field(default_factory=list)  # the discovery roots this scrape asked
     # By root: databases monitored but never reached yet (no series at all, never reported down).
     not_yet_scraped: dict[str, int] = field(default_factory=dict)
+    samplers: list[Sampler] = field(default_factory=list)  # the servers' samplers this scrape shows

@@ -33,6 +33,7 @@ from exporter.scrape.discovery import Discovery, DiscoveryStatus
 from exporter.scrape.eligibility import Eligibility
 from exporter.scrape.execution import Execution
 from exporter.scrape.outcome import Scrape
+from exporter.scrape.sampler import Samplers
 from exporter.scrape.session import Session, TargetSession
 from exporter.scrape.state import TargetState
 from exporter.scrape.targets import TargetSet
@@ -52,9 +53,11 @@ def open_session(spec: TargetSpec, defaults: Defaults) -> Session:
 class Runner:
     """Runs the configured queries against the configured targets for scrapes."""
 
-    def __init__(self, config: Config, session_factory: SessionFactory = open_session) -> None:
+    def __init__(self, config: Config, session_factory: SessionFactory = open_session, sampling: bool = False) -> None:
         self.config = config
         self._targets = TargetSet(config, session_factory)
+        # One sampler per server (sampler.py), started by whoever serves scrapes (server.Exporter).
+        self.samplers = Samplers.of(self._targets if sampling else None, session_factory)
         self.eligibility = Eligibility(config.queries)
         self._lock = threading.Lock()
         self._inflight: dict[str, tuple[concurrent.futures.Future[None], int]] = {}
@@ -66,7 +69,7 @@ class Runner:
         width = len(self._targets.configured) + len(self.roots)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=min(128, max(4, width * 2)), thread_name_prefix="pgvigil-target")
-        self._visits = {name: VisitQueue(max(1, root.spec.connection_budget - 1), name)
+        self._visits = {name: VisitQueue(max(1, root.spec.connection_budget - 1 - root.sampled), name)
                         for name, root in self.roots.items()}
         rendering = len(self._targets.configured) + sum(root.spec.connection_budget for root in self.roots.values())
         self._render_pool = concurrent.futures.ThreadPoolExecutor(
@@ -119,8 +122,9 @@ class Runner:
                                        for state in root.states.values() if state.discovered_database)
                    for root in discovery}
         self._tail = time.monotonic() - waited
+        sampled = self.samplers.shown(state.spec.configured_name for state in reported if state.runs_cluster_queries)
         return Scrape(outcomes=outcomes, targets=reported, duration=time.monotonic() - start, discovery=discovery,
-                      not_yet_scraped=waiting)
+                      not_yet_scraped=waiting, samplers=sampled)
 
     def _start_run(self, state: TargetState) -> tuple[concurrent.futures.Future[None], int]:
         with self._lock:
@@ -199,6 +203,7 @@ class Runner:
         """Stop: no new runs, no reconnects; running queries are cancelled on the server."""
         with self._lock:  # a scrape's _start_run submits either before this or not at all
             self._closed = True
+        self.samplers.close()
         # Queued runs are not cancelled: a cancelled future never wakes a scrape waiting on it.
         # They start, find the runner closed and end at once (a visit queue ends its queued ones).
         self._pool.shutdown(wait=False)

@@ -19,6 +19,7 @@ from exporter import __version__
 from exporter.scrape.discovery import MONITORED, SKIP_OUTCOMES
 from exporter.scrape.exposition import escape_label_value, render_samples
 from exporter.scrape.outcome import Scrape
+from exporter.scrape.sampler import self_metric_families
 from exporter.scrape.state import ERROR_REASONS
 from exporter.sqltext import dropped_texts
 
@@ -157,6 +158,7 @@ def render_self_metrics(scrape: Scrape, registry: CollectorRegistry | None = Non
         [(f'{state.label_text},query="{escape_label_value(query)}",reason="{reason}"', 1)
          for state in scrape.targets for query, reason in state.skips.reasons().items()])
     families.update(discovery_families(scrape))
+    families.update(self_metric_families(scrape.samplers))
     families["pgvigil_scrape_duration_seconds"] = ("gauge", "Seconds this scrape took", [("", scrape.duration)])
     families["pg_exporter_last_scrape_error"] = (
         "gauge", "Whether the last scrape had any failed query or unreachable target (postgres_exporter compatible)",

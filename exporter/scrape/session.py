@@ -222,6 +222,8 @@ class TargetSession:
         self._secrets = dsn_secrets(spec.dsn)
         # Queries whose result was larger than one batch: read through a cursor (two round trips or more).
         self._large: set[str] = set()
+        # What the DBA sees in pg_stat_activity; the sampler's session says it is the sampler (sampler.py).
+        self.application_name = "pgvigil"
 
     # -- connection ------------------------------------------------------
     @property
@@ -241,7 +243,7 @@ class TargetSession:
                 self.spec.dsn, autocommit=True,  # each run is a pipeline: its own implicit transaction
                 prepare_threshold=None,  # unnamed statements only: fine behind transaction poolers
                 connect_timeout=max(1, int(round(self.defaults.connect_timeout))),
-                application_name="pgvigil", client_encoding="UTF8",
+                application_name=self.application_name, client_encoding="UTF8",
                 keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
                 options=STARTUP_OPTIONS,
             )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.bundle.dashboards import (
+    diagnosis,
     exporter_health,
     overview,
     pgbouncer,
@@ -26,7 +27,8 @@ from exporter.bundle.dashboards import (
 from exporter.bundle.dashboards.panels import PanelBuilder, levels
 from exporter.bundle.grafana import Dashboard, render_dashboard
 
-DASHBOARDS = (overview, queries, storage, replication, security, vector, pgbouncer, exporter_health, slos)
+DASHBOARDS = (overview, queries, storage, replication, security, vector, pgbouncer, exporter_health, slos,
+              diagnosis)
 
 # Panels whose queries can only return data where the environment has something the live test
 # (tests/e2e/test_dashboards_live.py) and `pgvigil demo` cannot have. Key: "<dashboard uid>/<panel title>".
