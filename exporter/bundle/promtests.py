@@ -20,10 +20,10 @@ from exporter.bundle.catalog import (
     ValueKind,
     constant,
     counter,
+    monitoring,
     selector,
     session_series,
 )
-from exporter.bundle.catalog import monitoring
 from exporter.bundle.humanize import format_level
 from exporter.bundle.rules import alert_specs, render_description
 from exporter.bundle.thresholds import Threshold

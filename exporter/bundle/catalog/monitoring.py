@@ -35,6 +35,10 @@ if TYPE_CHECKING:  # thresholds.py imports config; the catalog stays data only a
     from exporter.bundle.thresholds import Threshold
 
 GROUP = "pgvigil-monitoring"
+# Minutes of counter increase the failure alerts look at. Their `for:` is longer (thresholds file), so
+# that a one-off (the alert Prometheus drops at start, before it has found the Alertmanagers) passes
+# and failures that go on fire.
+WINDOW = 5
 WATCHDOG_GROUP = "pgvigil-watchdog"
 WATCHDOG = "PostgresWatchdog"
 WATCHDOG_SEVERITY = "none"  # nobody is paged by it: its heartbeat receiver is
@@ -101,52 +105,54 @@ ALERTS = (
         name="PostgresMonitoringRuleEvaluationFailing",
         threshold="prometheus_rule_failures",
         group=GROUP,
-        value_expr="sum by (job, instance, rule_group) (increase(prometheus_rule_evaluation_failures_total[10m]))",
+        value_expr="sum by (job, instance, rule_group) "
+                   f"(increase(prometheus_rule_evaluation_failures_total[{WINDOW}m]))",
         summary="Prometheus fails to evaluate alerting or recording rules",
-        description="Prometheus {instance} failed {value} rule evaluations of group {rule_group} in 10 minutes "
+        description="Prometheus {instance} failed {value} rule evaluations of group {rule_group} in 5 minutes "
                     "(alert above {level}): the alerts of that group cannot fire.",
-        scenario=_counted("prometheus_rule_evaluation_failures_total", _RULE_GROUP, _RULE_GROUP, 10),
+        scenario=_counted("prometheus_rule_evaluation_failures_total", _RULE_GROUP, _RULE_GROUP, WINDOW),
         kind=ValueKind.RATE,
-        window=10,
+        window=WINDOW,
         whole_value=True,
     ),
     AlertSpec(
         name="PostgresMonitoringAlertmanagerUnreachable",
         threshold="prometheus_notification_errors",
         group=GROUP,
-        value_expr="sum by (job, instance, alertmanager) (increase(prometheus_notifications_errors_total[10m]))",
+        value_expr=f"sum by (job, instance, alertmanager) (increase(prometheus_notifications_errors_total[{WINDOW}m]))",
         summary="Prometheus fails to send alerts to an Alertmanager",
-        description="Prometheus {instance} failed {value} times in 10 minutes to send alerts to {alertmanager} "
+        description="Prometheus {instance} failed {value} times in 5 minutes to send alerts to {alertmanager} "
                     "(alert above {level}): only the other Alertmanagers of the cluster receive them.",
-        scenario=_counted("prometheus_notifications_errors_total", _TO_ALERTMANAGER, _TO_ALERTMANAGER, 10),
+        scenario=_counted("prometheus_notifications_errors_total", _TO_ALERTMANAGER, _TO_ALERTMANAGER, WINDOW),
         kind=ValueKind.RATE,
-        window=10,
+        window=WINDOW,
         whole_value=True,
     ),
     AlertSpec(
         name="PostgresMonitoringAlertsDropped",
         threshold="prometheus_notifications_dropped",
         group=GROUP,
-        value_expr="sum by (job, instance) (increase(prometheus_notifications_dropped_total[10m]))",
+        value_expr=f"sum by (job, instance) (increase(prometheus_notifications_dropped_total[{WINDOW}m]))",
         summary="Prometheus drops alerts before any Alertmanager has them",
-        description="Prometheus {instance} dropped {value} alerts in 10 minutes (alert above {level}): no "
+        description="Prometheus {instance} dropped {value} alerts in 5 minutes (alert above {level}): no "
                     "Alertmanager accepted them, or its queue was full.",
-        scenario=_counted("prometheus_notifications_dropped_total", PROMETHEUS, PROMETHEUS, 10),
+        scenario=_counted("prometheus_notifications_dropped_total", PROMETHEUS, PROMETHEUS, WINDOW),
         kind=ValueKind.RATE,
-        window=10,
+        window=WINDOW,
         whole_value=True,
     ),
     AlertSpec(
         name="PostgresMonitoringNotificationsFailing",
         threshold="alertmanager_notification_failures",
         group=GROUP,
-        value_expr="sum by (job, instance, integration) (increase(alertmanager_notifications_failed_total[10m]))",
+        value_expr="sum by (job, instance, integration) "
+                   f"(increase(alertmanager_notifications_failed_total[{WINDOW}m]))",
         summary="Alertmanager fails to deliver notifications",
-        description="Alertmanager {instance} failed {value} {integration} notifications in 10 minutes "
+        description="Alertmanager {instance} failed {value} {integration} notifications in 5 minutes "
                     "(alert above {level}): pages sent through it do not arrive.",
-        scenario=_counted("alertmanager_notifications_failed_total", _INTEGRATION, _INTEGRATION, 10),
+        scenario=_counted("alertmanager_notifications_failed_total", _INTEGRATION, _INTEGRATION, WINDOW),
         kind=ValueKind.RATE,
-        window=10,
+        window=WINDOW,
         whole_value=True,
     ),
     AlertSpec(
