@@ -18,7 +18,7 @@ import yaml
 from click.testing import CliRunner
 
 from exporter.bundle import ALERT_FILES, alertmanager, render_alert_files, source_name, write_bundle
-from exporter.bundle.catalog import RUNBOOK_BASE
+from exporter.bundle.catalog import RUNBOOK_BASE, monitoring
 from exporter.bundle.examples import EXAMPLE_FILES, EXAMPLE_RULES, render_example_files
 from exporter.bundle.humanize import humanize, humanize1024, humanize_duration, humanize_percentage
 from exporter.bundle.rules import BundleError, alert_specs
@@ -72,14 +72,46 @@ def test_amtool_accepts_the_alertmanager_config(variant, tmp_path):
     else:
         path = tmp_path / "alertmanager.yml"
         path.write_text(alertmanager.render(alertmanager.webhook_config("http://127.0.0.1:9/")))
-    result = run("amtool", "check-config", str(path))
+    result = run("amtool", "check-config", str(_for_installed_amtool(path, tmp_path)))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _amtool_version() -> tuple[int, ...]:
+    found = re.search(r"version (\d+)\.(\d+)", run("amtool", "--version").stdout + run("amtool", "--version").stderr)
+    return tuple(int(part) for part in found.groups()) if found else (0, 0)
+
+
+def _for_installed_amtool(path: Path, tmp_path: Path) -> Path:
+    """The config as the installed amtool can read it: Alertmanager before 0.26 (Debian 12 ships 0.25)
+    has no webhook `url_file`, which only the heartbeat receiver uses; there it becomes a `url`, and
+    nothing else changes."""
+    text = path.read_text()
+    if _amtool_version() >= (0, 26) or not re.search(r"\burl_file:", text):
+        return path
+    old = f"url_file: {alertmanager.SECRETS_DIR}/heartbeat_url"
+    assert len(re.findall(r"\burl_file:", text)) == text.count(old) == 1
+    copy = tmp_path / "alertmanager-0.25.yml"
+    copy.write_text(text.replace(old, "url: https://heartbeat.example.com/ping"))
+    return copy
+
+
+@needs_amtool
+def test_the_watchdog_goes_to_the_heartbeat_receiver_alone(tmp_path):
+    config = _for_installed_amtool(ROOT / ALERT_FILES["alertmanager"], tmp_path)
+    result = run("amtool", "config", "routes", "test", f"--config.file={config}",
+                 "alertname=PostgresWatchdog", "severity=none")
+    assert result.returncode == 0 and result.stdout.strip() == "heartbeat", result.stdout + result.stderr
+    for severity in ("critical", "warning"):  # even a watchdog relabelled with a severity
+        result = run("amtool", "config", "routes", "test", f"--config.file={config}",
+                     "alertname=PostgresWatchdog", f"severity={severity}")
+        assert result.stdout.strip() == "heartbeat", result.stdout + result.stderr
 
 
 @needs_amtool
 @pytest.mark.parametrize("severity, receiver", [("critical", "database-critical"), ("warning", "database-warning")])
-def test_alertmanager_routes_by_severity(severity, receiver):
-    result = run("amtool", "config", "routes", "test", f"--config.file={ROOT / ALERT_FILES['alertmanager']}",
+def test_alertmanager_routes_by_severity(severity, receiver, tmp_path):
+    config = _for_installed_amtool(ROOT / ALERT_FILES["alertmanager"], tmp_path)
+    result = run("amtool", "config", "routes", "test", f"--config.file={config}",
                  "alertname=PostgresDown", "target=primary", f"severity={severity}")
     assert result.stdout.strip() == receiver, result.stdout + result.stderr
 
@@ -91,7 +123,11 @@ def test_alertmanager_channels_and_secrets():
     assert channels == {
         "database-critical": ["email_configs", "pagerduty_configs", "slack_configs"],
         "database-warning": ["email_configs", "slack_configs"],
+        "heartbeat": ["webhook_configs"],
     }
+    # the heartbeat URL holds the service's token: read from a file, never written here
+    assert receivers["heartbeat"]["webhook_configs"] == [
+        {"url_file": "/etc/alertmanager/secrets/heartbeat_url", "send_resolved": False}]
     assert config["route"]["group_by"] == ["alertname", "target"]
     text = (ROOT / ALERT_FILES["alertmanager"]).read_text()
     # secrets only by reference: no inline webhook URL, password, or routing/service key
@@ -108,7 +144,10 @@ def test_every_alert_follows_the_conventions():
     runbooks = (ROOT / "docs" / "runbooks.md").read_text()
     anchors = {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
                for h in re.findall(r"^#{2,3} (.+)$", runbooks, re.M)}
-    for rule in (r for g in groups for r in g["rules"]):
+    watchdog = [r for g in groups for r in g["rules"] if r["alert"] == "PostgresWatchdog"]
+    # the dead man's switch: no labels to template, a severity nobody is paged by (its route decides)
+    assert len(watchdog) == 1 and watchdog[0]["expr"] == "vector(1)" and watchdog[0]["labels"] == {"severity": "none"}
+    for rule in (r for g in groups for r in g["rules"] if r["alert"] != "PostgresWatchdog"):
         name = rule["alert"]
         assert re.fullmatch(r"Postgres[A-Z][A-Za-z]+", name)
         assert rule["labels"]["severity"] in ("warning", "critical")
@@ -305,6 +344,9 @@ def test_rules_and_tests_use_the_series_pgvigil_really_exposes():
     python_sources = "".join(p.read_text() for p in [ROOT / "exporter" / "scrape" / "selfmetrics.py",
                                                      *sorted((ROOT / "exporter" / "backup").glob("*.py"))])
     user_supplied = {"up", "pgvigil_storage_allocation_bytes"}  # Prometheus' own; documented custom query
+    user_supplied |= monitoring.FOREIGN_METRICS  # Prometheus' and Alertmanager's own, for the meta alerts
+    if 'for prefix in ("pgvigil", "postgres_exporter")' in python_sources:  # selfmetrics formats these names
+        python_sources += "".join(f'"{prefix}_config_last_reload_successful"' for prefix in ("pgvigil",))
     tests = yaml.safe_load(TEST_FILE.read_text())["tests"]
     seen = set()
     for series in (s["series"] for t in tests for s in t["input_series"]):

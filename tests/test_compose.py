@@ -509,3 +509,21 @@ def test_secret_files_belong_to_the_users_the_services_run_as(compose):
                       "pgbouncer": bouncer_uid}
     # postgres:16 runs as postgres (999) and grafana/grafana as 472 unless told otherwise: nobody overrides it.
     assert all("user" not in compose["services"][name] for name in ("postgres", "pgvigil", "demo-workload", "grafana"))
+
+
+def test_alertmanager_runs_as_a_cluster_of_two_and_prometheus_alerts_both(compose):
+    """Either Alertmanager alone keeps paging: same config, peers of each other, every alert sent to both;
+    Prometheus scrapes itself and both, which the PostgresMonitoring* alerts need."""
+    pair = ("alertmanager", "alertmanager-2")
+    for name, peer in (pair, pair[::-1]):
+        service = compose["services"][name]
+        config_path = repo_path_for(compose, name, "/etc/alertmanager/alertmanager.yml")
+        assert config_path == ROOT / "deploy/alertmanager/alertmanager.yml"
+        assert "--cluster.listen-address=0.0.0.0:9094" in service["command"]
+        assert f"--cluster.peer={peer}:9094" in service["command"]
+    assert len({compose["services"][name]["volumes"][1] for name in pair}) == 2  # a data volume each
+    config = yaml.safe_load(repo_path_for(compose, "prometheus", "/etc/prometheus/prometheus.yml").read_text())
+    [alerting] = config["alerting"]["alertmanagers"]
+    assert alerting["static_configs"][0]["targets"] == [f"{name}:9093" for name in pair]
+    jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    assert jobs["alertmanager"] == [f"{name}:9093" for name in pair] and jobs["prometheus"] == ["localhost:9090"]

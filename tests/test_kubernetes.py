@@ -48,6 +48,8 @@ def documents() -> dict[str, dict]:
     """kind -> the committed manifest of that kind (each kind appears once)."""
     found: dict[str, dict] = {}
     for name in FILES:
+        if name == "alertmanager.yaml":  # the Alertmanager pair has a ServiceMonitor of its own: pair_documents()
+            continue
         for document in yaml.safe_load_all((DEPLOY / name).read_text()):
             assert document["kind"] not in found, f"{name}: a second {document['kind']}"
             found[document["kind"]] = document
@@ -216,3 +218,29 @@ def test_bad_cluster_label_is_named(tmp_path):
     assert result.exit_code == 1
     assert "--cluster-label '9x': expected a Prometheus label name" in result.output
     assert not (tmp_path / "k8s").exists()
+
+
+def pair_documents() -> dict[str, dict]:
+    return {document["kind"]: document for document in yaml.safe_load_all((DEPLOY / "alertmanager.yaml").read_text())}
+
+
+def test_the_alertmanager_pair_is_the_operators_resource_with_two_replicas_and_the_shipped_routes():
+    from exporter.bundle import alertmanager
+    from exporter.bundle.alertmanager_pair import RECEIVER_SECRET, RECEIVER_SECRET_DIR
+
+    found = pair_documents()
+    assert sorted(found) == ["Alertmanager", "Secret", "ServiceMonitor"]
+    resource, secret, monitor = found["Alertmanager"], found["Secret"], found["ServiceMonitor"]
+    assert resource["apiVersion"] == "monitoring.coreos.com/v1" and resource["spec"]["replicas"] == 2
+    # the config Secret is generated (it holds no secret); the receivers' Secret is the user's, only named
+    assert resource["spec"]["configSecret"] == secret["metadata"]["name"]
+    assert resource["spec"]["secrets"] == [RECEIVER_SECRET]
+    config = yaml.safe_load(secret["stringData"]["alertmanager.yaml"])
+    shipped = yaml.safe_load((ROOT / ALERT_FILES["alertmanager"]).read_text())
+    assert yaml.safe_dump(config) == yaml.safe_dump(shipped).replace(alertmanager.SECRETS_DIR, RECEIVER_SECRET_DIR)
+    assert config["route"]["routes"][0]["receiver"] == "heartbeat"
+    # scraped through the operator's headless Service, which has a `web` port on every replica
+    assert monitor["spec"]["selector"]["matchLabels"] == {"operated-alertmanager": "true"}
+    assert [endpoint["port"] for endpoint in monitor["spec"]["endpoints"]] == ["web"]
+    terms = resource["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert terms[0]["podAffinityTerm"]["labelSelector"]["matchLabels"] == {"alertmanager": resource["metadata"]["name"]}

@@ -13,12 +13,14 @@ import re
 from exporter.bundle.catalog import (
     BASE,
     EXPORTER_JOB,
+    RUNBOOK_BASE,
     AlertSpec,
     Case,
     Scenario,
     ValueKind,
     constant,
     counter,
+    monitoring,
     selector,
     session_series,
 )
@@ -81,6 +83,7 @@ def unit_test_groups(thresholds: dict[str, Threshold]) -> list[dict]:
             groups.append(_case(spec, threshold, "silent on too little traffic",
                                 breaching_value(spec, threshold, worst), quiet=True))
     groups.append(healthy_group(thresholds))
+    groups.append(monitoring.watchdog_test(f"{RUNBOOK_BASE}#{monitoring.WATCHDOG.lower()}"))
     return groups
 
 
@@ -229,6 +232,7 @@ def healthy_group(thresholds: dict[str, Threshold]) -> dict:
     return {
         "name": "a healthy, lightly loaded database fires no alert",
         "interval": "1m",
-        "input_series": [{"series": name, "values": values} for name, values in healthy_series().items()],
+        "input_series": [{"series": name, "values": values} for name, values in
+                         {**healthy_series(), **monitoring.healthy_series(HEALTHY_MINUTES, thresholds)}.items()],
         "alert_rule_test": checks,
     }

@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 import yaml
 
-from exporter.bundle.catalog import RECORDING_RULES, AlertSpec, catalog
+from exporter.bundle.catalog import RECORDING_RULES, RUNBOOK_BASE, AlertSpec, catalog, monitoring
 from exporter.bundle.humanize import FORMATTERS, UNIT_FORMAT, format_level
 from exporter.bundle.thresholds import Threshold
 
@@ -99,7 +99,8 @@ def alert_groups(thresholds: dict[str, Threshold]) -> dict:
         threshold = thresholds[spec.threshold]
         for severity, level in threshold.levels().items():
             groups.setdefault(spec.group, []).append(alerting_rule(spec, threshold, severity, level))
-    return {"groups": [{"name": name, "rules": rules} for name, rules in groups.items()]}
+    listed = [{"name": name, "rules": rules} for name, rules in groups.items()]
+    return {"groups": listed + [monitoring.watchdog_group(f"{RUNBOOK_BASE}#{monitoring.WATCHDOG.lower()}")]}
 
 
 def recording_groups() -> dict:

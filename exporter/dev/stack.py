@@ -159,7 +159,7 @@ class Service:
 def prometheus_config(
     scrape_targets: Sequence[str],
     rule_files: Sequence[Path] = (),
-    alertmanager_url: str | None = None,
+    alertmanager_url: str | Sequence[str] | None = None,
     scrape_interval: str = "1s",
     evaluation_interval: str = "1s",
     job: str = "pgvigil",
@@ -172,20 +172,24 @@ def prometheus_config(
         "scrape_configs": [{"job_name": job, "static_configs": [{"targets": hosts}]}],
     }
     if alertmanager_url:
-        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [_host_port(alertmanager_url)]}]}]}
+        # every Alertmanager of a cluster gets every alert: they deduplicate the notifications themselves
+        urls = [alertmanager_url] if isinstance(alertmanager_url, str) else list(alertmanager_url)
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [_host_port(u) for u in urls]}]}]}
     return config
 
 
 def start_prometheus(
     scrape_targets: Sequence[str],
     rule_files: Sequence[Path] = (),
-    alertmanager_url: str | None = None,
+    alertmanager_url: str | Sequence[str] | None = None,
     scrape_interval: str = "1s",
     evaluation_interval: str = "1s",
     job: str = "pgvigil",
     workdir: Path | None = None,
+    resend_delay: str | None = None,
 ) -> Service:
-    """Start Prometheus scraping `scrape_targets` with `rule_files`, sending alerts to Alertmanager."""
+    """Start Prometheus scraping `scrape_targets` with `rule_files`, sending alerts to Alertmanager.
+    `resend_delay` (Prometheus' default 1m) is how soon an alert Prometheus could not send is sent again."""
     binary = find_binary(PROMETHEUS_BINARIES)
     workdir, owns = _workdir(workdir, "prometheus")
     config = prometheus_config(scrape_targets, rule_files, alertmanager_url, scrape_interval, evaluation_interval, job)
@@ -197,20 +201,71 @@ def start_prometheus(
         f"--storage.tsdb.path={workdir / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
         "--web.enable-lifecycle",
+        *([f"--rules.alert.resend-delay={resend_delay}"] if resend_delay else []),
     ])
 
 
-def start_alertmanager(config_path: Path, workdir: Path | None = None) -> Service:
-    """Start Alertmanager with `config_path`; clustering is off, storage is in the temp dir."""
+def start_alertmanager(config_path: Path, workdir: Path | None = None, cluster: Sequence[str] | None = None) -> Service:
+    """Start Alertmanager with `config_path`, storage in the temp dir. Clustering is off unless
+    `cluster` is given: then its first item is this member's gossip address (host:port), the rest
+    its peers' (see start_alertmanager_pair)."""
     binary = find_binary(ALERTMANAGER_BINARIES)
     workdir, owns = _workdir(workdir, "alertmanager")
+    gossip = ["--cluster.listen-address="]  # a single instance: no gossip port to collide on
+    if cluster:
+        gossip = [f"--cluster.listen-address={cluster[0]}", f"--cluster.advertise-address={cluster[0]}",
+                  *(f"--cluster.peer={peer}" for peer in cluster[1:]), *CLUSTER_TIMINGS]
     return _launch("alertmanager", workdir, owns, lambda port: [
         binary,
         f"--config.file={Path(config_path).resolve()}",
         f"--storage.path={workdir / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
-        "--cluster.listen-address=",  # a single instance: no gossip port to collide on
+        *gossip,
     ])
+
+
+# A pair on one machine settles in a second: gossip and full state exchange often, and a member
+# waits `peer-timeout` per position in the peer list before it sends what an earlier one may have.
+PEER_TIMEOUT_SECONDS = 2
+CLUSTER_TIMINGS = (f"--cluster.peer-timeout={PEER_TIMEOUT_SECONDS}s", "--cluster.pushpull-interval=5s",
+                   "--cluster.gossip-interval=200ms")
+
+
+def start_alertmanager_pair(config_path: Path, workdir: Path | None = None) -> list[Service]:
+    """Two Alertmanagers gossiping on loopback, as the compose stack and docs/paging.md run them:
+    each notification is sent once by the pair, and either alone keeps paging. Prometheus must
+    send every alert to both (`start_prometheus(alertmanager_url=[a.url for a in pair])`)."""
+    gossip = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    pair: list[Service] = []
+    try:
+        for index in range(2):
+            member_dir = None if workdir is None else Path(workdir) / f"alertmanager-{index + 1}"
+            pair.append(start_alertmanager(config_path, member_dir, [gossip[index], gossip[1 - index]]))
+        wait_for_cluster(pair)
+    except BaseException:
+        for service in pair:
+            service.stop()
+        raise
+    return pair
+
+
+def cluster_peers(service: Service) -> int:
+    """How many members (itself included) an Alertmanager sees in its cluster."""
+    return len(service.get_json("/api/v2/status").get("cluster", {}).get("peers") or [])
+
+
+def wait_for_cluster(members: Sequence[Service], timeout: float = READY_TIMEOUT) -> None:
+    """Return once every member sees all of them; else a StackError with each one's view."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if all(cluster_peers(member) == len(members) for member in members):
+                return
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise StackError(f"the Alertmanagers did not form a cluster of {len(members)} within {timeout:.0f}s: "
+                     + "; ".join(member.log()[-1000:] for member in members))
 
 
 def _launch(name: str, workdir: Path, owns: bool, argv_for_port: Callable[[int], list[str]]) -> Service:
@@ -257,6 +312,7 @@ class WebhookReceiver:
                 except json.JSONDecodeError:
                     body = {"invalid_json": True}
                 body["_path"] = self.path
+                body["_received"] = time.monotonic()  # when it arrived, for tests that time a failover
                 with receiver._lock:
                     receiver.notifications.append(body)
                     receiver._lock.notify_all()

@@ -17,6 +17,7 @@ from exporter.bundle.catalog import (
     backups,
     connections,
     exporter_health,
+    monitoring,
     pgbouncer,
     queries,
     replication,
@@ -43,7 +44,7 @@ from exporter.bundle.catalog.spec import (
 
 # In this order in pgvigil-alerts.yml: each area is one rule group.
 AREAS = (availability, connections, queries, storage, replication, security, vector, pgbouncer, exporter_health,
-         backups)
+         backups, monitoring)
 
 # Labels that tell two alerts of the same name apart (the inhibit rules compare them).
 IDENTIFYING_LABELS = [

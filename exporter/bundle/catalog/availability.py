@@ -26,8 +26,11 @@ ALERTS = (
         threshold="exporter_down",
         group=GROUP,
         value_expr=f'up{{job="{EXPORTER_JOB}"}}',
+        # no target left in the job (a service discovery that lost it) is as blind as a failing one
+        guard=f'or absent(up{{{{job="{EXPORTER_JOB}"}}}})',  # doubled: the guard is a format string
         summary="The pgvigil exporter is not being scraped",
-        description="Prometheus cannot scrape pgvigil at {instance}: no PostgreSQL alert can fire while it is down.",
+        description="Prometheus cannot scrape pgvigil at {instance} (no instance: the job {job} has no target at all): "
+                    "no PostgreSQL alert can fire while it is down.",
         scenario=_exporter_down,
     ),
 )
