@@ -2,8 +2,9 @@
 
 Each test builds a real tree of sessions (a three-deep chain of table locks, row locks, advisory
 locks, a prepared transaction), waits until PostgreSQL reports every waiter as waiting, and scrapes
-it with pgvigil as the superuser and as a pg_monitor-only role. The last test commits the root
-while scrapes run in a loop: no scrape fails, and once the waiters have gone no root is left.
+it with pgvigil as the superuser and as a pg_monitor-only role. One test commits the root while
+scrapes run in a loop: no scrape fails, and once the waiters have gone no root is left. The
+prepared transaction needs max_prepared_transactions, so it runs once, on a cluster of its own.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import pytest
 from packs.exposition import Sample, find, parse_samples, value
 
 from exporter.config import parse_config
+from exporter.dev.throwaway import ThrowawayCluster
+from exporter.pgbin import find_bindir
 from exporter.scrape.assembly import scrape_once
 
 MONITOR = "pgvigil_blocking_monitor"
@@ -201,3 +204,25 @@ def test_root_committing_while_scraped_leaves_no_error_and_no_stale_root(cluster
     assert [s for s in find(after, "pg_blocking_root_waiters") if s.labels["pid"] == pid] == []
     assert not any(s.labels.get("application_name") in ("committer", "waiter")
                    for s in find(after, "pg_blocking_root_waiters"))
+
+
+def test_prepared_transaction_is_a_root_without_a_session():
+    """pg_blocking_pids() names a prepared transaction pid 0: the root is reported with its lock and age.
+    Its own cluster: preparing transactions needs max_prepared_transactions, set at server start."""
+    with ThrowawayCluster(settings={"max_prepared_transactions": "2"}, bindir=find_bindir()) as pg:
+        pg.execute("CREATE TABLE ledger (id int)")
+        with psycopg.connect(pg.dsn(), autocommit=True) as root:
+            root.execute("BEGIN")
+            root.execute("LOCK TABLE ledger IN ACCESS EXCLUSIVE MODE")
+            root.execute("PREPARE TRANSACTION 'pgvigil-test'")
+        tree = Tree(pg.dsn())
+        try:
+            tree.wait_in(tree.session("reader", autocommit=True), "SELECT count(*) FROM ledger")
+            found = root_of(scrape(pg, "postgres"), 0)
+        finally:
+            pg.execute("ROLLBACK PREPARED 'pgvigil-test'")
+            tree.close()
+    labels = found["waiters"].labels
+    assert (labels["state"], labels["locktype"], labels["mode"], labels["relation"], labels["usename"]) == (
+        "prepared transaction", "relation", "AccessExclusiveLock", "public.ledger", "")
+    assert found["waiters"].value == 1 and found["transaction_age_seconds"].value >= 0
