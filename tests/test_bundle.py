@@ -278,7 +278,7 @@ def test_example_group_needs_the_examples_directory(tmp_path):
      "t.yaml:2: a.warning: expected a number or null, got 'x'"),
     ("a:\n  warning: 1\n  critical: 2\n  fro: 5m\n  unit: count\n  description: d\n",
      "t.yaml:4: a.fro: unknown key (did you mean 'for'?); "
-     "allowed: warning, critical, for, unit, direction, min_rate, description"),
+     "allowed: warning, critical, for, unit, direction, min_rate, min_bytes, description"),
     ("a:\n  warning: 1\n  critical: 2\n  for: 5 minutes\n  unit: count\n  description: d\n",
      "t.yaml:4: a.for: expected a Prometheus duration such as 5m or 1h30m, got '5 minutes'"),
     ("a:\n  warning: 3\n  critical: 2\n  for: 5m\n  unit: count\n  description: d\n",

@@ -183,6 +183,9 @@ class Catalog:
     relations: dict[str, str]                     # name -> schema it is really in
     universe: set[int]                            # argument types worth planting
     base: set[int]
+    # relation -> its columns in order, for those with a column of a pseudo-type (anyarray: pg_stats'
+    # values, pg_attribute.attmissingval), which a view cannot have: the look-alike shows it as text
+    select_lists: dict[str, str] = field(default_factory=dict)
 
     def ddl(self, oid: int) -> str:
         return self.types[oid][0]
@@ -240,7 +243,14 @@ def read_catalog(conn: psycopg.Connection, schemas: list[str]) -> Catalog:
         sorted(NAMES.types) + list(BASE_TYPES),)) if t is not None}
     base = {t for (t,) in fetch(conn, "SELECT to_regtype(n)::oid::int8 FROM unnest(%s::text[]) n", (list(BASE_TYPES),))}
     universe = {t for t in columns | named | {p.result for p in procs} if types[t][1] != "p"}
-    return Catalog(types, implicit, procs, operators, relations, universe, base)
+    select_lists = dict(fetch(conn, """
+        SELECT c.relname::text, string_agg(CASE WHEN t.typtype = 'p' THEN format('r.%%1$I::text AS %%1$I', a.attname)
+                                                ELSE format('r.%%I', a.attname) END, ', ' ORDER BY a.attnum)
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = a.atttypid
+        WHERE c.relname = ANY (%s) AND n.nspname = ANY (%s) AND a.attnum > 0 AND NOT a.attisdropped
+        GROUP BY c.relname HAVING bool_or(t.typtype = 'p')""", (sorted(NAMES.relations), schemas)))
+    return Catalog(types, implicit, procs, operators, relations, universe, base, select_lists)
 
 
 # -- the tenant's plants --------------------------------------------------------------------------------
@@ -362,7 +372,8 @@ class Planter:
         for name in sorted(NAMES.relations - existing):
             tag = f"{schema}.{name}"
             real = self.catalog.relations.get(name)
-            query = (f"SELECT r.* FROM {quoted(real)}.{quoted(name)} r WHERE {SPY}.seen({literal(tag)})" if real
+            select = self.catalog.select_lists.get(name, "r.*")
+            query = (f"SELECT {select} FROM {quoted(real)}.{quoted(name)} r WHERE {SPY}.seen({literal(tag)})" if real
                      else f"SELECT {SPY}.seen({literal(tag)}) AS seen")
             self.add("view", f"CREATE VIEW {quoted(schema)}.{quoted(name)} AS {query}")
             self.add("grant", f"GRANT SELECT ON {quoted(schema)}.{quoted(name)} TO PUBLIC")

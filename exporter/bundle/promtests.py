@@ -101,7 +101,8 @@ def _case(spec: AlertSpec, threshold: Threshold, title: str, value: float,
         # counters' increase only reaches the scenario value once the window is full
         eval_at = max(spec.starts_at, spec.window) + for_minutes + 1
     minutes = eval_at + 5
-    scenario = spec.scenario(Case(value, minutes, eval_at=eval_at, quiet=quiet, min_rate=threshold.min_rate or 0))
+    scenario = spec.scenario(Case(value, minutes, eval_at=eval_at, quiet=quiet, min_rate=threshold.min_rate or 0,
+                                  min_bytes=threshold.min_bytes or 0))
     expected = [] if quiet else [
         _expected_alert(spec, threshold, severity, level, scenario.labels, scenario.value)
         for severity, level in threshold.levels().items()

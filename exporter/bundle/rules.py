@@ -34,7 +34,8 @@ def alert_expr(spec: AlertSpec, threshold: Threshold, level: float) -> str:
     op = "<" if threshold.direction == "below" else ">"
     expr = f"{spec.value_expr} {op} {_number(level)}"
     if spec.guard:
-        expr += " " + spec.guard.format(min_rate=_number(threshold.min_rate or 0))
+        expr += " " + spec.guard.format(min_rate=_number(threshold.min_rate or 0),
+                                        min_bytes=_number(threshold.min_bytes or 0))
     return expr
 
 

@@ -29,6 +29,7 @@ THRESHOLD_KEYS = Section(
     Key("unit", required=True, doc=", ".join(UNITS)),
     Key("direction", default="above", doc="above or below: which side of the level alerts"),
     Key("min_rate", doc="traffic floor below which the alert stays quiet"),
+    Key("min_bytes", doc="size floor: an object wasting fewer bytes than this is not judged (bloat ratios)"),
     Key("description", required=True, doc="what is measured and where the number comes from"),
 )
 # Prometheus' own grammar (model.ParseDuration): units from the largest to the smallest, each at most
@@ -71,6 +72,7 @@ class Threshold:
     description: str
     direction: str = "above"
     min_rate: float | None = None
+    min_bytes: float | None = None
 
     def levels(self) -> dict[str, float]:
         """The severities this threshold defines, mapped to their level."""
@@ -113,8 +115,8 @@ class _Checker(EntriesChecker[Threshold]):
         before = len(self.errors)
         self.mapping(entry, (name,), THRESHOLD_KEYS)
         self.missing(entry, (name,), THRESHOLD_KEYS)
-        warning, critical, min_rate = (self.number(entry.get(key), (name, key))
-                                       for key in ("warning", "critical", "min_rate"))
+        warning, critical, min_rate, min_bytes = (self.number(entry.get(key), (name, key))
+                                                  for key in ("warning", "critical", "min_rate", "min_bytes"))
         duration = entry.get("for")
         problem = duration_problem(duration) if "for" in entry else None
         if problem:
@@ -135,6 +137,7 @@ class _Checker(EntriesChecker[Threshold]):
         return Threshold(
             name=name, warning=warning, critical=critical, for_=str(duration), unit=str(unit),
             description=str(description).strip(), direction=direction, min_rate=min_rate,
+            min_bytes=min_bytes,
         )
 
     def levels_in_order(self, name: str, warning: float, critical: float, direction: str) -> None:

@@ -3,7 +3,8 @@
 The cluster gets a small shop schema and a workload that keeps every dashboard busy: inserts,
 updates and index lookups, rolled back transactions, a table whose autovacuum is off (dead
 tuples), a slow statement, a long-running report, a session idle in transaction holding a row
-lock and a session waiting for it, an unused and an invalid index, an abandoned replication
+lock and a session waiting for it (and every 10 s a short chain of two sessions queued behind a
+third), an unused and an invalid index, an abandoned replication
 slot, a VACUUM that is always running, WAL archiving to a local directory, two verified backups,
 a streaming replica and a logical subscription into a reporting database, and a PgBouncer in
 front of the primary (when the pgbouncer program is installed) whose pool some of the traffic goes
@@ -16,6 +17,7 @@ pending, firing and resolved.
 """
 from __future__ import annotations
 
+import functools
 import os
 import random
 import shutil
@@ -75,6 +77,8 @@ INCIDENTS = (
     Incident("PostgresIdleInTransaction", "idle_in_transaction",
              "a session holds a row lock and sits idle in its transaction", ages=True),
     Incident("PostgresLongRunningQuery", "long_running_query", "a monthly report that never finishes", ages=True),
+    Incident("PostgresLockBlockerIdleInTransaction", "lock_blocking_idle_in_transaction",
+             "the session idle in transaction blocks the session waiting for its row lock", ages=True),
 )
 
 SCHEMA = """
@@ -150,6 +154,7 @@ class Workload:
     def start(self) -> "Workload":
         bodies = [self.traffic, self.long_report, self.idle_in_transaction_with_waiter, self.slow_vacuum]
         bodies += [self.hot_row, self.hot_row]  # two sessions taking turns: lock waits (docs/diagnosis.md)
+        bodies.append(self.lock_chain)
         if self.pooled_dsn:
             bodies.append(self.pooled_traffic)
         for body in bodies:
@@ -224,6 +229,23 @@ class Workload:
             with conn.transaction():
                 conn.execute("UPDATE customers SET email = email WHERE id = 2")
                 conn.execute("SELECT pg_sleep(0.4) /* hot row */")
+
+    def lock_chain(self) -> None:
+        """Every 10 s, a session holds a row of orders idle in transaction for 4 s while two others queue
+        for it (the second behind the first): the blocking panels' tree grows and goes away."""
+        holder = self.connect()
+        waiters = [self.connect() for _ in range(2)]
+        while not self.stopping.wait(6):
+            holder.execute("BEGIN")
+            holder.execute("SELECT id FROM orders WHERE id = 1 FOR UPDATE")
+            queued = [threading.Thread(target=self.guard(functools.partial(
+                conn.execute, "UPDATE orders SET status = status WHERE id = 1")), daemon=True) for conn in waiters]
+            for thread in queued:
+                thread.start()
+            self.stopping.wait(4)
+            holder.execute("COMMIT")
+            for thread in queued:
+                thread.join(timeout=10)
 
     def slow_vacuum(self) -> None:
         """VACUUM of every page of audit_log, slowed by cost delays (about 10 s a run), again and again."""
@@ -309,6 +331,8 @@ def prepare_cluster(cluster: ThrowawayCluster) -> bool:
     cluster.execute(f"CREATE ROLE {MONITOR_ROLE} LOGIN; GRANT pg_monitor TO {MONITOR_ROLE}")
     cluster.create_database(DATABASE)
     vector = prepare_database(cluster.dsn(DATABASE))
+    # The bloat estimate reads pg_stats, which shows a role only the columns it may SELECT (docs/bloat.md).
+    cluster.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {MONITOR_ROLE}", DATABASE)
     # A standby that was decommissioned without dropping its slot: the slot retains WAL.
     cluster.execute("SELECT pg_create_physical_replication_slot('decommissioned_standby', true)")
     start_subscription(cluster)

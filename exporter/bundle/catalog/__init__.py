@@ -15,6 +15,8 @@ from __future__ import annotations
 from exporter.bundle.catalog import (
     availability,
     backups,
+    bloat,
+    blocking,
     connections,
     exporter_health,
     monitoring,
@@ -44,7 +46,7 @@ from exporter.bundle.catalog.spec import (
 
 # In this order in pgvigil-alerts.yml: each area is one rule group.
 AREAS = (availability, connections, queries, storage, replication, security, vector, pgbouncer, exporter_health,
-         backups, monitoring)
+         backups, monitoring, blocking, bloat)
 
 # Labels that tell two alerts of the same name apart (the inhibit rules compare them).
 IDENTIFYING_LABELS = [

@@ -30,6 +30,7 @@ class Case:
     eval_at: int = 0  # the minute promtool evaluates the alert
     quiet: bool = False  # the ratio is bad, but on less traffic than the threshold's min_rate
     min_rate: float = 0.0  # the threshold's traffic floor (ratio alerts)
+    min_bytes: float = 0.0  # the threshold's size floor (bloat ratios)
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class AlertSpec:
     kind: ValueKind = ValueKind.GAUGE
     window: int = 0  # minutes of range data the value needs before it is exact
     starts_at: int = 0  # minute from which the scenario's condition can be true
-    has_quiet_case: bool = False  # scenario(quiet=True) breaches the level under min_rate traffic
+    has_quiet_case: bool = False  # scenario(quiet=True) breaches the level under min_rate traffic (or min_bytes)
     whole_value: bool = False  # an extrapolated count from increase(): shown rounded, not humanized
 
     @property

@@ -1,6 +1,7 @@
 """PostgreSQL Overview: availability, connections, throughput, caching, size and alerts at a glance."""
 from __future__ import annotations
 
+from exporter.bundle.dashboards.blocking_bloat import blocking
 from exporter.bundle.dashboards.panels import ANY_IS_BAD, TABLE_LEGEND, TD, UP_MAPPINGS, PanelBuilder, PanelFn, T
 from exporter.bundle.grafana import Bands, Dashboard, Panel, Query
 
@@ -84,7 +85,7 @@ def health(p: PanelFn) -> tuple[Panel, ...]:
 def dashboard(builder: PanelBuilder) -> Dashboard:
     """The dashboard, its bands from the thresholds `builder` holds."""
     p = builder.panel
-    panels = headline(p) + traffic(p) + health(p)
+    panels = headline(p) + traffic(p) + health(p) + blocking(p)
     return Dashboard("pgvigil-overview", "PostgreSQL Overview",
                      "Health at a glance: availability, connections, throughput, caching, size, alerts.",
                      panels, ("target", "datname"))

@@ -2,6 +2,7 @@
 index health, scans, I/O by backend type."""
 from __future__ import annotations
 
+from exporter.bundle.dashboards.blocking_bloat import bloat
 from exporter.bundle.dashboards.panels import INDEX_LEGEND, TABLE_LEGEND, TD, PanelBuilder, PanelFn, T
 from exporter.bundle.grafana import Dashboard, Panel, Query
 
@@ -130,7 +131,7 @@ def indexes_and_scans(p: PanelFn) -> tuple[Panel, ...]:
 def dashboard(builder: PanelBuilder) -> Dashboard:
     """The dashboard, its bands from the thresholds `builder` holds."""
     p = builder.panel
-    panels = sizes(builder) + maintenance(p) + running_vacuums_and_io(p) + indexes_and_scans(p)
+    panels = sizes(builder) + maintenance(p) + running_vacuums_and_io(p) + indexes_and_scans(p) + bloat(p)
     return Dashboard("pgvigil-storage", "PostgreSQL Storage and Maintenance",
                      "Sizes and growth, days to full, bloat, vacuum and analyze, index health, scans.",
                      panels, ("target", "datname"))
