@@ -6,6 +6,7 @@ on. docs/diagnosis.md says, alert by alert, which panel answers "why".
 """
 from __future__ import annotations
 
+from exporter.bundle.dashboards.blocking_bloat import bloat, blocking
 from exporter.bundle.dashboards.panels import TD, PanelBuilder, PanelFn, T
 from exporter.bundle.grafana import Dashboard, Panel, Query
 
@@ -87,11 +88,11 @@ def sampler(p: PanelFn) -> tuple[Panel, ...]:
 
 
 def dashboard(builder: PanelBuilder) -> Dashboard:
-    """The dashboard; the blocking tree and the most bloated tables and indexes join it after sessions()."""
+    """The dashboard: where the time goes, who blocks whom, what bloats (the last two also sit on the
+    overview and storage dashboards), and the sampler's own health."""
     p = builder.panel
-    # Who blocks whom (the blocking tree, as a table) and the most bloated tables and indexes come from
-    # issue 21's other half: their panel functions go between statements() and sampler().
-    panels = sessions(p) + statements(p) + sampler(p)
+    panels = sessions(p) + statements(p) + blocking(p) + bloat(p) + sampler(p)
     return Dashboard("pgvigil-diagnosis", "PostgreSQL: Where the time goes",
                      "From an alert to its cause: average active sessions by wait event, who they are, the "
-                     "statements they run (sampled between scrapes).", panels, ("target", "datname"))
+                     "statements they run (sampled between scrapes), who blocks whom, what bloats.",
+                     panels, ("target", "datname"))
