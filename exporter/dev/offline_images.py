@@ -52,6 +52,19 @@ IMAGES = ("busybox", "python", "postgres", "prometheus", "alertmanager")
 BUILD_TIMEOUT = 1800  # seconds, per step: a cold apt-get of Prometheus is the longest, a few minutes
 
 
+IMAGES_ENV = OFFLINE_DIR / "images.env"
+
+
+def read_env_file(path: Path = IMAGES_ENV) -> dict[str, str]:
+    """KEY=VALUE lines of a compose env file (comments and blank lines skipped)."""
+    values = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
 class OfflineImageError(Exception):
     """A step failed: the message names the step, its output's tail is attached."""
 
