@@ -82,9 +82,15 @@ def docker_env() -> dict[str, str]:
     return dict(os.environ, DOCKER_BUILDKIT="0")
 
 
-def run(args: Sequence[str], what: str, timeout: float = BUILD_TIMEOUT, stdin: bytes | None = None) -> str:
+# Commands run inside the new root filesystem see its paths only: the host's TMPDIR and friends do not exist there.
+CHROOT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+
+
+def run(args: Sequence[str], what: str, timeout: float = BUILD_TIMEOUT, stdin: bytes | None = None,
+        env: dict[str, str] | None = None) -> str:
     try:
-        done = subprocess.run(list(args), input=stdin, capture_output=True, timeout=timeout, env=docker_env())
+        done = subprocess.run(list(args), input=stdin, capture_output=True, timeout=timeout,
+                              env=docker_env() if env is None else env)
     except FileNotFoundError as exc:
         raise OfflineImageError(f"{what}: {args[0]} is not installed") from exc
     except subprocess.TimeoutExpired as exc:
@@ -154,9 +160,9 @@ def build_base(mirror: str, tag: str) -> None:
             target = rootfs / SITE_CA_DIR.relative_to("/") / certificate.relative_to(SITE_CA_DIR)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(certificate, target)
-        run(["chroot", str(rootfs), "update-ca-certificates"], "update-ca-certificates")
+        run(["chroot", str(rootfs), "update-ca-certificates"], "update-ca-certificates", env=CHROOT_ENV)
         run(["chroot", str(rootfs), "debconf-set-selections"], "debconf frontend",
-            stdin=b"debconf debconf/frontend select Noninteractive\n")
+            stdin=b"debconf debconf/frontend select Noninteractive\n", env=CHROOT_ENV)
         for leftover in ("var/cache/apt/archives", "var/lib/apt/lists", "var/cache/apt"):
             for path in (rootfs / leftover).glob("*"):
                 if path.is_file():
