@@ -513,7 +513,7 @@ def test_secret_files_belong_to_the_users_the_services_run_as(compose):
 
 # The variables that let the stack run without Docker Hub (deploy/offline, docs/compose.md).
 IMAGE_VARIABLE = re.compile(r"^\$\{(PGVIGIL_[A-Z]+_IMAGE):-([^}]+)\}$")
-PORT_MAPPING = re.compile(r"^127\.0\.0\.1:\$\{(PGVIGIL_[A-Z_]*PORT):-(\d+)\}:(\d+)$")
+PORT_MAPPING = re.compile(r"^127\.0\.0\.1:\$\{(PGVIGIL_[A-Z0-9_]*PORT):-(\d+)\}:(\d+)$")
 
 
 def image_variables(compose: dict) -> dict[str, set[str]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import wait_until
 
 from exporter.dev import docker_engine, offline_images
@@ -37,11 +39,21 @@ from exporter.dev.throwaway import free_port
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 EXCLUDED = {"grafana"}  # not packaged in Debian; its provisioning is checked by tests/test_compose.py
-PORT_VARIABLES = {
-    "pgvigil": "PGVIGIL_PORT", "pgbouncer": "PGVIGIL_PGBOUNCER_PORT",
-    "prometheus": "PGVIGIL_PROMETHEUS_PORT", "alertmanager": "PGVIGIL_ALERTMANAGER_PORT",
-    "grafana": "PGVIGIL_GRAFANA_PORT",
-}
+PORT_MAPPING = re.compile(r"^127\.0\.0\.1:\$\{(PGVIGIL_[A-Z0-9_]*PORT):-\d+\}:\d+$")
+
+
+def port_variables() -> dict[str, str]:
+    """service -> the variable of the port it publishes (tests/test_compose.py: one each, all variables)."""
+    services = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))["services"]
+    found = {}
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            match = PORT_MAPPING.match(str(port))
+            assert match, f"{name}: port {port} is not a PGVIGIL_*_PORT variable on 127.0.0.1"
+            found[name] = match.group(1)
+    return found
+
+
 # Each service's secrets volume and what it holds (deploy/secrets/generate.sh), the uid owning it.
 OWN_SECRETS = {
     "postgres": ("postgres-secrets", {"postgres_password", "monitor_password"}, 999),
@@ -156,9 +168,10 @@ def stack() -> Iterator[Stack]:
         images = offline_images.build()
         results["offline_images_seconds"] = round(time.monotonic() - build_started, 1)
         results["offline_images_built"] = [image.name for image in images if image.built]
-        ports = {service: free_port() for service in PORT_VARIABLES}
+        variables = port_variables()
+        ports = {service: free_port() for service in variables}
         env = dict(os.environ, **offline_images.read_env_file(),
-                   **{PORT_VARIABLES[service]: str(port) for service, port in ports.items()})
+                   **{variables[service]: str(port) for service, port in ports.items()})
         env.pop("COMPOSE_FILE", None)
         env.pop("COMPOSE_PROJECT_NAME", None)
         project = f"pgvigil-e2e-{uuid.uuid4().hex[:8]}"
@@ -201,7 +214,8 @@ def test_every_service_but_grafana_runs_healthy(stack):
 
 
 def test_published_ports_listen_on_loopback_only(stack):
-    for service in ("pgvigil", "pgbouncer", "prometheus", "alertmanager"):
+    assert {"pgvigil", "pgbouncer", "prometheus", "alertmanager"} <= set(stack.ports)
+    for service in set(stack.ports) & set(stack.services):
         bindings = json.loads(stack.docker("inspect", stack.container(service)).stdout)[0]["NetworkSettings"]["Ports"]
         published = [binding for bound in bindings.values() if bound for binding in bound]
         assert published and all(b["HostIp"] == "127.0.0.1" for b in published), (service, published)
