@@ -1,6 +1,7 @@
 # pgvigil exporter image, installed exactly the way the README says: `pip install .`, with every
 # Python package pinned by deploy/pgvigil/constraints.txt (a rebuild installs what was tested).
-FROM python:3.11-slim
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 WORKDIR /src
 COPY deploy/pgvigil/constraints.txt deploy/pgvigil/healthcheck.py /usr/local/share/pgvigil/

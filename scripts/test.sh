@@ -14,6 +14,11 @@ command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || need_apt+=(pgbo
 # PostgreSQL 15 is the machine's own server; 13, 14, 16, 17 come from npm tarballs (exporter/dev/servers.py)
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need_apt+=(postgresql postgresql-contrib)
 command -v npm >/dev/null || need_apt+=(npm)
+# tests/e2e/test_compose_live.py: a Docker engine, compose (v2 plugin or Debian's v1) and debootstrap for
+# the stack's images built from Debian packages (Docker Hub is not reachable from CI)
+command -v dockerd >/dev/null || [ -x /usr/sbin/dockerd ] || need_apt+=(docker.io)
+command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || need_apt+=(docker-compose)
+command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need_apt+=(debootstrap)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt_install "${need_apt[@]}"
 fi

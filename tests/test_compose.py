@@ -527,3 +527,94 @@ def test_alertmanager_runs_as_a_cluster_of_two_and_prometheus_alerts_both(compos
     assert alerting["static_configs"][0]["targets"] == [f"{name}:9093" for name in pair]
     jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
     assert jobs["alertmanager"] == [f"{name}:9093" for name in pair] and jobs["prometheus"] == ["localhost:9090"]
+
+
+# The variables that let the stack run without Docker Hub (deploy/offline, docs/compose.md).
+IMAGE_VARIABLE = re.compile(r"^\$\{(PGVIGIL_[A-Z]+_IMAGE):-([^}]+)\}$")
+PORT_MAPPING = re.compile(r"^127\.0\.0\.1:\$\{(PGVIGIL_[A-Z0-9_]*PORT):-(\d+)\}:(\d+)$")
+
+
+def image_variables(compose: dict) -> dict[str, set[str]]:
+    """PGVIGIL_*_IMAGE -> the defaults it has, in images and in build args."""
+    found: dict[str, set[str]] = {}
+    for service in compose["services"].values():
+        values = [service.get("image", "")]
+        if isinstance(service.get("build"), dict):
+            values.append(service["build"].get("args", {}).get("BASE_IMAGE", ""))
+        for value in values:
+            match = IMAGE_VARIABLE.match(value)
+            if match:
+                found.setdefault(match.group(1), set()).add(match.group(2))
+    return found
+
+
+def test_upstream_images_are_variables_with_the_upstream_default(compose):
+    for name, service in compose["services"].items():
+        if "build" in service or service.get("pull_policy") == "never":
+            assert service["image"].endswith(":local"), name  # built here, never pulled
+            continue
+        match = IMAGE_VARIABLE.match(service["image"])
+        assert match, f"{name}: image {service['image']} is not overridable by a PGVIGIL_*_IMAGE variable"
+    # One default per variable: alert-log's python and the pgvigil build's base are the same image.
+    assert all(len(defaults) == 1 for defaults in image_variables(compose).values()), image_variables(compose)
+
+
+def test_published_ports_are_variables_with_the_documented_default(compose):
+    variables = []
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            match = PORT_MAPPING.match(str(port))
+            assert match, f"{name}: port {port} is not 127.0.0.1:${{PGVIGIL_..._PORT:-N}}:N"
+            # The default keeps the README's port: the container's own, but for the second Alertmanager's.
+            assert match.group(2) == {"PGVIGIL_ALERTMANAGER2_PORT": "9095"}.get(match.group(1), match.group(3)), port
+            variables.append(match.group(1))
+    assert len(variables) == len(set(variables)), variables
+
+
+@pytest.mark.parametrize("dockerfile, service, upstream", [
+    ("Dockerfile", "pgvigil", "python:3.11-slim"),
+    ("deploy/pgbouncer/Dockerfile", "pgbouncer", "debian:bookworm-slim"),
+])
+def test_project_dockerfiles_take_their_base_image_as_a_build_arg(compose, dockerfile, service, upstream):
+    text = (ROOT / dockerfile).read_text()
+    assert re.search(rf"^ARG BASE_IMAGE={re.escape(upstream)}\nFROM \$\{{BASE_IMAGE\}}$", text, re.M), dockerfile
+    assert len(re.findall(r"^FROM ", text, re.M)) == 1
+    base = compose["services"][service]["build"]["args"]["BASE_IMAGE"]
+    assert IMAGE_VARIABLE.match(base).group(2) == upstream
+
+
+def test_the_offline_images_stand_in_for_every_image_variable(compose):
+    from exporter.dev import offline_images
+    offline = offline_images.read_env_file()
+    variables = set(image_variables(compose))
+    assert set(offline) == variables - {"PGVIGIL_GRAFANA_IMAGE"}  # Grafana: no Debian package
+    for variable, image in offline.items():
+        repository, name, tag = re.fullmatch(r"(pgvigil-offline)/(\w+):(latest)", image).groups()
+        assert name in ("debian", *offline_images.IMAGES), variable
+        if name != "debian":
+            dockerfile = (ROOT / "deploy/offline" / name / "Dockerfile").read_text()
+            assert "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n" in dockerfile
+
+
+def test_python_healthchecks_import_only_what_their_image_installs(compose):
+    """A `python -c "import X"` healthcheck needs X in the image: the pgvigil image has pgvigil's dependencies,
+    the plain python image the standard library only (a psycopg2 healthcheck once kept demo-workload unhealthy)."""
+    import importlib.metadata
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    installed = {Requirement(text).name.lower() for text in project["project"]["dependencies"]}
+    distributions = importlib.metadata.packages_distributions()
+    pgvigil_image = compose["services"]["pgvigil"]["image"]
+    for name, service in compose["services"].items():
+        test = service.get("healthcheck", {}).get("test", [])
+        if test[1:3] != ["python", "-c"]:
+            continue
+        allowed = installed if service.get("image") == pgvigil_image else set()
+        for module in re.findall(r"\bimport (\w+)", test[3]):
+            if module in sys.stdlib_module_names:
+                continue
+            owners = {d.lower() for d in distributions.get(module, [])}
+            assert owners & allowed, f"{name}: the healthcheck imports {module}, which its image does not install"
