@@ -20,6 +20,7 @@ from exporter.files import CONFIG_LIMIT, SECRET_LIMIT, UnreadableFile, read_limi
 from exporter.schema import MAX_DURATION_SECONDS as MAX_DURATION_SECONDS  # re-exported for callers
 from exporter.schema import Checker, Key, Section, did_you_mean
 from exporter.schema import parse_duration as parse_duration
+from exporter.serverlog.spec import LOG_KEYS, LogSpec, check_log
 from exporter.yamlsource import (
     LocatedData,
     LocatedErrors,
@@ -130,6 +131,8 @@ TARGET_KEYS = Section(
                                            "(discovery's own included); default 5"),
     Key("discovery_interval", "duration", 60.0, doc="with `databases`: how often the database list is read "
                                                      "again; default 60s"),
+    Key("log", doc="read the server's log into counters (failed logins, errors by code, slow statements), see "
+                   "[docs/logs.md](docs/logs.md)"),
 )
 DEFAULT_KEYS = Section(
     "`defaults`",
@@ -218,7 +221,8 @@ PACK_KEYS = Section(
     Key("default", default=True, doc="false: only loaded when named in `collectors`"),
     Key("queries", doc="queries, as in the config"),
 )
-SECTIONS = (TOP_KEYS, TARGET_KEYS, DEFAULT_KEYS, QUERY_KEYS, PICK_KEYS, METRIC_KEYS, BACKUP_KEYS)
+SECTIONS: tuple[Section, ...] = (TOP_KEYS, TARGET_KEYS, DEFAULT_KEYS, QUERY_KEYS, PICK_KEYS, METRIC_KEYS, BACKUP_KEYS)
+SECTIONS += (LOG_KEYS,)  # exporter/serverlog/spec.py
 
 
 def _checkable_sql(sql: str) -> str:
@@ -253,6 +257,7 @@ class TargetSpec:
     discovery_interval: float = TARGET_KEYS["discovery_interval"].default
     parent: str | None = None  # a discovered database: the configured target it was found from
     datname: str | None = None
+    log: LogSpec | None = None  # the server log read into counters (exporter/serverlog)
 
     @property
     def discovers(self) -> bool:
@@ -542,8 +547,14 @@ class _Checker(Checker):
         if kind == "pgbouncer" and "databases" in raw:
             self.error(path + ("databases",),
                        "a pgbouncer target is one admin console: it has no databases to discover")
+        log_spec = None
+        if raw.get("log") is not None:
+            if kind == "pgbouncer":
+                self.error(path + ("log",), "a pgbouncer target has no PostgreSQL server log to read")
+            else:
+                log_spec = check_log(self, raw["log"], path + ("log",), parse_size)
         return TargetSpec(name=name, dsn=dsn or "", labels=tuple(labels), pool_size=pool, kind=kind,
-                          storage_allocation_bytes=allocation, **self.discovery(raw, path, labels))
+                          storage_allocation_bytes=allocation, log=log_spec, **self.discovery(raw, path, labels))
 
     def discovery(self, raw: dict, path: tuple, labels: list[tuple[str, str]]) -> dict[str, Any]:
         """The discovery keys of a target (databases, exclude_databases, connection_budget, discovery_interval)."""
