@@ -25,6 +25,7 @@ class Position:
     name: str
     offset: int
     head: bytes = b""
+    skipping: bool = False  # in the middle of an entry too long to keep (not saved: a restart parses on)
 
 
 def load(path: Path | None) -> dict[str, Position] | None:

@@ -7,6 +7,7 @@ ones, so an entry is counted once and in order.
 """
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from exporter.serverlog.counters import LogCounters
@@ -15,6 +16,11 @@ from exporter.serverlog.positions import HEAD_BYTES, Position
 from exporter.serverlog.source import LogFile, LogSource, SourceError
 
 CHUNK_BYTES = 1024 * 1024
+# Where the next entry begins after one too long to keep. csvlog: a newline and the log_time of the next
+# record (a newline alone may be inside the long quoted field); the line formats: any newline not followed
+# by a tab (a continuation line).
+_NEXT_ENTRY = {"csvlog": re.compile(rb"\n(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)"),
+               "jsonlog": re.compile(rb"\n(?=\{)"), "stderr": re.compile(rb"\n(?=[^\t])")}
 Parser = Callable[[bytes, Sink], Parsed]
 
 
@@ -77,6 +83,14 @@ class LogReader:
                 break
             if position.offset < HEAD_BYTES:
                 position.head = (position.head[:position.offset] + data)[:HEAD_BYTES]
+            if position.skipping:  # inside an entry too long to keep: drop bytes up to the next entry's start
+                start = self.resync(data)
+                if start is None:
+                    position.offset += len(data)
+                    continue
+                position.skipping = False
+                position.offset += start
+                data = data[start:]
             parsed = self.parser(data, self.sink)
             with self.counters.lock:
                 self.counters.read_bytes += len(data)
@@ -88,7 +102,7 @@ class LogReader:
             elif length == available:  # the file's last entry is not whole yet: wait for the rest
                 break
             elif length >= MAX_ENTRY_BYTES:  # one entry larger than any kept: skipped, counted
-                position.offset += len(data)
+                position.skipping = True
                 with self.counters.lock:
                     self.counters.parse_errors += 1
                 want = CHUNK_BYTES
@@ -97,6 +111,10 @@ class LogReader:
             else:  # one entry longer than the chunk: read more of it at once
                 want = min(want * 4, MAX_ENTRY_BYTES)
         return spent
+
+    def resync(self, data: bytes) -> int | None:
+        found = _NEXT_ENTRY[self.fmt].search(data, 1)
+        return found.end() if found else None
 
     def _head(self, file: LogFile) -> bytes:
         try:
