@@ -235,8 +235,8 @@ def families(followers: list[LogFollower]) -> list[Metric]:
         for (reason,), value in sorted(source_errors.items()):
             add("counter", "pgvigil_log_source_errors", "Failed reads of the server log by reason",
                 {**base, "reason": reason}, value)
-        add("gauge", "pgvigil_log_readable", "Whether the latest read of the server log succeeded (0: see "
-            "pgvigil_log_source_errors_total)", base, 1.0 if readable is None else 0.0)
+        add("gauge", "pgvigil_log_readable", "Whether the latest read of the server log succeeded (0: not read "
+            "yet, or see pgvigil_log_source_errors_total)", base, 1.0 if readable is None else 0.0)
     return list(fams.values())
 
 

@@ -70,7 +70,7 @@ class LogCounters:
         self.backlog_bytes = 0
         self.rotations = BoundedCounter(limit=8)
         self.source_errors = BoundedCounter(limit=16)
-        self.readable: str | None = None  # None: readable (or not tried yet); else why not
+        self.readable: str | None = "not_read_yet"  # None: the latest read succeeded; else why it did not
 
     def bump(self, name: str, amount: float = 1.0) -> None:
         self.simple[name] = self.simple.get(name, 0.0) + amount
