@@ -60,15 +60,22 @@ class Classifier:
         self.roles: frozenset[str] = frozenset()
         self.databases: frozenset[str] = frozenset()
         self.exact_codes: set[str] = set()
+        self.labels: dict[str, str] = {}  # a code seen before -> its label (the hot path: one lookup)
 
     def code_label(self, severity: str, sqlstate: str | None, message: str) -> str:
-        if sqlstate is None:
-            if severity in ("LOG", "INFO", "NOTICE", "DEBUG") or severity.startswith("DEBUG"):
-                return "00000"
-            for text, code in KNOWN_CODES:
-                if text in message:
-                    return code
-            return "unknown"
+        if sqlstate is not None:
+            label = self.labels.get(sqlstate)
+            if label is None:
+                label = self.labels[sqlstate] = self.new_code(sqlstate) if len(self.labels) < 4096 else "other"
+            return label
+        if severity in ("LOG", "INFO", "NOTICE", "DEBUG") or severity.startswith("DEBUG"):
+            return "00000"
+        for text, code in KNOWN_CODES:
+            if text in message:
+                return code
+        return "unknown"
+
+    def new_code(self, sqlstate: str) -> str:
         if not _SQLSTATE.fullmatch(sqlstate):
             return "other"
         if sqlstate in self.exact_codes:
@@ -80,47 +87,51 @@ class Classifier:
 
     def __call__(self, severity: str, sqlstate: str | None, user: str, database: str, message: str,
                  client: str) -> None:
-        counters = self.counters
+        """Called with the counters' lock held (the reader takes it once per chunk, not per entry)."""
         if severity not in SEVERITIES:
             severity = "other"
         code = self.code_label(severity, sqlstate, message)
-        with counters.lock:
-            counters.messages.add((severity, code))
-            handler = _HANDLERS.get(severity)
-            if handler is not None:
-                handler(self, code, user, database, message, client)
+        self.counters.messages.add((severity, code))
+        handler = _HANDLERS.get(severity)
+        if handler is not None:
+            handler(self, code, user, database, message, client)
 
     # -- by severity -------------------------------------------------------
     def log(self, code: str, user: str, database: str, message: str, client: str) -> None:
+        # One dict lookup on the first word picks the only pattern worth trying: most LOG lines match none.
+        kind = _LOG_FIRST_WORDS.get(message[:message.find(" ")] if " " in message[:16] else "")
+        if kind is None:
+            return
         counters = self.counters
-        first = message[:12]
-        if first.startswith("duration: "):
+        if kind == "duration":
             found = _DURATION.match(message)
             if found:
                 counters.durations.observe(float(found.group(1)) / 1000.0)
-        elif first.startswith("connection a") and message.startswith("connection authorized"):
-            counters.bump("connections")
-        elif first.startswith("disconnectio"):
+        elif kind == "connection":
+            if message.startswith("connection authorized"):
+                counters.bump("connections")
+        elif kind == "disconnection":
             counters.bump("disconnections")
-        elif first.startswith("checkpoints "):
+        elif kind == "checkpoints":
             if message.startswith("checkpoints are occurring too frequently"):
                 counters.bump("checkpoints_too_frequent")
-        elif first.startswith("temporary fi"):
+        elif kind == "temporary":
             found = _TEMP_SIZE.match(message)
             if found:
                 counters.bump("temp_files")
                 counters.bump("temp_file_bytes", float(found.group(1)))
-        elif first.startswith("process ") and " still waiting for " in message:
-            counters.bump("lock_waits")
-        elif first.startswith("automatic "):
-            kind = ("vacuum" if message.startswith("automatic vacuum of table")
-                    else "analyze" if message.startswith("automatic analyze of table") else None)
-            if kind is not None:
-                counters.by_kind["autovacuum_runs"].add((kind,))
+        elif kind == "process":
+            if " still waiting for " in message:
+                counters.bump("lock_waits")
+        elif kind == "automatic":
+            run = ("vacuum" if message.startswith("automatic vacuum of table")
+                   else "analyze" if message.startswith("automatic analyze of table") else None)
+            if run is not None:
+                counters.by_kind["autovacuum_runs"].add((run,))
                 found = _ELAPSED.search(message)
                 if found:
-                    counters.by_kind["autovacuum_seconds"].add((kind,), float(found.group(1)))
-        elif first.startswith("database sys") and "automatic recovery in progress" in message:
+                    counters.by_kind["autovacuum_seconds"].add((run,), float(found.group(1)))
+        elif kind == "database" and "automatic recovery in progress" in message:
             counters.bump("crash_recoveries")
 
     def error(self, code: str, user: str, database: str, message: str, client: str) -> None:
@@ -164,6 +175,9 @@ class Classifier:
             return "hba_reject"
         return None
 
+
+_LOG_FIRST_WORDS = {word + (":" if word in ("duration", "disconnection") else ""): word for word in (
+    "duration", "connection", "disconnection", "checkpoints", "temporary", "process", "automatic", "database")}
 
 _HANDLERS: dict[str, Callable[..., None]] = {
     "LOG": Classifier.log, "ERROR": Classifier.error, "FATAL": Classifier.fatal, "PANIC": Classifier.panic,

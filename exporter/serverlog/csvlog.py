@@ -38,17 +38,15 @@ def parse(buf: bytes, sink: Sink) -> Parsed:
     reader = csv.reader(io.StringIO(decode(buf[:end]), newline=""))
     while True:
         try:
-            row = next(reader)
-        except StopIteration:
+            for row in reader:
+                if len(row) < _MIN_COLUMNS:
+                    errors += 1
+                    continue
+                entries += 1
+                client = row[CONNECTION_FROM]
+                sink(row[SEVERITY], row[SQLSTATE] or None, row[USER], row[DATABASE], row[MESSAGE],
+                     client.rpartition(":")[0] or client)
             break
         except csv.Error:  # a malformed record: the reader resynchronizes on the next line
             errors += 1
-            continue
-        if len(row) < _MIN_COLUMNS:
-            errors += 1
-            continue
-        entries += 1
-        state = row[SQLSTATE]
-        sink(row[SEVERITY], state or None, row[USER], row[DATABASE], row[MESSAGE],
-             row[CONNECTION_FROM].rpartition(":")[0] or row[CONNECTION_FROM])
     return Parsed(end, entries, errors)

@@ -91,8 +91,9 @@ class LogReader:
                 position.skipping = False
                 position.offset += start
                 data = data[start:]
-            parsed = self.parser(data, self.sink)
+            # One lock per chunk, not per entry: a scrape copying the counters waits one chunk's parse at most.
             with self.counters.lock:
+                parsed = self.parser(data, self.sink)
                 self.counters.read_bytes += len(data)
                 self.counters.entries += parsed.entries
                 self.counters.parse_errors += parsed.errors
