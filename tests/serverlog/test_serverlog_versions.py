@@ -16,7 +16,8 @@ from exporter.serverlog.collector import followers_of
 
 def deadlock(pg) -> None:
     """Two sessions locking two rows in opposite orders: one of them gets ERROR 40P01."""
-    pg.execute("CREATE TABLE IF NOT EXISTS dl (id int PRIMARY KEY); INSERT INTO dl VALUES (1), (2) ON CONFLICT DO NOTHING")
+    pg.execute("CREATE TABLE IF NOT EXISTS dl (id int PRIMARY KEY); "
+               "INSERT INTO dl VALUES (1), (2) ON CONFLICT DO NOTHING")
     barrier = threading.Barrier(2, timeout=10)
 
     def session(first: int, second: int) -> None:
