@@ -7,7 +7,7 @@
 2. The reader parses and classifies it (exporter.serverlog: the same code `pgvigil serve` runs) and the
    CPU time of this process is measured: MB/s and lines/s per core.
 3. --rss: a child process reads a 1 GB csvlog file (the same log repeated) in one cycle; its peak RSS
-   (ru_maxrss) after the read minus before is the memory reading added.
+   (VmHWM) after the read minus before is the memory reading added.
 
 Run from the repository root:  python3 bench/logs.py [--mb 128] [--rss] [--json FILE]
 """
@@ -94,7 +94,7 @@ def throughput(fmt: str, log: bytes, megabytes: int) -> dict:
 
 
 CHILD = r"""
-import json, resource, sys
+import json, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from exporter.serverlog import csvlog
@@ -104,9 +104,13 @@ from exporter.serverlog.reader import LogReader
 from exporter.serverlog.source import FileSource
 counters = LogCounters()
 reader = LogReader(FileSource(Path(sys.argv[1])), "csvlog", csvlog.parse, Classifier(counters), counters, {})
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def hwm():  # the peak RSS of this process image (ru_maxrss would keep the forking parent's across exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+before = hwm()
 reader.cycle(8 * 1024 ** 3)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+after = hwm()
 print(json.dumps({"rss_before": before, "rss_after": after, "added_mb": round((after - before) / 2**20, 1),
                   "read_bytes": counters.read_bytes, "lines": counters.entries}))
 """

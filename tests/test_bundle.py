@@ -303,7 +303,8 @@ def test_rules_and_tests_use_the_series_pgvigil_really_exposes():
 
     packs = _pack_metrics()
     python_sources = "".join(p.read_text() for p in [ROOT / "exporter" / "scrape" / "selfmetrics.py",
-                                                     *sorted((ROOT / "exporter" / "backup").glob("*.py"))])
+                                                     *sorted((ROOT / "exporter" / "backup").glob("*.py")),
+                                                     ROOT / "exporter" / "serverlog" / "metrics.py"])
     user_supplied = {"up", "pgvigil_storage_allocation_bytes"}  # Prometheus' own; documented custom query
     tests = yaml.safe_load(TEST_FILE.read_text())["tests"]
     seen = set()

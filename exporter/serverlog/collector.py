@@ -19,6 +19,7 @@ from exporter.serverlog import csvlog, jsonlog, positions
 from exporter.serverlog.classify import Classifier
 from exporter.serverlog.counters import LogCounters
 from exporter.serverlog.link import LogSettings, ServerLink
+from exporter.serverlog.metrics import BY_NAME, family_name
 from exporter.serverlog.reader import LogReader, Parser
 from exporter.serverlog.source import FileSource, LogSource, SourceError, SqlSource
 from exporter.serverlog.spec import LogSpec
@@ -187,10 +188,12 @@ def families(followers: list[LogFollower]) -> list[Metric]:
     """Every family once, each target's samples with its own labels (targets may differ in label names)."""
     fams: dict[str, Metric] = {}
 
-    def add(kind: str, name: str, doc: str, labels: dict[str, str], value: float) -> None:
-        if name not in fams:
-            fams[name] = Metric(name, doc, kind)
-        fams[name].add_sample(name + ("_total" if kind == "counter" else ""), labels, value)
+    def add(name: str, labels: dict[str, str], value: float, sample: str | None = None) -> None:
+        metric = BY_NAME[name]
+        family = family_name(metric)
+        if family not in fams:
+            fams[family] = Metric(family, metric.help, metric.type)
+        fams[family].add_sample(sample or name, labels, value)
 
     for follower in followers:
         base = dict(follower.labels)
@@ -204,59 +207,37 @@ def families(followers: list[LogFollower]) -> list[Metric]:
             read_bytes, entries, errors, backlog = c.read_bytes, c.entries, c.parse_errors, c.backlog_bytes
             rotations, source_errors, readable = dict(c.rotations.values), dict(c.source_errors.values), c.readable
         for (severity, code), value in sorted(messages.items()):
-            add("counter", "pg_log_messages", "Server log entries by severity and SQLSTATE (rare codes folded "
-                "into their class)", {**base, "severity": severity, "sqlstate": code}, value)
-        auth_labels = ("user", "database", "method", "client_network")
+            add("pg_log_messages_total", {**base, "severity": severity, "sqlstate": code}, value)
+        labels = BY_NAME["pg_log_authentication_failures_total"].labels
         for key, value in sorted(failures.items()):
-            add("counter", "pg_log_authentication_failures", "Failed logins by user, database and method (a name "
-                "the server does not have: unknown)", {**base, **dict(zip(auth_labels, key))}, value)
-        for name, doc in SIMPLE:
-            add("counter", f"pg_log_{name}", doc, base, simple.get(name, 0.0))
-        for name, label, doc in BY_KIND:
-            for (kind,), value in sorted(kinds[KIND_STORE[name]].items()):
-                add("counter", f"pg_log_{name}", doc, {**base, label: kind}, value)
-        name = "pg_log_statement_duration_seconds"
-        doc = "Statement executions slower than log_min_duration_statement, by duration"
-        if name not in fams:
-            fams[name] = Metric(name, doc, "histogram")
+            add("pg_log_authentication_failures_total", {**base, **dict(zip(labels, key))}, value)
+        for name in SIMPLE:
+            add(f"pg_log_{name}_total", base, simple.get(name, 0.0))
+        for name, store in BY_KIND.items():
+            label = BY_NAME[name].labels[0]
+            for (kind,), value in sorted(kinds[store].items()):
+                add(name, {**base, label: kind}, value)
+        histogram = "pg_log_statement_duration_seconds"
         for bound, count in buckets:
-            fams[name].add_sample(name + "_bucket", {**base, "le": bound}, float(count))
-        fams[name].add_sample(name + "_count", base, float(buckets[-1][1]))
-        fams[name].add_sample(name + "_sum", base, total)
-        add("counter", "pgvigil_log_read_bytes", "Bytes of server log read", base, read_bytes)
-        add("counter", "pgvigil_log_lines", "Server log entries parsed", base, entries)
-        add("counter", "pgvigil_log_parse_errors", "Server log lines that are not entries of the format (or "
-            "entries too long to keep)", base, errors)
-        add("gauge", "pgvigil_log_backlog_bytes", "Server log bytes not read yet (the budget per interval was "
-            "spent)", base, backlog)
+            add(histogram, {**base, "le": bound}, float(count), histogram + "_bucket")
+        add(histogram, base, float(buckets[-1][1]), histogram + "_count")
+        add(histogram, base, total, histogram + "_sum")
+        add("pgvigil_log_read_bytes_total", base, read_bytes)
+        add("pgvigil_log_lines_total", base, entries)
+        add("pgvigil_log_parse_errors_total", base, errors)
+        add("pgvigil_log_backlog_bytes", base, backlog)
         for (reason,), value in sorted(rotations.items()):
-            add("counter", "pgvigil_log_files_rotated", "Log files that appeared, were renamed, truncated or "
-                "deleted, by reason", {**base, "reason": reason}, value)
+            add("pgvigil_log_files_rotated_total", {**base, "reason": reason}, value)
         for (reason,), value in sorted(source_errors.items()):
-            add("counter", "pgvigil_log_source_errors", "Failed reads of the server log by reason",
-                {**base, "reason": reason}, value)
-        add("gauge", "pgvigil_log_readable", "Whether the latest read of the server log succeeded (0: not read "
-            "yet, or see pgvigil_log_source_errors_total)", base, 1.0 if readable is None else 0.0)
+            add("pgvigil_log_source_errors_total", {**base, "reason": reason}, value)
+        add("pgvigil_log_readable", base, 1.0 if readable is None else 0.0)
     return list(fams.values())
 
 
-SIMPLE = (
-    ("connections", "Connections authorized (log_connections)"),
-    ("disconnections", "Sessions ended (log_disconnections)"),
-    ("deadlocks", "Deadlocks detected (ERROR 40P01)"),
-    ("checkpoints_too_frequent", "Checkpoints occurring too frequently (checkpoint_warning)"),
-    ("temp_files", "Temporary files written (log_temp_files)"),
-    ("temp_file_bytes", "Bytes of temporary files written (log_temp_files)"),
-    ("lock_waits", "Lock waits longer than deadlock_timeout (log_lock_waits)"),
-    ("too_many_connections", "Connections refused: too many clients (FATAL 53300)"),
-    ("panics", "PANIC entries: the server crashed"),
-    ("crash_recoveries", "Starts in automatic crash recovery"),
-)
-BY_KIND = (
-    ("autovacuum_runs", "kind", "Autovacuum and autoanalyze runs logged (log_autovacuum_min_duration)"),
-    ("autovacuum_duration_seconds", "kind", "Seconds of the logged autovacuum and autoanalyze runs"),
-    ("statement_cancellations", "reason", "Statements cancelled, by reason (statement_timeout, lock_timeout, "
-     "user_request, idle_in_transaction_timeout)"),
-)
-KIND_STORE = {"autovacuum_runs": "autovacuum_runs", "autovacuum_duration_seconds": "autovacuum_seconds",
-              "statement_cancellations": "cancellations"}
+# Counters of LogCounters.simple, each pg_log_<name>_total.
+SIMPLE = ("connections", "disconnections", "deadlocks", "checkpoints_too_frequent", "temp_files", "temp_file_bytes",
+          "lock_waits", "too_many_connections", "panics", "crash_recoveries")
+# Counters by one label -> their store in LogCounters.by_kind.
+BY_KIND = {"pg_log_autovacuum_runs_total": "autovacuum_runs",
+           "pg_log_autovacuum_duration_seconds_total": "autovacuum_seconds",
+           "pg_log_statement_cancellations_total": "cancellations"}

@@ -14,7 +14,7 @@ BURST_BYTES = int(os.environ.get("PGVIGIL_TEST_LOG_BURST_BYTES", str(1024 ** 3))
 ADDED_RSS_LIMIT = 50 * 1024 * 1024
 
 CHILD = r"""
-import json, resource, sys
+import json, sys
 from pathlib import Path
 from exporter.serverlog import csvlog
 from exporter.serverlog.classify import Classifier
@@ -30,9 +30,13 @@ classifier.roles, classifier.databases = frozenset({"alice"}), frozenset({"app"}
 reader = LogReader(FileSource(path.parent), "csvlog", csvlog.parse, classifier, counters,
                    {"unused": Position("none", 0)})
 reader.positions = {}  # every file is new: read from its start
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def hwm():  # the peak RSS of this process image (ru_maxrss would keep the forking parent's across exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+before = hwm()
 reader.cycle(4 * 1024 ** 3)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+after = hwm()
 print(json.dumps({"before": before, "after": after, "read": counters.read_bytes, "entries": counters.entries,
                   "errors": counters.parse_errors, "failures": sum(counters.auth_failures.values.values()),
                   "backlog": counters.backlog_bytes}))

@@ -12,6 +12,8 @@ value just above and just below every level.
 """
 from __future__ import annotations
 
+from types import ModuleType
+
 from exporter.bundle.catalog import (
     availability,
     backups,
@@ -21,6 +23,7 @@ from exporter.bundle.catalog import (
     queries,
     replication,
     security,
+    server_log,
     storage,
     vector,
 )
@@ -44,6 +47,7 @@ from exporter.bundle.catalog.spec import (
 # In this order in pgvigil-alerts.yml: each area is one rule group.
 AREAS = (availability, connections, queries, storage, replication, security, vector, pgbouncer, exporter_health,
          backups)
+AREAS_ADDED: tuple[ModuleType, ...] = (server_log,)  # appended areas, after the ones above
 
 # Labels that tell two alerts of the same name apart (the inhibit rules compare them).
 IDENTIFYING_LABELS = [
@@ -54,7 +58,7 @@ IDENTIFYING_LABELS = [
 
 def catalog() -> list[AlertSpec]:
     """All alerts, area by area."""
-    return [spec for area in AREAS for spec in area.ALERTS]
+    return [spec for area in (*AREAS, *AREAS_ADDED) for spec in area.ALERTS]
 
 
 __all__ = [
