@@ -173,6 +173,11 @@ class Classifier:
             return "no_hba_entry"
         if message.startswith("pg_hba.conf rejects connection"):
             return "hba_reject"
+        if message.startswith('role "'):  # trust or peer let the name through; the role check refused it
+            if message.endswith('" does not exist'):
+                return "unknown_role"
+            if message.endswith('" is not permitted to log in'):
+                return "login_not_permitted"
         return None
 
 

@@ -137,6 +137,8 @@ class LogFollower:
             source = FileSource(self.spec.path)
         else:
             assert self._settings is not None  # sql: settings were read, or _refresh raised
+            if self._settings.directory is None:
+                raise SourceError("log_directory_hidden")  # the role lacks pg_read_all_settings
             source = SqlSource(self.link, self._settings.directory)
         self.reader = LogReader(source, fmt, parser, self.classifier, self.counters,
                                 positions.load(self.spec.state_file))

@@ -21,7 +21,7 @@ MAX_NAMES = 10_000
 class LogSettings:
     destination: str  # log_destination, e.g. 'stderr,csvlog'
     line_prefix: str
-    directory: str  # log_directory (relative to the data directory, or absolute)
+    directory: str | None  # log_directory (relative to the data directory, or absolute); None: hidden from the role
     collector: bool  # logging_collector
 
 
@@ -67,9 +67,12 @@ class ServerLink:
             raise SourceError(reason_of(exc)) from None
 
     def settings(self) -> LogSettings:
-        row = self._rows("SELECT current_setting('log_destination'), current_setting('log_line_prefix'), "
-                         "current_setting('log_directory'), current_setting('logging_collector')::bool")[0]
-        return LogSettings(destination=row[0], line_prefix=row[1], directory=row[2], collector=bool(row[3]))
+        # pg_settings, not current_setting(): log_directory is hidden from roles without pg_read_all_settings,
+        # which `source: file` does not need (its row is then absent instead of an error).
+        found = dict(self._rows("SELECT name, setting FROM pg_catalog.pg_settings WHERE name IN "
+                                "('log_destination', 'log_line_prefix', 'log_directory', 'logging_collector')"))
+        return LogSettings(destination=found.get("log_destination", ""), line_prefix=found.get("log_line_prefix", ""),
+                           directory=found.get("log_directory"), collector=found.get("logging_collector") == "on")
 
     def names(self) -> tuple[frozenset[str], frozenset[str]]:
         """The roles and databases the server has: the only names a failed login's labels may take."""

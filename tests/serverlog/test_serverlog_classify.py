@@ -50,8 +50,13 @@ def test_failed_logins_by_known_user_database_and_method():
     c("FATAL", "28P01", "Tr0ub4dor&3", "shop", 'password authentication failed for user "Tr0ub4dor&3"', "")
     c("FATAL", "28000", "alice", "nope", 'no pg_hba.conf entry for host "10.1.2.3", user "alice"', "")
     c("FATAL", "28000", "postgres", "shop", 'Peer authentication failed for user "postgres"', "[local]")
+    c("FATAL", "28000", "intruder", "shop", 'role "intruder" does not exist', "")
+    c("FATAL", "28000", "alice", "shop", 'role "alice" is not permitted to log in', "")
+    c("FATAL", "3D000", "alice", "nope", 'database "nope" does not exist', "")
     assert counters.auth_failures.values == {("alice", "shop", "password"): 3, ("unknown", "shop", "password"): 1,
-                                             ("alice", "unknown", "no_hba_entry"): 1, ("postgres", "shop", "peer"): 1}
+                                             ("alice", "unknown", "no_hba_entry"): 1, ("postgres", "shop", "peer"): 1,
+                                             ("unknown", "shop", "unknown_role"): 1,
+                                             ("alice", "shop", "login_not_permitted"): 1}
 
 
 def test_client_network_only_as_an_aggregated_opt_in():

@@ -119,7 +119,7 @@ def test_sql_source_with_only_the_printed_grants(tmp_path):
         assert "GRANT pg_read_all_settings TO logreader;" in grants
         with serving(config) as handle:  # before the grants: not readable, with its reason
             wait_until(lambda: sample(read(handle), "pgvigil_log_source_errors_total",
-                                      reason="permission_denied"), 30, "the refusal counted")
+                                      reason="log_directory_hidden"), 30, "the refusal counted")
             assert sample(read(handle), "pgvigil_log_readable", target="db") == 0
         for statement in grants:
             pg.execute(statement)
