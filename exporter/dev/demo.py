@@ -74,6 +74,9 @@ INCIDENTS = (
     Incident("PostgresIdleInTransaction", "idle_in_transaction",
              "a session holds a row lock and sits idle in its transaction", ages=True),
     Incident("PostgresLongRunningQuery", "long_running_query", "a monthly report that never finishes", ages=True),
+    Incident("PostgresLoginBruteForce", "failed_logins_per_user",
+             "a client keeps logging in as a role that does not exist (read from the server log)",
+             onset={"critical": 20}),
 )
 
 SCHEMA = """

@@ -83,8 +83,11 @@ class LogFollower:
             started = time.monotonic()
             try:
                 self.cycle()
-            except Exception:  # a bug must not end the thread silently: logged, the next cycle tries again
-                log.exception("log reader of target %s failed", loggable(self.target.name))
+            except Exception as exc:  # a bug must not end the thread: logged, the next cycle tries again.
+                # The type only: an exception's text could quote a line of the log.
+                log.error("log reader of target %s failed: %s", loggable(self.target.name), type(exc).__name__)
+                with self.counters.lock:
+                    self.counters.source_errors.add(("internal",))
             self._stop.wait(max(0.0, self.spec.interval - (time.monotonic() - started)))
         if self.reader is not None and self.reader.positions is not None:
             positions.save(self.spec.state_file, self.reader.positions)
