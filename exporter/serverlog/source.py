@@ -11,10 +11,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from exporter.serverlog.link import ServerLink
+from typing import Protocol
 
 # The suffix of each format's files in log_directory (PostgreSQL names them so beside the stderr file).
 SUFFIXES = {"csvlog": ".csv", "jsonlog": ".json"}
@@ -109,11 +106,19 @@ def _file(name: str, info: os.stat_result) -> LogFile:
     return LogFile(name=name, identity=_identity(info), size=info.st_size, mtime=info.st_mtime)
 
 
+class ServerFiles(Protocol):
+    """What SqlSource needs of the server (link.ServerLink)."""
+
+    def ls_logdir(self) -> list[tuple[str, int, float]]: ...
+
+    def read(self, path: str, offset: int, length: int) -> bytes: ...
+
+
 class SqlSource:
     """The log read through the server: `pg_ls_logdir()` lists it, `pg_read_binary_file()` reads it
     (bytes: a line that is not valid in the database's encoding is no error)."""
 
-    def __init__(self, link: "ServerLink", directory: str) -> None:
+    def __init__(self, link: ServerFiles, directory: str) -> None:
         self.link = link
         self.directory = directory  # log_directory, as the server resolves it
 
