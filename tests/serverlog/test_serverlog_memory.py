@@ -70,6 +70,7 @@ def test_a_1gb_burst_is_read_in_bounded_memory(tmp_path):
         result = json.loads(done.stdout)
     finally:
         (logs / "burst.csv").unlink()
-    assert result["read"] == size and result["backlog"] == 0
+    # every byte read once, plus each chunk's cut last entry read again at the start of the next chunk
+    assert size <= result["read"] < size * 1.01 and result["backlog"] == 0
     assert result["entries"] == records and result["errors"] == 0 and result["failures"] == records // 4
     assert result["after"] - result["before"] < ADDED_RSS_LIMIT, result
