@@ -81,8 +81,21 @@ def test_failed_logins_counted_by_user_within_one_interval_and_no_secret_leaks(f
 
 def test_rotation_in_the_middle_of_a_read_and_a_restart_count_each_line_once(fmt_cluster, tmp_path):
     fmt, pg = fmt_cluster
+    rotation_and_restart(pg, fmt, tmp_path, "file")
+
+
+def test_rotation_and_restart_through_sql(tmp_path):
+    pg = logging_cluster("csvlog")
+    try:
+        rotation_and_restart(pg, "csvlog", tmp_path, "sql")
+    finally:
+        pg.cleanup()
+
+
+def rotation_and_restart(pg, fmt: str, tmp_path, source: str) -> None:
     state = tmp_path / "state.json"
-    config = log_config(pg, state, budget="256KiB")  # a read stops mid-file: the rest waits for the next cycles
+    # a read stops mid-file (the budget): the rest waits for the next cycles
+    config = log_config(pg, state, source=source, budget="256KiB")
 
     code = "unknown" if fmt == "stderr" else "22P02"
 
@@ -93,11 +106,13 @@ def test_rotation_in_the_middle_of_a_read_and_a_restart_count_each_line_once(fmt
         wait_until(lambda: ready(handle), 30, "the first read of the log")
         base = errors_counted(handle)
         errors(pg, 150, padding=4000)  # ~1 MiB in the old file (message and statement): read over 4 cycles
+        time.sleep(1.1)  # log file names have seconds: a rotation in the file's first second reopens the same file
         pg.execute("SELECT pg_rotate_logfile()")
         errors(pg, 150, padding=4000)
         wait_until(lambda: errors_counted(handle) == base + 300, 60, "300 errors across the rotation")
         rotated = sample(read(handle), "pgvigil_log_files_rotated_total", reason="new_file")
-        assert rotated is not None and rotated >= 1
+        assert rotated is not None and rotated >= 1, (sorted(p.name for p in (pg.datadir / "log").iterdir()),
+                                                      [k for k in read(handle) if "rotated" in k[0]])
     errors(pg, 40)  # while pgvigil is down
     with serving(config) as handle:  # a new process: its counters start at 0, its reading at the saved position
         wait_until(lambda: errors_counted(handle) >= 40, 30, "the errors written while pgvigil was down")
