@@ -20,6 +20,7 @@ from exporter.files import CONFIG_LIMIT, SECRET_LIMIT, UnreadableFile, read_limi
 from exporter.schema import MAX_DURATION_SECONDS as MAX_DURATION_SECONDS  # re-exported for callers
 from exporter.schema import Checker, Key, Section, did_you_mean
 from exporter.schema import parse_duration as parse_duration
+from exporter.serverlog.spec import LOG_KEYS, LogSpec, check_log
 from exporter.yamlsource import (
     LocatedData,
     LocatedErrors,
@@ -137,6 +138,8 @@ TARGET_KEYS = Section(
                                             "not sampled; default 1s"),
     Key("sample_top", default=100, doc="label sets (and statements) the sampler exports as themselves, 1 to 1000; "
                                       "the rest add up in `other` rows; default 100"),
+    Key("log", doc="read the server's log into counters (failed logins, errors by code, slow statements), see "
+                   "[docs/logs.md](docs/logs.md)"),
 )
 DEFAULT_KEYS = Section(
     "`defaults`",
@@ -225,7 +228,8 @@ PACK_KEYS = Section(
     Key("default", default=True, doc="false: only loaded when named in `collectors`"),
     Key("queries", doc="queries, as in the config"),
 )
-SECTIONS = (TOP_KEYS, TARGET_KEYS, DEFAULT_KEYS, QUERY_KEYS, PICK_KEYS, METRIC_KEYS, BACKUP_KEYS)
+SECTIONS: tuple[Section, ...] = (TOP_KEYS, TARGET_KEYS, DEFAULT_KEYS, QUERY_KEYS, PICK_KEYS, METRIC_KEYS, BACKUP_KEYS)
+SECTIONS += (LOG_KEYS,)  # exporter/serverlog/spec.py
 
 
 def _checkable_sql(sql: str) -> str:
@@ -262,6 +266,7 @@ class TargetSpec:
     sample_top: int = TARGET_KEYS["sample_top"].default
     parent: str | None = None  # a discovered database: the configured target it was found from
     datname: str | None = None
+    log: LogSpec | None = None  # the server log read into counters (exporter/serverlog)
 
     @property
     def discovers(self) -> bool:
@@ -553,8 +558,14 @@ class _Checker(Checker):
         if kind == "pgbouncer" and "databases" in raw:
             self.error(path + ("databases",),
                        "a pgbouncer target is one admin console: it has no databases to discover")
+        log_spec = None
+        if raw.get("log") is not None:
+            if kind == "pgbouncer":
+                self.error(path + ("log",), "a pgbouncer target has no PostgreSQL server log to read")
+            else:
+                log_spec = check_log(self, raw["log"], path + ("log",), parse_size)
         return TargetSpec(name=name, dsn=dsn or "", labels=tuple(labels), pool_size=pool, kind=kind,
-                          storage_allocation_bytes=allocation, **self.discovery(raw, path, labels),
+                          storage_allocation_bytes=allocation, log=log_spec, **self.discovery(raw, path, labels),
                           **self.sampling(raw, path))
 
     def sampling(self, raw: dict, path: tuple) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from exporter.scrape.capability import SKIP_REASONS, probed_texts
 from exporter.scrape.runner import Runner
 from exporter.scrape.session import ConnectFailed, PreparedSql, QueryFailed, Session, scope_of
 from exporter.scrape.state import TargetState
+from exporter.serverlog import grants as log_grants
 
 # Views whose rows of other roles are hidden (NULLs, or no queryid) from a role without pg_read_all_stats.
 OTHERS_ROWS = re.compile(r"\b(pg_stat_activity|pg_stat_statements|pg_stat_replication|pg_stat_wal_receiver|"
@@ -208,6 +209,14 @@ def _fill(report: TargetGrants, state: TargetState, runner: Runner) -> None:
     if not read_only:  # a second lock on the door: every transaction of the role starts read-only
         report.role_statements.append(f"ALTER ROLE {grantee} SET default_transaction_read_only = on;")
     report.statements = list(wanted) + sorted(lifting - set(wanted))
+    if state.spec.log is not None and state.spec.log.source == "sql":  # the server log, read through SQL
+        with state.session_locks[0]:
+            granted = session.run(PreparedSql(log_grants.PRIVILEGES_SQL), timeout=defaults.timeout,
+                                  lock_timeout=defaults.lock_timeout).rows[0]
+        missing, statements, role_statements = log_grants.log_grants(tuple(bool(v) for v in granted), grantee)
+        report.missing += missing
+        report.statements += statements
+        report.role_statements += role_statements
 
 
 def _refusal(session: Session, state: TargetState, query: QuerySpec, runner: Runner) -> str:

@@ -55,7 +55,8 @@ class Exporter:
         # Swapped as one value on reload, so a scrape never pairs one config's runner with another's families.
         self._serving = (self._runner(config), ScrapeText(config.queries))
         self.stats = ServingStats()
-        self.registry = process_registry([*extra_collectors, self.stats])
+        self._extras = _started(extra_collectors)
+        self.registry = process_registry([*self._extras, self.stats])
         self._reload_lock = threading.Lock()
         self._scraped = False  # the first scrape is logged with its duration and size
         # Seconds the latest answer took to assemble after its scrape, for /metrics (True) and /probe (False):
@@ -98,14 +99,39 @@ class Exporter:
         with self._reload_lock:
             if config == self.config:
                 return False
-            old = self.runner
+            old, old_extras = self.runner, self._extras
+            _closed(old_extras)  # first: a log reader saves its positions before the new one loads them
             self.config, self._serving = config, (self._runner(config), ScrapeText(config.queries))
-            self.registry = process_registry([*extra_collectors, self.stats])
+            self._extras = _started(extra_collectors)
+            self.registry = process_registry([*self._extras, self.stats])
             old.close()
             return True
 
     def close(self) -> None:
         self.runner.close()
+        _closed(self._extras)
+
+    def _runner(self, config: Config) -> Runner:
+        runner = Runner(config, self._session_factory, sampling=self._sampling)
+        runner.samplers.start()
+        return runner
+
+
+def _started(collectors: Iterable[Collector]) -> list[Collector]:
+    """Collectors with a background part (the server log readers) start when they are served."""
+    started = list(collectors)
+    for collector in started:
+        start = getattr(collector, "start", None)
+        if start is not None:
+            start()
+    return started
+
+
+def _closed(collectors: Iterable[Collector]) -> None:
+    for collector in collectors:
+        close = getattr(collector, "close", None)
+        if close is not None:
+            close()
 
     def _runner(self, config: Config) -> Runner:
         runner = Runner(config, self._session_factory, sampling=self._sampling)
@@ -416,13 +442,18 @@ def make_server(exporter: Exporter, listen: str, wrap_socket: Callable | None = 
 
 
 def extra_collectors(config: Config) -> list[Collector]:
-    """Collectors beyond SQL: the backup state when the config has a backup section."""
-    if config.backup is None:
-        return []
-    from exporter.backup.metrics import BackupStateCollector
+    """Collectors beyond SQL: the backup state when the config has a backup section; the server logs."""
+    collectors: list[Collector] = []
+    if config.backup is not None:
+        from exporter.backup.metrics import BackupStateCollector
 
-    target = config.backup.target or config.targets[0].name
-    return [BackupStateCollector(config.backup.dir, target)]
+        target = config.backup.target or config.targets[0].name
+        collectors.append(BackupStateCollector(config.backup.dir, target))
+    if any(t.log is not None for t in config.targets):
+        from exporter.serverlog.collector import ServerLogCollector, followers_of
+
+        collectors.append(ServerLogCollector(followers_of(config)))
+    return collectors
 
 
 def start_server(config: Config, listen: str = "127.0.0.1:0", extra_collectors: Iterable[Collector] = (),

@@ -342,7 +342,8 @@ def test_rules_and_tests_use_the_series_pgvigil_really_exposes():
 
     packs = _pack_metrics()
     python_sources = "".join(p.read_text() for p in [ROOT / "exporter" / "scrape" / "selfmetrics.py",
-                                                     *sorted((ROOT / "exporter" / "backup").glob("*.py"))])
+                                                     *sorted((ROOT / "exporter" / "backup").glob("*.py")),
+                                                     ROOT / "exporter" / "serverlog" / "metrics.py"])
     user_supplied = {"up", "pgvigil_storage_allocation_bytes"}  # Prometheus' own; documented custom query
     user_supplied |= monitoring.FOREIGN_METRICS  # Prometheus' and Alertmanager's own, for the meta alerts
     if 'for prefix in ("pgvigil", "postgres_exporter")' in python_sources:  # selfmetrics formats these names

@@ -18,6 +18,7 @@ import yaml
 from exporter.config import MetricSpec, MetricType, QuerySpec, available_packs, parse_config
 from exporter.files import CONFIG_LIMIT, read_text
 from exporter.scrape import sampler
+from exporter.serverlog import metrics as serverlog_metrics
 
 # The majors the test suite runs every pack on, live (exporter.dev.servers.SUPPORTED_MAJORS;
 # tests/test_servers.py keeps the two equal). The PostgreSQL column lists the ones a metric exists on.
@@ -285,6 +286,7 @@ def render(docs: list[PackDoc] | None = None) -> str:
     ]
     for doc in docs:
         lines += render_pack(doc)
+    lines += serverlog_metrics.markdown()
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from exporter.config import ConfigError
 from exporter.schema import EntriesChecker, Key, Section, parse_duration, parse_entries, read_entries_file
+from exporter.serverlog.counters import DURATION_BUCKETS
 from exporter.yamlsource import describe_value, shown
 
 DEFAULT_OBJECTIVES = Path(__file__).with_name("default_objectives.yaml")
@@ -38,7 +39,8 @@ KIND_KEYS: dict[str, Section] = {
     "latency": Section(
         "latency objective", *_COMMON,
         Key("bound", "duration", required=True, doc="a query is good when it takes at most this long"),
-        Key("source", default="statements", doc="statements (pg_stat_statements) or application (a histogram)"),
+        Key("source", default="statements", doc="statements (pg_stat_statements), application (a histogram) or log "
+                                                "(each slow execution from the server log, docs/logs.md)"),
         Key("metric", doc="source application: the histogram's name, without _bucket"),
         Key("metric_labels", doc="source application: the histogram's own labels, summed away"),
     ),
@@ -53,7 +55,8 @@ KIND_KEYS: dict[str, Section] = {
         Key("bound", "duration", required=True, doc="the longest `pgvigil backup verify --restore` may take"),
     ),
 }
-SOURCES = ("statements", "application")
+SOURCES: tuple[str, ...] = ("statements", "application")
+SOURCES += ("log",)  # pg_log_statement_duration_seconds over pg_stat_statements calls (exporter/serverlog)
 # What `slos_rules` pastes into PromQL is validated here, so no value can change an expression's meaning:
 # label names (`without(...)`), metric names, objective names (the `slo` label's value) and durations.
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -175,6 +178,12 @@ class _ObjectiveChecker(EntriesChecker[Objective]):
             for key in ("metric", "metric_labels"):
                 if key in entry:
                     self.error((name, key), "only for source application")
+        if source == "log":
+            bound = parse_duration(entry.get("bound"))
+            if bound is not None and bound not in DURATION_BUCKETS:
+                self.error((name, "bound"), "source log reads pg_log_statement_duration_seconds at the bound: "
+                                            "expected one of its buckets, "
+                                            + ", ".join(f"{b:g}s" for b in DURATION_BUCKETS))
 
     def _check_metric_labels(self, name: str, value: Any) -> None:
         """The histogram's own labels, summed away in `without(...)`: each a Prometheus label name, once."""

@@ -83,6 +83,8 @@ def sli_expr(objective: Objective, window: str) -> str:
                 f"+ rate(pg_stat_database_blks_read[{window}])) > 0)")
     if name == "latency" and objective.source == "application":
         return _application_latency(objective, window)
+    if name == "latency" and objective.source == "log":
+        return _log_latency(objective, window)
     if name == "latency":
         return _statement_latency(objective, window)
     # rpo and rto: the share of evaluations at which the breach indicator was 1
@@ -97,6 +99,18 @@ def _statement_latency(objective: Objective, window: str) -> str:
     slow = f"sum without({away}) ({calls} and {mean} > {number(objective.bound or 0)})"
     total = f"sum without({away}) ({calls})"
     # `or 0 * total`: no slow statement is a ratio of 0, not a missing sample
+    return f"({slow}\n or 0 * {total})\n/ ({total} > 0)"
+
+
+def _log_latency(objective: Objective, window: str) -> str:
+    """Executions the server log saw slower than the bound (each one, exactly) over all calls of
+    pg_stat_statements: the log has only the executions above log_min_duration_statement, so the
+    denominator comes from the statements (docs/slos.md)."""
+    away = ", ".join(STATEMENT_LABELS)
+    histogram = "pg_log_statement_duration_seconds"
+    bucket = "{le=" + promql_string(repr(float(objective.bound or 0))) + "}"
+    slow = (f"(rate({histogram}_count[{window}])\n - ignoring(le) rate({histogram}_bucket{bucket}[{window}]))")
+    total = f"sum without({away}) (rate(pg_stat_statements_calls_total[{window}]))"
     return f"({slow}\n or 0 * {total})\n/ ({total} > 0)"
 
 

@@ -112,6 +112,14 @@ def _latency(objective: Objective, bad: list[float], interval: float) -> dict[st
             selector(f"{metric}_bucket", {**labels, "le": "+Inf"}): _counter(1e6, [calls] * len(bad)),
             selector(f"{metric}_count", labels): _counter(1e6, [calls] * len(bad)),
         }
+    if objective.source == "log":  # the log's slow executions over all calls of one statement
+        histogram = "pg_log_statement_duration_seconds"
+        statement = {**BASE, "user": "app", "datname": "app", "queryid": "1001"}
+        return {
+            selector("pg_stat_statements_calls_total", statement): _counter(1e6, [calls] * len(bad)),
+            selector(f"{histogram}_bucket", {**BASE, "le": repr(float(bound))}): _counter(1e3, [0.0] * len(bad)),
+            selector(f"{histogram}_count", BASE): _counter(1e3, [calls * b for b in bad]),
+        }
     # two statements: a fast one (a twentieth of the bound) and a slow one (2.5 times the bound)
     fast = {**BASE, "user": "app", "datname": "app", "queryid": "1001"}
     slow = {**fast, "queryid": "1002"}

@@ -79,6 +79,9 @@ INCIDENTS = (
     Incident("PostgresLongRunningQuery", "long_running_query", "a monthly report that never finishes", ages=True),
     Incident("PostgresLockBlockerIdleInTransaction", "lock_blocking_idle_in_transaction",
              "the session idle in transaction blocks the session waiting for its row lock", ages=True),
+    Incident("PostgresLoginBruteForce", "failed_logins_per_user",
+             "a client keeps logging in as a role that does not exist (read from the server log)",
+             onset={"critical": 20}),
 )
 
 SCHEMA = """
@@ -152,7 +155,8 @@ class Workload:
         return conn
 
     def start(self) -> "Workload":
-        bodies = [self.traffic, self.long_report, self.idle_in_transaction_with_waiter, self.slow_vacuum]
+        bodies = [self.traffic, self.long_report, self.idle_in_transaction_with_waiter, self.slow_vacuum,
+                  self.log_events]
         bodies += [self.hot_row, self.hot_row]  # two sessions taking turns: lock waits (docs/diagnosis.md)
         bodies.append(self.lock_chain)
         if self.pooled_dsn:
@@ -255,6 +259,36 @@ class Workload:
             while not self.stopping.is_set():
                 cur.execute("VACUUM (DISABLE_PAGE_SKIPPING) audit_log")
 
+    def log_events(self) -> None:
+        """What the server log shows: a failed login every 2 s, a deadlock every 10 s (customers 2 and 3)."""
+        step = 0
+        while not self.stopping.wait(2.0):
+            step += 1
+            try:
+                psycopg.connect(self.dsn, user="intruder", connect_timeout=5).close()  # no such role
+            except psycopg.OperationalError:
+                pass
+            if step % 5 == 0:
+                self.deadlock()
+
+    def deadlock(self) -> None:
+        barrier = threading.Barrier(2, timeout=10)
+
+        def lock(first: int, second: int) -> None:
+            # short-lived, so not kept in self.connections: the deadlock ends them within deadlock_timeout
+            with psycopg.connect(self.dsn, application_name="pgvigil-demo-workload", prepare_threshold=None) as conn:
+                try:
+                    conn.execute("UPDATE customers SET email = email WHERE id = %s", (first,))
+                    barrier.wait()
+                    conn.execute("UPDATE customers SET email = email WHERE id = %s", (second,))
+                except (psycopg.errors.DeadlockDetected, threading.BrokenBarrierError):
+                    pass
+                conn.rollback()
+        other = threading.Thread(target=self.guard(lambda: lock(3, 2)), daemon=True)
+        other.start()
+        lock(2, 3)
+        other.join(15)
+
     def stop(self, timeout: float = 5.0) -> None:
         """End the sessions within about `timeout` seconds. A thread still in a query then (its server
         gone deaf) keeps its connection, which the server's shutdown ends; the threads are daemons."""
@@ -348,6 +382,7 @@ def start_replica(primary: ThrowawayCluster) -> ThrowawayCluster:
 def exporter_config(cluster: ThrowawayCluster, replica: Optional[ThrowawayCluster], backup_dir: Optional[Path],
                     listen: str, pooler: Optional[ThrowawayPgBouncer] = None) -> Config:
     targets = {TARGET: {"dsn": cluster.dsn(DATABASE, MONITOR_ROLE), "labels": {"env": "demo"}}}
+    targets[TARGET]["log"] = {"source": "file", "path": str(cluster.datadir / "log"), "interval": "5s"}
     if replica is not None:
         targets[REPLICA_TARGET] = {"dsn": replica.dsn(DATABASE, MONITOR_ROLE), "labels": {"env": "demo"}}
     if pooler is not None:
@@ -429,6 +464,9 @@ class Demo:
             # back, so slots report how much more they can fall behind (safe_wal_size)
             "wal_level": "logical",
             "max_slot_wal_keep_size": "10GB",
+            # the server log pgvigil reads (docs/logs.md): csvlog files, slow statements, lock waits
+            "logging_collector": "on", "log_destination": "'csvlog'", "log_directory": "'log'",
+            "lc_messages": "'C'", "log_min_duration_statement": "'100ms'", "log_lock_waits": "on",
         })
         self.paths.append(self.cluster.base)
         self.servers.append(("PostgreSQL", self.cluster.server_processes))

@@ -24,6 +24,7 @@ from exporter.bundle.catalog import (
     queries,
     replication,
     security,
+    server_log,
     storage,
     vector,
 )
@@ -46,7 +47,7 @@ from exporter.bundle.catalog.spec import (
 
 # In this order in pgvigil-alerts.yml: each area is one rule group.
 AREAS = (availability, connections, queries, storage, replication, security, vector, pgbouncer, exporter_health,
-         backups, monitoring, blocking, bloat)
+         backups, monitoring, blocking, bloat, server_log)
 
 # Labels that tell two alerts of the same name apart (the inhibit rules compare them).
 IDENTIFYING_LABELS = [

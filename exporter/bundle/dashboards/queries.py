@@ -102,10 +102,28 @@ def sessions(p: PanelFn) -> tuple[Panel, ...]:
     )
 
 
+def server_log(p: PanelFn) -> tuple[Panel, ...]:
+    """Each slow execution, counted exactly from the server log (a target's `log:` section, docs/logs.md)."""
+    return (
+        p("Slow executions per second (server log)", "timeseries", [Query(
+            f"sum by (target) (rate(pg_log_statement_duration_seconds_count{{{T}}}[$__rate_interval]))",
+            "{{target}}")], "ops", "Executions slower than log_min_duration_statement, each one from the log.",
+          minimum=0),
+        p("Slow execution duration p50 / p95 (server log)", "timeseries", [
+            Query(f"histogram_quantile({q}, sum by (target, le) "
+                  f"(rate(pg_log_statement_duration_seconds_bucket{{{T}}}[$__rate_interval])))",
+                  f"{{{{target}}}} p{name}")
+            for q, name in (("0.5", "50"), ("0.95", "95"))], "s",
+          "Durations of the logged executions (the histogram's buckets are dense around the 200 ms objective).",
+          minimum=0),
+    )
+
+
 def dashboard(builder: PanelBuilder) -> Dashboard:
     """The dashboard, its bands from the thresholds `builder` holds."""
     p = builder.panel
     panels = statement_stats(p) + statements(p) + sessions(p)
+    panels += server_log(p)
     return Dashboard("pgvigil-queries", "PostgreSQL Query Performance",
                      "pg_stat_statements top statements, slow statements, running queries and locks.",
                      panels, ("target", "datname"))

@@ -54,10 +54,27 @@ def connections(p: PanelFn) -> tuple[Panel, ...]:
     )
 
 
+def server_log(p: PanelFn) -> tuple[Panel, ...]:
+    """Failed logins and errors by code, from the server log (a target's `log:` section, docs/logs.md)."""
+    return (
+        p("Failed logins per user (server log)", "timeseries", [Query(
+            f"sum by (target, user) (increase(pg_log_authentication_failures_total{{{T}}}[$__rate_interval]))",
+            "{{target}} {{user}}")], "short", "Failed logins per interval; `unknown` is every name the server "
+                                             "does not have. More than 5 in 15 minutes for one user alerts.",
+          minimum=0),
+        p("Errors by SQLSTATE (server log)", "timeseries", [Query(
+            f'sum by (target, severity, sqlstate) (rate(pg_log_messages_total{{{T}, severity=~"ERROR|FATAL|PANIC"}}'
+            "[$__rate_interval]))", "{{target}} {{severity}} {{sqlstate}}")], "ops",
+          "ERROR, FATAL and PANIC entries per second by code: 28P01 failed password, 40P01 deadlock, "
+          "53300 too many connections.", minimum=0),
+    )
+
+
 def dashboard(builder: PanelBuilder) -> Dashboard:
     """The dashboard, its bands from the thresholds `builder` holds."""
     p = builder.panel
     panels = headline(p) + row_level_security(p) + connections(p)
+    panels += server_log(p)
     return Dashboard("pgvigil-security", "PostgreSQL Security",
                      "Row-level security coverage, privileged roles, who is connected from where.",
                      panels, ("target", "datname"))

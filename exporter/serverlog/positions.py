@@ -1,0 +1,68 @@
+"""Where each log file was read up to, kept in the state file so a restart neither recounts nor skips.
+
+A position is saved only for bytes whose entries were all counted (whole entries; the tail of a cut
+entry is read again next time). The file is written whole to a temporary name and renamed, so a crash
+leaves the previous state, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+# Bytes of a file's beginning kept with its position: an inode reused by a new file is told apart by them.
+HEAD_BYTES = 64
+MAX_STATE_BYTES = 1024 * 1024
+
+
+@dataclass
+class Position:
+    name: str
+    offset: int
+    head: bytes = b""
+    skipping: bool = False  # in the middle of an entry too long to keep (not saved: a restart parses on)
+
+
+def load(path: Path | None) -> dict[str, Position] | None:
+    """The saved positions by file identity; None when there is no state (first start, or unreadable)."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_STATE_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("log state file %s unreadable (%s): reading from the end of the log", path, exc.strerror)
+        return None
+    try:
+        data = json.loads(raw) if len(raw) <= MAX_STATE_BYTES else None
+        if not isinstance(data, dict) or data.get("version") != VERSION:
+            raise ValueError
+        return {str(identity): Position(name=str(entry["name"]), offset=int(entry["offset"]),
+                                        head=bytes.fromhex(str(entry.get("head", ""))))
+                for identity, entry in data["files"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        log.warning("log state file %s is not a pgvigil log state: reading from the end of the log", path)
+        return None
+
+
+def save(path: Path | None, positions: dict[str, Position]) -> bool:
+    if path is None:
+        return True
+    data = {"version": VERSION, "files": {identity: {"name": p.name, "offset": p.offset, "head": p.head.hex()}
+                                          for identity, p in positions.items()}}
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8") as fh:
+            json.dump(data, fh)
+        os.replace(temporary, path)
+        return True
+    except OSError as exc:
+        log.warning("log state file %s not written (%s)", path, exc.strerror)
+        return False

@@ -1,0 +1,43 @@
+"""The reader threads live as long as the config that made them: a reload stops them (positions saved) and
+starts the new config's; closing the exporter stops them. A server that cannot be reached does not stop a
+file source with an explicit format."""
+from __future__ import annotations
+
+import json
+
+from conftest import parse_exposition, sample, wait_until
+from logsupport import csv_record
+
+from exporter.config import parse_config
+from exporter.server import Exporter, extra_collectors
+
+
+def config(tmp_path, interval: str = "1s"):
+    return parse_config(f"collectors: []\ntargets:\n  db:\n    dsn: postgresql://nobody@127.0.0.1:1/x?connect_timeout=1\n"
+                        f"    log: {{source: file, format: csvlog, path: {tmp_path}, interval: {interval}, "
+                        f"state_file: {tmp_path / 'state.json'}}}\n")
+
+
+def test_reload_and_close_stop_the_readers(tmp_path):
+    first = config(tmp_path)
+    exporter = Exporter(first, extra_collectors(first))
+    try:
+        old = exporter._extras[-1].followers[0]
+        wait_until(lambda: old.counters.readable is None, 20, "the first read")
+        with open(tmp_path / "a.csv", "ab") as fh:
+            fh.write(csv_record("deadlock detected", "ERROR", "40P01"))
+        wait_until(lambda: old.counters.simple.get("deadlocks") == 1, 20, "the deadlock counted")
+        text = exporter.metrics(5.0)
+        samples = parse_exposition(text)
+        assert sample(samples, "pg_log_deadlocks_total", target="db") == 1
+        assert sample(samples, "pgvigil_log_source_errors_total", reason="server_connect") >= 1
+        second = config(tmp_path, interval="2s")
+        assert exporter.reload(second, extra_collectors(second))
+        assert not old._thread.is_alive()
+        saved = json.loads((tmp_path / "state.json").read_text())
+        assert [p["offset"] for p in saved["files"].values()] == [(tmp_path / "a.csv").stat().st_size]
+        new = exporter._extras[-1].followers[0]
+        assert new is not old and new._thread.is_alive()
+    finally:
+        exporter.close()
+    assert not new._thread.is_alive()
