@@ -14,6 +14,8 @@ command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || need_apt+=(pgbo
 # PostgreSQL 15 is the machine's own server; 13, 14, 16, 17 come from npm tarballs (exporter/dev/servers.py)
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need_apt+=(postgresql postgresql-contrib)
 command -v npm >/dev/null || need_apt+=(npm)
+# VictoriaMetrics, vmagent and vmalert: the fleet topology's engines (tests/e2e/test_metricsql.py, test_fleet.py)
+command -v vmalert >/dev/null || need_apt+=(victoria-metrics)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt_install "${need_apt[@]}"
 fi
