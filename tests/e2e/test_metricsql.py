@@ -20,8 +20,9 @@ from test_dashboards_live import panel_queries, substitute
 from exporter.dev import stack, victoria
 
 ROOT = Path(__file__).resolve().parents[2]
-TEST_FILES = sorted((ROOT / "alerts" / "tests").glob("*.test.yml"))
-RULE_FILES = sorted((ROOT / "alerts").glob("pgvigil-*.yml"))
+TEST_FILES = [*sorted((ROOT / "alerts" / "tests").glob("*.test.yml")),
+              ROOT / "deploy" / "fleet" / "tests" / "pgvigil-fleet-alerts.test.yml"]
+RULE_FILES = [*sorted((ROOT / "alerts").glob("pgvigil-*.yml")), ROOT / "deploy" / "fleet" / "pgvigil-fleet-alerts.yml"]
 
 pytestmark = pytest.mark.skipif(not victoria.installed(),
                                 reason="victoria-metrics not installed (scripts/test.sh installs it)")
@@ -41,7 +42,8 @@ def test_promtool_notation_expands_as_promtool_does():
 
 
 def test_every_alert_scenario_fires_the_same_on_victoria_metrics(engine):
-    assert [path.name for path in TEST_FILES] == ["pgvigil-alerts.test.yml", "pgvigil-slos.test.yml"]
+    assert [path.name for path in TEST_FILES] == ["pgvigil-alerts.test.yml", "pgvigil-slos.test.yml",
+                                                  "pgvigil-fleet-alerts.test.yml"]
     first, compared = 0, 0
     with ThreadPoolExecutor(8) as pool:
         for path in TEST_FILES:
@@ -49,7 +51,7 @@ def test_every_alert_scenario_fires_the_same_on_victoria_metrics(engine):
             first = replay.run(first)
             assert replay.errors == [], f"MetricsQL refused expressions of {path.name}: {replay.errors}"
             assert replay.mismatches == [], "\n".join(map(str, replay.mismatches))
-            assert replay.cases > 10 and replay.queries > replay.cases
+            assert replay.cases >= 3 and replay.queries > replay.cases
             compared += replay.firing_compared
     # not vacuous: many scenarios expect an alert to fire, and VictoriaMetrics fired each of them
     assert compared >= 50
