@@ -50,6 +50,7 @@ class Topology:
     victoria_metrics: str = "http://victoria-metrics:8428"
     alertmanagers: tuple[str, ...] = ("http://alertmanager-0:9093", "http://alertmanager-1:9093")
     alertmanager_peers: tuple[str, ...] = ("alertmanager-0:9094", "alertmanager-1:9094")
+    gossip_host: str = "0.0.0.0"  # the address each Alertmanager's gossip listens on (its port: its peer entry's)
     rules_dir: str = "/etc/pgvigil/alerts"  # where vmalert finds the rule files
     scrape_interval: str = "15s"
     sd_refresh: str = "1m"
@@ -158,7 +159,7 @@ def alertmanager_args(topology: Topology, index: int, config_path: str = "/etc/p
     own = topology.alertmanager_peers[index]
     return [
         f"--config.file={config_path}",
-        f"--cluster.listen-address=0.0.0.0:{own.rpartition(':')[2]}",
+        f"--cluster.listen-address={topology.gossip_host}:{own.rpartition(':')[2]}",
         *[f"--cluster.peer={peer}" for i, peer in enumerate(topology.alertmanager_peers) if i != index],
     ]
 
