@@ -37,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import yaml  # noqa: E402
 
@@ -80,13 +81,25 @@ def series_in(body: bytes) -> int:
     return sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
 
 
-def start_pgvigil(dsn: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+def serve(config_path: str, listen: str, no_ttl: bool) -> int:
+    """The pgvigil process of the benchmark (`--serve`): the shipped packs, or with every ttl 0."""
+    from scrape_5000 import without_ttls
+
+    from exporter.config import load_config
+    from exporter.server import start_server
+    config = load_config(config_path)
+    start_server(without_ttls(config) if no_ttl else config, listen=listen)
+    while True:
+        time.sleep(3600)
+
+
+def start_pgvigil(dsn: str, workdir: Path, no_ttl: bool) -> tuple[subprocess.Popen, str]:
     config = workdir / "pgvigil.yaml"
     config.write_text(f"targets:\n  bench:\n    dsn: {dsn}\n    databases: all\n")
     port = free_port()
     log = open(workdir / "pgvigil.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "exporter", "serve", "--config", str(config),
-                             "--listen", f"127.0.0.1:{port}"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(config), "--listen", f"127.0.0.1:{port}",
+                             *(["--no-ttl"] if no_ttl else [])], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -116,7 +129,8 @@ def rounds(proc: subprocess.Popen, url: str, targets: list[str], count: int, int
             per_round.append({"cpu": cpu_seconds(proc.pid) - cpu, "wall": wall, "sizes": sizes})
         time.sleep(max(0.0, interval - (time.monotonic() - started)))
     last = per_round[-1]["sizes"]
-    return {"cpu_per_round": statistics.median(r["cpu"] for r in per_round),
+    # the mean: a query whose ttl is longer than the interval runs in some rounds only
+    return {"cpu_per_round": statistics.fmean(r["cpu"] for r in per_round),
             "wall_per_round": statistics.median(r["wall"] for r in per_round),
             "series": sum(s for s, _ in last.values()), "bytes": sum(b for _, b in last.values()),
             "rss_kib": memory_kib(proc.pid, "VmRSS"), "hwm_kib": memory_kib(proc.pid, "VmHWM"), "sizes": last}
@@ -142,6 +156,9 @@ def remote_write(pgvigil_url: str, seconds: float, interval: float, workdir: Pat
     samples = metrics.get("prometheus_remote_storage_samples_total", 0.0)
     return {"samples_sent": samples, "bytes_sent": sent_bytes,
             "bytes_per_sample_sent": sent_bytes / samples if samples else None,
+            "prometheus_head_series": metrics.get("prometheus_tsdb_head_series", 0.0),
+            "prometheus_rss_bytes": metrics.get("process_resident_memory_bytes", 0.0),
+            "vm_rss_bytes": stored.get("process_resident_memory_bytes", 0.0),
             "vm_rows": stored.get("vm_rows", 0.0), "vm_bytes": stored.get("vm_data_size_bytes", 0.0),
             "vm_bytes_per_row": (stored.get("vm_data_size_bytes", 0.0) / stored["vm_rows"])
             if stored.get("vm_rows") else None}
@@ -170,13 +187,19 @@ def main() -> int:
     parser.add_argument("--cpu-budget", type=float, default=0.5, help="cores one pgvigil may use")
     parser.add_argument("--rw-seconds", type=float, default=60.0)
     parser.add_argument("--rw-interval", type=float, default=5.0)
+    parser.add_argument("--no-ttl", action="store_true",
+                        help="every query on every scrape (the upper bound; default: the shipped ttls)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--serve", metavar="CONFIG", help=argparse.SUPPRESS)  # the pgvigil process itself
+    parser.add_argument("--listen", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        return serve(args.serve, args.listen, args.no_ttl)
 
     with tempfile.TemporaryDirectory(prefix="pgvigil-fleet-bench-") as tmp, ThrowawayCluster() as cluster:
         workdir = Path(tmp)
         build(cluster, args.databases, args.tables)
-        proc, url = start_pgvigil(cluster.dsn(), workdir)
+        proc, url = start_pgvigil(cluster.dsn(), workdir, args.no_ttl)
         try:
             targets = [group["labels"]["__param_target"] for group in json.loads(get(url + "/sd"))]
             server = [t for t in targets if t == "bench/postgres"]
@@ -198,7 +221,7 @@ def report(args: argparse.Namespace, a: dict, b: dict, rw: dict | None) -> None:
     budget = args.cpu_budget * args.interval
     clusters = int(budget // per_cluster_cpu) if per_cluster_cpu > 0 else None
     out = {
-        "databases": d, "tables": args.tables, "interval": args.interval,
+        "databases": d, "tables": args.tables, "interval": args.interval, "ttls": "0" if args.no_ttl else "shipped",
         "server_target": {k: a[k] for k in ("series", "bytes", "cpu_per_round", "wall_per_round", "rss_kib")},
         "per_database": per_db,
         "cluster": {"series": b["series"], "bytes": b["bytes"], "cpu_per_scrape": b["cpu_per_round"],
@@ -207,6 +230,8 @@ def report(args: argparse.Namespace, a: dict, b: dict, rw: dict | None) -> None:
                               "cpu_budget_cores": args.cpu_budget},
         "remote_write": rw,
     }
+    print(f"ttls: {'all 0 (every query on every scrape)' if args.no_ttl else 'as shipped'}; "
+          f"{args.rounds} rounds {args.interval:.0f}s apart")
     print(f"server target (DSN database, cluster-wide queries): {a['series']} series, {a['bytes']} bytes, "
           f"{a['cpu_per_round'] * 1000:.0f} ms CPU per scrape")
     print(f"per discovered database ({args.tables} tables): {per_db['series']:.0f} series, "
@@ -222,6 +247,8 @@ def report(args: argparse.Namespace, a: dict, b: dict, rw: dict | None) -> None:
         print(f"remote write: {rw['bytes_per_sample_sent']:.2f} bytes per sample sent "
               f"({rw['samples_sent']:.0f} samples); VictoriaMetrics: {rw['vm_bytes_per_row'] or 0:.2f} bytes per "
               f"stored sample after {args.rw_seconds:.0f}s")
+        print(f"memory: Prometheus {rw['prometheus_rss_bytes'] / 2**20:.0f} MiB for {rw['prometheus_head_series']:.0f} "
+              f"head series, VictoriaMetrics {rw['vm_rss_bytes'] / 2**20:.0f} MiB")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
 
