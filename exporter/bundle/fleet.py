@@ -122,8 +122,11 @@ def shard_config(topology: Topology, index: int) -> dict:
 
 
 def vmagent_scrape_config(topology: Topology) -> dict:
-    """The scrape config every vmagent member reads; each scrapes its own share of it."""
-    return {"global": {"scrape_interval": topology.scrape_interval}, "scrape_configs": [pgvigil_job(topology)]}
+    """The scrape config every vmagent member reads; each scrapes its own share of it. vmagent 1.79 refuses
+    `refresh_interval` in `http_sd_configs`: its flag `-promscrape.httpSDCheckInterval` sets it instead."""
+    job = pgvigil_job(topology)
+    job["http_sd_configs"] = [{"url": sd["url"]} for sd in job["http_sd_configs"]]
+    return {"global": {"scrape_interval": topology.scrape_interval}, "scrape_configs": [job]}
 
 
 def vmagent_args(topology: Topology, index: int, config_path: str = "vmagent-scrape.yml") -> list[str]:
@@ -133,6 +136,7 @@ def vmagent_args(topology: Topology, index: int, config_path: str = "vmagent-scr
         f"-promscrape.cluster.memberNum={index}",
         f"-remoteWrite.url={topology.victoria_metrics}/api/v1/write",
         f"-remoteWrite.label={SHARD_LABEL}={index}",
+        f"-promscrape.httpSDCheckInterval={topology.sd_refresh}",
     ]
 
 

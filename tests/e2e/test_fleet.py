@@ -239,3 +239,34 @@ def test_fleet_splits_the_databases_and_survives_a_shard_outage(topology, webhoo
     kept = sorted(before["0"] - {"postgres"})[0]
     stamps = raw_timestamps(topology, f'fleet_probe_up{{datname="{kept}"}}', killed - 60)
     assert max(b - a for a, b in zip(stamps, stamps[1:])) <= INTERVAL * 2.5
+
+
+def test_vmagent_members_split_the_databases_instead_of_shards(pgvigil, tmp_path):
+    """The vmagent alternative: two members with the generated scrape config and cluster flags."""
+    with victoria.start_victoria_metrics(tmp_path / "vm", extra=["-search.latencyOffset=1s"]) as vm:
+        topology = fleet.Topology(pgvigil=(pgvigil.url.removeprefix("http://"),), victoria_metrics=vm.url,
+                                  scrape_interval=f"{INTERVAL:.0f}s", sd_refresh="1s")
+        config = tmp_path / "vmagent-scrape.yml"
+        config.write_text(yaml.safe_dump(fleet.vmagent_scrape_config(topology), sort_keys=False))
+        agents = []
+        try:
+            for member in (0, 1):
+                port = stack.free_port()
+                agents.append(launch(f"vmagent-{member}", [
+                    stack.find_binary(victoria.VMAGENT), *fleet.vmagent_args(topology, member, str(config)),
+                    f"-httpListenAddr=127.0.0.1:{port}", f"-remoteWrite.tmpDataPath={tmp_path / f'q{member}'}",
+                    "-remoteWrite.flushInterval=1s", "-loggerLevel=WARN"], port, tmp_path / f"vmagent{member}"))
+            everything = {f"{PREFIX}{i:02d}" for i in range(DATABASES)}
+
+            def split() -> dict[str, set[str]] | None:
+                answer = victoria.query(vm, 'fleet_probe_up{job="pgvigil"}', time.time(), step="4s")
+                found: dict[str, set[str]] = {}
+                for sample in answer["data"]["result"]:
+                    found.setdefault(sample["metric"]["shard"], set()).add(sample["metric"]["datname"])
+                return found if set().union(*found.values()) >= everything else None
+
+            found = wait_until(split, 120, f"series of all {DATABASES} databases through vmagent")
+            assert set(found) == {"0", "1"} and not found["0"] & found["1"]
+        finally:
+            for agent in agents:
+                agent.stop()
