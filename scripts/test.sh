@@ -19,6 +19,8 @@ command -v npm >/dev/null || need_apt+=(npm)
 command -v dockerd >/dev/null || [ -x /usr/sbin/dockerd ] || need_apt+=(docker.io)
 command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || need_apt+=(docker-compose)
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need_apt+=(debootstrap)
+# VictoriaMetrics, vmagent and vmalert: the fleet topology's engines (tests/e2e/test_metricsql.py, test_fleet.py)
+command -v vmalert >/dev/null || need_apt+=(victoria-metrics)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt_install "${need_apt[@]}"
 fi

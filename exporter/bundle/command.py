@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from exporter.bundle import kubernetes, load_inputs, write_bundle
+from exporter.bundle import fleet, kubernetes, load_inputs, mixin, write_bundle
 from exporter.bundle.catalog import RUNBOOK_BASE
 from exporter.bundle.profiles import profile_names
 from exporter.bundle.rules import BundleError
@@ -53,16 +53,38 @@ def _default_out() -> Path:
                                   "PrometheusRule with the same rule groups, a ServiceMonitor, a PodMonitor and "
                                   "the exporter's ConfigMap, Deployment and Service (docs/kubernetes.md).")
 @click.option("--cluster-label", default=None, metavar="NAME",
-              help="With --kubernetes: add the label NAME (e.g. cluster) to every by (...) and on (...) of the "
-                   "rules, so aggregations never merge two clusters' series in a global view (Thanos, Mimir).")
+              help="With --kubernetes or --fleet: add the label NAME (e.g. cluster) to every by (...) and on (...) "
+                   "of the rules, so aggregations never merge two clusters' series in a global view (Thanos, "
+                   "Mimir, VictoriaMetrics).")
+@click.option("--fleet", "fleet_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              metavar="DIR", help="Instead of alerts/ and dashboards/, write the fleet topology into DIR: Prometheus "
+                                  "shards splitting pgvigil's /sd targets, remote write to VictoriaMetrics, vmagent, "
+                                  "vmalert and the Alertmanager pair (docs/fleet.md).")
+@click.option("--shards", type=click.IntRange(1, fleet.MAX_SHARDS), default=2, show_default=True,
+              help="With --fleet: how many Prometheus shards (or vmagent members) split the targets.")
+@click.option("--mixin", "mixin_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              metavar="DIR", help="Instead of alerts/ and dashboards/, write the jsonnet monitoring mixin into DIR "
+                                  "(mixin.libsonnet: _config, prometheusRules, prometheusAlerts, grafanaDashboards).")
 def bundle(thresholds_path: Path | None, objectives_path: Path | None, out_dir: Path | None,
            with_examples: bool, runbook_base: str, profile: str | None, kubernetes_dir: Path | None,
-           cluster_label: str | None) -> None:
+           cluster_label: str | None, fleet_dir: Path | None, shards: int, mixin_dir: Path | None) -> None:
     """Generate alert rules, objectives' burn-rate alerts, their promtool tests, the Alertmanager
-    config and dashboards (or, with --kubernetes, the manifests for the Prometheus Operator)."""
-    _check_options(out_dir, with_examples, profile, kubernetes_dir, cluster_label)
+    config and dashboards (or, with --kubernetes, the manifests for the Prometheus Operator; with
+    --fleet, the sharded topology on VictoriaMetrics)."""
+    _check_fleet_options(out_dir, with_examples, kubernetes_dir, fleet_dir, shards)
+    if mixin_dir is not None and (out_dir or with_examples or kubernetes_dir or fleet_dir or cluster_label):
+        raise click.UsageError("--mixin DIR writes only the mixin, into DIR (its _config sets group labels): drop "
+                               "--out, --with-examples, --kubernetes, --fleet and --cluster-label")
+    if fleet_dir is None and mixin_dir is None:
+        _check_options(out_dir, with_examples, profile, kubernetes_dir, cluster_label)
     try:
-        if kubernetes_dir is not None:
+        if mixin_dir is not None:
+            written = mixin.write(load_inputs(thresholds_path, objectives_path, profile), mixin_dir)
+        elif fleet_dir is not None:
+            inputs = load_inputs(thresholds_path, objectives_path, profile)
+            written = fleet.write(inputs, fleet_dir, fleet.Topology(shards=shards, cluster_label=cluster_label),
+                                  runbook_base)
+        elif kubernetes_dir is not None:
             inputs = load_inputs(thresholds_path, objectives_path, profile)
             written = kubernetes.write(inputs, kubernetes_dir, cluster_label, runbook_base)
         else:
@@ -91,3 +113,14 @@ def _check_options(out_dir: Path | None, with_examples: bool, profile: str | Non
     if profile is not None and out_dir is None:
         raise click.UsageError("--profile writes a variant of the bundle: give --out DIR, so the files in "
                                "alerts/ and dashboards/ stay the production ones")
+
+
+def _check_fleet_options(out_dir: Path | None, with_examples: bool, kubernetes_dir: Path | None,
+                         fleet_dir: Path | None, shards: int) -> None:
+    if fleet_dir is None:
+        if shards != 2:
+            raise click.UsageError("--shards sets the fleet topology: give --fleet DIR")
+        return
+    if out_dir is not None or with_examples or kubernetes_dir is not None:
+        raise click.UsageError("--fleet DIR writes only the fleet topology, into DIR: drop --out, --with-examples "
+                               "and --kubernetes")
