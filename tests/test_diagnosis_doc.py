@@ -15,7 +15,7 @@ DOC = ROOT / "docs" / "diagnosis.md"
 
 def shipped_alerts() -> set[str]:
     names = set()
-    for path in (ROOT / "alerts").glob("pgvigil-*.yml"):
+    for path in [*(ROOT / "alerts").glob("pgvigil-*.yml"), ROOT / "deploy" / "fleet" / "pgvigil-fleet-alerts.yml"]:
         for group in yaml.safe_load(path.read_text()).get("groups", []):
             names |= {rule["alert"] for rule in group["rules"] if "alert" in rule}
     return names
