@@ -44,12 +44,20 @@ def load(path: Path | None) -> dict[str, Position] | None:
         data = json.loads(raw) if len(raw) <= MAX_STATE_BYTES else None
         if not isinstance(data, dict) or data.get("version") != VERSION:
             raise ValueError
-        return {str(identity): Position(name=str(entry["name"]), offset=int(entry["offset"]),
+        return {str(identity): Position(name=str(entry["name"]), offset=_offset(entry["offset"]),
                                         head=bytes.fromhex(str(entry.get("head", ""))))
                 for identity, entry in data["files"].items()}
-    except (ValueError, KeyError, TypeError, AttributeError):
+    # RecursionError: a deeply nested file; an offset that is not a byte count (negative, a float such
+    # as 1e400) would fail every read (a seek before the start) or the loading itself, at each cycle.
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         log.warning("log state file %s is not a pgvigil log state: reading from the end of the log", path)
         return None
+
+
+def _offset(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError
+    return value
 
 
 def save(path: Path | None, positions: dict[str, Position]) -> bool:

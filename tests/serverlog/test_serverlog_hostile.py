@@ -2,12 +2,22 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
+from logsupport import Recorder, csv_record
 from pglogs import logging_cluster
 
-from exporter.serverlog import csvlog
+from exporter.serverlog import csvlog, positions
+from exporter.serverlog.counters import LogCounters
+from exporter.serverlog.reader import LogReader
+from exporter.serverlog.source import FileSource
+
+
+def follow(logs: Path, state: Path | None) -> tuple[LogReader, Recorder]:
+    sink = Recorder()
+    return LogReader(FileSource(logs), "csvlog", csvlog.parse, sink, LogCounters(), positions.load(state)), sink
 
 
 @pytest.fixture(scope="module")
@@ -38,3 +48,25 @@ def test_a_long_statement_cannot_forge_csv_records(csv_cluster):
     parsed = csvlog.parse(data, lambda severity, code, user, db, message, client: seen.append((severity, message)))
     assert parsed.errors == 0
     assert [s for s in seen if s[0] != "LOG"] == [("ERROR", "division by zero")]
+
+
+@pytest.mark.parametrize("offset", ["-5", "1e400", "2.5", '"12"'])
+def test_a_state_file_with_a_bad_offset_starts_at_the_end_instead_of_failing_every_cycle(tmp_path, offset):
+    logs, state = tmp_path / "log", tmp_path / "state.json"
+    logs.mkdir()
+    (logs / "a.csv").write_bytes(csv_record("history"))
+    info = (logs / "a.csv").stat()
+    state.write_text('{"version": 1, "files": {"%d:%d": {"name": "a.csv", "offset": %s}}}'
+                     % (info.st_dev, info.st_ino, offset))
+    read, sink = follow(logs, state)
+    read.cycle(1 << 20)  # neither a seek before the start nor an exception while loading
+    with open(logs / "a.csv", "ab") as fh:
+        fh.write(csv_record("new"))
+    read.cycle(1 << 20)
+    assert [e[4] for e in sink.entries] == ["new"]
+
+
+def test_a_deeply_nested_state_file_is_no_state(tmp_path):
+    state = tmp_path / "state.json"
+    state.write_text('{"version": 1, "files": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    assert positions.load(state) is None
