@@ -6,9 +6,11 @@ leaves the previous state, never half of one.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,12 +67,18 @@ def save(path: Path | None, positions: dict[str, Position]) -> bool:
         return True
     data = {"version": VERSION, "files": {identity: {"name": p.name, "offset": p.offset, "head": p.head.hex()}
                                           for identity, p in positions.items()}}
-    temporary = path.with_name(path.name + ".tmp")
+    # A temporary name of its own (created exclusively): two processes given the same state file never
+    # write into one temporary file, and a planted `<name>.tmp` symlink is not followed and truncated.
+    temporary: str | None = None
     try:
-        with open(temporary, "w", encoding="utf-8") as fh:
+        fd, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        with open(fd, "w", encoding="utf-8") as fh:
             json.dump(data, fh)
         os.replace(temporary, path)
         return True
     except OSError as exc:
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
         log.warning("log state file %s not written (%s)", path, exc.strerror)
         return False

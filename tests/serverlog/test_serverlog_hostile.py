@@ -1,6 +1,7 @@
 """A hostile tenant's or a broken environment's input: nothing it writes may forge a count or stop the reader."""
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from pathlib import Path
 
@@ -70,3 +71,28 @@ def test_a_deeply_nested_state_file_is_no_state(tmp_path):
     state = tmp_path / "state.json"
     state.write_text('{"version": 1, "files": ' + "[" * 200_000 + "]" * 200_000 + "}")
     assert positions.load(state) is None
+
+
+def test_saving_never_writes_through_a_planted_temporary_symlink(tmp_path):
+    victim, state = tmp_path / "victim", tmp_path / "state.json"
+    victim.write_text("precious")
+    (tmp_path / "state.json.tmp").symlink_to(victim)
+    assert positions.save(state, {"1:2": positions.Position("a.csv", 10, b"head")})
+    assert victim.read_text() == "precious"
+    assert positions.load(state) == {"1:2": positions.Position("a.csv", 10, b"head")}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "state.json.tmp", "victim"]
+
+
+def test_two_writers_of_one_state_file_never_leave_it_corrupt(tmp_path):
+    state = tmp_path / "state.json"
+    many = {f"1:{i}": positions.Position(f"f{i}.csv", i, b"x" * 64) for i in range(2000)}
+    few = {"1:1": positions.Position("a.csv", 1)}
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        for _ in range(30):
+            list(pool.map(lambda p: positions.save(state, p), (many, few)))
+            assert positions.load(state) in (many, few)
+
+
+def test_an_unwritable_state_directory_is_a_warning(tmp_path, caplog):
+    assert not positions.save(tmp_path / "absent" / "state.json", {})
+    assert "not written" in caplog.text
