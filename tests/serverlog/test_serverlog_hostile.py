@@ -96,3 +96,23 @@ def test_two_writers_of_one_state_file_never_leave_it_corrupt(tmp_path):
 def test_an_unwritable_state_directory_is_a_warning(tmp_path, caplog):
     assert not positions.save(tmp_path / "absent" / "state.json", {})
     assert "not written" in caplog.text
+
+
+@pytest.mark.parametrize("size", [100_000, 5 * 1024 * 1024])
+def test_an_entry_larger_than_the_budget_does_not_stop_the_reading(tmp_path, size):
+    """A client's long statement logged in one entry, with the smallest budget (64KiB): it used to be
+    'read next cycle' forever, and nothing after it was ever counted."""
+    logs = tmp_path / "log"
+    logs.mkdir()
+    (logs / "a.csv").write_bytes(b"")
+    read, sink = follow(logs, None)
+    read.cycle(64 * 1024)
+    with open(logs / "a.csv", "ab") as fh:
+        fh.write(csv_record("before") + csv_record("x" * size) + csv_record("after"))
+    for _ in range(200):
+        read.cycle(64 * 1024)
+        if sink.entries and sink.entries[-1][4] == "after":
+            break
+    names = [e[4] if len(e[4]) < 20 else "long" for e in sink.entries]
+    assert names == (["before", "long", "after"] if size < 1024 * 1024 else ["before", "after"])
+    assert read.counters.backlog_bytes == 0
