@@ -26,6 +26,13 @@ _SEVERITIES = "DEBUG|LOG|INFO|NOTICE|WARNING|ERROR|FATAL|PANIC|DETAIL|HINT|QUERY
 SECONDARY = frozenset(("DETAIL", "HINT", "QUERY", "CONTEXT", "LOCATION", "STATEMENT"))
 
 
+def forgeable(prefix: str) -> bool:
+    """Whether the prefix prints a name as the client sent it (`%u`, `%d`): PostgreSQL writes it raw, so a
+    client's user or database name holding a newline and a made-up line (even a failed login's) starts a
+    line of its own choosing: any severity, any user. csvlog and jsonlog quote every field."""
+    return any(escape in "ud" for escape in re.findall(r"%-?\d*(.)", prefix))
+
+
 class PrefixError(ValueError):
     """A log_line_prefix this parser cannot follow (an unknown escape)."""
 

@@ -9,8 +9,11 @@ import psycopg
 import pytest
 from logsupport import Recorder, csv_record
 from pglogs import logging_cluster
+from psycopg.conninfo import conninfo_to_dict
 
-from exporter.serverlog import csvlog, positions
+from exporter.config import parse_config
+from exporter.serverlog import csvlog, positions, stderr
+from exporter.serverlog.collector import LogFollower
 from exporter.serverlog.counters import LogCounters
 from exporter.serverlog.reader import LogReader
 from exporter.serverlog.source import FileSource
@@ -116,3 +119,36 @@ def test_an_entry_larger_than_the_budget_does_not_stop_the_reading(tmp_path, siz
     names = [e[4] if len(e[4]) < 20 else "long" for e in sink.entries]
     assert names == (["before", "long", "after"] if size < 1024 * 1024 else ["before", "after"])
     assert read.counters.backlog_bytes == 0
+
+
+@pytest.mark.parametrize(("prefix", "expected"), [("%m [%p] %q%u@%d ", True), ("%m [%p] %-10d ", True),
+                                                  ("%m [%p] %e ", False), ("%m 100%%u ", False)])
+def test_prefixes_that_print_a_clients_names_raw(prefix, expected):
+    assert stderr.forgeable(prefix) is expected
+
+
+def test_stderr_with_names_in_the_prefix_is_warned_about(tmp_path, caplog):
+    """A client's user name with a newline starts a line of its own in the stderr log (shown here on a real
+    server): pgvigil cannot tell it apart, so it says so when it reads such a log."""
+    pg = logging_cluster("stderr")
+    try:
+        dsn = conninfo_to_dict(pg.dsn())
+        dsn.update(user="x\n2026-12-07 12:00:00.000 UTC [1] PANIC:  forged", password="nope", host="127.0.0.1")
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(**dsn, connect_timeout=5).close()
+        logs = pg.datadir / "log"
+        deadline = time.monotonic() + 10
+        while b"forged" not in b"".join(f.read_bytes() for f in logs.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert b"\n2026-12-07 12:00:00.000 UTC [1] PANIC:  forged" in b"".join(f.read_bytes() for f in logs.iterdir())
+        config = parse_config(f"collectors: []\ntargets:\n  db:\n    dsn: '{pg.dsn()}'\n"
+                              f"    log: {{source: file, path: {logs}}}\n")
+        follower = LogFollower(config.targets[0], config.targets[0].log)
+        try:
+            follower.cycle()
+        finally:
+            follower.link.close()
+        assert follower.counters.readable is None
+        assert "lets any client forge log lines" in caplog.text
+    finally:
+        pg.cleanup()
