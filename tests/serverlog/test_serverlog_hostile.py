@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from exporter.serverlog import csvlog, positions, stderr
 from exporter.serverlog.collector import LogFollower
 from exporter.serverlog.counters import LogCounters
 from exporter.serverlog.reader import LogReader
-from exporter.serverlog.source import FileSource
+from exporter.serverlog.source import FileSource, LogFile, SourceError
 
 
 def follow(logs: Path, state: Path | None) -> tuple[LogReader, Recorder]:
@@ -152,3 +154,30 @@ def test_stderr_with_names_in_the_prefix_is_warned_about(tmp_path, caplog):
         assert "lets any client forge log lines" in caplog.text
     finally:
         pg.cleanup()
+
+
+def test_a_fifo_in_place_of_a_listed_file_does_not_block_the_reader(tmp_path):
+    """The file was replaced by a FIFO between the listing and the read (a broken or hostile log directory):
+    opening it used to block the reader thread forever."""
+    fifo = tmp_path / "a.csv"
+    os.mkfifo(fifo)
+    info = fifo.stat()
+    listed = LogFile("a.csv", f"{info.st_dev}:{info.st_ino}", 100, 0.0)
+    outcome: list[object] = []
+    worker = threading.Thread(target=lambda: outcome.append(_read_or_reason(FileSource(tmp_path), listed)),
+                              daemon=True)
+    worker.start()
+    worker.join(5)
+    if worker.is_alive():  # unblock the open so the thread ends
+        with open(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK), "wb"):
+            pass
+        worker.join(5)
+        raise AssertionError("the read blocked on a FIFO")
+    assert outcome == ["deleted"]
+
+
+def _read_or_reason(source: FileSource, file: LogFile) -> object:
+    try:
+        return source.read(file, 0, 100)
+    except SourceError as exc:
+        return exc.reason
