@@ -129,4 +129,9 @@ class SqlSource:
                 for name, size, mtime in self.link.ls_logdir() if wanted(name, fmt) and "/" not in name]
 
     def read(self, file: LogFile, offset: int, length: int) -> bytes:
-        return self.link.read(f"{self.directory.rstrip('/')}/{file.name}", offset, length)
+        try:
+            return self.link.read(f"{self.directory.rstrip('/')}/{file.name}", offset, length)
+        except SourceError as exc:
+            if exc.reason == "not_found":  # removed since the listing: rotation, not an unreadable log
+                raise SourceError("deleted") from None
+            raise

@@ -17,8 +17,9 @@ from exporter.config import parse_config
 from exporter.serverlog import csvlog, positions, stderr
 from exporter.serverlog.collector import LogFollower
 from exporter.serverlog.counters import LogCounters
+from exporter.serverlog.link import ServerLink
 from exporter.serverlog.reader import LogReader
-from exporter.serverlog.source import FileSource, LogFile, SourceError
+from exporter.serverlog.source import FileSource, LogFile, SourceError, SqlSource
 
 
 def follow(logs: Path, state: Path | None) -> tuple[LogReader, Recorder]:
@@ -84,6 +85,7 @@ def test_saving_never_writes_through_a_planted_temporary_symlink(tmp_path):
     (tmp_path / "state.json.tmp").symlink_to(victim)
     assert positions.save(state, {"1:2": positions.Position("a.csv", 10, b"head")})
     assert victim.read_text() == "precious"
+    assert state.stat().st_mode & 0o777 == 0o600  # its first bytes of each log file are the log's to protect
     assert positions.load(state) == {"1:2": positions.Position("a.csv", 10, b"head")}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "state.json.tmp", "victim"]
 
@@ -181,3 +183,15 @@ def _read_or_reason(source: FileSource, file: LogFile) -> object:
         return source.read(file, 0, 100)
     except SourceError as exc:
         return exc.reason
+
+
+def test_a_file_removed_after_the_sql_listing_is_a_deletion_not_an_unreadable_log(csv_cluster):
+    link = ServerLink(csv_cluster.dsn())
+    try:
+        source = SqlSource(link, "log")
+        assert source.files("csvlog")
+        with pytest.raises(SourceError) as raised:
+            source.read(LogFile("removed-since.csv", "removed-since.csv", 100, 0.0), 0, 100)
+        assert raised.value.reason == "deleted"
+    finally:
+        link.close()
