@@ -14,7 +14,7 @@ from pglogs import logging_cluster
 from psycopg.conninfo import conninfo_to_dict
 
 from exporter.config import parse_config
-from exporter.serverlog import csvlog, positions, stderr
+from exporter.serverlog import csvlog, jsonlog, positions, stderr
 from exporter.serverlog.collector import LogFollower
 from exporter.serverlog.counters import LogCounters
 from exporter.serverlog.link import ServerLink
@@ -195,3 +195,18 @@ def test_a_file_removed_after_the_sql_listing_is_a_deletion_not_an_unreadable_lo
         assert raised.value.reason == "deleted"
     finally:
         link.close()
+
+
+def test_a_deeply_nested_jsonlog_line_is_one_parse_error(tmp_path):
+    """Raised out of the parser, it failed the chunk at every cycle: nothing after it was ever read."""
+    logs = tmp_path / "log"
+    logs.mkdir()
+    (logs / "a.json").write_bytes(b"")
+    sink, counters = Recorder(), LogCounters()
+    read = LogReader(FileSource(logs), "jsonlog", jsonlog.parse, sink, counters, None)
+    read.cycle(1 << 20)
+    with open(logs / "a.json", "ab") as fh:
+        fh.write(b"[" * 100_000 + b"]" * 100_000 + b"\n")
+        fh.write(b'{"error_severity": "ERROR", "message": "after", "state_code": "22P02"}\n')
+    read.cycle(1 << 20)
+    assert [e[4] for e in sink.entries] == ["after"] and counters.parse_errors == 1
