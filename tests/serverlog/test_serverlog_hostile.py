@@ -14,7 +14,7 @@ from pglogs import logging_cluster
 from psycopg.conninfo import conninfo_to_dict
 
 from exporter.config import parse_config
-from exporter.serverlog import csvlog, jsonlog, positions, stderr
+from exporter.serverlog import classify, csvlog, jsonlog, positions, stderr
 from exporter.serverlog.collector import LogFollower
 from exporter.serverlog.counters import LogCounters
 from exporter.serverlog.link import ServerLink
@@ -210,3 +210,27 @@ def test_a_deeply_nested_jsonlog_line_is_one_parse_error(tmp_path):
         fh.write(b'{"error_severity": "ERROR", "message": "after", "state_code": "22P02"}\n')
     read.cycle(1 << 20)
     assert [e[4] for e in sink.entries] == ["after"] and counters.parse_errors == 1
+
+
+def test_a_clients_own_sqlstates_do_not_blind_the_counters(csv_cluster):
+    """101 codes raised by a client fill the exact SQLSTATE labels; a statement timeout after them is still
+    counted as one (it was labelled 57000 and not counted)."""
+    start = sum(f.stat().st_size for f in (csv_cluster.datadir / "log").glob("*.csv"))
+    with psycopg.connect(csv_cluster.dsn(), autocommit=True) as conn:
+        for i in range(classify.MAX_EXACT_CODES + 1):
+            with pytest.raises(psycopg.Error):
+                conn.execute(f"DO $$BEGIN RAISE EXCEPTION 'mine' USING ERRCODE = 'Q{i:04d}'; END$$")
+        conn.execute("SET statement_timeout = '50ms'")
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(5)")
+    logdir = csv_cluster.datadir / "log"
+    deadline = time.monotonic() + 10
+    while True:
+        data = b"".join(f.read_bytes() for f in sorted(logdir.glob("*.csv")))[start:]
+        if b"statement timeout" in data or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    counters = LogCounters()
+    csvlog.parse(data, classify.Classifier(counters))
+    assert counters.by_kind["cancellations"].values == {("statement_timeout",): 1.0}
+    assert counters.messages.values[("ERROR", "57000")] == 1  # the label folds; the counter does not
