@@ -234,3 +234,16 @@ def test_a_clients_own_sqlstates_do_not_blind_the_counters(csv_cluster):
     csvlog.parse(data, classify.Classifier(counters))
     assert counters.by_kind["cancellations"].values == {("statement_timeout",): 1.0}
     assert counters.messages.values[("ERROR", "57000")] == 1  # the label folds; the counter does not
+
+
+def test_lines_without_a_severity_do_not_backtrack_through_many_name_escapes():
+    """lc_messages not English: no line matches. With five free-text escapes each line took ~1 s to fail
+    (under the counters' lock, so scrapes waited)."""
+    parser = stderr.StderrParser("%t %u %d %a %i %b ")
+    line = "2026-12-07 12:00:00 UTC alice app psql SELECT client backend FEHLER:  " + "a " * 60 + "\n"
+    english = "2026-12-07 12:00:00 UTC alice app psql SELECT client backend ERROR:  division by zero\n"
+    seen: list[str] = []
+    started = time.process_time()
+    parsed = parser.parse((line * 10 + english).encode(), lambda *entry: seen.append(entry[4]))
+    assert time.process_time() - started < 1.0
+    assert parsed.errors == 10 and seen == ["division by zero"]
