@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 VERSION = 1
 # Bytes of a file's beginning kept with its position: an inode reused by a new file is told apart by them.
 HEAD_BYTES = 64
-MAX_STATE_BYTES = 1024 * 1024
+# ~200 bytes a file: room for ~300,000 log files (a directory nobody cleans, hourly files for years). At
+# 1 MiB, a directory of ~5,000 files made a state this file refused at the next start: lines lost.
+MAX_STATE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass

@@ -247,3 +247,11 @@ def test_lines_without_a_severity_do_not_backtrack_through_many_name_escapes():
     parsed = parser.parse((line * 10 + english).encode(), lambda *entry: seen.append(entry[4]))
     assert time.process_time() - started < 1.0
     assert parsed.errors == 10 and seen == ["division by zero"]
+
+
+def test_the_state_of_a_directory_of_many_files_is_loaded_again(tmp_path):
+    state = tmp_path / "state.json"
+    many = {f"65024:{1_000_000 + i}": positions.Position(f"postgresql-2026-12-07_{i:06d}.csv", 123_456_789, b"2" * 64)
+            for i in range(20_000)}
+    assert positions.save(state, many) and state.stat().st_size > 1024 * 1024
+    assert positions.load(state) == many
