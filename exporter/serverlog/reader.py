@@ -54,7 +54,7 @@ class LogReader:
                 position.name = file.name
                 self._rotated("renamed")
             if file.size < position.offset:
-                position.offset, position.head = 0, b""
+                position.offset, position.head, position.saved_head = 0, b"", (0, "")
                 self._rotated("truncated")
             if left > 0 and position.offset < file.size:
                 try:
@@ -83,7 +83,7 @@ class LogReader:
             spent += len(data)
             if not data:
                 break
-            if position.offset < HEAD_BYTES:
+            if position.offset < HEAD_BYTES and len(position.head) >= position.offset:  # (not: a saved digest)
                 position.head = (position.head[:position.offset] + data)[:HEAD_BYTES]
             if position.skipping:  # inside an entry too long to keep: drop bytes up to the next entry's start
                 start = self.resync(data)
@@ -130,11 +130,11 @@ class LogReader:
 
     def _same_file(self, file: LogFile, position: Position) -> bool:
         """A saved identity whose first bytes changed is a new file that reuses the inode."""
-        if not position.head or file.identity in self.verified:
+        if not position.head_size() or file.identity in self.verified:
             return True
         self.verified.add(file.identity)
         try:
-            return self.source.read(file, 0, len(position.head)) == position.head
+            return position.head_is(self.source.read(file, 0, position.head_size()))
         except SourceError:
             return True
 
