@@ -94,7 +94,9 @@ class Classifier:
         self.counters.messages.add((severity, code))
         handler = _HANDLERS.get(severity)
         if handler is not None:
-            handler(self, code, user, database, message, client)
+            # The entry's own code, not its label: once any client raised MAX_EXACT_CODES codes of its
+            # own (RAISE ... USING ERRCODE), 40P01 would be labelled 40000 and no deadlock counted.
+            handler(self, code if sqlstate is None else sqlstate, user, database, message, client)
 
     # -- by severity -------------------------------------------------------
     def log(self, code: str, user: str, database: str, message: str, client: str) -> None:

@@ -23,7 +23,7 @@ from exporter.serverlog.metrics import BY_NAME, family_name
 from exporter.serverlog.reader import LogReader, Parser
 from exporter.serverlog.source import FileSource, LogSource, SourceError, SqlSource
 from exporter.serverlog.spec import LogSpec
-from exporter.serverlog.stderr import PrefixError, StderrParser
+from exporter.serverlog.stderr import PrefixError, StderrParser, forgeable
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,10 @@ class LogFollower:
             raise SourceError("prefix_unsupported") from None
         if parser is None:
             raise SourceError("prefix_unknown")
+        if fmt == "stderr" and self._settings is not None and forgeable(self._settings.line_prefix):
+            log.warning("server log of target %s: stderr with %%u or %%d in log_line_prefix lets any client "
+                        "forge log lines through its user or database name; use csvlog or jsonlog (docs/logs.md)",
+                        loggable(self.target.name))
         source: LogSource
         if self.spec.source == "file":
             assert self.spec.path is not None  # checked by spec.check_log

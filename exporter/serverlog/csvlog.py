@@ -9,11 +9,15 @@ from __future__ import annotations
 import csv
 import io
 
-from exporter.serverlog.entry import Parsed, Sink, decode
+from exporter.serverlog.entry import MAX_ENTRY_BYTES, Parsed, Sink, decode
 
 # Column positions, the same from PostgreSQL 13 to 18 (later columns were only appended).
 USER, DATABASE, CONNECTION_FROM, SEVERITY, SQLSTATE, MESSAGE = 1, 2, 4, 11, 12, 13
 _MIN_COLUMNS = MESSAGE + 1
+# The csv module refuses a field over 128 Ki characters and then parses on from the next line: the lines of
+# a long quoted statement (any client's text) would be read as records, forging any severity or user.
+# No buffer the reader hands over is longer than MAX_ENTRY_BYTES, so no field is refused.
+csv.field_size_limit(max(csv.field_size_limit(), MAX_ENTRY_BYTES))
 
 
 def complete_end(buf: bytes) -> int:

@@ -17,7 +17,7 @@ def parse(buf: bytes, sink: Sink) -> Parsed:
             continue
         try:
             obj = loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: deep nesting (not PostgreSQL's, a stray file's)
             errors += 1
             continue
         if not isinstance(obj, dict):

@@ -54,11 +54,11 @@ class LogReader:
                 position.name = file.name
                 self._rotated("renamed")
             if file.size < position.offset:
-                position.offset, position.head = 0, b""
+                position.offset, position.head, position.saved_head = 0, b"", (0, "")
                 self._rotated("truncated")
             if left > 0 and position.offset < file.size:
                 try:
-                    left -= self._read(file, position, left)
+                    left -= self._read(file, position, left, whole=left == budget)
                 except SourceError as exc:
                     if exc.reason != "deleted":
                         raise
@@ -68,20 +68,22 @@ class LogReader:
             counters.backlog_bytes = sum(max(0, f.size - positions[f.identity].offset)
                                          for f in files if f.identity in positions)
 
-    def _read(self, file: LogFile, position: Position, budget: int) -> int:
-        """Parse whole entries from `position` on; returns the bytes read."""
+    def _read(self, file: LogFile, position: Position, budget: int, whole: bool = False) -> int:
+        """Parse whole entries from `position` on; returns the bytes read. `whole`: `budget` is the cycle's
+        entire budget, so an entry it cannot hold would not fit next cycle either."""
         spent = 0
+        progressed = stretching = False  # stretching: reading one entry larger than the whole budget
         want = CHUNK_BYTES
-        while spent < budget:
+        while spent < budget or stretching:
             available = file.size - position.offset
-            length = min(want, budget - spent, available)
+            length = min(want, available) if stretching else min(want, budget - spent, available)
             if length <= 0:
                 break
             data = self.source.read(file, position.offset, length)
             spent += len(data)
             if not data:
                 break
-            if position.offset < HEAD_BYTES:
+            if position.offset < HEAD_BYTES and len(position.head) >= position.offset:  # (not: a saved digest)
                 position.head = (position.head[:position.offset] + data)[:HEAD_BYTES]
             if position.skipping:  # inside an entry too long to keep: drop bytes up to the next entry's start
                 start = self.resync(data)
@@ -99,16 +101,19 @@ class LogReader:
                 self.counters.parse_errors += parsed.errors
             if parsed.consumed:
                 position.offset += parsed.consumed
+                progressed, stretching = True, False
                 want = CHUNK_BYTES
             elif length == available:  # the file's last entry is not whole yet: wait for the rest
                 break
             elif length >= MAX_ENTRY_BYTES:  # one entry larger than any kept: skipped, counted
-                position.skipping = True
+                position.skipping, stretching = True, False
                 with self.counters.lock:
                     self.counters.parse_errors += 1
                 want = CHUNK_BYTES
-            elif length < want:  # the budget ends inside an entry: it is read whole next cycle
+            elif length < want and (progressed or not whole):  # the budget ends inside an entry: read next cycle
                 break
+            elif length < want:  # one entry larger than the whole budget (any client's long statement): the
+                stretching = True  # reading would stop at it forever; it alone is read over budget, once
             else:  # one entry longer than the chunk: read more of it at once
                 want = min(want * 4, MAX_ENTRY_BYTES)
         return spent
@@ -125,11 +130,11 @@ class LogReader:
 
     def _same_file(self, file: LogFile, position: Position) -> bool:
         """A saved identity whose first bytes changed is a new file that reuses the inode."""
-        if not position.head or file.identity in self.verified:
+        if not position.head_size() or file.identity in self.verified:
             return True
         self.verified.add(file.identity)
         try:
-            return self.source.read(file, 0, len(position.head)) == position.head
+            return position.head_is(self.source.read(file, 0, position.head_size()))
         except SourceError:
             return True
 

@@ -85,8 +85,10 @@ class FileSource:
     def read(self, file: LogFile, offset: int, length: int) -> bytes:
         path = self.path if file.name == str(self.path) else self.path / file.name
         try:
-            with open(path, "rb") as fh:
-                if _identity(os.fstat(fh.fileno())) != file.identity:
+            # Non-blocking: a FIFO put in the file's place since the listing would block the open forever.
+            with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as fh:
+                info = os.fstat(fh.fileno())
+                if _identity(info) != file.identity or not stat.S_ISREG(info.st_mode):
                     raise FileNotFoundError  # the name now holds another file: this one is gone from it
                 fh.seek(offset)
                 return fh.read(length)
@@ -127,4 +129,9 @@ class SqlSource:
                 for name, size, mtime in self.link.ls_logdir() if wanted(name, fmt) and "/" not in name]
 
     def read(self, file: LogFile, offset: int, length: int) -> bytes:
-        return self.link.read(f"{self.directory.rstrip('/')}/{file.name}", offset, length)
+        try:
+            return self.link.read(f"{self.directory.rstrip('/')}/{file.name}", offset, length)
+        except SourceError as exc:
+            if exc.reason == "not_found":  # removed since the listing: rotation, not an unreadable log
+                raise SourceError("deleted") from None
+            raise
