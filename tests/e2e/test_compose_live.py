@@ -239,7 +239,8 @@ def test_prometheus_scrapes_pgvigil_and_pgbouncer_with_every_target_up(stack):
         return targets if targets and all(t["health"] == "up" for t in targets) else None
 
     targets = wait_until(every_target_up, 60, "every Prometheus target up")
-    assert {t["labels"]["job"] for t in targets} == {"pgvigil", "prometheus"}
+    assert {t["labels"]["job"] for t in targets} == {"pgvigil", "prometheus", "alertmanager"}
+    assert len([t for t in targets if t["labels"]["job"] == "alertmanager"]) == 2  # the pair, both up
     assert wait_until(lambda: stack.prometheus('pg_up{target="app"} == 1'), 60, "pg_up of app in Prometheus")
     assert wait_until(lambda: stack.prometheus('pgbouncer_up{target="pgbouncer"} == 1'), 60,
                       "pgbouncer_up in Prometheus")
