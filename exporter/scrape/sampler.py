@@ -76,7 +76,9 @@ def sample_sql(version: int) -> str:
     sessions of other roles the monitoring role may not see (it needs pg_read_all_stats: pg_monitor)."""
     queryid = ("CASE WHEN a.state OPERATOR(pg_catalog.=) 'active' AND a.query_id OPERATOR(pg_catalog.<>) 0"
                " THEN a.query_id::pg_catalog.text END" if version >= 140000 else "NULL::pg_catalog.text")
-    return ("SELECT a.datname::pg_catalog.text AS datname, a.usename::pg_catalog.text AS usename,"
+    # Database and user names as their bytes (discovery.py's way): a name made in a SQL_ASCII database
+    # need not be UTF-8, and a row the driver cannot read would drop its sessions from the sample unseen.
+    return (f"SELECT {_as_bytes('a.datname')} AS datname, {_as_bytes('a.usename')} AS usename,"
             " a.application_name, a.backend_type, a.state, a.wait_event_type, a.wait_event,"
             f" {queryid} AS queryid, pg_catalog.count(*) AS sessions"
             " FROM pg_catalog.pg_stat_activity a"
@@ -87,6 +89,18 @@ def sample_sql(version: int) -> str:
             # wait event; it would read as CPU. Left out: the sampler counts only what it can see.
             " AND a.query IS DISTINCT FROM '<insufficient privilege>')"
             " GROUP BY 1, 2, 3, 4, 5, 6, 7, 8")
+
+
+def _as_bytes(column: str) -> str:
+    """A name column as bytea: decode(..., 'escape') copies every byte but the backslash, doubled first."""
+    return rf"pg_catalog.decode(pg_catalog.replace({column}::pg_catalog.text, E'\\', E'\\\\'), 'escape')"
+
+
+def _name(value: object) -> str:
+    """A name read as bytes, as a label value: bytes that are not UTF-8 read as U+FFFD."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        value = bytes(value).decode("utf-8", "replace")
+    return bounded(value)
 
 
 @dataclass
@@ -200,7 +214,7 @@ class Sampler:
         statements: dict[tuple[str, ...], float] = {}
         for row in rows:
             datname, usename, application, backend, state, event_type, event = (
-                bounded(row[index[name]]) for name in WAIT_LABELS)
+                _name(row[index[name]]) for name in WAIT_LABELS)
             if not event_type and not event:
                 event_type = event = CPU
             sessions = float(row[index["sessions"]] or 0)

@@ -414,3 +414,34 @@ def test_the_sampler_survives_a_server_restart():
             taken = sampler.stats.samples
             wait_until(lambda: sampler.stats.samples >= taken + 3, 60, "samples after the restart")
         assert sampler.stats.failures >= 1
+
+
+def test_a_session_in_a_database_whose_name_is_not_utf8_is_counted(cluster, fresh_db):
+    """A tenant of a SQL_ASCII database may create a database whose name is not UTF-8: its sessions are
+    sampled (the name's odd bytes read as U+FFFD), not dropped with an unreadable row."""
+    import os
+    import subprocess
+
+    ascii_db, bad = "h21_ascii", b"t\xff\xfedb"
+    cluster.execute(f"DROP DATABASE IF EXISTS {ascii_db}")
+    cluster.execute(f"CREATE DATABASE {ascii_db} TEMPLATE template0 ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'")
+    admin = psycopg.connect(cluster.dsn(ascii_db), autocommit=True)
+    try:
+        admin.execute(b'CREATE DATABASE "' + bad + b"\" TEMPLATE template0 ENCODING 'SQL_ASCII'"
+                      b" LC_COLLATE 'C' LC_CTYPE 'C'")
+        info = psycopg.conninfo.conninfo_to_dict(cluster.dsn(ascii_db))
+        env = dict(os.environb) | {b"PGDATABASE": bad, b"PGAPPNAME": b"h21-odd"}
+        env |= {b"PG" + key.upper().encode(): str(info[key]).encode() for key in ("host", "port", "user")}
+        psql = os.path.join(str(cluster.bindir), "psql").encode()
+        with started(make_sampler(fresh_db, 0.2)) as sampler:
+            # libpq reads the database name as bytes from the environment: a str DSN cannot carry it
+            session = subprocess.Popen([psql, b"-Xqc", b"SELECT pg_sleep(2.5)"], env=env, stdout=subprocess.DEVNULL)
+            assert session.wait(timeout=30) == 0
+        assert by_wait(sampler, "h21-odd").get(("Timeout", "PgSleep"), 0.0) >= 1.5
+        with sampler._lock:
+            names = {key[0] for key in sampler.waits.tracked if key[2] == "h21-odd"}
+        assert names == {"t\ufffd\ufffddb"}
+    finally:
+        admin.execute(b'DROP DATABASE IF EXISTS "' + bad + b'"')
+        admin.close()
+        cluster.execute(f"DROP DATABASE IF EXISTS {ascii_db}")
