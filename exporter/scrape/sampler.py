@@ -430,8 +430,9 @@ SELF_METRICS = {
                                       "(round trip included)"),
     "pgvigil_sampler_series": ("gauge", "Label sets the sampler exports now (bounded by sample_top, "
                                "plus the other remainders)"),
-    "pgvigil_sampler_source": ("gauge", "1 for what the sampler reads: source=\"pg_wait_sampling\" (the extension's "
-                               "profile, sampled by the server every profile_period) or source=\"pg_stat_activity\" "
-                               "(polled every sample_interval)"),
+    "pgvigil_sampler_source": ("gauge", "1 for what the sampler reads: pg_wait_sampling (the extension's profile, "
+                               "sampled by the server every profile_period) or pg_stat_activity (polled every "
+                               "sample_interval)"),
 }
+SELF_METRIC_LABELS = {"pgvigil_sampler_source": ("source",)}  # labels besides the target's
 
