@@ -210,7 +210,8 @@ def _fill(report: TargetGrants, state: TargetState, runner: Runner) -> None:
     if not read_only:  # a second lock on the door: every transaction of the role starts read-only
         report.role_statements.append(f"ALTER ROLE {grantee} SET default_transaction_read_only = on;")
     report.statements = list(wanted) + sorted(lifting - set(wanted))
-    if state.spec.sample_interval > 0 and waitsampling.EXTENSION in (state.facts.extensions if state.facts else ()):
+    if (state.spec.sample_interval > 0 and state.runs_cluster_queries  # the sampler's database
+            and waitsampling.EXTENSION in (state.facts.extensions if state.facts else ())):
         with state.session_locks[0]:  # the sampler reads pg_wait_sampling's profile where the role may
             missing, statements = waitsampling.profile_grants(session, grantee, defaults.timeout, defaults.lock_timeout)
         report.missing += missing

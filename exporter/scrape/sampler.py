@@ -18,6 +18,10 @@ connection (pg_terminate_backend, a server restart) is reconnected at the next t
 to BACKOFF_MAX_SECONDS while it keeps failing. It samples only while its target is up, as the scrapes
 found it: it never connects before the first scrape reached the server, nor takes the last free
 connection from a scrape. It stops when its runner closes (shutdown, reload).
+
+Where pg_wait_sampling is installed in its database and the role may read it, the sampler reads the
+extension's profile instead of polling (waitsampling.py): same counters, labels and bounds; the
+choice is made at each connect, and pgvigil_sampler_source says which it is.
 """
 from __future__ import annotations
 
@@ -59,7 +63,8 @@ MIN_BUDGET = 4
 MAX_ROWS = 10000
 
 HELP = {
-    WAITS: "Seconds of sessions sampled from pg_stat_activity every sample_interval, by database, user, "
+    WAITS: "Seconds of sessions sampled from pg_stat_activity every sample_interval (or read from pg_wait_sampling's "
+           "profile where installed: pgvigil_sampler_source), by database, user, "
            "application, backend type, state and wait event (wait_event_type=\"CPU\": active with no wait "
            "event); rate() is the average number of sessions; the top sample_top label sets, the rest as "
            "datname/usename/application_name=\"other\"",
@@ -422,7 +427,8 @@ def self_metric_families(samplers: Sequence[Sampler]) -> dict[str, tuple[str, st
 
 # pgvigil's own series about its samplers, by target (docs/metrics.md lists them from here).
 SELF_METRICS = {
-    "pgvigil_sampler_samples_total": ("counter", "Samples of pg_stat_activity taken"),
+    "pgvigil_sampler_samples_total": ("counter", "Samples of pg_stat_activity taken (or reads of pg_wait_sampling's "
+                                      "profile)"),
     "pgvigil_sampler_skipped_total": ("counter", "Sample ticks skipped because the previous sample overran: "
                                       "samples never pile up"),
     "pgvigil_sampler_failures_total": ("counter", "Samples or connects of the sampler that failed"),

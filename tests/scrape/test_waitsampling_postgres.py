@@ -168,3 +168,22 @@ def test_where_the_extension_is_not_in_this_database_the_sampler_polls(pws_clust
         assert source_of(sampler) == "pg_stat_activity"
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'pg_wait_sampling'").fetchone()[0] == 0
+
+
+def test_the_profile_is_named_by_the_catalog_in_a_hostile_schema_never_through_search_path(pws_cluster):
+    name = "w_" + uuid.uuid4().hex[:10]
+    dsn = pws_cluster.create_database(name)
+    # The extension in a schema whose name needs quoting; a decoy of the same name where search_path looks.
+    pws_cluster.execute('CREATE SCHEMA "we""ird. sch"; CREATE EXTENSION pg_wait_sampling WITH SCHEMA "we""ird. sch";'
+                        " CREATE VIEW public.pg_wait_sampling_profile AS SELECT 1 AS pid, 'Lock' AS event_type,"
+                        " 'decoy' AS event, 0::int8 AS queryid, (random() * 1e9)::int8 AS count", name)
+    with psycopg.connect(dsn, autocommit=True, application_name="pw-hostile") as conn:
+        with started(make_sampler(dsn, 0.3)) as sampler:
+            wait_until(lambda: sampler.stats.samples >= 2, 20, "the first reads")
+            assert source_of(sampler) == "pg_wait_sampling"
+            conn.execute("SELECT pg_sleep(1.5)")
+            wait_until(lambda: sampler.stats.samples >= 8, 20, "reads")
+            waits = by_wait(sampler)
+    assert sampler.stats.failures == 0
+    assert not [k for k in waits if k[1] == "decoy"]
+    assert by_wait(sampler, "pw-hostile").get(("Timeout", "PgSleep"), 0.0) == pytest.approx(1.5, rel=0.15)
