@@ -187,3 +187,32 @@ def test_the_profile_is_named_by_the_catalog_in_a_hostile_schema_never_through_s
     assert sampler.stats.failures == 0
     assert not [k for k in waits if k[1] == "decoy"]
     assert by_wait(sampler, "pw-hostile").get(("Timeout", "PgSleep"), 0.0) == pytest.approx(1.5, rel=0.15)
+
+
+def test_a_discovery_root_reads_the_profile_on_its_budget_slot_and_says_so_on_metrics(pws_db):
+    from exporter.config import parse_config
+    from exporter.server import Exporter
+    from tests.conftest import parse_exposition, sample
+
+    cluster, name, _ = pws_db
+    work = Workload(cluster.dsn(name))
+    try:
+        work.loop("pw-root-sleeper", "SELECT pg_sleep(5)")
+        # the root's DSN is the database with the extension (the profile is the whole server's)
+        body = (f"collectors: []\ntargets:\n  all:\n    dsn: {cluster.dsn(name)}\n    databases: ['{name}', postgres]\n"
+                "    sample_interval: 0.5\n")
+        exporter = Exporter(parse_config(body, source="t.yaml"))
+        try:
+            sampler = exporter.runner.samplers.by_target["all"]
+            exporter.metrics(10.0)
+            wait_until(lambda: sampler.stats.samples >= 4, 30, "reads")
+            samples = parse_exposition(exporter.metrics(10.0))
+            assert sample(samples, "pgvigil_sampler_source", target="all", source="pg_wait_sampling") == 1
+            assert sample(samples, "pg_wait_sampled_seconds_total", target="all", datname=name,
+                          application_name="pw-root-sleeper", state="active", wait_event="PgSleep") >= 0.5
+            assert exporter.runner.roots["all"].budget.open <= 5
+        finally:
+            exporter.close()
+        assert not sampler.alive and exporter.runner.roots["all"].budget.open == 0
+    finally:
+        work.close()
