@@ -219,6 +219,7 @@ class Sampler:
     def _read_profile(self, version: int) -> bool:
         """One read of the profile; False: the profile cannot be read after all (polling from now on)."""
         assert self._profile_schema is not None
+        sent = self.clock()
         try:
             result = self.session.run(
                 PreparedSql(waitsampling.read_sql(self._profile_schema, version), prelude=waitsampling.SETTINGS_SQL,
@@ -236,7 +237,7 @@ class Sampler:
                       f"its profile has {MAX_ROWS} rows or more: it keeps every pid until it is reset")
             return False
         cpu_in_profile = str(settings[1]).lower() in ("on", "true", "1")
-        found = self._profile.read(result.columns, result.rows, period, cpu_in_profile, self.interval)
+        found = self._profile.read(result.columns, result.rows, period, cpu_in_profile, self.interval, sent)
         if found is None:  # a baseline (first read, or the profile was reset): counted from the next read
             with self._lock:
                 self.stats.samples += 1

@@ -91,3 +91,22 @@ def test_settings_and_privileges_say_why_the_profile_is_not_read():
     assert "profile_period" in unusable((True, "-1; DROP", "on"))
     assert "missing" in unusable(None)
     assert period_seconds("10") == 0.01 and period_seconds("0") is None and period_seconds("99999999") is None
+
+
+def test_a_count_stands_for_the_interval_over_the_samples_the_collector_really_took():
+    delta = ProfileDelta()
+    walwriter = (None, None, None, "walwriter")
+    read(delta, profile(3, "Activity", "WalWriterMain", 1000, state=None, app=walwriter),
+         profile(7, "Timeout", "PgSleep", 0))
+    # 1 s between the reads, but a late collector took 90 samples (the walwriter, always waiting, got each)
+    waits, _ = delta.read(COLUMNS, [profile(3, "Activity", "WalWriterMain", 1090, state=None, app=walwriter),
+                                    profile(7, "Timeout", "PgSleep", 45)], 0.01, False, 1.0, at=None)
+    assert waits == {key("Timeout", "PgSleep"): pytest.approx(0.45)}  # no time given: counts × period
+    delta.previous_at = 10.0
+    waits, _ = delta.read(COLUMNS, [profile(3, "Activity", "WalWriterMain", 1180, state=None, app=walwriter),
+                                    profile(7, "Timeout", "PgSleep", 90)], 0.01, False, 1.0, at=11.0)
+    assert waits == {key("Timeout", "PgSleep"): pytest.approx(0.5)}  # 45 of 90 samples: half of the second
+    delta.previous_at = 20.0  # a stalled collector: at most twice the period per count
+    waits, _ = delta.read(COLUMNS, [profile(3, "Activity", "WalWriterMain", 1190, state=None, app=walwriter),
+                                    profile(7, "Timeout", "PgSleep", 100)], 0.01, False, 1.0, at=21.0)
+    assert waits == {key("Timeout", "PgSleep"): pytest.approx(0.2)}
