@@ -29,6 +29,7 @@ from pglast.visitors import Visitor
 
 from exporter.config import Config, QuerySpec, TargetSpec
 from exporter.logs import loggable
+from exporter.scrape import waitsampling
 from exporter.scrape.capability import SKIP_REASONS, probed_texts
 from exporter.scrape.runner import Runner
 from exporter.scrape.session import ConnectFailed, PreparedSql, QueryFailed, Session, scope_of
@@ -209,6 +210,12 @@ def _fill(report: TargetGrants, state: TargetState, runner: Runner) -> None:
     if not read_only:  # a second lock on the door: every transaction of the role starts read-only
         report.role_statements.append(f"ALTER ROLE {grantee} SET default_transaction_read_only = on;")
     report.statements = list(wanted) + sorted(lifting - set(wanted))
+    if (state.spec.sample_interval > 0 and state.runs_cluster_queries  # the sampler's database
+            and waitsampling.EXTENSION in (state.facts.extensions if state.facts else ())):
+        with state.session_locks[0]:  # the sampler reads pg_wait_sampling's profile where the role may
+            missing, statements = waitsampling.profile_grants(session, grantee, defaults.timeout, defaults.lock_timeout)
+        report.missing += missing
+        report.statements += statements
     if state.spec.log is not None and state.spec.log.source == "sql":  # the server log, read through SQL
         with state.session_locks[0]:
             granted = session.run(PreparedSql(log_grants.PRIVILEGES_SQL), timeout=defaults.timeout,

@@ -21,6 +21,8 @@ command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 |
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need_apt+=(debootstrap)
 # VictoriaMetrics, vmagent and vmalert: the fleet topology's engines (tests/e2e/test_metricsql.py, test_fleet.py)
 command -v vmalert >/dev/null || need_apt+=(victoria-metrics)
+# pg_wait_sampling: the sampler's profile source (tests/scrape/test_waitsampling_postgres.py)
+[ -e /usr/lib/postgresql/15/lib/pg_wait_sampling.so ] || need_apt+=(postgresql-15-pg-wait-sampling)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt_install "${need_apt[@]}"
 fi

@@ -229,7 +229,8 @@ def render_sampled() -> list[str]:
     """The sampler's series (exporter/scrape/sampler.py): not a pack, so listed from the sampler's own tables."""
     rows = [(sampler.WAITS, "counter", ("target", *sampler.WAIT_LABELS), sampler.HELP[sampler.WAITS]),
             (sampler.STATEMENTS, "counter", ("target", *sampler.STATEMENT_LABELS), sampler.HELP[sampler.STATEMENTS]),
-            *((name, mtype, ("target",), help_text) for name, (mtype, help_text) in sampler.SELF_METRICS.items())]
+            *((name, mtype, ("target", *sampler.SELF_METRIC_LABELS.get(name, ())), help_text)
+              for name, (mtype, help_text) in sampler.SELF_METRICS.items())]
     return [
         "## Sessions sampled between scrapes",
         "",

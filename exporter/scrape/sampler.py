@@ -18,6 +18,10 @@ connection (pg_terminate_backend, a server restart) is reconnected at the next t
 to BACKOFF_MAX_SECONDS while it keeps failing. It samples only while its target is up, as the scrapes
 found it: it never connects before the first scrape reached the server, nor takes the last free
 connection from a scrape. It stops when its runner closes (shutdown, reload).
+
+Where pg_wait_sampling is installed in its database and the role may read it, the sampler reads the
+extension's profile instead of polling (waitsampling.py): same counters, labels and bounds; the
+choice is made at each connect, and pgvigil_sampler_source says which it is.
 """
 from __future__ import annotations
 
@@ -30,9 +34,10 @@ from typing import Callable, Iterable, Sequence
 
 from exporter.config import Defaults, TargetSpec
 from exporter.logs import loggable
+from exporter.scrape import waitsampling
 from exporter.scrape.budget import BudgetedSession, ConnectionBudget
 from exporter.scrape.exposition import family_header
-from exporter.scrape.session import ConnectFailed, PreparedSql, QueryFailed, Session, TargetSession
+from exporter.scrape.session import ConnectFailed, PreparedSql, QueryFailed, ServerFacts, Session, TargetSession
 from exporter.scrape.targets import TargetSet
 from exporter.scrape.waitprofile import WaitProfile, bounded
 
@@ -58,7 +63,8 @@ MIN_BUDGET = 4
 MAX_ROWS = 10000
 
 HELP = {
-    WAITS: "Seconds of sessions sampled from pg_stat_activity every sample_interval, by database, user, "
+    WAITS: "Seconds of sessions sampled from pg_stat_activity every sample_interval (or read from pg_wait_sampling's "
+           "profile where installed: pgvigil_sampler_source), by database, user, "
            "application, backend type, state and wait event (wait_event_type=\"CPU\": active with no wait "
            "event); rate() is the average number of sessions; the top sample_top label sets, the rest as "
            "datname/usename/application_name=\"other\"",
@@ -139,6 +145,12 @@ class Sampler:
         self._backoff = 0.0
         self._log_name = loggable(name)
         self._failed_with: str | None = None
+        # pg_wait_sampling (waitsampling.py): its schema when its profile is read, chosen at each connect
+        self.source = waitsampling.POLLING
+        self._profile_schema: str | None = None
+        self._profile = waitsampling.ProfileDelta()
+        self._chosen_for: object = None  # the ServerFacts (a connection) the source was chosen for
+        self._told: set[str] = set()  # why the profile is not read: logged once each
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name=f"pgvigil-sampler-{self.name}", daemon=True)
@@ -180,9 +192,12 @@ class Sampler:
                 self.session.close()  # its slot and connection serve better elsewhere
                 return BACKOFF_MAX_SECONDS
             self.standing_by = False
-            result = self.session.run(PreparedSql(sample_sql(facts.version), limit=MAX_ROWS),
-                                      timeout=self.defaults.timeout, lock_timeout=self.defaults.lock_timeout)
-            self._record(result.columns, result.rows)
+            if facts is not self._chosen_for:
+                self._choose_source(facts)
+            if not (self._profile_schema is not None and self._read_profile(facts.version)):
+                result = self.session.run(PreparedSql(sample_sql(facts.version), limit=MAX_ROWS),
+                                          timeout=self.defaults.timeout, lock_timeout=self.defaults.lock_timeout)
+                self._record(result.columns, result.rows)
         except (ConnectFailed, QueryFailed) as exc:
             return self._failed(exc)
         except Exception as exc:  # noqa: BLE001 (a sampler that dies would stop sampling for good, silently)
@@ -193,6 +208,61 @@ class Sampler:
             log.info("sampler of target %s: sampling again", self._log_name)
             self._failed_with = None
         return 0.0
+
+    # -- pg_wait_sampling ----------------------------------------------------
+    def _choose_source(self, facts: ServerFacts) -> None:
+        """At each connect: read pg_wait_sampling's profile when installed here and readable, else poll."""
+        self._profile.restart()
+        schema = dict(facts.extension_schemas).get(waitsampling.EXTENSION)
+        why = None
+        if schema is not None:
+            rows = self.session.run(PreparedSql(waitsampling.PROBE_SQL), timeout=self.defaults.timeout,
+                                    lock_timeout=self.defaults.lock_timeout).rows
+            why = waitsampling.unusable(rows[0] if rows else None)
+        self._use(schema if why is None else None, why)
+        self._chosen_for = facts  # after the probe: a probe that failed is tried again at the next tick
+
+    def _use(self, schema: str | None, why: str | None) -> None:
+        self._profile_schema = schema
+        self.source = waitsampling.EXTENSION if schema is not None else waitsampling.POLLING
+        if why is not None and why not in self._told:
+            self._told.add(why)
+            log.warning("sampler of target %s: pg_wait_sampling is installed but not used (%s): sampling "
+                        "pg_stat_activity instead", self._log_name, why)
+
+    def _read_profile(self, version: int) -> bool:
+        """One read of the profile; False: the profile cannot be read after all (polling from now on)."""
+        assert self._profile_schema is not None
+        sent = self.clock()
+        try:
+            result = self.session.run(
+                PreparedSql(waitsampling.read_sql(self._profile_schema, version), prelude=waitsampling.SETTINGS_SQL,
+                            limit=MAX_ROWS), timeout=self.defaults.timeout, lock_timeout=self.defaults.lock_timeout)
+        except QueryFailed as exc:
+            if exc.connection_lost or exc.reason == "timeout":
+                self._profile.restart()
+                raise
+            self._use(None, f"reading its profile failed: {loggable(str(exc))}")
+            return False
+        settings = list(result.prelude or ()) + [None, None]
+        period = waitsampling.period_seconds(settings[0])
+        if period is None or len(result.rows) >= MAX_ROWS:
+            self._use(None, "its profile_period is not a number of ms between 1 and 60000" if period is None else
+                      f"its profile has {MAX_ROWS} rows or more: it keeps every pid until it is reset")
+            return False
+        cpu_in_profile = str(settings[1]).lower() in ("on", "true", "1")
+        found = self._profile.read(result.columns, result.rows, period, cpu_in_profile, self.interval, sent)
+        if found is None:  # a baseline (first read, or the profile was reset): counted from the next read
+            with self._lock:
+                self.stats.samples += 1
+            return True
+        waits, statements = found
+        # WaitProfile counts sessions × interval: the seconds become the interval's average sessions.
+        with self._lock:
+            self.waits.add({k: v / self.interval for k, v in waits.items()}, self.interval)
+            self.statements.add({k: v / self.interval for k, v in statements.items()}, self.interval)
+            self.stats.samples += 1
+        return True
 
     def _failed(self, exc: Exception) -> float:
         lost = isinstance(exc, ConnectFailed) or getattr(exc, "connection_lost", False)
@@ -355,7 +425,9 @@ def self_metric_families(samplers: Sequence[Sampler]) -> dict[str, tuple[str, st
     failed: list = []
     seconds: list = []
     series: list = []
+    sources: list = []
     for sampler in samplers:
+        sources.append((f'{sampler.label_text},source="{sampler.source}"', 1))
         stats, count = sampler.snapshot()
         taken.append((sampler.label_text, stats.samples))
         skipped.append((sampler.label_text, stats.skipped))
@@ -364,13 +436,14 @@ def self_metric_families(samplers: Sequence[Sampler]) -> dict[str, tuple[str, st
         series.append((sampler.label_text, count))
     if not samplers:
         return {}
-    values: dict[str, list] = dict(zip(SELF_METRICS, (taken, skipped, failed, seconds, series)))
+    values: dict[str, list] = dict(zip(SELF_METRICS, (taken, skipped, failed, seconds, series, sources)))
     return {name: (mtype, help_text, values[name]) for name, (mtype, help_text) in SELF_METRICS.items()}
 
 
 # pgvigil's own series about its samplers, by target (docs/metrics.md lists them from here).
 SELF_METRICS = {
-    "pgvigil_sampler_samples_total": ("counter", "Samples of pg_stat_activity taken"),
+    "pgvigil_sampler_samples_total": ("counter", "Samples of pg_stat_activity taken (or reads of pg_wait_sampling's "
+                                      "profile)"),
     "pgvigil_sampler_skipped_total": ("counter", "Sample ticks skipped because the previous sample overran: "
                                       "samples never pile up"),
     "pgvigil_sampler_failures_total": ("counter", "Samples or connects of the sampler that failed"),
@@ -378,5 +451,9 @@ SELF_METRICS = {
                                       "(round trip included)"),
     "pgvigil_sampler_series": ("gauge", "Label sets the sampler exports now (bounded by sample_top, "
                                "plus the other remainders)"),
+    "pgvigil_sampler_source": ("gauge", "1 for what the sampler reads: pg_wait_sampling (the extension's profile, "
+                               "sampled by the server every profile_period) or pg_stat_activity (polled every "
+                               "sample_interval)"),
 }
+SELF_METRIC_LABELS = {"pgvigil_sampler_source": ("source",)}  # labels besides the target's
 
