@@ -63,7 +63,8 @@ def pipeline(small_cluster, alertmanager_service, tmp_path_factory):
     config = parse_config(
         "targets:\n"
         # Not sampled: the sampler's session, opened after the first scrape, would move the count under test.
-        f"  primary:\n    dsn: {small_cluster.dsn('postgres')}\n    labels: {{cluster: e2e}}\n    sample_interval: off\n"
+        f"  primary:\n    dsn: {small_cluster.dsn('postgres')}\n    labels: {{cluster: e2e}}\n"
+        "    sample_interval: off\n"
         "collectors: [default]\n"
     )
     server = start_server(config)
