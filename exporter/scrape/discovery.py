@@ -38,6 +38,7 @@ from exporter.config import Defaults, QuerySpec, TargetSpec
 from exporter.logs import loggable
 from exporter.scrape.budget import BudgetedSession, ConnectionBudget, NoConnectionSlot
 from exporter.scrape.exposition import label_text
+from exporter.scrape.rows import name_bytes
 from exporter.scrape.session import ConnectFailed, PreparedSql, QueryFailed, Session
 from exporter.scrape.state import TargetState
 
@@ -51,8 +52,7 @@ SKIP_OUTCOMES = ("excluded", "template", "connections_not_allowed", "no_connect_
 
 # Names as their bytes (bytea, sent as hex): decode(..., 'escape') copies every byte but the backslash,
 # which is doubled first, so no encoding check on the server or in the driver sees the name.
-DATABASES_SQL = (r"SELECT pg_catalog.decode(pg_catalog.replace(datname::pg_catalog.text, E'\\', E'\\\\'), 'escape')"
-                 " AS datname, datistemplate, datallowconn,"
+DATABASES_SQL = (f"SELECT {name_bytes('datname')} AS datname, datistemplate, datallowconn,"
                  " pg_catalog.has_database_privilege(oid, 'CONNECT') AS may_connect,"
                  " datname = pg_catalog.current_database() AS home FROM pg_catalog.pg_database")
 

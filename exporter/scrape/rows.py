@@ -88,3 +88,17 @@ class _Timestamptz(TimestamptzLoader):
 class _Date(DateLoader):
     def load(self, data: Buffer) -> Any:
         return _INFINITE_DATE.get(bytes(data)) or super().load(data)
+
+
+def name_bytes(column: str) -> str:
+    """SQL reading a name column as bytea: a tenant may give a database or role a name that is not
+    UTF-8 (created from a SQL_ASCII database), which the driver cannot read as text. decode(...,
+    'escape') copies every byte but the backslash, which is doubled first."""
+    return rf"pg_catalog.decode(pg_catalog.replace({column}::pg_catalog.text, E'\\', E'\\\\'), 'escape')"
+
+
+def name_text(value: object) -> str:
+    """A name read with name_bytes(), as text: bytes that are not UTF-8 read as U+FFFD, NULL as ''."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    return "" if value is None else str(value)

@@ -37,6 +37,7 @@ from exporter.logs import loggable
 from exporter.scrape import waitsampling
 from exporter.scrape.budget import BudgetedSession, ConnectionBudget
 from exporter.scrape.exposition import family_header
+from exporter.scrape.rows import name_bytes, name_text
 from exporter.scrape.session import ConnectFailed, PreparedSql, QueryFailed, ServerFacts, Session, TargetSession
 from exporter.scrape.targets import TargetSet
 from exporter.scrape.waitprofile import WaitProfile, bounded
@@ -84,7 +85,7 @@ def sample_sql(version: int) -> str:
                " THEN a.query_id::pg_catalog.text END" if version >= 140000 else "NULL::pg_catalog.text")
     # Database and user names as their bytes (discovery.py's way): a name made in a SQL_ASCII database
     # need not be UTF-8, and a row the driver cannot read would drop its sessions from the sample unseen.
-    return (f"SELECT {_as_bytes('a.datname')} AS datname, {_as_bytes('a.usename')} AS usename,"
+    return (f"SELECT {name_bytes('a.datname')} AS datname, {name_bytes('a.usename')} AS usename,"
             " a.application_name, a.backend_type, a.state, a.wait_event_type, a.wait_event,"
             f" {queryid} AS queryid, pg_catalog.count(*) AS sessions"
             " FROM pg_catalog.pg_stat_activity a"
@@ -97,16 +98,9 @@ def sample_sql(version: int) -> str:
             " GROUP BY 1, 2, 3, 4, 5, 6, 7, 8")
 
 
-def _as_bytes(column: str) -> str:
-    """A name column as bytea: decode(..., 'escape') copies every byte but the backslash, doubled first."""
-    return rf"pg_catalog.decode(pg_catalog.replace({column}::pg_catalog.text, E'\\', E'\\\\'), 'escape')"
-
-
 def _name(value: object) -> str:
-    """A name read as bytes, as a label value: bytes that are not UTF-8 read as U+FFFD."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        value = bytes(value).decode("utf-8", "replace")
-    return bounded(value)
+    """A name read as bytes (name_bytes), as a label value."""
+    return bounded(name_text(value))
 
 
 @dataclass

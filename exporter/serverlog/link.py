@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from exporter.scrape.rows import name_bytes, name_text
 from exporter.serverlog.source import SourceError
 
 STATEMENT_TIMEOUT_MS = 10_000
@@ -76,9 +77,10 @@ class ServerLink:
 
     def names(self) -> tuple[frozenset[str], frozenset[str]]:
         """The roles and databases the server has: the only names a failed login's labels may take."""
-        roles = self._rows("SELECT rolname::text FROM pg_catalog.pg_roles ORDER BY oid")
-        databases = self._rows("SELECT datname::text FROM pg_catalog.pg_database ORDER BY oid")
-        return frozenset(r[0] for r in roles), frozenset(d[0] for d in databases)
+        # As bytes: a tenant's role or database named in bytes that are not UTF-8 must not stop the reading.
+        roles = self._rows(f"SELECT {name_bytes('rolname')} FROM pg_catalog.pg_roles ORDER BY oid")
+        databases = self._rows(f"SELECT {name_bytes('datname')} FROM pg_catalog.pg_database ORDER BY oid")
+        return frozenset(name_text(r[0]) for r in roles), frozenset(name_text(d[0]) for d in databases)
 
     def ls_logdir(self) -> list[tuple[str, int, float]]:
         return [(r[0], int(r[1]), float(r[2])) for r in self._rows(

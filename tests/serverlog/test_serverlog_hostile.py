@@ -278,3 +278,27 @@ def test_the_state_file_keeps_no_text_of_the_log(tmp_path):
     again, sink = follow(logs, state)
     again.cycle(1 << 20)
     assert [e[4] for e in sink.entries][:1] == ["new"]
+
+
+def test_a_role_and_a_database_named_in_bytes_that_are_not_utf8_do_not_stop_the_reading(cluster):
+    """A tenant with CREATEROLE or CREATEDB in a SQL_ASCII database may name them in any bytes: the
+    names the reader loads (for failed logins' labels) are read as bytes, not refused by the driver."""
+    ascii_db, role, database = "serverlog_ascii", b'"slr\xff\xfe"', b'"sld\xff\xfe"'
+    cluster.execute(f"DROP DATABASE IF EXISTS {ascii_db}")
+    cluster.execute(f"CREATE DATABASE {ascii_db} TEMPLATE template0 ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'")
+    admin = psycopg.connect(cluster.dsn(ascii_db), autocommit=True)
+    admin.execute("SET pg_stat_statements.track = 'none'")  # its texts would not be UTF-8 (test_sampler_postgres)
+    link = ServerLink(cluster.dsn("postgres"))
+    try:
+        admin.execute(b"CREATE ROLE " + role)
+        admin.execute(b"CREATE DATABASE " + database + b" TEMPLATE template0 ENCODING 'SQL_ASCII'"
+                      b" LC_COLLATE 'C' LC_CTYPE 'C'")
+        roles, databases = link.names()
+        assert "slr\ufffd\ufffd" in roles and "postgres" in roles
+        assert "sld\ufffd\ufffd" in databases and "postgres" in databases
+    finally:
+        link.close()
+        admin.execute(b"DROP DATABASE IF EXISTS " + database)
+        admin.execute(b"DROP ROLE IF EXISTS " + role)
+        admin.close()
+        cluster.execute(f"DROP DATABASE IF EXISTS {ascii_db}")
