@@ -91,6 +91,7 @@ def test_shipped_rule_fires_on_the_scraped_series(fresh_db, tmp_path):
     minutes = for_minutes + 5
     input_series = [{"series": selector(name, {**labels, **scrape}), "values": constant(value, minutes)}
                     for name, (labels, value) in series.items()]
+    input_series.append({"series": selector("up", scrape), "values": constant(1, minutes)})  # Prometheus' own
     labels = {**series["pgvigil_backup_configured"][0], **scrape}
     expected = {
         "exp_labels": {**labels, "severity": severity},
@@ -103,9 +104,10 @@ def test_shipped_rule_fires_on_the_scraped_series(fresh_db, tmp_path):
         "tests": [{"interval": "1m", "input_series": input_series, "alert_rule_test": [
             {"eval_time": f"{for_minutes - 1}m", "alertname": ALERT, "exp_alerts": []},
             {"eval_time": f"{for_minutes + 1}m", "alertname": ALERT, "exp_alerts": [expected]},
-            # nothing else fires for a healthy server whose backups merely have not started
+            # nothing else fires for a healthy server whose backups merely have not started (but the
+            # dead man's switch, which always fires)
             *({"eval_time": f"{for_minutes + 1}m", "alertname": other.name, "exp_alerts": []}
-              for other in alert_specs(thresholds) if other.name != ALERT),
+              for other in alert_specs(thresholds) if other.name not in (ALERT, "PostgresWatchdog")),
         ]}],
     }
     test_file = tmp_path / "never-succeeded.test.yml"
