@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import psycopg
 
 from exporter.scrape.rows import name_bytes, name_text
+from exporter.scrape.wire import BoundedConnection
 from exporter.serverlog.source import SourceError
 
 STATEMENT_TIMEOUT_MS = 10_000
@@ -48,7 +49,8 @@ class ServerLink:
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
             try:
-                self._conn = psycopg.connect(
+                # Bounded like every session of pgvigil: no answer of the server may pass wire.ANSWER_BYTES.
+                self._conn = BoundedConnection.connect(
                     self._dsn, autocommit=True, prepare_threshold=None, connect_timeout=CONNECT_TIMEOUT,
                     application_name="pgvigil-log", client_encoding="UTF8",
                     options=f"-c default_transaction_read_only=on -c statement_timeout={STATEMENT_TIMEOUT_MS}")
