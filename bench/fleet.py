@@ -8,7 +8,8 @@ databases"), starts `pgvigil serve` as a process of its own (default packs, ship
 
 1. Phase A probes the server target alone (its DSN database: the cluster-wide queries), phase B the
    server and every discovered database. Per round: the series (sample lines) and bytes of each
-   answer, the pgvigil process' CPU time (/proc utime+stime), its resident memory. A database's cost
+   answer (text, and gzipped on the wire as Prometheus asks for it), the pgvigil process' CPU time
+   (/proc utime+stime), its resident memory. A database's cost
    is (B - A) / D.
 2. From those: the largest configuration one pgvigil serves at the interval within --cpu-budget cores
    (0.5), as clusters of D databases, and the wall time of a round.
@@ -25,6 +26,7 @@ Figures and the fleet sizing drawn from them: docs/scaling.md.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import statistics
@@ -77,6 +79,15 @@ def get(url: str) -> bytes:
         return answer.read()
 
 
+def scrape(url: str) -> tuple[bytes, int]:
+    """An answer asked for as Prometheus asks (gzip): its text, and the bytes that crossed the wire."""
+    request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        wire = answer.read()
+        gzipped = answer.headers["Content-Encoding"] == "gzip"
+    return (gzip.decompress(wire) if gzipped else wire), len(wire)
+
+
 def series_in(body: bytes) -> int:
     return sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
 
@@ -122,8 +133,8 @@ def rounds(proc: subprocess.Popen, url: str, targets: list[str], count: int, int
         started, cpu = time.monotonic(), cpu_seconds(proc.pid)
         sizes = {}
         for target in targets:
-            body = get(f"{url}/probe?target={urllib.request.quote(target, safe='')}")
-            sizes[target] = (series_in(body), len(body))
+            body, wire = scrape(f"{url}/probe?target={urllib.request.quote(target, safe='')}")
+            sizes[target] = (series_in(body), len(body), wire)
         wall = time.monotonic() - started
         if index:
             per_round.append({"cpu": cpu_seconds(proc.pid) - cpu, "wall": wall, "sizes": sizes})
@@ -132,7 +143,8 @@ def rounds(proc: subprocess.Popen, url: str, targets: list[str], count: int, int
     # the mean: a query whose ttl is longer than the interval runs in some rounds only
     return {"cpu_per_round": statistics.fmean(r["cpu"] for r in per_round),
             "wall_per_round": statistics.median(r["wall"] for r in per_round),
-            "series": sum(s for s, _ in last.values()), "bytes": sum(b for _, b in last.values()),
+            "series": sum(s for s, _, _ in last.values()), "bytes": sum(b for _, b, _ in last.values()),
+            "wire_bytes": sum(w for _, _, w in last.values()),
             "rss_kib": memory_kib(proc.pid, "VmRSS"), "hwm_kib": memory_kib(proc.pid, "VmHWM"), "sizes": last}
 
 
@@ -224,7 +236,8 @@ def report(args: argparse.Namespace, a: dict, b: dict, rw: dict | None) -> None:
         "databases": d, "tables": args.tables, "interval": args.interval, "ttls": "0" if args.no_ttl else "shipped",
         "server_target": {k: a[k] for k in ("series", "bytes", "cpu_per_round", "wall_per_round", "rss_kib")},
         "per_database": per_db,
-        "cluster": {"series": b["series"], "bytes": b["bytes"], "cpu_per_scrape": b["cpu_per_round"],
+        "cluster": {"series": b["series"], "bytes": b["bytes"], "wire_bytes": b["wire_bytes"],
+                    "cpu_per_scrape": b["cpu_per_round"],
                     "wall_per_scrape": b["wall_per_round"], "rss_kib": b["rss_kib"], "hwm_kib": b["hwm_kib"]},
         "largest_at_budget": {"clusters": clusters, "databases": clusters * d if clusters else None,
                               "cpu_budget_cores": args.cpu_budget},
@@ -237,7 +250,8 @@ def report(args: argparse.Namespace, a: dict, b: dict, rw: dict | None) -> None:
     print(f"per discovered database ({args.tables} tables): {per_db['series']:.0f} series, "
           f"{per_db['bytes']:.0f} bytes, {per_db['cpu'] * 1000:.1f} ms CPU per scrape, "
           f"{per_db['rss_kib'] / 1024:.2f} MiB resident")
-    print(f"a cluster of {d}: {b['series']} series, {b['bytes'] / 1024:.0f} KiB per scrape, "
+    print(f"a cluster of {d}: {b['series']} series, {b['bytes'] / 1024:.0f} KiB of text per scrape "
+          f"({b['wire_bytes'] / 1024:.0f} KiB gzipped on the wire), "
           f"{b['cpu_per_round'] * 1000:.0f} ms CPU and {b['wall_per_round']:.2f} s wall per scrape round, "
           f"RSS {b['rss_kib'] / 1024:.0f} MiB (peak {b['hwm_kib'] / 1024:.0f} MiB)")
     if clusters is not None:

@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 from prometheus_client.registry import Collector
 
-from exporter import __version__
+from exporter import __version__, compression
 from exporter.config import Config
 from exporter.scrape.assembly import ScrapeText
 from exporter.scrape.discovery import health_of, http_sd
@@ -217,10 +217,18 @@ def _handler_class(exporter: Exporter, authorize: Callable[[str | None], bool] |
         def reply(self, code: int, content_type: str, body: bytes | list[bytes]) -> None:
             """Send an answer; a client that hung up or reads too slowly is dropped (a debug line)."""
             chunks = [body] if isinstance(body, bytes) else body
+            compressible = sum(map(len, chunks)) >= compression.MIN_BYTES
+            encoded = compressible and compression.accepts_gzip(self.headers.get("Accept-Encoding"))
+            if encoded:
+                chunks = compression.gzipped(chunks)
             _REAPER.watch(self.connection, RESPONSE_DEADLINE)
             try:
                 self.send_response(code)
                 self.send_header("Content-Type", content_type)
+                if compressible:
+                    self.send_header("Vary", "Accept-Encoding")
+                if encoded:
+                    self.send_header("Content-Encoding", "gzip")
                 self.send_header("Content-Length", str(sum(map(len, chunks))))
                 self.end_headers()
                 if self.command != "HEAD":

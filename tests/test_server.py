@@ -1,6 +1,7 @@
 """HTTP endpoints over a real socket, against a real PostgreSQL."""
 from __future__ import annotations
 
+import gzip
 import json
 import urllib.error
 import urllib.request
@@ -121,3 +122,25 @@ def test_a_client_cutting_the_deadline_short_fails_no_query(fresh_db):
     errors = {labels: value for (name, labels), value in samples.items() if name == "pgvigil_query_errors_total"}
     assert errors and all(value == 0 for value in errors.values()), errors
     assert all(sample(samples, f"q{i}_x") == i for i in range(12))
+
+
+def test_answers_are_gzipped_when_the_client_asks(server):
+    def fetch(method: str, encoding: str | None):
+        request = urllib.request.Request(server.url + "/metrics", method=method,
+                                         headers={"Accept-Encoding": encoding} if encoding else {})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.headers, response.read()
+
+    headers, packed = fetch("GET", "gzip, deflate")  # as Prometheus asks
+    assert headers["Content-Encoding"] == "gzip" and headers["Vary"] == "Accept-Encoding"
+    assert int(headers["Content-Length"]) == len(packed)
+    text = gzip.decompress(packed).decode()
+    assert sample(parse_exposition(text), "q_x", target="up") == 1
+    assert len(packed) * 3 < len(text)
+    headers, plain = fetch("GET", "gzip;q=0, identity")
+    assert headers["Content-Encoding"] is None and headers["Vary"] == "Accept-Encoding"
+    assert sample(parse_exposition(plain.decode()), "q_x", target="up") == 1
+    headers, nothing = fetch("HEAD", "gzip")
+    assert nothing == b"" and headers["Content-Encoding"] == "gzip" and int(headers["Content-Length"]) > 0
+    status, _, body = get(server.url + "/probe?target=nowhere", {"Accept-Encoding": "gzip"})  # small: as is
+    assert status == 400 and body.startswith("unknown target")
