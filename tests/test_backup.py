@@ -251,3 +251,32 @@ def test_a_view_on_an_extension_the_role_may_not_create_fails_the_restore_naming
         assert scratch_databases(cluster) == []
     finally:
         cluster.execute(f"DROP ROLE {role}")
+
+
+# A tenant's look-alikes of the catalog's functions: on public (a better match than pg_catalog's variadic
+# format()), and in a schema the database puts ahead of pg_catalog. Each one fails the statement it is
+# called from, so a backup that calls one fails; a real tenant's would quietly run as the backup's role.
+LOOK_ALIKES = """
+CREATE FUNCTION public.format(text, name, name) RETURNS text LANGUAGE plpgsql AS
+  $$ BEGIN RAISE EXCEPTION 'the tenant''s format() ran as %', current_user; END $$;
+CREATE SCHEMA trap;
+CREATE FUNCTION trap.current_setting(text) RETURNS text LANGUAGE plpgsql AS
+  $$ BEGIN RAISE EXCEPTION 'the tenant''s current_setting() ran as %', current_user; END $$;
+CREATE FUNCTION trap.tally(bigint) RETURNS bigint LANGUAGE plpgsql AS
+  $$ BEGIN RAISE EXCEPTION 'the tenant''s count(*) ran as %', current_user; END $$;
+CREATE AGGREGATE trap.count(*) (SFUNC = trap.tally, STYPE = bigint, INITCOND = 0);
+"""
+
+
+def test_a_tenants_look_alike_functions_are_never_called_by_the_backup(cluster, app_db, tmp_path):
+    """The backup's own SQL resolves names in pg_catalog only, whatever the database's search_path and
+    public hold; the user's sanity query still finds the user's tables."""
+    db = dbname_of(app_db)
+    cluster.execute(LOOK_ALIKES, db)
+    cluster.execute(f'ALTER DATABASE "{db}" SET search_path = trap, pg_catalog, public')
+    entry = run_backup(app_db, "primary", tmp_path, progress=False)
+    manifest = json.loads((tmp_path / entry["files"]["manifest"]).read_text())
+    assert {(t["schema"], t["name"]): t["rows"] for t in manifest["tables"]} == EXPECTED_ROWS
+    result = verify_backup(tmp_path, restore=True, dsn=app_db, sanity_query="SELECT count(*) = 1200 FROM customers")
+    assert result.success, result.failure
+    assert "sanity query returned True" in result.checks

@@ -23,6 +23,15 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from exporter.redaction import dsn_secrets, redact
 
 
+# The backup's own sessions run pgvigil's SQL in databases whose tenants may plant look-alikes of the
+# catalog's functions (on the database's search_path, or on public as a better match than a variadic
+# built-in), and its role is often a superuser: names resolve in pg_catalog alone. Row-level security
+# off, as pg_dump sets it: a table it would filter fails the statement instead of running the policy's
+# functions. pg_dump and pg_restore pin their own sessions the same way. Startup options outrank the
+# database's and the role's settings; they come after the DSN's own, so they win over those too.
+PINNED_OPTIONS = "-c search_path=pg_catalog,pg_temp -c row_security=off"
+
+
 class BackupError(Exception):
     """A failure the user can act on; the message is printed as is, without a traceback."""
 
@@ -55,6 +64,7 @@ class Conninfo:
 
     def connect(self, **override: str) -> psycopg.Connection:
         kwargs = {**self.params, **override}
+        kwargs["options"] = f"{kwargs.get('options', '')} {PINNED_OPTIONS}".strip()
         if self.password is not None:
             kwargs["password"] = self.password
         try:

@@ -304,8 +304,10 @@ def _restore_into(conninfo: Conninfo, scratch: str, dump: Path, manifest: dict[s
 
 
 def _run_sanity_query(cur: Any, query: str) -> str:
-    """The user's own assertion about the data, e.g. 'SELECT count(*) > 0 FROM users'."""
+    """The user's own assertion about the data, e.g. 'SELECT count(*) > 0 FROM users': it names the
+    user's tables as a fresh database's default search_path finds them (pg_catalog first)."""
     try:
+        cur.execute("SET search_path = pg_catalog, \"$user\", public")
         cur.execute(query)
         cur.set_result(-1)  # of several statements, the last one's answer counts
         row = cur.fetchone() if cur.description else None

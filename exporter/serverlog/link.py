@@ -1,7 +1,11 @@
 """The reader's one connection to its server: the log settings, the names it knows, and (source: sql) the files.
 
-Separate from the scrape's sessions so reading the log never waits for, or delays, a scrape. Read-only,
-bounded by a statement timeout; its errors become a reason (`SourceError`), never the server's text.
+Separate from the scrape's sessions so reading the log never waits for, or delays, a scrape. It runs only
+pgvigil's own fixed SQL, so its settings are pinned once, as startup options (which outrank what a tenant
+owning the database or the role sets): the scrape sessions' read-only and lexing settings, a statement
+timeout, and `search_path` pg_catalog only, so no name of a tenant's schema is resolved in place of a
+catalog's (an operator `=`, a type `float8`). Its errors become a reason (`SourceError`), never the
+server's text.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from dataclasses import dataclass
 import psycopg
 
 from exporter.scrape.rows import name_bytes, name_text
+from exporter.scrape.transaction import STARTUP_OPTIONS
 from exporter.scrape.wire import BoundedConnection
 from exporter.serverlog.source import SourceError
 
@@ -17,6 +22,7 @@ STATEMENT_TIMEOUT_MS = 10_000
 CONNECT_TIMEOUT = 5
 # Names beyond this many are not loaded: a failed login's user or database then shows as `unknown`.
 MAX_NAMES = 10_000
+OPTIONS = f"{STARTUP_OPTIONS} -c search_path=pg_catalog,pg_temp -c statement_timeout={STATEMENT_TIMEOUT_MS}"
 
 
 @dataclass(frozen=True)
@@ -52,8 +58,7 @@ class ServerLink:
                 # Bounded like every session of pgvigil: no answer of the server may pass wire.ANSWER_BYTES.
                 self._conn = BoundedConnection.connect(
                     self._dsn, autocommit=True, prepare_threshold=None, connect_timeout=CONNECT_TIMEOUT,
-                    application_name="pgvigil-log", client_encoding="UTF8",
-                    options=f"-c default_transaction_read_only=on -c statement_timeout={STATEMENT_TIMEOUT_MS}")
+                    application_name="pgvigil-log", client_encoding="UTF8", options=OPTIONS)
             except psycopg.Error as exc:
                 raise SourceError(reason_of(exc)) from None
         return self._conn
@@ -86,7 +91,7 @@ class ServerLink:
 
     def ls_logdir(self) -> list[tuple[str, int, float]]:
         return [(r[0], int(r[1]), float(r[2])) for r in self._rows(
-            "SELECT name, size, extract(epoch FROM modification)::float8 FROM pg_catalog.pg_ls_logdir()")]
+            "SELECT name, size, extract(epoch FROM modification)::pg_catalog.float8 FROM pg_catalog.pg_ls_logdir()")]
 
     def read(self, path: str, offset: int, length: int) -> bytes:
         rows = self._rows("SELECT pg_catalog.pg_read_binary_file(%s, %s::bigint, %s::bigint)", (path, offset, length))

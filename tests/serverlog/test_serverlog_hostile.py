@@ -302,3 +302,38 @@ def test_a_role_and_a_database_named_in_bytes_that_are_not_utf8_do_not_stop_the_
         admin.execute(b"DROP ROLE IF EXISTS " + role)
         admin.close()
         cluster.execute(f"DROP DATABASE IF EXISTS {ascii_db}")
+
+
+TRAPS = """
+CREATE SCHEMA trap;
+CREATE FUNCTION trap.boom(text, text) RETURNS boolean LANGUAGE plpgsql AS
+  $$ BEGIN RAISE EXCEPTION 'a tenant''s look-alike was called'; END $$;
+CREATE FUNCTION trap.boom(float8) RETURNS boolean LANGUAGE plpgsql AS
+  $$ BEGIN RAISE EXCEPTION 'a tenant''s look-alike was called'; END $$;
+CREATE OPERATOR trap.= (LEFTARG = text, RIGHTARG = text, FUNCTION = trap.boom);
+CREATE DOMAIN trap.float8 AS pg_catalog.float8 CHECK (trap.boom(VALUE));
+CREATE DOMAIN trap.int8 AS pg_catalog.int8 CHECK (trap.boom(VALUE::float8));
+"""
+
+
+def test_a_tenant_owning_the_database_cannot_steer_the_log_readers_session(csv_cluster):
+    """The database's owner puts a schema of look-alikes first on its search_path and turns read-only
+    off for it: the reader's session resolves pg_catalog's names only and stays read-only."""
+    database = "serverlog_tenant"
+    csv_cluster.execute(f"DROP DATABASE IF EXISTS {database}")
+    csv_cluster.execute(f"CREATE DATABASE {database}")
+    with psycopg.connect(csv_cluster.dsn(database), autocommit=True) as owner:
+        owner.execute(TRAPS)
+        owner.execute(f"ALTER DATABASE {database} SET search_path = trap, pg_catalog, public")
+        owner.execute(f"ALTER DATABASE {database} SET default_transaction_read_only = off")
+    link = ServerLink(csv_cluster.dsn(database))
+    try:
+        assert link.settings().destination  # pg_settings WHERE name IN (...): text = text
+        roles, databases = link.names()
+        assert database in databases and roles
+        assert isinstance(link.ls_logdir(), list)  # ::float8, ::bigint
+        with pytest.raises(SourceError):  # read-only whatever the database says
+            link._rows("CREATE TABLE public.written (x int)")  # noqa: SLF001 (the session itself)
+    finally:
+        link.close()
+        csv_cluster.execute(f"DROP DATABASE IF EXISTS {database}")
