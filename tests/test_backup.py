@@ -215,13 +215,15 @@ def test_the_documented_backup_role_restores_a_database_with_pg_stat_statements(
     cluster.execute("CREATE SCHEMA monitoring; CREATE EXTENSION pg_stat_statements WITH SCHEMA monitoring;"
                     "CREATE SCHEMA crypto; CREATE EXTENSION pgcrypto WITH SCHEMA crypto;"
                     "CREATE TABLE tokens (id int, token bytea NOT NULL DEFAULT crypto.gen_random_bytes(8));"
-                    "INSERT INTO tokens (id) SELECT generate_series(1, 5)", db)
+                    "INSERT INTO tokens (id) SELECT generate_series(1, 5);"
+                    "CREATE FUNCTION tokens_issued() RETURNS bigint LANGUAGE sql AS 'SELECT 5'", db)
     dsn = cluster.dsn(db, user=role)
     try:
         run_backup(dsn, "primary", tmp_path, progress=False)
         result = verify_backup(tmp_path, restore=True, dsn=dsn, sanity_query="SELECT count(*) = 5 FROM tokens")
 
         assert result.success, result.failure
+        # and no word of a superuser: the function restored with this role's privileges only
         assert result.notes == ["extension pg_stat_statements not restored: only a superuser may create it "
                                 "(an untrusted extension); its objects are not checked"]
         assert "row counts match the manifest for 7 tables" in result.checks
@@ -280,3 +282,8 @@ def test_a_tenants_look_alike_functions_are_never_called_by_the_backup(cluster, 
     result = verify_backup(tmp_path, restore=True, dsn=app_db, sanity_query="SELECT count(*) = 1200 FROM customers")
     assert result.success, result.failure
     assert "sanity query returned True" in result.checks
+    # restored as the cluster's superuser: the planted functions could have run as one, and the run says so
+    assert [note for note in result.notes if note.startswith("restored as superuser")] == [
+        "restored as superuser postgres: the archive's 4 functions, procedures and aggregates could run with every "
+        "privilege (check constraints, index expressions); verify a database whose owner you do not trust as a "
+        "role that is not a superuser (docs/backups.md)"]

@@ -22,7 +22,6 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from exporter.redaction import dsn_secrets, redact
 
-
 # The backup's own sessions run pgvigil's SQL in databases whose tenants may plant look-alikes of the
 # catalog's functions (on the database's search_path, or on public as a better match than a variadic
 # built-in), and its role is often a superuser: names resolve in pg_catalog alone. Row-level security

@@ -55,6 +55,7 @@ FROM pg_catalog.pg_available_extensions e
 
 # An archive's table of contents, as pg_restore --list prints it: `id; tableoid oid DESC SCHEMA NAME OWNER`.
 _EXTENSION = re.compile(r"^\d+; \d+ \d+ EXTENSION - (?P<name>.+?) ?$")
+_CODE = re.compile(r"^\d+; \d+ \d+ (?:FUNCTION|PROCEDURE|AGGREGATE) ", re.MULTILINE)
 _EVENT_TRIGGER = re.compile(r"^\d+; \d+ \d+ EVENT TRIGGER - (?P<name>.+) \S*$")
 
 Progress = Callable[[str], None]  # told each long step as it starts
@@ -234,6 +235,18 @@ def restore_list(toc: str, available: dict[str, bool], superuser: bool) -> tuple
     return "\n".join(lines) + "\n", left_out
 
 
+def superuser_restore_note(toc: str, superuser: bool, role: str) -> list[str]:
+    """A restore runs the database's own functions (in check constraints while the rows load, in index
+    expressions while the indexes build) as the restoring role: with a superuser's privileges, so a
+    database's owner could make its functions do anything. Said whenever that happened."""
+    functions = len(_CODE.findall(toc))
+    if not superuser or not functions:
+        return []
+    return [f"restored as superuser {role}: the archive's {functions} functions, procedures and aggregates "
+            "could run with every privilege (check constraints, index expressions); verify a database whose "
+            "owner you do not trust as a role that is not a superuser (docs/backups.md)"]
+
+
 def restore_error(stderr: str) -> str:
     """pg_restore's first error with its detail, hint and the first line of its command (a view's
     definition runs over many lines, which would bury the message), else its last lines."""
@@ -280,7 +293,7 @@ def _restore_into(conninfo: Conninfo, scratch: str, dump: Path, manifest: dict[s
                     f"{'; '.join(item.split(' not restored')[0] for item in left_out)}; restore as a role that "
                     "may, e.g. verify --restore --dsn of a staging server's superuser)")
         raise BackupError(conninfo.redact(why))
-    notes += left_out
+    notes += left_out + superuser_restore_note(listed.stdout, superuser, role)
     passed.append(f"restored into scratch database {scratch}")
     conn = conninfo.connect(dbname=scratch, application_name="pgvigil verify")
     try:
