@@ -40,6 +40,17 @@ from exporter.serverlog import grants as log_grants
 OTHERS_ROWS = re.compile(r"\b(pg_stat_activity|pg_stat_statements|pg_stat_replication|pg_stat_wal_receiver|"
                          r"pg_stat_subscription|pg_replication_slots)\b")
 
+# pg_stats shows a role only the columns it may SELECT: the tables whose statistics (so whose bloat
+# estimates) are hidden, by schema. Granting that access lets the role read the data, so it is only
+# described, never proposed as a statement.
+STATS_HIDDEN_SQL = (  # pgvigil's own statements resolve names in pg_catalog only (scrape/transaction.py)
+    "SELECT format('%I', n.nspname), count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE c.relkind IN ('r', 'm') AND c.relpersistence <> 't'"
+    "   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND NOT has_table_privilege(c.oid, 'SELECT')"
+    " GROUP BY n.nspname ORDER BY n.nspname")
+STATISTICS_VIEW = re.compile(r"\bpg_stats\b")
+HIDDEN_SCHEMAS_NAMED = 10
+
 ROLE_FACTS_SQL = (
     "SELECT current_user::text AS role, current_database()::text AS db,"
     " (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser,"
@@ -207,6 +218,11 @@ def _fill(report: TargetGrants, state: TargetState, runner: Runner) -> None:
         names = sorted({m.group(1) for sql in texts for m in OTHERS_ROWS.finditer(sql)})
         report.missing.append(f"other roles' rows of {', '.join(names)} (only the role's own are visible)")
         report.role_statements.append(f"GRANT pg_read_all_stats TO {grantee};")
+    if any(STATISTICS_VIEW.search(sql) for sql in texts):
+        with state.session_locks[0]:
+            hidden_tables = session.run(PreparedSql(STATS_HIDDEN_SQL), timeout=defaults.timeout,
+                                        lock_timeout=defaults.lock_timeout).rows
+        _hidden_statistics(report, [(str(schema), int(count)) for schema, count in hidden_tables], grantee)
     if not read_only:  # a second lock on the door: every transaction of the role starts read-only
         report.role_statements.append(f"ALTER ROLE {grantee} SET default_transaction_read_only = on;")
     report.statements = list(wanted) + sorted(lifting - set(wanted))
@@ -224,6 +240,23 @@ def _fill(report: TargetGrants, state: TargetState, runner: Runner) -> None:
         report.missing += missing
         report.statements += statements
         report.role_statements += role_statements
+
+
+def _hidden_statistics(report: TargetGrants, hidden: list[tuple[str, int]], grantee: str) -> None:
+    """The tables whose bloat the role cannot estimate, and what would let it (as comments: the grant is
+    read access to the data, a choice for the database's owner; docs/bloat.md)."""
+    if not hidden:
+        return
+    tables = sum(count for _, count in hidden)
+    schemas = f"{len(hidden)} schema" + ("s" if len(hidden) > 1 else "")
+    report.missing.append(f"bloat estimates of {tables} tables in {schemas} (pg_stats hides the "
+                          "columns of tables the role may not SELECT)")
+    report.notes.append("bloat: to estimate the tables pg_stats hides, the role must be able to read their data: "
+                        f"GRANT pg_read_all_data TO {grantee}; (PostgreSQL 14+), or per schema:")
+    report.notes += [f"  GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {grantee};  ({count} tables)"
+                     for schema, count in hidden[:HIDDEN_SCHEMAS_NAMED]]
+    if len(hidden) > HIDDEN_SCHEMAS_NAMED:
+        report.notes.append(f"  ... and {len(hidden) - HIDDEN_SCHEMAS_NAMED} more schemas")
 
 
 def _refusal(session: Session, state: TargetState, query: QuerySpec, runner: Runner) -> str:

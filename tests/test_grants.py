@@ -163,3 +163,32 @@ def test_a_discovery_root_gets_one_section_per_database_and_psql_running_them_is
                     and ("reason", "missing_extension") not in labels]
         assert sum(v for (name, _), v in samples.items() if name == "pgvigil_query_errors_total") == 0
         assert samples[("statements_here_n", frozenset({("target", "prod"), ("datname", "app")}))] >= 0
+
+
+def test_grants_say_which_tables_hide_their_statistics_from_the_bloat_pack(cluster, fresh_db, tmp_path):
+    """pg_stats shows a role only the columns it may SELECT: the bloat pack estimates nothing else. grants
+    says how many tables that hides, by schema, and what would lift it, as comments only (it is read access
+    to the data, never proposed as a statement)."""
+    dbname = fresh_db.rsplit("/", 1)[1]
+    role = "grants_" + uuid.uuid4().hex[:6]
+    cluster.execute(f"CREATE ROLE {role} LOGIN; GRANT pg_monitor TO {role}", dbname)
+    cluster.execute('CREATE SCHEMA "App Data"; CREATE TABLE "App Data".orders (id int, note text);'
+                    'CREATE TABLE "App Data".lines (id int); CREATE TABLE public.visible (id int);'
+                    'INSERT INTO "App Data".orders SELECT g, repeat(\'x\', 50) FROM generate_series(1, 5000) g;'
+                    f'GRANT SELECT ON public.visible TO {role}; ANALYZE', dbname)
+    config_file = tmp_path / "pgvigil.yaml"
+    config_file.write_text(f"collectors: [bloat]\ntargets:\n  app: {cluster.dsn(dbname, user=role)}\n")
+    try:
+        result = CliRunner().invoke(main, ["grants", "--config", str(config_file)])
+        assert result.exit_code == 0, result.output
+        assert ("-- missing today: bloat estimates of 2 tables in 1 schema (pg_stats hides the columns of tables "
+                "the role may not SELECT)") in result.output
+        assert f'--   GRANT SELECT ON ALL TABLES IN SCHEMA "App Data" TO {role};  (2 tables)' in result.output
+        assert not [line for line in result.output.splitlines() if line.startswith("GRANT")]
+        # what the comment says is enough: the role then estimates the table
+        cluster.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA "App Data" TO {role}', dbname)
+        again = CliRunner().invoke(main, ["grants", "--config", str(config_file)])
+        assert "bloat estimates" not in again.output and "-- missing today: nothing" in again.output
+    finally:
+        cluster.execute(f"DROP OWNED BY {role}", dbname)
+        cluster.execute(f"DROP ROLE {role}")
