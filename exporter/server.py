@@ -102,7 +102,7 @@ class Exporter:
             old, old_extras = self.runner, self._extras
             _closed(old_extras)  # first: a log reader saves its positions before the new one loads them
             self.config, self._serving = config, (self._runner(config), ScrapeText(config.queries))
-            self._extras = _started(extra_collectors)
+            self._extras = _started(extra_collectors, previous=old_extras)
             self.registry = process_registry([*self._extras, self.stats])
             old.close()
             return True
@@ -117,10 +117,14 @@ class Exporter:
         return runner
 
 
-def _started(collectors: Iterable[Collector]) -> list[Collector]:
-    """Collectors with a background part (the server log readers) start when they are served."""
-    started = list(collectors)
+def _started(collectors: Iterable[Collector], previous: Iterable[Collector] = ()) -> list[Collector]:
+    """Collectors with a background part (the server log readers) start when they are served; after a
+    reload, one that counts may first take over the counts of the collectors it replaces (`continue_from`)."""
+    started, previous = list(collectors), list(previous)
     for collector in started:
+        continue_from = getattr(collector, "continue_from", None)
+        if continue_from is not None:
+            continue_from(previous)
         start = getattr(collector, "start", None)
         if start is not None:
             start()

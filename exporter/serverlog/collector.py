@@ -2,7 +2,9 @@
 
 Reading never waits for a scrape and a scrape never waits for reading: the thread adds to the
 counters under a lock, a scrape copies them. The threads stop on reload and exit (`close`), saving
-their positions first; a reload starts new counters (Prometheus reads the reset as one).
+their positions first. After a reload, a target whose log is read as before (same DSN, same `log:`)
+counts on from where it was: its new reader starts at the saved positions with the old counters, so
+no counter resets.
 """
 from __future__ import annotations
 
@@ -57,10 +59,10 @@ def parser_for(fmt: str, settings: LogSettings | None) -> Parser | None:
 class LogFollower:
     """One target's log: its reading thread, counters and state file."""
 
-    def __init__(self, target: TargetSpec, spec: LogSpec) -> None:
+    def __init__(self, target: TargetSpec, spec: LogSpec, counters: LogCounters | None = None) -> None:
         self.target, self.spec = target, spec
         self.labels = (("target", target.configured_name), *target.labels)
-        self.counters = LogCounters()
+        self.counters = counters or LogCounters()
         self.classifier = Classifier(self.counters, spec.client_network_label)
         self.link = ServerLink(target.dsn)
         self.reader: LogReader | None = None
@@ -69,6 +71,11 @@ class LogFollower:
         self._stop = threading.Event()
         self._reported: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"pgvigil-log-{target.name}", daemon=True)
+
+    @property
+    def reading(self) -> tuple[str, str, LogSpec]:
+        """What this follower reads and how: a follower after a reload with the same may continue its counts."""
+        return self.target.name, self.target.dsn, self.spec
 
     def start(self) -> None:
         self._thread.start()
@@ -170,6 +177,12 @@ class ServerLogCollector:
 
     def __init__(self, followers: Iterable[LogFollower]) -> None:
         self.followers = list(followers)
+
+    def continue_from(self, previous: Iterable[object]) -> None:
+        """Before start, after a reload: each follower reading what a previous one read takes its counters."""
+        counted = {f.reading: f.counters for c in previous if isinstance(c, ServerLogCollector) for f in c.followers}
+        self.followers = [LogFollower(f.target, f.spec, counted[f.reading]) if f.reading in counted else f
+                          for f in self.followers]
 
     def start(self) -> "ServerLogCollector":
         for follower in self.followers:
