@@ -45,16 +45,21 @@ def test_shards_split_by_hash_and_watch_each_other():
     topology = Topology(shards=3)
     for index in range(3):
         config = shard_config(topology, index)
-        job, peers = config["scrape_configs"]
-        assert job["relabel_configs"] == [
-            {"source_labels": ["__address__", "__param_target"], "modulus": 3, "target_label": "__tmp_hash",
-             "action": "hashmod"},
-            {"source_labels": ["__tmp_hash"], "regex": str(index), "action": "keep"}]
+        job, monitoring, peers = config["scrape_configs"]
+        # the /sd targets, and the paging path's programs, each scraped by the one shard their hash names
+        for split in (job, monitoring):
+            assert split["relabel_configs"] == [
+                {"source_labels": ["__address__", "__param_target"], "modulus": 3, "target_label": "__tmp_hash",
+                 "action": "hashmod"},
+                {"source_labels": ["__tmp_hash"], "regex": str(index), "action": "keep"}]
+        assert monitoring["static_configs"][0]["targets"] == [
+            "vmalert:8880", "alertmanager-0:9093", "alertmanager-1:9093", "victoria-metrics:8428"]
         assert peers["static_configs"][0]["targets"] == [f"prometheus-shard-{i}:9090" for i in range(3) if i != index]
         assert config["global"]["external_labels"] == {"shard": str(index)}
         assert config["remote_write"] == [{"url": "http://victoria-metrics:8428/api/v1/write"}]
     # one shard has no peer to watch it: no peers job
-    assert [job["job_name"] for job in shard_config(Topology(shards=1), 0)["scrape_configs"]] == ["pgvigil"]
+    assert [job["job_name"] for job in shard_config(Topology(shards=1), 0)["scrape_configs"]] == [
+        "pgvigil", "monitoring"]
 
 
 @needs_promtool

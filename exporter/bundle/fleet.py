@@ -3,7 +3,9 @@
 `pgvigil bundle --fleet DIR [--shards N] [--cluster-label NAME]` writes:
   prometheus-shard-<i>.yml   shard i of N: scrapes the share of pgvigil's `/sd` targets whose hash of
                              (address, target) modulo N is i, scrapes the other shards (so a dead one is
-                             seen), labels everything it sends `shard="<i>"`, remote-writes to VictoriaMetrics
+                             seen) and its share of the paging path (vmalert, the Alertmanagers,
+                             VictoriaMetrics: job `monitoring`, whose series the monitoring alerts read),
+                             labels everything it sends `shard="<i>"`, remote-writes to VictoriaMetrics
   vmagent-scrape.yml         the same scrape jobs without the hashmod: vmagent members split them by their
   vmagent-<i>.args           own cluster flags (`-promscrape.cluster.membersCount/-memberNum`)
   vmalert.args               vmalert: the generated rule files against VictoriaMetrics, both Alertmanagers
@@ -20,6 +22,7 @@ network; tests build the same files with loopback ports, so what they prove is w
 from __future__ import annotations
 
 import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from exporter.bundle.rules import BundleError
 
 JOB = "pgvigil"  # the job every shipped rule selects on
 SHARD_JOB = "prometheus-shards"
+MONITORING_JOB = "monitoring"  # vmalert, the Alertmanagers and VictoriaMetrics: the paging path's own series
 SHARD_LABEL = "shard"
 MAX_SHARDS = 64
 ALERTS_FILE = "pgvigil-fleet-alerts.yml"
@@ -48,6 +52,7 @@ class Topology:
     pgvigil: tuple[str, ...] = ("pgvigil:9187",)  # host:port of each pgvigil, whose /sd lists its targets
     shard_addresses: tuple[str, ...] = ()  # host:port of each Prometheus shard; default prometheus-shard-<i>:9090
     victoria_metrics: str = "http://victoria-metrics:8428"
+    vmalert: str = "vmalert:8880"  # host:port of vmalert's web server (its -httpListenAddr), scraped for its series
     alertmanagers: tuple[str, ...] = ("http://alertmanager-0:9093", "http://alertmanager-1:9093")
     alertmanager_peers: tuple[str, ...] = ("alertmanager-0:9094", "alertmanager-1:9094")
     gossip_host: str = "0.0.0.0"  # the address each Alertmanager's gossip listens on (its port: its peer entry's)
@@ -96,6 +101,14 @@ def shard_relabeling(topology: Topology, index: int) -> list[dict]:
     ]
 
 
+def monitoring_job(topology: Topology) -> dict:
+    """The paging path's programs (vmalert, each Alertmanager, VictoriaMetrics): without their series the
+    monitoring alerts (a failing rule, a notification not delivered, the pair down to one) cannot fire."""
+    urls = (*topology.alertmanagers, topology.victoria_metrics)
+    return {"job_name": MONITORING_JOB, "scrape_interval": topology.scrape_interval,
+            "static_configs": [{"targets": [topology.vmalert, *(urllib.parse.urlsplit(url).netloc for url in urls)]}]}
+
+
 def peers_job(topology: Topology, index: int) -> dict | None:
     """Shard `index` scrapes the other shards: their `up` is how a dead shard is seen (by a live one)."""
     peers = [topology.shard_address(i) for i in range(topology.shards) if i != index]
@@ -107,8 +120,8 @@ def peers_job(topology: Topology, index: int) -> dict | None:
 
 def shard_config(topology: Topology, index: int) -> dict:
     """prometheus.yml of shard `index`: its share of the targets, its peers, remote write."""
-    job = {**pgvigil_job(topology), "relabel_configs": shard_relabeling(topology, index)}
-    jobs = [job]
+    jobs = [{**job(topology), "relabel_configs": shard_relabeling(topology, index)}
+            for job in (pgvigil_job, monitoring_job)]
     peers = peers_job(topology, index)
     if peers is not None:
         jobs.append(peers)
@@ -126,7 +139,7 @@ def vmagent_scrape_config(topology: Topology) -> dict:
     `refresh_interval` in `http_sd_configs`: its flag `-promscrape.httpSDCheckInterval` sets it instead."""
     job = pgvigil_job(topology)
     job["http_sd_configs"] = [{"url": sd["url"]} for sd in job["http_sd_configs"]]
-    return {"global": {"scrape_interval": topology.scrape_interval}, "scrape_configs": [job]}
+    return {"global": {"scrape_interval": topology.scrape_interval}, "scrape_configs": [job, monitoring_job(topology)]}
 
 
 def vmagent_args(topology: Topology, index: int, config_path: str = "vmagent-scrape.yml") -> list[str]:

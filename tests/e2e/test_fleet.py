@@ -67,7 +67,7 @@ class Fleet:
         self.topology = fleet.Topology(
             shards=2, pgvigil=(self.pgvigil_address,),
             shard_addresses=(f"127.0.0.1:{ports['p0']}", f"127.0.0.1:{ports['p1']}"),
-            victoria_metrics=self.services["vm"].url,
+            victoria_metrics=self.services["vm"].url, vmalert=f"127.0.0.1:{ports['vmalert']}",
             alertmanagers=(f"http://127.0.0.1:{ports['am0']}", f"http://127.0.0.1:{ports['am1']}"),
             alertmanager_peers=(f"127.0.0.1:{ports['g0']}", f"127.0.0.1:{ports['g1']}"), gossip_host="127.0.0.1",
             rules_dir=str(self.root / "rules"), scrape_interval=f"{INTERVAL:.0f}s", sd_refresh="1s",
@@ -191,6 +191,23 @@ def test_fleet_splits_the_databases_and_survives_a_shard_outage(topology, webhoo
         return found if set().union(*found.values()) >= everything else None
 
     before = wait_until(complete, 120, f"series of all {DATABASES} databases in VictoriaMetrics")
+    # the paging path's own series reach the global view, each program scraped by one shard: the monitoring
+    # alerts on the pair (members), vmalert (rules, notifier, reload) read them
+    components = {urllib.parse.urlsplit(url).netloc for url in topology.topology.alertmanagers} | {
+        topology.topology.vmalert, urllib.parse.urlsplit(topology.topology.victoria_metrics).netloc}
+
+    def up_components() -> dict[str, str] | None:
+        found = {s["metric"]["instance"]: s["metric"]["shard"]
+                 for s in vm_query(topology, f'up{{job="{fleet.MONITORING_JOB}"}} == 1')}
+        return found if set(found) == components else None
+
+    scraped = wait_until(up_components, 60, "vmalert, both Alertmanagers and VictoriaMetrics scraped")
+    assert len(vm_query(topology, f'up{{job="{fleet.MONITORING_JOB}"}}')) == len(components) == len(scraped) == 4
+    members = wait_until(lambda: vm_query(topology, "alertmanager_cluster_members") or None, 60, "the pair's size")
+    assert [int(s["value"][1]) for s in members] == [2, 2]
+    assert vm_query(topology, "vmalert_config_last_reload_successful == 1")
+    assert vm_query(topology, "vmalert_alerts_send_errors_total")  # one per Alertmanager: the notifier alert's input
+    assert vm_query(topology, "vmalert_alerting_rules_error")  # one per alerting rule: the rule alert's input
     targets = {sample["metric"]["shard"]: int(sample["value"][1])
                for sample in vm_query(topology, 'count by (shard) (up{job="pgvigil"})')}
     # the hashmod split: both shards scrape, and no database is scraped twice

@@ -13,6 +13,9 @@ heartbeat service pages when it stops (docs/paging.md).
 
 The Prometheus and Alertmanager series are matched by name only, never by `job`: every deployment
 names those jobs its own way (`prometheus`, `alertmanager-main`, `monitoring/alertmanager`, ...).
+Where vmalert evaluates the rules (VictoriaMetrics, the fleet: docs/fleet.md), Prometheus' rule and
+notifier series do not exist: vmalert's own have alerts of their own, and its reload flag is one of
+the reload alert's.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ WATCHDOG_SEVERITY = "none"  # nobody is paged by it: its heartbeat receiver is
 
 # The labels the test scenarios give to the series of each program of the paging path.
 PROMETHEUS = {"job": "prometheus", "instance": "localhost:9090"}
+VMALERT = {"job": "monitoring", "instance": "vmalert:8880"}
 ALERTMANAGER = {"job": "alertmanager", "instance": "alertmanager:9093"}
 EXPORTER = {"job": EXPORTER_JOB, "instance": BASE["instance"]}
 
@@ -53,25 +57,37 @@ FOREIGN_METRICS = frozenset({
     "scrape_duration_seconds", "prometheus_rule_evaluation_failures_total", "prometheus_notifications_errors_total",
     "prometheus_notifications_dropped_total", "prometheus_config_last_reload_successful",
     "alertmanager_notifications_failed_total", "alertmanager_config_last_reload_successful",
-    "alertmanager_cluster_members",
+    "alertmanager_cluster_members", *(f"vmalert_{kind}_rules_error" for kind in ("alerting", "recording")),
+    *(f"vmalert_{kind}_rules_errors_total" for kind in ("alerting", "recording")), "vmalert_alerts_send_errors_total",
+    "vmalert_config_last_reload_successful",
 })
 RELOAD_METRICS = ("prometheus_config_last_reload_successful", "alertmanager_config_last_reload_successful",
-                  "pgvigil_config_last_reload_successful")
+                  "pgvigil_config_last_reload_successful", "vmalert_config_last_reload_successful")
+# vmalert up to 1.9x says whether each rule's latest evaluation failed (a gauge); later versions count failed
+# evaluations: whichever the running vmalert has, by rule group.
+VMALERT_RULE_FAILURES = ("sum by (job, instance, group) ("
+                         f"increase(vmalert_alerting_rules_errors_total[{WINDOW}m]) "
+                         f"or increase(vmalert_recording_rules_errors_total[{WINDOW}m]) "
+                         "or vmalert_alerting_rules_error or vmalert_recording_rules_error)")
 
 
-def _counted(metric: str, labels: dict[str, str], by: dict[str, str], window: int) -> ScenarioBuilder:
-    """A counter of `labels` whose increase over `window` minutes is the value; the alert keeps `by`."""
-
+def _failures(name: str, threshold: str, metric: str, labels: dict[str, str], summary: str,
+              description: str) -> AlertSpec:
+    """An alert on the increase of a failure counter over WINDOW minutes, by the labels its scenario gives it."""
     def build(case: Case) -> Scenario:
-        return Scenario({selector(metric, labels): counter(case.value / window, case.minutes)}, case.value, by)
+        return Scenario({selector(metric, labels): counter(case.value / WINDOW, case.minutes)}, case.value, labels)
 
-    return build
+    return AlertSpec(name=name, threshold=threshold, group=GROUP, summary=summary, description=description,
+                     value_expr=f"sum by ({', '.join(labels)}) (increase({metric}[{WINDOW}m]))", scenario=build,
+                     kind=ValueKind.RATE, window=WINDOW, whole_value=True)
 
 
-def _level(metric: str, labels: dict[str, str], shows_value: bool = True) -> ScenarioBuilder:
+def _level(metric: str, labels: dict[str, str], by: dict[str, str] | None = None,
+           shows_value: bool = True) -> ScenarioBuilder:
+    """A gauge of `labels` at the value; the alert keeps `by` (all of `labels` by default)."""
     def build(case: Case) -> Scenario:
         series = {selector(metric, labels): constant(case.value, case.minutes)}
-        return Scenario(series, case.value if shows_value else None, labels)
+        return Scenario(series, case.value if shows_value else None, by or labels)
 
     return build
 
@@ -79,6 +95,9 @@ def _level(metric: str, labels: dict[str, str], shows_value: bool = True) -> Sce
 _RULE_GROUP = {**PROMETHEUS, "rule_group": "/etc/prometheus/rules/pgvigil-alerts.yml;pgvigil-storage"}
 _INTEGRATION = {**ALERTMANAGER, "integration": "pagerduty"}
 _TO_ALERTMANAGER = {**PROMETHEUS, "alertmanager": "http://alertmanager:9093/api/v2/alerts"}
+_VMALERT_GROUP = {**VMALERT, "group": "pgvigil-storage"}
+_FAILING_RULE = {**_VMALERT_GROUP, "alertname": "PostgresDiskFull", "id": "1325846311512744311"}
+_VMALERT_TO_ALERTMANAGER = {**VMALERT, "addr": "http://alertmanager-1:9093/api/v2/alerts"}
 
 ALERTS = (
     AlertSpec(
@@ -101,60 +120,41 @@ ALERTS = (
                     "interval): its answers are late or cut short and its data older than it looks.",
         scenario=_level("pg_exporter_last_scrape_duration_seconds", EXPORTER),
     ),
+    _failures("PostgresMonitoringRuleEvaluationFailing", "prometheus_rule_failures",
+              "prometheus_rule_evaluation_failures_total", _RULE_GROUP,
+              "Prometheus fails to evaluate alerting or recording rules",
+              "Prometheus {instance} failed {value} rule evaluations of group {rule_group} in 5 minutes "
+              "(alert above {level}): the alerts of that group cannot fire."),
     AlertSpec(
-        name="PostgresMonitoringRuleEvaluationFailing",
-        threshold="prometheus_rule_failures",
+        name="PostgresMonitoringVmalertRulesFailing",
+        threshold="vmalert_rule_failures",
         group=GROUP,
-        value_expr="sum by (job, instance, rule_group) "
-                   f"(increase(prometheus_rule_evaluation_failures_total[{WINDOW}m]))",
-        summary="Prometheus fails to evaluate alerting or recording rules",
-        description="Prometheus {instance} failed {value} rule evaluations of group {rule_group} in 5 minutes "
-                    "(alert above {level}): the alerts of that group cannot fire.",
-        scenario=_counted("prometheus_rule_evaluation_failures_total", _RULE_GROUP, _RULE_GROUP, WINDOW),
-        kind=ValueKind.RATE,
-        window=WINDOW,
-        whole_value=True,
+        value_expr=VMALERT_RULE_FAILURES,
+        summary="vmalert fails to evaluate alerting or recording rules",
+        description="vmalert {instance} fails to evaluate rules of group {group} ({value}: failing rules, or "
+                    "failed evaluations in 5 minutes; alert above {level}): the alerts of that group cannot fire.",
+        scenario=_level("vmalert_alerting_rules_error", _FAILING_RULE, _VMALERT_GROUP),
     ),
-    AlertSpec(
-        name="PostgresMonitoringAlertmanagerUnreachable",
-        threshold="prometheus_notification_errors",
-        group=GROUP,
-        value_expr=f"sum by (job, instance, alertmanager) (increase(prometheus_notifications_errors_total[{WINDOW}m]))",
-        summary="Prometheus fails to send alerts to an Alertmanager",
-        description="Prometheus {instance} failed {value} times in 5 minutes to send alerts to {alertmanager} "
-                    "(alert above {level}): only the other Alertmanagers of the cluster receive them.",
-        scenario=_counted("prometheus_notifications_errors_total", _TO_ALERTMANAGER, _TO_ALERTMANAGER, WINDOW),
-        kind=ValueKind.RATE,
-        window=WINDOW,
-        whole_value=True,
-    ),
-    AlertSpec(
-        name="PostgresMonitoringAlertsDropped",
-        threshold="prometheus_notifications_dropped",
-        group=GROUP,
-        value_expr=f"sum by (job, instance) (increase(prometheus_notifications_dropped_total[{WINDOW}m]))",
-        summary="Prometheus drops alerts before any Alertmanager has them",
-        description="Prometheus {instance} dropped {value} alerts in 5 minutes (alert above {level}): no "
-                    "Alertmanager accepted them, or its queue was full.",
-        scenario=_counted("prometheus_notifications_dropped_total", PROMETHEUS, PROMETHEUS, WINDOW),
-        kind=ValueKind.RATE,
-        window=WINDOW,
-        whole_value=True,
-    ),
-    AlertSpec(
-        name="PostgresMonitoringNotificationsFailing",
-        threshold="alertmanager_notification_failures",
-        group=GROUP,
-        value_expr="sum by (job, instance, integration) "
-                   f"(increase(alertmanager_notifications_failed_total[{WINDOW}m]))",
-        summary="Alertmanager fails to deliver notifications",
-        description="Alertmanager {instance} failed {value} {integration} notifications in 5 minutes "
-                    "(alert above {level}): pages sent through it do not arrive.",
-        scenario=_counted("alertmanager_notifications_failed_total", _INTEGRATION, _INTEGRATION, WINDOW),
-        kind=ValueKind.RATE,
-        window=WINDOW,
-        whole_value=True,
-    ),
+    _failures("PostgresMonitoringVmalertNotifierFailing", "vmalert_notification_errors",
+              "vmalert_alerts_send_errors_total", _VMALERT_TO_ALERTMANAGER,
+              "vmalert fails to send alerts to an Alertmanager",
+              "vmalert {instance} failed {value} times in 5 minutes to send alerts to {addr} (alert above "
+              "{level}): only the other Alertmanagers of the cluster receive them."),
+    _failures("PostgresMonitoringAlertmanagerUnreachable", "prometheus_notification_errors",
+              "prometheus_notifications_errors_total", _TO_ALERTMANAGER,
+              "Prometheus fails to send alerts to an Alertmanager",
+              "Prometheus {instance} failed {value} times in 5 minutes to send alerts to {alertmanager} "
+              "(alert above {level}): only the other Alertmanagers of the cluster receive them."),
+    _failures("PostgresMonitoringAlertsDropped", "prometheus_notifications_dropped",
+              "prometheus_notifications_dropped_total", PROMETHEUS,
+              "Prometheus drops alerts before any Alertmanager has them",
+              "Prometheus {instance} dropped {value} alerts in 5 minutes (alert above {level}): no "
+              "Alertmanager accepted them, or its queue was full."),
+    _failures("PostgresMonitoringNotificationsFailing", "alertmanager_notification_failures",
+              "alertmanager_notifications_failed_total", _INTEGRATION,
+              "Alertmanager fails to deliver notifications",
+              "Alertmanager {instance} failed {value} {integration} notifications in 5 minutes "
+              "(alert above {level}): pages sent through it do not arrive."),
     AlertSpec(
         name="PostgresMonitoringConfigReloadFailed",
         threshold="monitoring_config_reload",
@@ -228,4 +228,7 @@ def healthy_series(minutes: int, thresholds: Mapping[str, Threshold]) -> dict[st
         selector("pgvigil_config_last_reload_successful", EXPORTER): constant(1, minutes),
         selector("alertmanager_cluster_members", ALERTMANAGER): constant(size, minutes),
         selector("alertmanager_cluster_members", second): constant(size, minutes),
+        selector("vmalert_alerting_rules_error", _FAILING_RULE): constant(0, minutes),
+        selector("vmalert_alerts_send_errors_total", _VMALERT_TO_ALERTMANAGER): constant(0, minutes),
+        selector("vmalert_config_last_reload_successful", VMALERT): constant(1, minutes),
     }
