@@ -12,7 +12,9 @@ is nothing to estimate and nothing to measure):
 - many: --tables ordinary tables (default 2,000) of 10 columns, a primary key and a second index,
   each over the pack's 10-page floor (every tenth table's indexes too), some with deleted rows: the
   picks choose 200 of the tables and 200 of the indexes;
-- demo: the demo's shop schema (exporter/dev/demo.py).
+- demo: the demo's shop schema (exporter/dev/demo.py);
+- widest (only with --cases widest): the most the picks let through, 200 tables of 1,600 columns
+  (12 rows each, so over the 10-page floor).
 
 pgvigil's own runner scrapes each database --scrapes times with the bloat pack alone, every query
 and pick run on every scrape (ttls forced to 0); pg_stat_statements of the role (planning plus
@@ -21,7 +23,7 @@ scrape. With --baseline REV the pack's SQL at that git revision is measured the 
 same databases, and the two must export exactly the same series and values. --explain prints
 EXPLAIN (ANALYZE, BUFFERS) of each estimate query (the picks' ids filled in) as the monitoring role.
 
-Run from the repository root:  python3 bench/bloat.py [--baseline main] [--scrapes 5] [--explain]
+Run from the repository root:  python3 bench/bloat.py [--baseline main] [--scrapes 5] [--explain] [--major 18]
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ from scrape_5000 import without_ttls  # noqa: E402
 
 from exporter.config import EXCLUDED_SCHEMAS_PLACEHOLDER, Config, parse_config, schema_array  # noqa: E402
 from exporter.dev.demo import prepare_database  # noqa: E402
+from exporter.dev.servers import SUPPORTED_MAJORS, server_bindir  # noqa: E402
 from exporter.dev.throwaway import ThrowawayCluster  # noqa: E402
 from exporter.scrape.assembly import ScrapeText  # noqa: E402
 from exporter.scrape.runner import Runner  # noqa: E402
@@ -88,11 +91,11 @@ def wide_table_sql(name: str, columns: int, rows: int) -> str:
             f"DELETE FROM {name} WHERE id % 4 = 0")
 
 
-def build_wide(cluster: ThrowawayCluster, tables: int, columns: int, rows: int) -> None:
-    cluster.create_database("wide")
+def build_wide(cluster: ThrowawayCluster, tables: int, columns: int, rows: int, database: str = "wide") -> None:
+    cluster.create_database(database)
     for i in range(tables):
-        cluster.execute(wide_table_sql(f"wide_{i}", columns, rows), "wide")
-    cluster.execute("VACUUM ANALYZE", "wide")
+        cluster.execute(wide_table_sql(f"wide_{i}", columns, rows), database)
+    cluster.execute("VACUUM ANALYZE", database)
 
 
 def build_many(cluster: ThrowawayCluster, tables: int, rows: int, batch: int = 100) -> None:
@@ -189,7 +192,9 @@ def explain(cluster: ThrowawayCluster, database: str, config: Config) -> None:
     try:
         with conn.cursor() as cur:
             cur.execute("SET search_path = pg_catalog, pg_temp")
-            for q in (q for q in config.queries if q.pack == "bloat" and q.pick is not None):
+            for q in config.queries:
+                if q.pack != "bloat" or q.pick is None:
+                    continue
                 cur.execute(q.pick.sql)
                 picked = [int(r[0]) for r in cur.fetchall()]
                 sql = prepare_sql(q, None, picked=picked).sql
@@ -220,13 +225,16 @@ def main() -> int:
                         help="rows per ordinary table (about 13 pages; every tenth has five times as many)")
     parser.add_argument("--scrapes", type=int, default=5)
     parser.add_argument("--baseline", metavar="REV", help="also measure the pack's SQL at this git revision")
-    parser.add_argument("--cases", default="wide,many,demo")
+    parser.add_argument("--cases", default="wide,many,demo", help="of wide, many, demo, widest")
     parser.add_argument("--explain", action="store_true")
+    parser.add_argument("--major", type=int, choices=SUPPORTED_MAJORS,
+                        help="PostgreSQL major to run (exporter/dev/servers.py); default: the newest installed")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     cases = args.cases.split(",")
     cluster = ThrowawayCluster(settings={"max_locks_per_transaction": "1024", "autovacuum": "off",
-                                         "pg_stat_statements.track_planning": "on"})
+                                         "pg_stat_statements.track_planning": "on"},
+                               bindir=server_bindir(args.major) if args.major else None)
     results: dict[str, dict[str, dict[str, float]]] = {}
     differ = False
     try:
@@ -234,7 +242,8 @@ def main() -> int:
         started = time.monotonic()
         builders = {"wide": lambda: build_wide(cluster, args.wide_tables, args.wide_columns, args.wide_rows),
                     "many": lambda: build_many(cluster, args.tables, args.rows),
-                    "demo": lambda: build_demo(cluster)}
+                    "demo": lambda: build_demo(cluster),
+                    "widest": lambda: build_wide(cluster, 200, args.wide_columns, 12, "widest")}
         for case in cases:
             print(f"building {case}...", flush=True)
             builders[case]()

@@ -283,9 +283,14 @@ def plan_rows(dsn: str, sql: str, tables: tuple[str, ...]) -> int:
 
     with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
         cur.execute("SET search_path = pg_catalog, pg_temp")
-        ids = ",".join(str(int(cur.execute("SELECT %s::regclass::oid", (t,)).fetchone()[0])) for t in tables)
-        cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql.replace(PICKED_PLACEHOLDER, f"'{{{ids}}}'"))
-        return walk(cur.fetchone()[0][0]["Plan"])
+        cur.execute("SELECT pg_catalog.array_agg(t::pg_catalog.regclass::pg_catalog.oid)::pg_catalog.text"
+                    " FROM pg_catalog.unnest(%s::pg_catalog.text[]) AS t", (list(tables),))
+        ids = cur.fetchone()
+        assert ids is not None
+        cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql.replace(PICKED_PLACEHOLDER, f"'{ids[0]}'"))
+        plan = cur.fetchone()
+        assert plan is not None
+        return walk(plan[0][0]["Plan"])
 
 
 def test_cost_is_linear_in_the_columns(cluster, fresh_db):
