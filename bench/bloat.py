@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -231,6 +232,7 @@ def main() -> int:
                         help="PostgreSQL major to run (exporter/dev/servers.py); default: the newest installed")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still stops and removes the cluster
     cases = args.cases.split(",")
     cluster = ThrowawayCluster(settings={"max_locks_per_transaction": "1024", "autovacuum": "off",
                                          "pg_stat_statements.track_planning": "on"},
