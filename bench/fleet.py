@@ -217,7 +217,8 @@ def main() -> int:
             server = [t for t in targets if t == "bench/postgres"]
             a = rounds(proc, url, server, args.rounds, args.interval)
             b = rounds(proc, url, targets, args.rounds, args.interval)
-            rw = remote_write(url, args.rw_seconds, args.rw_interval, workdir) if victoria.installed() else None
+            rw = (remote_write(url, args.rw_seconds, args.rw_interval, workdir)
+                  if victoria.installed() and args.rw_seconds > 0 else None)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
