@@ -163,137 +163,157 @@ def read_settings(args: Iterable[str], environ: Mapping[str, str]) -> Settings:
     """postgres_exporter's flags (`args`: what pgvigil's own options left) and environment.
 
     Raises UnknownOption for a word neither exporter knows, Refused for values pgvigil cannot honour."""
-    flags, collector_flags, collector_options = _parse_args(list(args))
-    settings = Settings()
-    problems: list[str] = []
+    reader = _SettingsReader(list(args), environ)
+    _read_data_sources(reader.settings, environ, reader.problems)
+    for step in (reader.listen_address, reader.fixed_names, reader.refusals, reader.web_and_logging,
+                 reader.discovery, reader.queries_and_timeout, reader.unused):
+        step()
+    if reader.problems:
+        raise Refused(reader.problems)
+    return reader.settings
 
-    def value(name: str) -> tuple[str, str] | None:
+
+class _SettingsReader:
+    """One reading of postgres_exporter's settings: every problem is collected, all are reported at once."""
+
+    def __init__(self, args: list[str], environ: Mapping[str, str]) -> None:
+        self.flags, self.collector_flags, self.collector_options = _parse_args(args)
+        self.environ = environ
+        self.settings = Settings()
+        self.problems: list[str] = []
+
+    def value(self, name: str) -> tuple[str, str] | None:
         """(the value, the name it came under): the flag's last value, else its variable's."""
-        if flags.get(name):
-            return flags[name][-1], f"--{name}"
+        if self.flags.get(name):
+            return self.flags[name][-1], f"--{name}"
         env = FLAGS[name].env
-        if env and environ.get(env, "") != "":
-            return environ[env], env
+        if env and self.environ.get(env, "") != "":
+            return self.environ[env], env
         return None
 
-    def boolean(name: str) -> bool:
-        found = value(name)
+    def boolean(self, name: str) -> bool:
+        found = self.value(name)
         if found is None:
             return False
         text, source = found
         if text in _TRUE:
-            settings.given[name] = source
+            self.settings.given[name] = source
             return True
         if text in _FALSE:
             return False
-        problems.append(f"{source}: expected true or false, got {describe_value(text)}")
+        self.problems.append(f"{source}: expected true or false, got {describe_value(text)}")
         return False
 
-    _read_data_sources(settings, environ, problems)
+    def listen_address(self) -> None:
+        addresses = self.flags.get("web.listen-address") or []
+        env_address = self.environ.get("PG_EXPORTER_WEB_LISTEN_ADDRESS", "")
+        if len(addresses) > 1:
+            self.problems.append(f"--web.listen-address: pgvigil listens on one address, got {len(addresses)}; "
+                                 "give one (and put a proxy in front for the others)")
+        elif addresses or env_address:
+            given = addresses[0] if addresses else env_address
+            self.settings.given["web.listen-address"] = ("--web.listen-address" if addresses
+                                                         else "PG_EXPORTER_WEB_LISTEN_ADDRESS")
+            self.settings.listen = "0.0.0.0" + given if given.startswith(":") else given
 
-    addresses = flags.get("web.listen-address") or []
-    env_address = environ.get("PG_EXPORTER_WEB_LISTEN_ADDRESS", "")
-    if len(addresses) > 1:
-        problems.append(f"--web.listen-address: pgvigil listens on one address, got {len(addresses)}; "
-                        "give one (and put a proxy in front for the others)")
-    elif addresses or env_address:
-        given = addresses[0] if addresses else env_address
-        settings.given["web.listen-address"] = "--web.listen-address" if addresses else "PG_EXPORTER_WEB_LISTEN_ADDRESS"
-        settings.listen = "0.0.0.0" + given if given.startswith(":") else given
-
-    found = value("web.telemetry-path")
-    if found is not None:
-        path, source = found
-        if path != METRICS_PATH:
-            problems.append(f"{source}: pgvigil serves metrics at {METRICS_PATH} only, got {shown(path)}; "
-                            f"set metrics_path: {METRICS_PATH} in Prometheus' scrape config (see {GUIDE})")
-        else:
-            settings.given["web.telemetry-path"] = source
-
-    found = value("metric-prefix")
-    if found is not None:
-        prefix, source = found
-        if prefix != METRIC_PREFIX:
-            problems.append(f"{source}: pgvigil exports postgres_exporter's metric names, which start with "
-                            f"{METRIC_PREFIX}_, got the prefix {shown(prefix)}; rename them in Prometheus with "
-                            f"metric_relabel_configs (see {GUIDE})")
-        else:
-            settings.given["metric-prefix"] = source
-
-    if boolean("web.systemd-socket"):
-        problems.append("--web.systemd-socket: pgvigil opens its own listening socket; give "
-                        "--web.listen-address instead (and disable the .socket unit)")
-    if boolean("dumpmaps"):
-        problems.append("--dumpmaps: postgres_exporter's internal maps do not exist here; "
-                        "`pgvigil check --config FILE --connect` shows what each query returns")
-
-    found = value("web.config.file")
-    if found is not None:
-        settings.web_config, settings.given["web.config.file"] = found
-
-    found = value("log.level")
-    if found is not None:
-        level, source = found
-        if level in LOG_LEVELS:
-            settings.log_level, settings.given["log.level"] = LOG_LEVELS[level], source
-        else:
-            problems.append(f"{source}: expected one of debug, info, warn, error, got {describe_value(level)}")
-    found = value("log.format")
-    if found is not None:
-        fmt, source = found
-        if fmt in LOG_FORMATS:
-            settings.log_format, settings.given["log.format"] = LOG_FORMATS[fmt], source
-        else:
-            problems.append(f"{source}: expected logfmt or json, got {describe_value(fmt)}")
-
-    settings.auto_discover = boolean("auto-discover-databases")
-    for name in ("include-databases", "exclude-databases"):
-        found = value(name)
-        if found is None:
-            continue
-        names = tuple(part.strip() for part in found[0].split(",") if part.strip())
-        if not names:
-            continue
-        if not settings.auto_discover:
-            settings.notes.append(f"{found[1]}: only with --auto-discover-databases, as in postgres_exporter")
-            continue
-        settings.given[name] = found[1]
-        if name == "include-databases":
-            settings.include_databases = names
-        else:
-            settings.exclude_databases = names
-
-    found = value("constantLabels")
-    if found is not None:
-        settings.constant_labels = _constant_labels(*found, problems)
-        if settings.constant_labels:
-            settings.given["constantLabels"] = found[1]
-
-    found = value("extend.query-path")
-    if found is not None:
-        settings.query_path, settings.given["extend.query-path"] = found
-    settings.disable_default_metrics = boolean("disable-default-metrics")
-    settings.disable_settings_metrics = boolean("disable-settings-metrics")
-
-    found = value("collection-timeout")
-    if found is not None:
-        seconds = go_duration(found[0])
-        if seconds is None or seconds <= 0:
-            problems.append(f"{found[1]}: expected a duration such as 1m or 30s, got {describe_value(found[0])}")
-        else:
-            settings.collection_timeout, settings.given["collection-timeout"] = seconds, found[1]
-
-    for name, reason in NOT_USED.items():
-        found = value(name) if not FLAGS[name].boolean else (("", f"--{name}") if name in flags else None)
+    def fixed_names(self) -> None:
+        """The metrics path and the metric prefix: accepted as pgvigil's own values only."""
+        found = self.value("web.telemetry-path")
         if found is not None:
-            settings.notes.append(f"{found[1]}: not used ({reason})")
-    for name, state in collector_flags.items():
-        settings.collectors[COLLECTOR_ALIASES.get(name, name)] = state
-    for option in collector_options:
-        settings.notes.append(f"--collector.{option}: not used (pgvigil's packs have no such option)")
-    if problems:
-        raise Refused(problems)
-    return settings
+            path, source = found
+            if path != METRICS_PATH:
+                self.problems.append(f"{source}: pgvigil serves metrics at {METRICS_PATH} only, got {shown(path)}; "
+                                     f"set metrics_path: {METRICS_PATH} in Prometheus' scrape config (see {GUIDE})")
+            else:
+                self.settings.given["web.telemetry-path"] = source
+        found = self.value("metric-prefix")
+        if found is not None:
+            prefix, source = found
+            if prefix != METRIC_PREFIX:
+                self.problems.append(f"{source}: pgvigil exports postgres_exporter's metric names, which start with "
+                                     f"{METRIC_PREFIX}_, got the prefix {shown(prefix)}; rename them in Prometheus "
+                                     f"with metric_relabel_configs (see {GUIDE})")
+            else:
+                self.settings.given["metric-prefix"] = source
+
+    def refusals(self) -> None:
+        if self.boolean("web.systemd-socket"):
+            self.problems.append("--web.systemd-socket: pgvigil opens its own listening socket; give "
+                                 "--web.listen-address instead (and disable the .socket unit)")
+        if self.boolean("dumpmaps"):
+            self.problems.append("--dumpmaps: postgres_exporter's internal maps do not exist here; "
+                                 "`pgvigil check --config FILE --connect` shows what each query returns")
+
+    def web_and_logging(self) -> None:
+        found = self.value("web.config.file")
+        if found is not None:
+            self.settings.web_config, self.settings.given["web.config.file"] = found
+        found = self.value("log.level")
+        if found is not None:
+            level, source = found
+            if level in LOG_LEVELS:
+                self.settings.log_level, self.settings.given["log.level"] = LOG_LEVELS[level], source
+            else:
+                self.problems.append(f"{source}: expected one of debug, info, warn, error, got {describe_value(level)}")
+        found = self.value("log.format")
+        if found is not None:
+            fmt, source = found
+            if fmt in LOG_FORMATS:
+                self.settings.log_format, self.settings.given["log.format"] = LOG_FORMATS[fmt], source
+            else:
+                self.problems.append(f"{source}: expected logfmt or json, got {describe_value(fmt)}")
+
+    def discovery(self) -> None:
+        settings = self.settings
+        settings.auto_discover = self.boolean("auto-discover-databases")
+        for name in ("include-databases", "exclude-databases"):
+            found = self.value(name)
+            if found is None:
+                continue
+            names = tuple(part.strip() for part in found[0].split(",") if part.strip())
+            if not names:
+                continue
+            if not settings.auto_discover:
+                settings.notes.append(f"{found[1]}: only with --auto-discover-databases, as in postgres_exporter")
+                continue
+            settings.given[name] = found[1]
+            if name == "include-databases":
+                settings.include_databases = names
+            else:
+                settings.exclude_databases = names
+        found = self.value("constantLabels")
+        if found is not None:
+            settings.constant_labels = _constant_labels(*found, self.problems)
+            if settings.constant_labels:
+                settings.given["constantLabels"] = found[1]
+
+    def queries_and_timeout(self) -> None:
+        settings = self.settings
+        found = self.value("extend.query-path")
+        if found is not None:
+            settings.query_path, settings.given["extend.query-path"] = found
+        settings.disable_default_metrics = self.boolean("disable-default-metrics")
+        settings.disable_settings_metrics = self.boolean("disable-settings-metrics")
+        found = self.value("collection-timeout")
+        if found is not None:
+            seconds = go_duration(found[0])
+            if seconds is None or seconds <= 0:
+                self.problems.append(f"{found[1]}: expected a duration such as 1m or 30s, "
+                                     f"got {describe_value(found[0])}")
+            else:
+                settings.collection_timeout, settings.given["collection-timeout"] = seconds, found[1]
+
+    def unused(self) -> None:
+        """Flags pgvigil reads but has no use for, and the collectors' switches."""
+        for name, reason in NOT_USED.items():
+            found = (self.value(name) if not FLAGS[name].boolean
+                     else (("", f"--{name}") if name in self.flags else None))
+            if found is not None:
+                self.settings.notes.append(f"{found[1]}: not used ({reason})")
+        for name, state in self.collector_flags.items():
+            self.settings.collectors[COLLECTOR_ALIASES.get(name, name)] = state
+        for option in self.collector_options:
+            self.settings.notes.append(f"--collector.{option}: not used (pgvigil's packs have no such option)")
 
 
 def _parse_args(args: list[str]) -> tuple[dict[str, list[str]], dict[str, bool], list[str]]:
