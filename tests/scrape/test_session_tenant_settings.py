@@ -7,6 +7,7 @@ machine's PostgreSQL 15 and, for transaction_timeout (new in 17), on 17.
 """
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -15,9 +16,10 @@ import pytest
 
 from exporter.backup.pgclient import Conninfo
 from exporter.dev.servers import server_bindir
+from exporter.scrape.abandon import cancel_on_server
 from exporter.scrape.session import PreparedSql, TargetSession
 from exporter.serverlog.link import ServerLink
-from tests.conftest import config_for
+from tests.conftest import config_for, wait_until
 
 ISOLATION = PreparedSql("SELECT pg_catalog.current_setting('transaction_isolation') AS isolation,"
                         " pg_catalog.pg_backend_pid() AS pid")
@@ -103,3 +105,30 @@ def test_a_tenants_transaction_timeout_ends_none_of_pgvigils_sessions(pg17):
         conn.commit()
     finally:
         conn.close()
+
+
+def test_a_tenants_transaction_timeout_does_not_stop_the_cancel_of_a_query_pgvigil_gave_up_on(pg17):
+    """The watchdog's cancel (scrape/abandon.py) runs in its own session: before, `transaction_timeout = '1ms'`
+    ended it before pg_cancel_backend ran, and the query pgvigil gave up on ran on."""
+    dsn = tenant_database(pg17, "transaction_timeout = '1ms'")
+    stuck = psycopg.connect(dsn, autocommit=True, application_name="pgvigil", options="-c transaction_timeout=0")
+    try:
+        outcome: list[BaseException | None] = []
+
+        def sleep() -> None:
+            try:
+                stuck.execute("SELECT pg_catalog.pg_sleep(30)")
+                outcome.append(None)
+            except psycopg.Error as exc:
+                outcome.append(exc)
+
+        sleeper = threading.Thread(target=sleep, daemon=True)
+        sleeper.start()
+        wait_until(lambda: pg17.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)'"
+                                        " AND state = 'active' AND pid <> pg_backend_pid()")[0][0], 5, "the sleep")
+        cancel_on_server(dsn, stuck)
+        sleeper.join(3)
+        assert outcome and isinstance(outcome[0], psycopg.errors.QueryCanceled)
+    finally:
+        stuck.cancel_safe() if hasattr(stuck, "cancel_safe") else stuck.cancel()
+        stuck.close()
