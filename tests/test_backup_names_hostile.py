@@ -33,3 +33,16 @@ def test_a_tenants_database_name_cannot_forge_a_line_of_the_backup_output(cluste
     finally:
         cluster.execute(f"DROP DATABASE IF EXISTS {quoted}")
         cluster.execute(f"DROP ROLE {role}")
+
+
+def test_a_table_named_with_a_newline_is_found_in_the_archive_and_verifies(cluster, fresh_db, tmp_path):
+    """Before: pg_restore --list prints a name's newlines as spaces, so verify looked for `public.a<newline>b`
+    in vain and failed a good backup, its message split over two lines: a tenant kept its database's
+    backups from ever verifying (and the failed-verification alert firing)."""
+    cluster.execute('CREATE TABLE "a\nb" (id int); INSERT INTO "a\nb" VALUES (1), (2)', fresh_db.rsplit("/", 1)[1])
+    directory = tmp_path / "backups"
+    run = CliRunner().invoke(main, ["backup", "run", "--dsn", fresh_db, "--dir", str(directory)])
+    assert run.exit_code == 0, run.output
+    verify = CliRunner().invoke(main, ["backup", "verify", "--dir", str(directory), "--restore", "--dsn", fresh_db])
+    assert verify.exit_code == 0, verify.output
+    assert "row counts match the manifest for 1 tables" in verify.output, verify.output

@@ -36,6 +36,7 @@ from psycopg import sql
 from exporter.backup.pgclient import BackupError, Conninfo, client_program, tail
 from exporter.backup.state import StateFile, backups_of, database_targets, find_backup, target_record
 from exporter.files import CHECKSUM_LIMIT, MANIFEST_LIMIT, UnreadableFile, loads_json, open_regular, read_limited
+from exporter.logs import loggable
 
 SCRATCH_PREFIX = "pgvigil_verify_"
 
@@ -170,10 +171,17 @@ def check_archive(dump: Path, manifest: dict[str, Any]) -> int:
         raise BackupError(f"pg_restore --list cannot read {dump.name}: {tail(proc.stderr)}")
     listed = {line for line in proc.stdout.splitlines() if " TABLE DATA " in line}
     for table in manifest["tables"]:
-        needle = f" TABLE DATA {table['schema']} {table['name']} "
+        needle = f" TABLE DATA {listed_name(table['schema'])} {listed_name(table['name'])} "
         if not any(needle in line for line in listed):
-            raise BackupError(f"the archive has no data entry for table {table['schema']}.{table['name']}")
+            raise BackupError(f"the archive has no data entry for table "
+                              f"{loggable(table['schema'])}.{loggable(table['name'])}")
     return len(listed)
+
+
+def listed_name(name: str) -> str:
+    """A name as pg_restore --list prints it: its line breaks as spaces (sanitize_line), so that no name, a
+    tenant's, ever starts a line of the list."""
+    return name.replace("\r", " ").replace("\n", " ")
 
 
 def _drop_database(conninfo: Conninfo, name: str) -> None:
@@ -304,7 +312,7 @@ def _restore_into(conninfo: Conninfo, scratch: str, dump: Path, manifest: dict[s
                     sql.Identifier(table["schema"]), sql.Identifier(table["name"])))
                 restored = cur.fetchall()[0][0]
                 if restored != table["rows"]:
-                    raise BackupError(f"row count mismatch in {table['schema']}.{table['name']}: "
+                    raise BackupError(f"row count mismatch in {loggable(table['schema'])}.{loggable(table['name'])}: "
                                       f"restored {restored}, the manifest recorded {table['rows']}")
             passed.append(f"row counts match the manifest for {len(manifest['tables'])} tables")
             if sanity_query:
