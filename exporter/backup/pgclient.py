@@ -33,6 +33,10 @@ from exporter.scrape.transaction import connect_pinned
 # backup's session, whose snapshot pg_dump reads from), and deferrable off: nothing here waits for a safe
 # snapshot.
 PINNED = {"search_path": "pg_catalog,pg_temp", "row_security": "off", "default_transaction_deferrable": "off"}
+# How long a backup waits for a lock (pg_dump's --lock-wait-timeout, its own sessions' lock_timeout): a tenant
+# holding an ACCESS EXCLUSIVE lock in an open transaction kept pg_dump waiting forever, and with it every
+# database after its own in a `databases:` target's run. Past this, that database's backup fails, saying so.
+LOCK_WAIT_SECONDS = 600
 
 
 class BackupError(Exception):
@@ -71,8 +75,11 @@ class Conninfo:
         if self.password is not None:
             kwargs["password"] = self.password
 
+        # The lock wait before the DSN's own options (an operator's lock_timeout there wins), the pins after.
+        default = f"-c lock_timeout={LOCK_WAIT_SECONDS}s"
+
         def connect(options: str) -> psycopg.Connection:
-            return psycopg.connect(make_conninfo(**{**kwargs, "options": f"{own} {options}".strip()}))
+            return psycopg.connect(make_conninfo(**{**kwargs, "options": f"{default} {own} {options}".strip()}))
 
         try:
             return connect_pinned(make_conninfo(**kwargs), connect, base=PINNED)
