@@ -225,6 +225,25 @@ def restore_and_compare(conninfo: Conninfo, dump: Path, manifest: dict[str, Any]
         _drop_database(conninfo, scratch)
 
 
+# A restore runs the archive's own functions (index expressions, check constraints: an IMMUTABLE function may
+# sleep, PostgreSQL takes its owner's word), so a database's owner could hold pg_restore, and verify with every
+# backup after it, for ever. Bounded by this many times the dump's own duration, and at least this long.
+RESTORE_DUMP_FACTOR = 20
+RESTORE_MIN_SECONDS = 1800
+_LONGEST_DUMP_SECONDS = 7 * 86400  # beyond this, the manifest's times are not believed
+
+
+def restore_deadline(manifest: dict[str, Any]) -> float:
+    """Seconds pg_restore may take for this backup (the manifest's times are a file's: anything odd counts 0)."""
+    try:
+        took = float(manifest.get("finished_epoch", 0)) - float(manifest.get("started_epoch", 0))
+    except (TypeError, ValueError, OverflowError):
+        took = 0.0
+    if not 0 <= took <= _LONGEST_DUMP_SECONDS:  # NaN too
+        took = 0.0
+    return max(float(RESTORE_MIN_SECONDS), RESTORE_DUMP_FACTOR * took)
+
+
 def restore_list(toc: str, available: dict[str, bool], superuser: bool) -> tuple[str, list[str]]:
     """The archive's table of contents for pg_restore --use-list, with what the role may not restore
     commented out (extensions absent from the server or that it may not create, and their comments; event
@@ -300,7 +319,13 @@ def _restore_into(conninfo: Conninfo, scratch: str, dump: Path, manifest: dict[s
         list_file.write_text(toc)
         argv = [pg_restore, *RESTORE_FLAGS, f"--use-list={list_file}",
                 f"--dbname={conninfo.without_password(dbname=scratch)}", str(dump)]
-        proc = subprocess.run(argv, capture_output=True, text=True, env=conninfo.child_env())
+        deadline = restore_deadline(manifest)
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, env=conninfo.child_env(), timeout=deadline)
+        except subprocess.TimeoutExpired:  # run() has killed pg_restore; the scratch database is dropped next
+            raise BackupError(f"pg_restore did not finish within {deadline:.0f} s ({RESTORE_DUMP_FACTOR} times the "
+                              f"dump's own duration, at least {RESTORE_MIN_SECONDS} s): a function of the archive "
+                              "(an index expression, a check constraint) may run for ever as it restores") from None
     if proc.returncode != 0:
         why = f"pg_restore into {scratch} failed: {restore_error(proc.stderr)}"
         if left_out:
