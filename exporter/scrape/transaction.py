@@ -15,8 +15,9 @@ back). A query that calls `set_config(..., false)` changes a setting for the ses
 run's RESET ALL undoes it before the next query is even parsed. What RESET ALL cannot reset
 (the role) and what makes a setting dangerous (standard_conforming_strings changes how the next
 text is lexed; search_path which function a name calls) are pinned again by the second statement.
-The connection's own values (what RESET ALL returns to) are startup options (`STARTUP_OPTIONS`),
-which outrank the database's and the role's defaults, so a tenant owning a database cannot set them.
+The connection's own values (what RESET ALL returns to) are startup options (`STARTUP_OPTIONS`, and
+the versioned ones `connect_pinned` adds once the server says its version), which outrank the database's
+and the role's defaults, so a tenant owning a database cannot set them.
 """
 from __future__ import annotations
 
