@@ -15,7 +15,7 @@ import click
 from exporter import __version__
 from exporter import postgres_exporter as pe
 from exporter.config import Config, ConfigError, listen_problem, parse_listen
-from exporter.logs import LEVELS, setup_logging
+from exporter.logs import LEVELS, loggable, setup_logging
 from exporter.redaction import dsn_secrets
 
 if TYPE_CHECKING:
@@ -331,8 +331,11 @@ def print_connect_table(config: Config) -> bool:
         ok = ok and outcome.included and not problems
         rows.append((outcome.target.spec.name, outcome.query.name, str(status.rows), str(status.series),
                      f"{status.duration * 1000:.1f}ms", error))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    for row in rows:
+    # A discovered target's name holds its database's, any character but NUL: a newline would print a row of
+    # its own, an escape sequence would reach the terminal. So would a server's message. Escaped, as in logs.
+    cells = [[loggable(cell) for cell in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(5)]
+    for row in cells:
         click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5])
     return ok
 

@@ -91,7 +91,9 @@ class TargetGrants:
         lines = [f"{head} (role {loggable(self.role)}, database {loggable(self.database)})"]
         if self.connect:
             lines.append(psql_connect(self.database))
-        lines += [f"-- {note}" for note in self.notes]
+        # Every comment line through loggable: a name (a schema's, quoted by format('%I')) may hold a newline,
+        # which would end the comment and make the rest a statement psql runs, as whoever pipes this to it.
+        lines += [f"-- {loggable(note)}" for note in self.notes]
         lines += [f"-- missing today: {loggable(item)}" for item in self.missing] or ["-- missing today: nothing"]
         lines += [f"-- no grant helps: {loggable(item)}" for item in self.unresolved]
         lines += self.statements + self.role_statements or ["-- nothing to grant"]

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from exporter.backup.pgclient import BackupError, Conninfo
+from exporter.logs import loggable
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def _run_cluster(settings: Settings, offsite_dir: str | None, progress: bool | N
     for outcome in result.outcomes:
         entry = outcome.entry
         if outcome.error is not None:
-            click.echo(f"FAILED {outcome.target}: {outcome.error}")
+            click.echo(f"FAILED {loggable(outcome.target)}: {outcome.error}")  # the target holds a datname
             continue
         assert entry is not None
         what = "roles and tablespaces, " if entry.get("kind") == "globals" else ""

@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import psycopg
 from psycopg import sql
 
+from exporter.backup import pgclient
 from exporter.backup.pgclient import BackupError, Conninfo, client_program, safe_name
 from exporter.backup.sizes import human_size
 from exporter.backup.state import StateFile, find_backup, fsync_dir, target_record, write_file_atomically
@@ -206,7 +207,7 @@ def _stream_dump(conninfo: Conninfo, snapshot: str, partial: Path, progress: Pro
                  on_start: Callable[[subprocess.Popen], None], pg_dump: str) -> tuple[int, str, str]:
     """Run pg_dump -Fc into the partial file; returns (size, sha256, error or '')."""
     argv = [pg_dump, "--format=custom", "--verbose", f"--snapshot={snapshot}",
-            f"--dbname={conninfo.without_password()}"]
+            f"--lock-wait-timeout={pgclient.LOCK_WAIT_SECONDS * 1000}", f"--dbname={conninfo.without_password()}"]
     return stream_program(argv, conninfo, partial, progress, on_start)
 
 

@@ -21,14 +21,22 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from exporter.redaction import dsn_secrets, redact
+from exporter.scrape.transaction import connect_pinned
 
 # The backup's own sessions run pgvigil's SQL in databases whose tenants may plant look-alikes of the
 # catalog's functions (on the database's search_path, or on public as a better match than a variadic
 # built-in), and its role is often a superuser: names resolve in pg_catalog alone. Row-level security
 # off, as pg_dump sets it: a table it would filter fails the statement instead of running the policy's
 # functions. pg_dump and pg_restore pin their own sessions the same way. Startup options outrank the
-# database's and the role's settings; they come after the DSN's own, so they win over those too.
-PINNED_OPTIONS = "-c search_path=pg_catalog,pg_temp -c row_security=off"
+# database's and the role's settings; they come after the DSN's own, so they win over those too. So do
+# the versioned timeouts of exporter/scrape/transaction.py (a tenant's transaction_timeout ended the
+# backup's session, whose snapshot pg_dump reads from), and deferrable off: nothing here waits for a safe
+# snapshot.
+PINNED = {"search_path": "pg_catalog,pg_temp", "row_security": "off", "default_transaction_deferrable": "off"}
+# How long a backup waits for a lock (pg_dump's --lock-wait-timeout, its own sessions' lock_timeout): a tenant
+# holding an ACCESS EXCLUSIVE lock in an open transaction kept pg_dump waiting forever, and with it every
+# database after its own in a `databases:` target's run. Past this, that database's backup fails, saying so.
+LOCK_WAIT_SECONDS = 600
 
 
 class BackupError(Exception):
@@ -63,11 +71,18 @@ class Conninfo:
 
     def connect(self, **override: str) -> psycopg.Connection:
         kwargs = {**self.params, **override}
-        kwargs["options"] = f"{kwargs.get('options', '')} {PINNED_OPTIONS}".strip()
+        own = kwargs.get("options", "")
         if self.password is not None:
             kwargs["password"] = self.password
+
+        # The lock wait before the DSN's own options (an operator's lock_timeout there wins), the pins after.
+        default = f"-c lock_timeout={LOCK_WAIT_SECONDS}s"
+
+        def connect(options: str) -> psycopg.Connection:
+            return psycopg.connect(make_conninfo(**{**kwargs, "options": f"{default} {own} {options}".strip()}))
+
         try:
-            return psycopg.connect(make_conninfo(**kwargs))
+            return connect_pinned(make_conninfo(**kwargs), connect, base=PINNED)
         except psycopg.Error as exc:
             reason = self.redact(connect_reason(exc)).strip()
             raise BackupError(f"cannot connect to {self.describe(**override)}: {reason}") from None

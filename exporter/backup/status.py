@@ -16,6 +16,7 @@ from typing import Any
 
 from exporter.backup.sizes import human_size
 from exporter.backup.state import StateFile, backups_of, belongs, is_orphaned
+from exporter.logs import loggable
 
 GOOD = frozenset({"restored", "verified", "unverified"})
 
@@ -82,7 +83,8 @@ def when(ts: float | None) -> str:
 
 def render_table(rows: list[BackupStatus]) -> str:
     header = ("BACKUP", "TARGET", "FINISHED (UTC)", "SIZE", "CONDITION", "VERIFIED (UTC)", "NOTE")
-    cells = [header] + [(r.name, r.target, when(r.finished), human_size(r.size_bytes), r.condition,
-                         when(r.verified_at), r.note[:60]) for r in rows]
+    # A target of a `databases:` backup holds a database's name, any character but NUL: escaped, as in logs.
+    cells = [header] + [(r.name, loggable(r.target), when(r.finished), human_size(r.size_bytes), r.condition,
+                         when(r.verified_at), loggable(r.note[:60])) for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)

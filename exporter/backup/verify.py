@@ -36,6 +36,7 @@ from psycopg import sql
 from exporter.backup.pgclient import BackupError, Conninfo, client_program, tail
 from exporter.backup.state import StateFile, backups_of, database_targets, find_backup, target_record
 from exporter.files import CHECKSUM_LIMIT, MANIFEST_LIMIT, UnreadableFile, loads_json, open_regular, read_limited
+from exporter.logs import loggable
 
 SCRATCH_PREFIX = "pgvigil_verify_"
 
@@ -51,6 +52,13 @@ SELECT e.name, (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current
    OR EXISTS (SELECT 1 FROM pg_catalog.pg_available_extension_versions v
               WHERE v.name = e.name AND v.version = e.default_version AND v.trusted)
 FROM pg_catalog.pg_available_extensions e
+"""
+
+# The restored tables that force row-level security on their owner, named for SQL by the catalog.
+FORCED_RLS_SQL = """
+SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relforcerowsecurity AND c.relkind IN ('r', 'p')
 """
 
 # An archive's table of contents, as pg_restore --list prints it: `id; tableoid oid DESC SCHEMA NAME OWNER`.
@@ -170,10 +178,17 @@ def check_archive(dump: Path, manifest: dict[str, Any]) -> int:
         raise BackupError(f"pg_restore --list cannot read {dump.name}: {tail(proc.stderr)}")
     listed = {line for line in proc.stdout.splitlines() if " TABLE DATA " in line}
     for table in manifest["tables"]:
-        needle = f" TABLE DATA {table['schema']} {table['name']} "
+        needle = f" TABLE DATA {listed_name(table['schema'])} {listed_name(table['name'])} "
         if not any(needle in line for line in listed):
-            raise BackupError(f"the archive has no data entry for table {table['schema']}.{table['name']}")
+            raise BackupError(f"the archive has no data entry for table "
+                              f"{loggable(table['schema'])}.{loggable(table['name'])}")
     return len(listed)
+
+
+def listed_name(name: str) -> str:
+    """A name as pg_restore --list prints it: its line breaks as spaces (sanitize_line), so that no name, a
+    tenant's, ever starts a line of the list."""
+    return name.replace("\r", " ").replace("\n", " ")
 
 
 def _drop_database(conninfo: Conninfo, name: str) -> None:
@@ -208,6 +223,25 @@ def restore_and_compare(conninfo: Conninfo, dump: Path, manifest: dict[str, Any]
                              notes if notes is not None else [])
     finally:
         _drop_database(conninfo, scratch)
+
+
+# A restore runs the archive's own functions (index expressions, check constraints: an IMMUTABLE function may
+# sleep, PostgreSQL takes its owner's word), so a database's owner could hold pg_restore, and verify with every
+# backup after it, for ever. Bounded by this many times the dump's own duration, and at least this long.
+RESTORE_DUMP_FACTOR = 20
+RESTORE_MIN_SECONDS = 1800
+_LONGEST_DUMP_SECONDS = 7 * 86400  # beyond this, the manifest's times are not believed
+
+
+def restore_deadline(manifest: dict[str, Any]) -> float:
+    """Seconds pg_restore may take for this backup (the manifest's times are a file's: anything odd counts 0)."""
+    try:
+        took = float(manifest.get("finished_epoch", 0)) - float(manifest.get("started_epoch", 0))
+    except (TypeError, ValueError, OverflowError):
+        took = 0.0
+    if not 0 <= took <= _LONGEST_DUMP_SECONDS:  # NaN too
+        took = 0.0
+    return max(float(RESTORE_MIN_SECONDS), RESTORE_DUMP_FACTOR * took)
 
 
 def restore_list(toc: str, available: dict[str, bool], superuser: bool) -> tuple[str, list[str]]:
@@ -285,7 +319,13 @@ def _restore_into(conninfo: Conninfo, scratch: str, dump: Path, manifest: dict[s
         list_file.write_text(toc)
         argv = [pg_restore, *RESTORE_FLAGS, f"--use-list={list_file}",
                 f"--dbname={conninfo.without_password(dbname=scratch)}", str(dump)]
-        proc = subprocess.run(argv, capture_output=True, text=True, env=conninfo.child_env())
+        deadline = restore_deadline(manifest)
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, env=conninfo.child_env(), timeout=deadline)
+        except subprocess.TimeoutExpired:  # run() has killed pg_restore; the scratch database is dropped next
+            raise BackupError(f"pg_restore did not finish within {deadline:.0f} s ({RESTORE_DUMP_FACTOR} times the "
+                              f"dump's own duration, at least {RESTORE_MIN_SECONDS} s): a function of the archive "
+                              "(an index expression, a check constraint) may run for ever as it restores") from None
     if proc.returncode != 0:
         why = f"pg_restore into {scratch} failed: {restore_error(proc.stderr)}"
         if left_out:
@@ -298,13 +338,19 @@ def _restore_into(conninfo: Conninfo, scratch: str, dump: Path, manifest: dict[s
     conn = conninfo.connect(dbname=scratch, application_name="pgvigil verify")
     try:
         with conn.cursor() as cur:
+            # Counted with row_security off (pgclient.py), as pg_dump read them: the restoring role owns every
+            # table it restored, and a table that FORCEs row-level security would fail the count. This copy is
+            # ours, dropped after: its tables stop forcing it, so no policy, nor a function of it, ever runs.
+            cur.execute(FORCED_RLS_SQL)
+            for (forced,) in cur.fetchall():
+                cur.execute(f"ALTER TABLE {forced} NO FORCE ROW LEVEL SECURITY")
             progress(f"comparing the row counts of {len(manifest['tables'])} tables with the manifest")
             for table in manifest["tables"]:
                 cur.execute(sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(
                     sql.Identifier(table["schema"]), sql.Identifier(table["name"])))
                 restored = cur.fetchall()[0][0]
                 if restored != table["rows"]:
-                    raise BackupError(f"row count mismatch in {table['schema']}.{table['name']}: "
+                    raise BackupError(f"row count mismatch in {loggable(table['schema'])}.{loggable(table['name'])}: "
                                       f"restored {restored}, the manifest recorded {table['rows']}")
             passed.append(f"row counts match the manifest for {len(manifest['tables'])} tables")
             if sanity_query:

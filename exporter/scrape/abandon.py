@@ -9,6 +9,8 @@ from typing import Any
 
 import psycopg
 
+from exporter.scrape.transaction import connect_pinned
+
 # Seconds the watchdog lets its cancel request try to reach the server before it cuts the socket.
 CANCEL_GRACE_SECONDS = 1.0
 
@@ -31,8 +33,11 @@ def cancel_on_server(dsn: str, conn: Any) -> None:
 
 def _cancel_backend(dsn: str, pid: int) -> None:
     try:
-        conn = psycopg.connect(dsn, connect_timeout=2, application_name="pgvigil cancel", autocommit=True,
-                               options="-c search_path=pg_catalog")
+        # Not the read-only sessions' settings, but no tenant's timeout either (transaction_timeout would end
+        # this session before the cancel runs): transaction.py's versioned settings, as startup options.
+        conn = connect_pinned(dsn, lambda options: psycopg.connect(
+            dsn, connect_timeout=2, application_name="pgvigil cancel", autocommit=True, options=options),
+            base={"search_path": "pg_catalog"})
     except psycopg.Error:
         return
     try:

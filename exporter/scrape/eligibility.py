@@ -51,33 +51,45 @@ class Eligibility:
         if memo is not None and memo.facts is facts and memo.targets is targets and memo.refused == refused:
             return memo.queries
         eligible, missing = [], {}
+        settled = True
         for query in self.queries:
-            if not meant_for(query, state, facts) or not self._owns(query, state, facts, targets):
+            if not meant_for(query, state, facts):
+                continue
+            owns, known = self._owns(query, state, facts, targets)
+            settled = settled and known
+            if not owns:
                 continue
             if not has_extension(query, facts):
                 missing[query.name] = str(query.requires_extension)
             elif with_skipped or query.name not in state.skipped:
                 eligible.append(query)
         state.skips.note_missing_extensions(missing, facts.database)
-        self._memo[state][with_skipped] = _Memo(facts, targets, refused, eligible)
+        if settled:  # else decided again next time: a speaker not connected yet may share this server
+            self._memo[state][with_skipped] = _Memo(facts, targets, refused, eligible)
         return eligible
 
     @staticmethod
-    def _owns(query: QuerySpec, state: TargetState, facts: ServerFacts, targets: Mapping[str, TargetState]) -> bool:
+    def _owns(query: QuerySpec, state: TargetState, facts: ServerFacts,
+              targets: Mapping[str, TargetState]) -> tuple[bool, bool]:
         """A cluster-wide query's target on each server: the first speaker for the server (in target order)
-        whose database has the extension the query needs, else the first speaker (which reports the skip)."""
+        whose database has the extension the query needs, else the first speaker (which reports the skip).
+        And whether that is settled: not while a speaker has not connected yet (it may share the server; an
+        answer remembered before it did ran the query on two targets of one server for good)."""
         if query.scope != "cluster":
-            return True
+            return True, True
         first: TargetState | None = None
+        settled = True
         for other in targets.values():
             other_facts = other.facts
+            if other_facts is None and other.runs_cluster_queries:
+                settled = False
             if (not other.runs_cluster_queries or other_facts is None or other_facts.identity != facts.identity
                     or not meant_for(query, other, other_facts)):
                 continue
             if has_extension(query, other_facts):
-                return other is state
+                return other is state, settled
             first = first or other
-        return first is None or first is state
+        return first is None or first is state, settled
 
 
 def meant_for(query: QuerySpec, state: TargetState, facts: ServerFacts) -> bool:

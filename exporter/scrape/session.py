@@ -33,8 +33,8 @@ from exporter.scrape.transaction import (
     OWN_SQL,
     PIN,
     RESET,
-    STARTUP_OPTIONS,
     NameScope,
+    connect_pinned,
     pin_parameters,
     quote_identifier,
     search_path,
@@ -239,14 +239,14 @@ class TargetSession:
             return self._facts
         self.close()
         try:
-            conn = BoundedConnection.connect(
+            conn = connect_pinned(self.spec.dsn, lambda options: BoundedConnection.connect(
                 self.spec.dsn, autocommit=True,  # each run is a pipeline: its own implicit transaction
                 prepare_threshold=None,  # unnamed statements only: fine behind transaction poolers
                 connect_timeout=max(1, int(round(self.defaults.connect_timeout))),
                 application_name=self.application_name, client_encoding="UTF8",
                 keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
-                options=STARTUP_OPTIONS,
-            )
+                options=options,
+            ))
         except psycopg.Error as exc:
             raise ConnectFailed(self.connect_message(exc)) from None
         check_intervals(conn)

@@ -15,13 +15,17 @@ back). A query that calls `set_config(..., false)` changes a setting for the ses
 run's RESET ALL undoes it before the next query is even parsed. What RESET ALL cannot reset
 (the role) and what makes a setting dangerous (standard_conforming_strings changes how the next
 text is lexed; search_path which function a name calls) are pinned again by the second statement.
-The connection's own values (what RESET ALL returns to) are startup options (`STARTUP_OPTIONS`),
-which outrank the database's and the role's defaults, so a tenant owning a database cannot set them.
+The connection's own values (what RESET ALL returns to) are startup options (`STARTUP_OPTIONS`, and
+the versioned ones `connect_pinned` adds once the server says its version), which outrank the database's
+and the role's defaults, so a tenant owning a database cannot set them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 # Settings given at connection start: RESET ALL returns to these. Each one changes what a query
 # means or how its text and results are read, so none may come from the database or the role.
@@ -33,8 +37,63 @@ STARTUP_SETTINGS = {
     "IntervalStyle": "postgres",
     "extra_float_digits": "3",  # floats exactly, not rounded to 15 digits
     "bytea_output": "hex",
+    # ... and what would stall a transaction: a read-only one that is serializable and deferrable waits for a
+    # safe snapshot, that is while any serializable transaction of the cluster stays open (a tenant's can)
+    "default_transaction_isolation": "read committed",
+    "default_transaction_deferrable": "off",
 }
-STARTUP_OPTIONS = " ".join(f"-c {name}={value}" for name, value in STARTUP_SETTINGS.items())
+# ... or end the session. Settings newer servers know: an unknown name in the startup packet refuses the
+# connection, so each one is given only once the server's version is known (connect_pinned).
+VERSIONED_SETTINGS = (
+    (140000, "idle_session_timeout", "0"),
+    (170000, "transaction_timeout", "0"),
+)
+
+
+def startup_options(server_version: int = 0, extra: dict[str, str] | None = None,
+                    base: dict[str, str] = STARTUP_SETTINGS) -> str:
+    """The libpq `options` string for a server of `server_version` (0: any version): `base` (the read-only
+    sessions' settings; the backups' own), the versioned settings, then `extra`."""
+    settings = {**base, **{name: value for since, name, value in VERSIONED_SETTINGS
+                           if server_version >= since}, **(extra or {})}
+    return " ".join(f"-c {name}={_escaped(value)}" for name, value in settings.items())
+
+
+def _escaped(value: str) -> str:
+    # libpq splits `options` at spaces that are not escaped with a backslash
+    return value.replace("\\", "\\\\").replace(" ", "\\ ")
+
+
+STARTUP_OPTIONS = startup_options()
+
+C = TypeVar("C", bound=psycopg.Connection)
+# The version each server (host, port) last said, so later connections pin everything at once.
+_server_versions: dict[tuple[str, str], int] = {}
+
+
+def connect_pinned(dsn: str, connect: Callable[[str], C], extra: dict[str, str] | None = None,
+                   base: dict[str, str] = STARTUP_SETTINGS) -> C:
+    """`connect(options)` with the startup options for the server's version: the server says its version
+    at connect (before any query), so a server newer than known is reconnected to once, with its own.
+    `dsn` only names the server for that memory."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        params = {}
+    key = (str(params.get("hostaddr") or params.get("host") or ""), str(params.get("port") or ""))
+    known = _server_versions.get(key, 0)
+    try:
+        conn = connect(startup_options(known, extra, base))
+    except psycopg.Error:
+        _server_versions.pop(key, None)  # a server downgraded since refuses a setting it does not know
+        raise
+    version = conn.info.server_version
+    _server_versions[key] = version
+    if startup_options(version, extra, base) == startup_options(known, extra, base):
+        return conn
+    conn.close()
+    return connect(startup_options(version, extra, base))
+
 
 RESET = "RESET ALL"
 # Read-only before the snapshot (so the query cannot switch it back), bounded, names resolved through

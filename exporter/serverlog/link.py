@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import psycopg
 
 from exporter.scrape.rows import name_bytes, name_text
-from exporter.scrape.transaction import STARTUP_OPTIONS
+from exporter.scrape.transaction import connect_pinned
 from exporter.scrape.wire import BoundedConnection
 from exporter.serverlog.source import SourceError
 
@@ -22,7 +22,7 @@ STATEMENT_TIMEOUT_MS = 10_000
 CONNECT_TIMEOUT = 5
 # Names beyond this many are not loaded: a failed login's user or database then shows as `unknown`.
 MAX_NAMES = 10_000
-OPTIONS = f"{STARTUP_OPTIONS} -c search_path=pg_catalog,pg_temp -c statement_timeout={STATEMENT_TIMEOUT_MS}"
+PINNED = {"search_path": "pg_catalog,pg_temp", "statement_timeout": str(STATEMENT_TIMEOUT_MS)}
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,9 @@ class ServerLink:
         if self._conn is None or self._conn.closed:
             try:
                 # Bounded like every session of pgvigil: no answer of the server may pass wire.ANSWER_BYTES.
-                self._conn = BoundedConnection.connect(
+                self._conn = connect_pinned(self._dsn, lambda options: BoundedConnection.connect(
                     self._dsn, autocommit=True, prepare_threshold=None, connect_timeout=CONNECT_TIMEOUT,
-                    application_name="pgvigil-log", client_encoding="UTF8", options=OPTIONS)
+                    application_name="pgvigil-log", client_encoding="UTF8", options=options), PINNED)
             except psycopg.Error as exc:
                 raise SourceError(reason_of(exc)) from None
         return self._conn
