@@ -136,3 +136,14 @@ def test_regenerating_a_smaller_fleet_removes_what_the_larger_one_wrote(tmp_path
     for name in ("prometheus-shard-2.yml", "prometheus-shard-3.yml", "vmagent-2.args", "vmagent-3.args",
                  "rules/pgvigil-alerts.yml"):
         assert f"removed {out / name} (not part of this topology)" in second.output
+
+
+@pytest.mark.parametrize("option", ["--fleet", "--mixin"])
+def test_output_directory_that_is_a_dangling_link_is_named_as_such(tmp_path, option):
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone")
+    result = CliRunner().invoke(main, ["bundle", option, str(link)])
+    assert result.exit_code == 1
+    assert (f"error: cannot write into {link}: it is a symbolic link to {tmp_path / 'gone'}, which does not exist"
+            in result.output), result.output
+    assert "Traceback" not in result.output and not (tmp_path / "gone").exists()
