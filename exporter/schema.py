@@ -211,6 +211,9 @@ class EntriesChecker(Checker, Generic[Entry]):
     def entry(self, name: str, entry: Any) -> Entry | None:
         raise NotImplementedError
 
+    def complete(self, names: list[str]) -> None:
+        """Cross-checks once every entry is read (names the file must have ...), reported with the rest."""
+
 
 def read_entries_file(path: Path, what: str, error: Callable[[list[str]], Exception]) -> str:
     """The text of a named-entries file; an unreadable one raises `error` naming it."""
@@ -237,6 +240,7 @@ def parse_entries(text: str, source: str, checker: Callable[[LocatedData], Entri
         entry = check.entry(str(name), value)
         if entry is not None:
             entries[str(name)] = entry
+    check.complete([str(name) for name in data])
     if check.errors:
         raise error(check.located.in_file_order())
     return entries

@@ -10,11 +10,11 @@ local data = {
 {
   _config+:: {
     // how the rules select pgvigil's own series (its scrape job)
-    pgvigilSelector: 'job="pgvigil"',
+    pgvigilSelector: "job=\"pgvigil\"",
     // labels added to every by (...) and on (...): keep clusters apart in a global view
     groupLabels: [],
     // where the alerts' runbook_url links point (each adds #<alert name in lower case>)
-    runbookBase: 'https://github.com/pgvigil/pgvigil/blob/main/docs/runbooks.md',
+    runbookBase: "https://github.com/pgvigil/pgvigil/blob/main/docs/runbooks.md",
   },
 
   local config = self._config,
@@ -26,7 +26,7 @@ local data = {
   local expr(pieces) = std.join('', [piece(p) for p in pieces]),
   local annotations(a) = a + (
     if std.objectHas(a, 'runbook_url')
-    then { runbook_url: std.strReplace(a.runbook_url, 'https://github.com/pgvigil/pgvigil/blob/main/docs/runbooks.md#', config.runbookBase + '#') }
+    then { runbook_url: std.strReplace(a.runbook_url, "https://github.com/pgvigil/pgvigil/blob/main/docs/runbooks.md#", config.runbookBase + '#') }
     else {}
   ),
   local rule(r) = r + { expr: expr(r.expr) } + (

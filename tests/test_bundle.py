@@ -313,7 +313,30 @@ def test_thresholds_missing_an_alert_entry_is_a_clear_error(tmp_path):
     mine.write_text(text)
     result = CliRunner().invoke(main, ["bundle", "--thresholds", str(mine), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1
-    assert "error: the thresholds file lacks entries for: postgres_down" in result.output
+    assert (f"error: {mine}: postgres_down: missing: every alert needs its entry; copy it from the shipped "
+            "thresholds (alerts/thresholds.yaml)") in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_entries_are_reported_with_the_other_errors_at_once(tmp_path):
+    """A file from an older pgvigil with a typo: the typo, the bad value and the entries newer alerts need, all
+    in one run, each with its file (and line where it has one)."""
+    text = THRESHOLDS.read_text()
+    text = re.sub(r"^alertmanager_cluster_members:.*?(?=^\S|\Z)", "", text, flags=re.M | re.S)
+    text = re.sub(r"^postgres_down:", "postgres_dwon:", text, flags=re.M)
+    text = re.sub(r"^(exporter_scrape_overrun:.*?\n  warning: ).*?\n", "\\1two\n", text, flags=re.M | re.S)
+    mine = tmp_path / "old.yaml"
+    mine.write_text(text)
+    result = CliRunner().invoke(main, ["bundle", "--thresholds", str(mine), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert any(re.match(rf"error: {re.escape(str(mine))}:\d+: exporter_scrape_overrun.warning: expected a number", e)
+               for e in errors), errors
+    assert f"error: {mine}: alertmanager_cluster_members: missing: every alert needs its entry; copy it from the " \
+           "shipped thresholds (alerts/thresholds.yaml)" in errors
+    assert f"error: {mine}: postgres_down: missing: every alert needs its entry (is postgres_dwon a typo of it?)" \
+           in "\n".join(errors)
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("function, value, text", [

@@ -116,3 +116,39 @@ def test_topology_refuses_what_cannot_be_deployed():
         Topology(shard_addresses=("a:1",))
     with pytest.raises(BundleError, match="share_window '1 hour'"):
         Topology(share_window="1 hour")
+
+
+def fleet_files(directory: Path) -> set[str]:
+    return {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()}
+
+
+def test_regenerating_a_smaller_fleet_removes_what_the_larger_one_wrote(tmp_path):
+    """Four shards, then two: shards 2 and 3 (modulus 4) would still scrape beside the new 0 and 1 (modulus 2),
+    scraping part of the targets twice, if their files stayed. Files pgvigil did not generate stay."""
+    out = tmp_path / "fleet"
+    out.mkdir()
+    (out / "prometheus-shard-7.yml").write_text("# my own shard\n")
+    (out / "notes.txt").write_text("mine\n")
+    runner = CliRunner()
+    first = runner.invoke(main, ["bundle", "--fleet", str(out), "--shards", "4", "--cluster-label", "cluster"])
+    assert first.exit_code == 0, first.output
+    assert {"prometheus-shard-3.yml", "vmagent-3.args", "rules/pgvigil-alerts.yml"} <= fleet_files(out)
+    second = runner.invoke(main, ["bundle", "--fleet", str(out), "--shards", "2"])
+    assert second.exit_code == 0, second.output
+    expected = set(render(load_inputs(None, None), Topology(shards=2)))
+    assert fleet_files(out) == expected | {"prometheus-shard-7.yml", "notes.txt"}
+    assert not (out / "rules").exists()
+    for name in ("prometheus-shard-2.yml", "prometheus-shard-3.yml", "vmagent-2.args", "vmagent-3.args",
+                 "rules/pgvigil-alerts.yml"):
+        assert f"removed {out / name} (not part of this topology)" in second.output
+
+
+@pytest.mark.parametrize("option", ["--fleet", "--mixin"])
+def test_output_directory_that_is_a_dangling_link_is_named_as_such(tmp_path, option):
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone")
+    result = CliRunner().invoke(main, ["bundle", option, str(link)])
+    assert result.exit_code == 1
+    assert (f"error: cannot write into {link}: it is a symbolic link to {tmp_path / 'gone'}, which does not exist"
+            in result.output), result.output
+    assert "Traceback" not in result.output and not (tmp_path / "gone").exists()

@@ -75,3 +75,27 @@ def test_mixin_option_writes_only_the_mixin(tmp_path):
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted(FILES)
     result = CliRunner().invoke(main, ["bundle", "--mixin", str(tmp_path / "n"), "--cluster-label", "cluster"])
     assert result.exit_code != 0 and "its _config sets group labels" in result.output
+
+
+def rendered_from(directory: Path) -> dict:
+    snippet = ("local m = import 'mixin.libsonnet';\n"
+               "{ rules: m.prometheusRules, alerts: m.prometheusAlerts, config: m._config }")
+    return json.loads(_jsonnet.evaluate_snippet("render.jsonnet", snippet, jpathdir=str(directory)))
+
+
+@pytest.mark.parametrize("base", ["https://wiki.example.com/pg", "https://wiki.example.com/pg?a=1&b=(2)*"])
+def test_runbook_base_option_is_the_mixins_default(tmp_path, base):
+    """--runbook-base sets `_config.runbookBase`, as a jsonnet string whatever URL characters it has."""
+    result = CliRunner().invoke(main, ["bundle", "--mixin", str(tmp_path / "m"), "--runbook-base", base])
+    assert result.exit_code == 0, result.output
+    out = rendered_from(tmp_path / "m")
+    assert out["config"]["runbookBase"] == base
+    alerts = [rule for group in out["alerts"]["groups"] for rule in group["rules"]]
+    assert alerts and all(rule["annotations"]["runbook_url"].startswith(f"{base}#") for rule in alerts)
+
+
+def test_bad_runbook_base_is_refused_for_the_mixin(tmp_path):
+    result = CliRunner().invoke(main, ["bundle", "--mixin", str(tmp_path / "m"), "--runbook-base", "a b#c"])
+    assert result.exit_code == 1
+    assert "error: --runbook-base 'a b#c': expected an http(s) URL" in result.output
+    assert not (tmp_path / "m").exists()

@@ -50,9 +50,24 @@ def test_runbook_base_moves_every_link(tmp_path):
             assert run.returncode == 0, run.stdout + run.stderr
 
 
-@pytest.mark.parametrize("base", ["wiki page#top", "https://wiki.example.com/run books", ""])
+# The base is written into YAML as it is: a relative path starting with a YAML indicator (', *, {) broke
+# the rule files or turned a link into a mapping, with exit 0; a quote or a backslash is no URL character.
+@pytest.mark.parametrize("base", ["wiki page#top", "https://wiki.example.com/run books", "", "'runbooks", "*runbooks",
+                                  "{runbooks}", "[runbooks]", "-runbooks", "https://wiki.example.com/a\"b",
+                                  "https://wiki.example.com/o'brien", "https://wiki.example.com/a\\b", "|runbooks",
+                                  "https://wiki.example.com/runbooks\n"])
 def test_a_base_that_cannot_carry_anchors_is_refused(tmp_path, base):
     result = CliRunner().invoke(main, ["bundle", "--runbook-base", base, "--out", str(tmp_path)])
     assert result.exit_code == 1
     assert f"error: --runbook-base {base!r}: expected an http(s) URL or a relative path" in result.output
     assert not (tmp_path / "alerts").exists(), "a refused base still wrote files"
+
+
+@pytest.mark.parametrize("base", ["runbooks.html", "../docs/runbooks.md", "/wiki/Postgres_(runbooks)",
+                                  "https://wiki.example.com/pages?id=42&view=full%20page",
+                                  "https://[2001:db8::1]:8443/runbooks;v=1,2*+!$@~"])
+def test_every_base_the_check_lets_through_stays_the_exact_link(tmp_path, base):
+    result = CliRunner().invoke(main, ["bundle", "--runbook-base", base, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    links = runbook_links(tmp_path)
+    assert len(links) > 50 and all(link.startswith(base + "#") for link in links)

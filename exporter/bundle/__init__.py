@@ -31,7 +31,7 @@ from exporter.bundle import (
     slos_rules,
     slos_tests,
 )
-from exporter.bundle.catalog import RUNBOOK_BASE
+from exporter.bundle.catalog import RUNBOOK_BASE, catalog
 from exporter.bundle.profiles import apply_profile, load_profile
 from exporter.bundle.slos import DEFAULT_OBJECTIVES, Objective, load_objectives
 from exporter.bundle.thresholds import DEFAULT_THRESHOLDS, Threshold, load_thresholds
@@ -104,7 +104,7 @@ def load_inputs(thresholds_path: str | Path | None, objectives_path: str | Path 
                 profile: str | None = None) -> BundleInputs:
     """Read the thresholds and objectives files (the shipped ones by default)."""
     path = Path(thresholds_path) if thresholds_path is not None else DEFAULT_THRESHOLDS
-    thresholds = load_thresholds(path)
+    thresholds = load_thresholds(path, required={spec.threshold for spec in catalog()})
     if profile is not None:
         thresholds = apply_profile(thresholds, load_profile(profile))
     objectives_file = Path(objectives_path) if objectives_path is not None else DEFAULT_OBJECTIVES

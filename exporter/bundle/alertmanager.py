@@ -85,6 +85,14 @@ def inhibit_rules() -> list[dict]:
     ]
 
 
+def slack_text(value: str) -> str:
+    """A template action printing `value` as Slack text: descriptions carry names the monitored cluster's tenants
+    choose (a table called `<!channel>` or `<https://evil.example|Runbook>`), which Slack would otherwise read as
+    a mention of everyone or a link with any label; Slack asks for &, < and > escaped."""
+    return (f'{{{{ {value} | reReplaceAll "&" "&amp;" | reReplaceAll "<" "&lt;" '
+            '| reReplaceAll ">" "&gt;" }}')
+
+
 def production_config(thresholds: dict | None = None) -> dict:
     """alerts/alertmanager.yml: Slack + email for warnings; PagerDuty + email + Slack for critical."""
     slack = {
@@ -92,7 +100,7 @@ def production_config(thresholds: dict | None = None) -> dict:
         "send_resolved": True,
         "title": '[{{ .Status | toUpper }}] {{ .CommonLabels.alertname }} on {{ .CommonLabels.target }}',
         "text": (
-            "{{ range .Alerts }}*{{ .Labels.severity }}*: {{ .Annotations.description }}\n"
+            f"{{{{ range .Alerts }}}}*{{{{ .Labels.severity }}}}*: {slack_text('.Annotations.description')}\n"
             "Runbook: {{ .Annotations.runbook_url }}\n{{ end }}"
         ),
     }

@@ -79,11 +79,13 @@ def bundle(thresholds_path: Path | None, objectives_path: Path | None, out_dir: 
         _check_options(out_dir, with_examples, profile, kubernetes_dir, cluster_label)
     try:
         if mixin_dir is not None:
-            written = mixin.write(load_inputs(thresholds_path, objectives_path, profile), mixin_dir)
+            written = mixin.write(load_inputs(thresholds_path, objectives_path, profile), mixin_dir, runbook_base)
         elif fleet_dir is not None:
             inputs = load_inputs(thresholds_path, objectives_path, profile)
-            written = fleet.write(inputs, fleet_dir, fleet.Topology(shards=shards, cluster_label=cluster_label),
-                                  runbook_base)
+            written, removed = fleet.write(inputs, fleet_dir,
+                                           fleet.Topology(shards=shards, cluster_label=cluster_label), runbook_base)
+            for path in removed:
+                click.echo(f"removed {path} (not part of this topology)", err=True)
         elif kubernetes_dir is not None:
             inputs = load_inputs(thresholds_path, objectives_path, profile)
             written = kubernetes.write(inputs, kubernetes_dir, cluster_label, runbook_base)

@@ -297,7 +297,38 @@ def render(inputs: BundleInputs, topology: Topology, runbook_base: str = RUNBOOK
     return {name: runbooks.rebase(text, runbook_base) for name, text in files.items()}
 
 
-def write(inputs: BundleInputs, out_dir: Path, topology: Topology, runbook_base: str = RUNBOOK_BASE) -> list[Path]:
-    """Write the fleet's files under `out_dir`, all or nothing."""
+def write(inputs: BundleInputs, out_dir: Path, topology: Topology, runbook_base: str = RUNBOOK_BASE,
+          ) -> tuple[list[Path], list[Path]]:
+    """Write the fleet's files under `out_dir`, all or nothing; then remove what an earlier, other topology wrote
+    there (see `remove_stale`). Returns (written, removed)."""
     runbooks.check_base(runbook_base)
-    return output.write_all(Path(out_dir), render(inputs, topology, runbook_base))
+    files = render(inputs, topology, runbook_base)
+    written = output.write_all(Path(out_dir), files)
+    return written, remove_stale(Path(out_dir), set(files))
+
+
+# What `render` may write, by pattern: a file of these that this topology does not write is left over from an
+# earlier one (more shards, --cluster-label). A shard config of another modulus would go on scraping beside
+# the new shards, so such files go; only those with our header, never a file of the user's.
+_OWN_PATTERNS = ("prometheus-shard-*.yml", "vmagent-*.args", "alertmanager-*.args", "rules/pgvigil-*.yml")
+_OWN_HEADER = HEADER.split("{source}")[0]
+
+
+def remove_stale(out_dir: Path, current: set[str]) -> list[Path]:
+    removed = []
+    for pattern in _OWN_PATTERNS:
+        for path in sorted(out_dir.glob(pattern)):
+            if str(path.relative_to(out_dir)) in current or path.is_symlink() or not path.is_file():
+                continue
+            try:
+                with path.open("rb") as handle:
+                    ours = handle.read(len(_OWN_HEADER.encode())) == _OWN_HEADER.encode()
+                if ours:
+                    path.unlink()
+                    removed.append(path)
+            except OSError as exc:
+                raise BundleError(f"cannot remove {path}, left from an earlier topology: {exc.strerror}") from None
+    rules_dir = out_dir / "rules"
+    if removed and rules_dir.is_dir() and not any(rules_dir.iterdir()):
+        rules_dir.rmdir()
+    return removed

@@ -16,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-from exporter.bundle import BundleInputs, dashboards, output, rules, slos_rules
+from exporter.bundle import BundleInputs, dashboards, output, rules, runbooks, slos_rules
 from exporter.bundle.catalog import EXPORTER_JOB, RUNBOOK_BASE
 
 SELECTOR = f'job="{EXPORTER_JOB}"'
@@ -36,11 +36,11 @@ local data = {
 {
   _config+:: {
     // how the rules select pgvigil's own series (its scrape job)
-    pgvigilSelector: '%(selector)s',
+    pgvigilSelector: %(selector)s,
     // labels added to every by (...) and on (...): keep clusters apart in a global view
     groupLabels: [],
     // where the alerts' runbook_url links point (each adds #<alert name in lower case>)
-    runbookBase: '%(runbook)s',
+    runbookBase: %(runbook)s,
   },
 
   local config = self._config,
@@ -52,7 +52,7 @@ local data = {
   local expr(pieces) = std.join('', [piece(p) for p in pieces]),
   local annotations(a) = a + (
     if std.objectHas(a, 'runbook_url')
-    then { runbook_url: std.strReplace(a.runbook_url, '%(runbook)s#', config.runbookBase + '#') }
+    then { runbook_url: std.strReplace(a.runbook_url, %(shipped)s, config.runbookBase + '#') }
     else {}
   ),
   local rule(r) = r + { expr: expr(r.expr) } + (
@@ -90,15 +90,18 @@ def _as_pieces(groups: list[dict]) -> dict:
                        for group in groups]}
 
 
-def render(inputs: BundleInputs) -> dict[str, str]:
-    """File name -> text of the mixin."""
+def render(inputs: BundleInputs, runbook_base: str = RUNBOOK_BASE) -> dict[str, str]:
+    """File name -> text of the mixin; `runbook_base` is its `_config.runbookBase` (the links stay the shipped
+    ones in the JSON data, which the libsonnet rebases)."""
     recorded = rules.recording_groups()["groups"] + slos_rules.slo_groups(inputs.objectives)["groups"]
 
     def dump(document: object) -> str:
         return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
     return {
-        "mixin.libsonnet": LIBSONNET % {"selector": SELECTOR, "runbook": RUNBOOK_BASE},
+        # as JSON strings, which jsonnet reads as they are: a quote or backslash in a base URL stays text
+        "mixin.libsonnet": LIBSONNET % {"selector": json.dumps(SELECTOR), "runbook": json.dumps(runbook_base),
+                                        "shipped": json.dumps(f"{RUNBOOK_BASE}#")},
         "rules.json": dump(_as_pieces(recorded)),
         "alerts.json": dump(_as_pieces(rules.alert_groups(inputs.thresholds)["groups"])),
         "dashboards.json": dump({f"{name}": model
@@ -106,6 +109,7 @@ def render(inputs: BundleInputs) -> dict[str, str]:
     }
 
 
-def write(inputs: BundleInputs, out_dir: Path) -> list[Path]:
+def write(inputs: BundleInputs, out_dir: Path, runbook_base: str = RUNBOOK_BASE) -> list[Path]:
     """Write the mixin under `out_dir`, all or nothing."""
-    return output.write_all(Path(out_dir), render(inputs))
+    runbooks.check_base(runbook_base)
+    return output.write_all(Path(out_dir), render(inputs, runbook_base))

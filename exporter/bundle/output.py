@@ -46,6 +46,9 @@ def _write(temporary: Path, target: Path, text: str) -> None:
 def _make_dirs(directory: Path, created: list[Path]) -> None:
     missing = []
     while not directory.exists():
+        if directory.is_symlink():  # mkdir would say only "File exists"
+            raise BundleError(f"cannot write into {directory}: it is a symbolic link to {os.readlink(directory)}, "
+                              "which does not exist; create that directory or give another")
         missing.append(directory)
         directory = directory.parent
     for path in reversed(missing):

@@ -14,14 +14,19 @@ import re
 from exporter.bundle.catalog import RUNBOOK_BASE
 from exporter.bundle.rules import BundleError
 
-_URL = re.compile(r"^(https?://[^\s#]+|[^\s#:]+)$")  # an http(s) URL or a relative path, without a fragment
+# An http(s) URL or a relative path, without a fragment, of URL characters (RFC 3986) but the quote: rebase()
+# writes the base into the generated YAML and JSON as it is, where these stay plain text (no quote or backslash
+# to escape, and a relative path does not start with a YAML indicator such as ' * { [ - |).
+_CHARS = r"A-Za-z0-9\-._~/?@!$&()*+,;=%"
+_URL = re.compile(rf"https?://[{_CHARS}:\[\]]+|[A-Za-z0-9._~/][{_CHARS}]*")
 
 
 def check_base(base: str) -> str:
     """`base` when it can carry `#<alert>` anchors, else a BundleError saying what is expected."""
-    if not _URL.match(base):
+    if not _URL.fullmatch(base):  # match() with $ would let a trailing newline through
         raise BundleError(f"--runbook-base {base!r}: expected an http(s) URL or a relative path without '#' "
-                          "or spaces, e.g. https://wiki.example.com/postgres/runbooks")
+                          "or spaces, e.g. https://wiki.example.com/postgres/runbooks (URL characters only: "
+                          "no quotes or backslashes, and a relative path starts with a letter, digit, '.' or '/')")
     return base
 
 

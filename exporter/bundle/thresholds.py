@@ -11,11 +11,11 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from exporter.config import ConfigError
 from exporter.schema import EntriesChecker, Key, Section, did_you_mean, parse_entries, read_entries_file
-from exporter.yamlsource import shown
+from exporter.yamlsource import LocatedData, shown
 
 DEFAULT_THRESHOLDS = Path(__file__).with_name("default_thresholds.yaml")
 
@@ -84,20 +84,36 @@ class Threshold:
         return value < level if self.direction == "below" else value > level
 
 
-def load_thresholds(path: str | Path | None = None) -> dict[str, Threshold]:
-    """Read and validate a thresholds file (the shipped defaults when `path` is None)."""
+def load_thresholds(path: str | Path | None = None, required: Collection[str] = ()) -> dict[str, Threshold]:
+    """Read and validate a thresholds file (the shipped defaults when `path` is None); `required` names the
+    entries it must have (the alerts' thresholds), each absent one an error reported with the others."""
     path = Path(path) if path is not None else DEFAULT_THRESHOLDS
-    return parse_thresholds(read_entries_file(path, "thresholds", ThresholdError), str(path))
+    return parse_thresholds(read_entries_file(path, "thresholds", ThresholdError), str(path), required)
 
 
-def parse_thresholds(text: str, source: str = "<string>") -> dict[str, Threshold]:
+def parse_thresholds(text: str, source: str = "<string>", required: Collection[str] = ()) -> dict[str, Threshold]:
     """Validate thresholds YAML text; `source` names it in error messages."""
-    return parse_entries(text, source, _Checker, "threshold names to {warning, critical, for, unit, description}",
-                         ThresholdError)
+    return parse_entries(text, source, lambda located: _Checker(located, required),
+                         "threshold names to {warning, critical, for, unit, description}", ThresholdError)
 
 
 class _Checker(EntriesChecker[Threshold]):
     """Threshold entries; the messages keep the wording `pgvigil bundle` has always printed."""
+
+    def __init__(self, located: LocatedData, required: Collection[str] = ()) -> None:
+        super().__init__(located)
+        self.required = required
+
+    def complete(self, names: list[str]) -> None:
+        # A file kept from an older pgvigil lacks the entries of the alerts added since: say which, in the same
+        # run as its other errors, and where an unknown name is close to one, that it may be a typo of it.
+        unknown = [name for name in names if name not in self.required]
+        for name in sorted(set(self.required) - set(names)):
+            hint = did_you_mean(name, unknown)
+            # no line: the entry is nowhere in the file (error() would name the line of the mapping)
+            self.errors.append(f"{self.doc.source}: {name}: missing: every alert needs its entry" + (
+                f" (is {hint} a typo of it?)" if hint else "; copy it from the shipped thresholds "
+                                                            "(alerts/thresholds.yaml)"))
 
     def unknown_key(self, key: Any, allowed: tuple[str, ...]) -> str:
         hint = did_you_mean(str(key), allowed)
