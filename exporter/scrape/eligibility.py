@@ -52,13 +52,17 @@ class Eligibility:
             return memo.queries
         eligible, missing = [], {}
         settled = True
+        speakers: list[TargetState] | None = None  # the targets that may run cluster-wide queries, once
         for query in self.queries:
             if not meant_for(query, state, facts):
                 continue
-            owns, known = self._owns(query, state, facts, targets)
-            settled = settled and known
-            if not owns:
-                continue
+            if query.scope == "cluster":
+                if speakers is None:
+                    speakers = [other for other in targets.values() if other.runs_cluster_queries]
+                owns, known = self._owns(query, state, facts, speakers)
+                settled = settled and known
+                if not owns:
+                    continue
             if not has_extension(query, facts):
                 missing[query.name] = str(query.requires_extension)
             elif with_skipped or query.name not in state.skipped:
@@ -70,21 +74,19 @@ class Eligibility:
 
     @staticmethod
     def _owns(query: QuerySpec, state: TargetState, facts: ServerFacts,
-              targets: Mapping[str, TargetState]) -> tuple[bool, bool]:
+              speakers: Sequence[TargetState]) -> tuple[bool, bool]:
         """A cluster-wide query's target on each server: the first speaker for the server (in target order)
         whose database has the extension the query needs, else the first speaker (which reports the skip).
         And whether that is settled: not while a speaker has not connected yet (it may share the server; an
         answer remembered before it did ran the query on two targets of one server for good)."""
-        if query.scope != "cluster":
-            return True, True
         first: TargetState | None = None
         settled = True
-        for other in targets.values():
+        for other in speakers:
             other_facts = other.facts
-            if other_facts is None and other.runs_cluster_queries:
+            if other_facts is None:
                 settled = False
-            if (not other.runs_cluster_queries or other_facts is None or other_facts.identity != facts.identity
-                    or not meant_for(query, other, other_facts)):
+                continue
+            if other_facts.identity != facts.identity or not meant_for(query, other, other_facts):
                 continue
             if has_extension(query, other_facts):
                 return other is state, settled
