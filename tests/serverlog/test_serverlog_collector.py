@@ -19,15 +19,20 @@ def config(tmp_path, interval: str = "1s", collectors: str = "[]"):
                         f"state_file: {tmp_path / 'state.json'}}}\n")
 
 
+def log_deadlock(logs, follower, counted: int) -> None:
+    """A deadlock written to the log, and read: the follower has counted `counted` of them."""
+    with open(logs / "a.csv", "ab") as fh:
+        fh.write(csv_record("deadlock detected", "ERROR", "40P01"))
+    wait_until(lambda: follower.counters.simple.get("deadlocks") == counted, 20, f"deadlock {counted} counted")
+
+
 def test_reload_and_close_stop_the_readers(tmp_path):
     first = config(tmp_path)
     exporter = Exporter(first, extra_collectors(first))
     try:
         old = exporter._extras[-1].followers[0]
         wait_until(lambda: old.counters.readable is None, 20, "the first read")
-        with open(tmp_path / "a.csv", "ab") as fh:
-            fh.write(csv_record("deadlock detected", "ERROR", "40P01"))
-        wait_until(lambda: old.counters.simple.get("deadlocks") == 1, 20, "the deadlock counted")
+        log_deadlock(tmp_path, old, 1)
         text = exporter.metrics(5.0)
         samples = parse_exposition(text)
         assert sample(samples, "pg_log_deadlocks_total", target="db") == 1
@@ -52,17 +57,13 @@ def test_a_reload_that_leaves_the_log_as_it_was_keeps_counting_from_the_old_coun
     try:
         old = exporter._extras[-1].followers[0]
         wait_until(lambda: old.counters.readable is None, 20, "the first read")
-        with open(tmp_path / "a.csv", "ab") as fh:
-            fh.write(csv_record("deadlock detected", "ERROR", "40P01"))
-        wait_until(lambda: old.counters.simple.get("deadlocks") == 1, 20, "the deadlock counted")
+        log_deadlock(tmp_path, old, 1)
         # another query, the same log: the reload must not reset pg_log_*
         second = config(tmp_path, collectors="[connections]")
         assert exporter.reload(second, extra_collectors(second))
         new = exporter._extras[-1].followers[0]
         assert new is not old and new._thread.is_alive() and not old._thread.is_alive()
-        with open(tmp_path / "a.csv", "ab") as fh:
-            fh.write(csv_record("deadlock detected", "ERROR", "40P01"))
-        wait_until(lambda: new.counters.simple.get("deadlocks") == 2, 20, "the second deadlock counted on")
+        log_deadlock(tmp_path, new, 2)
         samples = parse_exposition(exporter.metrics(5.0))
         assert sample(samples, "pg_log_deadlocks_total", target="db") == 2  # each deadlock once
     finally:
