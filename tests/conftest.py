@@ -12,6 +12,7 @@ process still running from there (stopped then). pytest's own tmp_path stays whe
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -50,6 +51,19 @@ def clusters() -> Iterator[Callable[[Path], ThrowawayCluster]]:
     yield get
     for pg in started.values():
         pg.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def process_logging_restored() -> Iterator[None]:
+    """A CLI command run in-process (CliRunner) sets up logging for the whole process (exporter.logs:
+    the root logger's level, a handler on the stderr of that test): both are undone after each test, so a
+    later test's caplog still hears warnings."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
+    for handler in [h for h in root.handlers if type(h) is logging.StreamHandler]:  # not pytest's own
+        root.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")
